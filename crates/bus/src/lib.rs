@@ -2,6 +2,7 @@
 //! librdkafka, the topic names and definitions Sagaflow uses, and the
 //! message headers that carry saga identity and trace context.
 
+pub mod baseline;
 mod config;
 mod headers;
 mod topics;
