@@ -561,8 +561,12 @@ impl RawSagaDefinition {
             steps: Vec::new(),
             names: HashMap::new(),
             completion_bounds: Vec::new(),
+            all_names: BTreeSet::new(),
         };
         let top = self.top;
+        for s in &top.steps {
+            collect_names(s, &mut v.all_names);
+        }
         if !is_slug(&top.saga_type) {
             v.err(
                 DefCode::BadName,
@@ -685,6 +689,25 @@ struct Validator<'a> {
     names: HashMap<String, String>,
     /// Bindings available wherever the saga can complete.
     completion_bounds: Vec<BTreeSet<String>>,
+    /// Every step name and binding in the file (for better messages).
+    all_names: BTreeSet<String>,
+}
+
+fn collect_names(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if (STEP_KINDS.contains(&k.as_str()) || k == "bind")
+                    && let Value::String(s) = v
+                {
+                    out.insert(s.clone());
+                }
+                collect_names(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_names(i, out)),
+        _ => {}
+    }
 }
 
 const SAGA_VARS: &[&str] = &["event", "saga", "steps"];
@@ -746,7 +769,7 @@ impl Validator<'_> {
             {
                 let why = if unbound_code == DefCode::CompensationReference {
                     "a compensation can read only data bound before its step and its own step's reply"
-                } else if self.names.contains_key(name) {
+                } else if self.all_names.contains(name) {
                     "that step has not run yet here, or may not have run (another branch, or after this point)"
                 } else {
                     "no step binds that name"
