@@ -1507,3 +1507,7 @@ impl Run<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
