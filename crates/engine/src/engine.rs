@@ -1491,9 +1491,10 @@ impl Run<'_> {
                     if self.st.status != SagaStatus::Running {
                         return;
                     }
-                    let run = self.st.steps[&id].clone();
                     // An abandoned command's old attempt is superseded.
-                    self.disarm(id, TimerPurpose::StepTimeout, run.attempt);
+                    if let Some(attempt) = self.st.steps.get(&id).map(|r| r.attempt) {
+                        self.disarm(id, TimerPurpose::StepTimeout, attempt);
+                    }
                     self.enter(id);
                 }
                 for id in late {
