@@ -242,6 +242,15 @@ impl ValueTemplate {
 
     /// Evaluates the tree against a context.
     pub fn eval<C: serde::Serialize>(&self, ctx: &C) -> Result<Value, String> {
+        if let ValueTemplate::Literal(v) = self {
+            return Ok(v.clone());
+        }
+        // Convert the context once; minijinja passes converted values
+        // through by handle, so each leaf does not copy it again.
+        self.eval_converted(&minijinja::Value::from_serialize(ctx))
+    }
+
+    fn eval_converted(&self, ctx: &minijinja::Value) -> Result<Value, String> {
         Ok(match self {
             ValueTemplate::Literal(v) => v.clone(),
             ValueTemplate::Expr(e) => e.eval(ctx)?,
@@ -249,13 +258,13 @@ impl ValueTemplate {
             ValueTemplate::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|t| t.eval(ctx))
+                    .map(|t| t.eval_converted(ctx))
                     .collect::<Result<_, _>>()?,
             ),
             ValueTemplate::Object(entries) => {
                 let mut m = serde_json::Map::with_capacity(entries.len());
                 for (k, t) in entries {
-                    m.insert(k.clone(), t.eval(ctx)?);
+                    m.insert(k.clone(), t.eval_converted(ctx)?);
                 }
                 Value::Object(m)
             }
