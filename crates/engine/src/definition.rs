@@ -1438,6 +1438,34 @@ impl DefinitionRegistry {
         Ok(())
     }
 
+    /// Parses and validates definition files (name, text) against the
+    /// services, collecting every error of every file.
+    pub fn from_sources<'a, I>(
+        sources: I,
+        services: &ServiceCatalog,
+    ) -> Result<Self, DefinitionErrors>
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        let mut reg = Self::new();
+        let mut errors = Vec::new();
+        for (file, source) in sources {
+            match SagaDefinition::from_yaml(file, source, services) {
+                Ok(def) => {
+                    if let Err(e) = reg.insert(def) {
+                        errors.push(e);
+                    }
+                }
+                Err(DefinitionErrors(es)) => errors.extend(es),
+            }
+        }
+        if errors.is_empty() {
+            Ok(reg)
+        } else {
+            Err(DefinitionErrors(errors))
+        }
+    }
+
     /// The definition of `saga_type` at `version`.
     pub fn get(&self, saga_type: &str, version: u32) -> Option<&SagaDefinition> {
         self.defs

@@ -296,12 +296,27 @@ impl Engine {
                 expected: STATE_VERSION,
             });
         }
-        self.registry
+        let def = self
+            .registry
             .get(&state.saga_type, state.saga_version)
             .ok_or_else(|| EngineError::UnknownDefinition {
                 saga_type: state.saga_type.clone(),
                 version: Some(state.saga_version),
-            })
+            })?;
+        // A state from a different definition under the same (type,
+        // version) would point at steps that do not exist.
+        let n = def.steps().len();
+        let fits = |id: NodeId| usize::from(id) < n;
+        if !(state.steps.keys().all(|&id| fits(id))
+            && state.timers.values().all(|t| fits(t.step))
+            && state.completed.iter().all(|&id| fits(id)))
+        {
+            return Err(EngineError::StateMismatch {
+                saga_type: state.saga_type.clone(),
+                version: state.saga_version,
+            });
+        }
+        Ok(def)
     }
 
     /// Starts a saga of the latest version of `saga_type`.

@@ -1030,3 +1030,46 @@ fn state_rejects_unknown_schema_versions() {
     );
     assert!(matches!(r.outcome, Outcome::Rejected(ref e) if e.code() == "SF-ENG-005"));
 }
+
+#[test]
+fn state_that_does_not_fit_its_definition_is_rejected() {
+    let e = engine(&[ORDER]);
+    let (mut st, _) = e.start("order-checkout", &order(1.0), T0).unwrap();
+    st.steps.insert(999, st.steps[&0].clone());
+    let r = e.apply(
+        &mut st,
+        Input::Retry {
+            request_id: "x".into(),
+        },
+        T0,
+    );
+    assert!(
+        matches!(r.outcome, Outcome::Rejected(ref e) if e.code() == "SF-ENG-006"),
+        "{r:?}"
+    );
+    assert!(e.pending_effects(&st).is_empty());
+}
+
+#[test]
+fn registry_from_sources_collects_errors_of_all_files() {
+    let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();
+    let reg = DefinitionRegistry::from_sources([("a.yaml", ORDER), ("b.yaml", TRAVEL)], &services)
+        .unwrap();
+    assert_eq!(reg.iter().count(), 2);
+    let bad = ORDER.replace("service: payment", "service: paypal");
+    let errs = DefinitionRegistry::from_sources(
+        [
+            ("a.yaml", bad.as_str()),
+            ("b.yaml", ORDER),
+            ("c.yaml", ORDER),
+        ],
+        &services,
+    )
+    .unwrap_err();
+    assert!(errs.has(crate::DefCode::UnknownService));
+    assert!(errs.has(crate::DefCode::DuplicateDefinition));
+    assert_eq!(
+        errs.find(crate::DefCode::UnknownService).unwrap().file,
+        "a.yaml"
+    );
+}

@@ -122,6 +122,11 @@ pub enum EngineError {
     /// SF-ENG-005
     #[error("SF-ENG-005: saga state has schema version {found}, this engine reads {expected}")]
     StateVersion { found: u32, expected: u32 },
+    /// SF-ENG-006
+    #[error(
+        "SF-ENG-006: saga state does not match definition `{saga_type}` version {version} (was the definition changed without bumping its version?)"
+    )]
+    StateMismatch { saga_type: String, version: u32 },
 }
 
 impl EngineError {
@@ -133,6 +138,7 @@ impl EngineError {
             EngineError::TriggerExpression { .. } => "SF-ENG-003",
             EngineError::NotAllowed { .. } => "SF-ENG-004",
             EngineError::StateVersion { .. } => "SF-ENG-005",
+            EngineError::StateMismatch { .. } => "SF-ENG-006",
         }
     }
 }
