@@ -8,6 +8,7 @@ use crate::definition::{
     StepKind,
 };
 use crate::error::EngineError;
+use crate::expr::Root;
 use crate::state::{
     Failure, FailurePhase, Phase, STATE_VERSION, SagaState, SagaStatus, StepRun, Timer,
     TimerPurpose, Timestamp,
@@ -527,33 +528,29 @@ fn timer_id(saga_id: &str, step_path: &str, purpose: TimerPurpose, attempt: u32)
     }
 }
 
-#[derive(Serialize)]
-struct SagaCtx<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    saga_type: &'a str,
-    version: u32,
-    key: &'a str,
-}
-
-#[derive(Serialize)]
-struct Ctx<'a> {
-    event: &'a Value,
-    saga: SagaCtx<'a>,
-    steps: &'a Map<String, Value>,
-}
-
-fn ctx(st: &SagaState) -> Ctx<'_> {
-    Ctx {
-        event: &st.trigger,
-        saga: SagaCtx {
-            id: &st.saga_id,
-            saga_type: &st.saga_type,
-            version: st.saga_version,
-            key: &st.key,
+/// The evaluation context (`event`, `saga`, `steps`), reduced to what
+/// the expressions read.
+fn ctx(st: &SagaState, needs: &[&[String]]) -> Value {
+    let saga = json!({
+        "id": st.saga_id,
+        "type": st.saga_type,
+        "version": st.saga_version,
+        "key": st.key,
+    });
+    crate::expr::project(
+        |top| match top {
+            "event" => Some(Root::Value(&st.trigger)),
+            "saga" => Some(Root::Value(&saga)),
+            // Only the bindings that are read get cloned (see `project`).
+            "steps" => Some(Root::Map(&st.data)),
+            _ => None,
         },
-        steps: &st.data,
-    }
+        needs,
+    )
+}
+
+fn needs_of(e: &crate::expr::Expr) -> Vec<&[String]> {
+    e.needs().iter().map(Vec::as_slice).collect()
 }
 
 fn command_for(
@@ -574,23 +571,27 @@ fn command_for(
             (&c.service, &c.operation, &c.input, c.timeout_ms)
         }
     };
-    Some(template.eval(&ctx(st)).map(|input| Command {
-        command_id: command_id(&st.saga_id, &step.path, kind, attempt),
-        idempotency_key: match kind {
-            CommandKind::Action => format!("{}/{}", st.saga_id, step.path),
-            CommandKind::Compensation => format!("{}/{}/compensate", st.saga_id, step.path),
-        },
-        saga_id: st.saga_id.clone(),
-        saga_type: st.saga_type.clone(),
-        saga_version: st.saga_version,
-        step: step.path.clone(),
-        service: service.clone(),
-        operation: operation.clone(),
-        attempt,
-        kind,
-        input,
-        timeout_ms,
-    }))
+    Some(
+        template
+            .eval(&ctx(st, &template.needs()))
+            .map(|input| Command {
+                command_id: command_id(&st.saga_id, &step.path, kind, attempt),
+                idempotency_key: match kind {
+                    CommandKind::Action => format!("{}/{}", st.saga_id, step.path),
+                    CommandKind::Compensation => format!("{}/{}/compensate", st.saga_id, step.path),
+                },
+                saga_id: st.saga_id.clone(),
+                saga_type: st.saga_type.clone(),
+                saga_version: st.saga_version,
+                step: step.path.clone(),
+                service: service.clone(),
+                operation: operation.clone(),
+                attempt,
+                kind,
+                input,
+                timeout_ms,
+            }),
+    )
 }
 
 /// What a relevant input will do (decided without mutating).
@@ -862,7 +863,7 @@ impl Run<'_> {
             StepKind::Choice { when, default } => {
                 let mut chosen = None;
                 for (i, (cond, list)) in when.iter().enumerate() {
-                    match cond.eval_bool(&ctx(self.st)) {
+                    match cond.eval_bool(&ctx(self.st, &needs_of(cond))) {
                         Ok(true) => {
                             chosen = Some((i, list));
                             break;
@@ -901,7 +902,9 @@ impl Run<'_> {
                 self.arm(id, TimerPurpose::AwaitDeadline, attempt, a.deadline_ms);
             }
             StepKind::Emit(e) => {
-                let c = ctx(self.st);
+                let mut needs = needs_of(&e.key);
+                needs.extend(e.payload.needs());
+                let c = ctx(self.st, &needs);
                 let built = e
                     .key
                     .eval_string(&c)
@@ -923,7 +926,7 @@ impl Run<'_> {
             }
             StepKind::Reject { reason } => {
                 let reason = reason
-                    .eval_string(&ctx(self.st))
+                    .eval_string(&ctx(self.st, &needs_of(reason)))
                     .unwrap_or_else(|e| format!("{} ({e})", reason.source()));
                 self.set_phase(id, Phase::Failed);
                 self.life(
@@ -1247,7 +1250,7 @@ impl Run<'_> {
 
     fn complete(&mut self) {
         let output = match &self.def.result {
-            Some(t) => match t.eval(&ctx(self.st)) {
+            Some(t) => match t.eval(&ctx(self.st, &t.needs())) {
                 Ok(v) => v,
                 Err(e) => return self.fail(None, FailurePhase::Completion, format!("result: {e}")),
             },

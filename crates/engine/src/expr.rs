@@ -30,6 +30,9 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
 pub struct Expr {
     source: String,
     compiled: Expression<'static, 'static>,
+    /// Variable paths read (`["event", "order_id"]`), for building small
+    /// evaluation contexts.
+    needs: Vec<Vec<String>>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -48,10 +51,25 @@ impl Expr {
         let compiled = ENV
             .compile_expression_owned(source.to_string())
             .map_err(|e| CompileError(describe(&e)))?;
-        Ok(Self {
+        Ok(Self::new(source, compiled))
+    }
+
+    fn new(source: &str, compiled: Expression<'static, 'static>) -> Self {
+        let needs = compiled
+            .undeclared_variables(true)
+            .into_iter()
+            .map(|r| r.split('.').map(str::to_string).collect())
+            .collect();
+        Self {
             source: source.to_string(),
             compiled,
-        })
+            needs,
+        }
+    }
+
+    /// Variable paths the expression reads, split into segments.
+    pub fn needs(&self) -> &[Vec<String>] {
+        &self.needs
     }
 
     /// Compiles a string template (`text {{ expr }} text`) into an
@@ -89,10 +107,7 @@ impl Expr {
         let compiled = ENV
             .compile_expression_owned(joined)
             .map_err(|e| CompileError(describe(&e)))?;
-        Ok(Self {
-            source: source.to_string(),
-            compiled,
-        })
+        Ok(Self::new(source, compiled))
     }
 
     /// The source text as written.
@@ -139,10 +154,7 @@ impl Expr {
 
     /// Variable paths the expression reads, e.g. `steps.charge.id`.
     pub fn references(&self) -> BTreeSet<String> {
-        self.compiled
-            .undeclared_variables(true)
-            .into_iter()
-            .collect()
+        self.needs.iter().map(|p| p.join(".")).collect()
     }
 }
 
@@ -271,6 +283,14 @@ impl ValueTemplate {
         })
     }
 
+    /// Variable paths read by any expression in the tree.
+    pub fn needs(&self) -> Vec<&[String]> {
+        self.exprs()
+            .into_iter()
+            .flat_map(|(_, e)| e.needs().iter().map(Vec::as_slice))
+            .collect()
+    }
+
     /// Every expression in the tree with its relative path.
     pub fn exprs(&self) -> Vec<(String, &Expr)> {
         let mut out = Vec::new();
@@ -358,6 +378,27 @@ mod tests {
     }
 
     #[test]
+    fn projection_keeps_only_what_is_read() {
+        let full =
+            json!({"event": {"a": {"b": 1, "c": [1, 2]}, "big": "x"}, "steps": {"s": {"v": 2}}});
+        let lookup = |k: &str| full.get(k).map(Root::Value);
+        let e = Expr::compile("event.a.b + steps.s.v").unwrap();
+        let needs: Vec<&[String]> = e.needs().iter().map(Vec::as_slice).collect();
+        let ctx = project(lookup, &needs);
+        assert_eq!(
+            ctx,
+            json!({"event": {"a": {"b": 1}}, "steps": {"s": {"v": 2}}})
+        );
+        assert_eq!(e.eval(&ctx).unwrap(), json!(3));
+        // A missing key stays missing; an overlapping shorter path wins.
+        let e = Expr::compile("event.a.zz ~ event.a").unwrap();
+        let needs: Vec<&[String]> = e.needs().iter().map(Vec::as_slice).collect();
+        let ctx = project(lookup, &needs);
+        assert_eq!(ctx, json!({"event": {"a": {"b": 1, "c": [1, 2]}}}));
+        assert!(e.eval(&ctx).is_err());
+    }
+
+    #[test]
     fn hash_filter_is_stable() {
         let e = Expr::compile("'abc' | hash").unwrap();
         assert_eq!(
@@ -365,4 +406,64 @@ mod tests {
             format!("{:016x}", crate::fnv1a(b"abc"))
         );
     }
+}
+
+/// A top-level variable of a context: a JSON value or a JSON object's map.
+#[derive(Clone, Copy)]
+pub enum Root<'a> {
+    Value(&'a Value),
+    Map(&'a serde_json::Map<String, Value>),
+}
+
+/// Builds the part of a context that `needs` read: for each path, the
+/// subtree at the deepest existing prefix is copied (so a missing key stays
+/// missing and fails exactly as it would against the full context).
+pub fn project<'a>(lookup: impl Fn(&str) -> Option<Root<'a>>, needs: &[&[String]]) -> Value {
+    let mut needs: Vec<&[String]> = needs.iter().copied().filter(|p| !p.is_empty()).collect();
+    needs.sort_by_key(|p| p.len());
+    let mut out = serde_json::Map::new();
+    let mut complete: Vec<&[String]> = Vec::new();
+    for path in needs {
+        if complete.iter().any(|c| path.starts_with(c)) {
+            continue;
+        }
+        let Some(root) = lookup(&path[0]) else {
+            continue;
+        };
+        let (mut node, mut depth) = match root {
+            Root::Value(v) => (Some(v), 1),
+            Root::Map(m) => match path.get(1).and_then(|k| m.get(k)) {
+                Some(v) => (Some(v), 2),
+                None => (None, 1),
+            },
+        };
+        // Walk down while the next key exists in an object.
+        while let Some(Value::Object(m)) = node
+            && depth < path.len()
+            && let Some(next) = m.get(&path[depth])
+        {
+            node = Some(next);
+            depth += 1;
+        }
+        let prefix = &path[..depth];
+        complete.push(prefix);
+        let value = match (node, root) {
+            (Some(v), _) => v.clone(),
+            (None, Root::Map(m)) => Value::Object(m.clone()),
+            (None, Root::Value(v)) => v.clone(),
+        };
+        // Insert `value` at `prefix` in `out`.
+        let mut slot = &mut out;
+        for seg in &prefix[..depth - 1] {
+            let entry = slot
+                .entry(seg.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            match entry {
+                Value::Object(m) => slot = m,
+                _ => unreachable!("complete subtrees are never descended into"),
+            }
+        }
+        slot.insert(prefix[depth - 1].clone(), value);
+    }
+    Value::Object(out)
 }
