@@ -1,0 +1,1075 @@
+use super::*;
+use crate::definition::ServiceCatalog;
+
+const SERVICES: &str = include_str!("../../../topology/services.yaml");
+const ORDER: &str = include_str!("../../../topology/sagas/order-checkout.yaml");
+const TRAVEL: &str = include_str!("../../../topology/sagas/travel-booking.yaml");
+const ONBOARDING: &str = include_str!("../../../topology/sagas/customer-onboarding.yaml");
+
+fn engine(srcs: &[&str]) -> Engine {
+    let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();
+    let mut reg = DefinitionRegistry::new();
+    for (i, src) in srcs.iter().enumerate() {
+        let def = SagaDefinition::from_yaml(&format!("def{i}.yaml"), src, &services)
+            .unwrap_or_else(|e| panic!("{e}"));
+        reg.insert(def).unwrap();
+    }
+    Engine::new(reg)
+}
+
+fn trigger(topic: &str, event_type: &str, payload: Value) -> TriggerEvent {
+    TriggerEvent {
+        message_id: "m-trigger".into(),
+        topic: topic.into(),
+        event_type: event_type.into(),
+        payload,
+    }
+}
+
+fn order(total: f64) -> TriggerEvent {
+    trigger(
+        "orders.events",
+        "OrderPlaced",
+        json!({"order_id": "o1", "customer_id": "c1", "items": [{"sku": "a", "qty": 1}],
+               "total": total, "currency": "EUR", "shipping_address": "1 Main St"}),
+    )
+}
+
+fn commands(fx: &[Effect]) -> Vec<Command> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Command(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn one_command(fx: &[Effect]) -> Command {
+    let c = commands(fx);
+    assert_eq!(c.len(), 1, "expected one command in {fx:#?}");
+    c.into_iter().next().unwrap()
+}
+
+fn lifecycle(fx: &[Effect]) -> Vec<LifecycleKind> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Lifecycle(l) => Some(l.kind),
+            _ => None,
+        })
+        .collect()
+}
+
+fn result(fx: &[Effect]) -> Option<SagaResult> {
+    fx.iter().find_map(|e| match e {
+        Effect::Result(r) => Some(r.clone()),
+        _ => None,
+    })
+}
+
+static MSG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn reply(c: &Command, outcome: ReplyOutcome, data: Value) -> Input {
+    let n = MSG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Input::Reply(Reply {
+        message_id: format!("reply-{n}"),
+        command_id: c.command_id.clone(),
+        outcome,
+        data,
+        error: (outcome != ReplyOutcome::Success).then(|| "nope".to_string()),
+    })
+}
+
+fn ok(c: &Command, data: Value) -> Input {
+    reply(c, ReplyOutcome::Success, data)
+}
+
+fn applied(a: &Applied) -> &[Effect] {
+    assert_eq!(a.outcome, Outcome::Applied, "{a:#?}");
+    &a.effects
+}
+
+fn fire(e: &Engine, st: &mut SagaState, timer_id: &str) -> Applied {
+    let at = st.timers[timer_id].fire_at;
+    e.apply(
+        st,
+        Input::TimerFired {
+            timer_id: timer_id.into(),
+        },
+        at,
+    )
+}
+
+const T0: Timestamp = Timestamp(1_000_000);
+
+#[test]
+fn order_checkout_happy_path() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    assert_eq!(st.saga_id, "order-checkout:o1");
+    assert_eq!(
+        lifecycle(&fx),
+        [LifecycleKind::Started, LifecycleKind::StepStarted]
+    );
+    let reserve = one_command(&fx);
+    assert_eq!(reserve.command_id, "order-checkout:o1/reserve_inventory/1");
+    assert_eq!(
+        reserve.idempotency_key,
+        "order-checkout:o1/reserve_inventory"
+    );
+    assert_eq!(reserve.service, "inventory");
+    assert_eq!(
+        reserve.input,
+        json!({"order_id": "o1", "items": [{"sku": "a", "qty": 1}]})
+    );
+    assert_eq!(reserve.timeout_ms, 10_000);
+    assert_eq!(
+        st.timers().collect::<Vec<_>>(),
+        [(
+            "order-checkout:o1/reserve_inventory/timeout/1",
+            Timestamp(T0.0 + 10_000)
+        )]
+    );
+
+    // Small order: the choice takes its (empty) default, then payment.
+    let a = e.apply(&mut st, ok(&reserve, json!({"reservation_id": "r1"})), T0);
+    let charge = one_command(applied(&a));
+    assert_eq!(charge.command_id, "order-checkout:o1/charge_payment/1");
+    assert_eq!(charge.input["amount"], json!(50.0));
+    assert!(a.effects.contains(&Effect::CancelTimer {
+        timer_id: "order-checkout:o1/reserve_inventory/timeout/1".into()
+    }));
+
+    let a = e.apply(&mut st, ok(&charge, json!({"payment_id": "p1"})), T0);
+    let ship = one_command(applied(&a));
+    assert_eq!(ship.input["reservation_id"], json!("r1"));
+    let a = e.apply(&mut st, ok(&ship, json!({"tracking_number": "T1"})), T0);
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Completed);
+    assert!(lifecycle(fx).contains(&LifecycleKind::Completed));
+    let r = result(fx).unwrap();
+    assert_eq!(r.status, SagaStatus::Completed);
+    assert_eq!(
+        r.output,
+        json!({"order_id": "o1", "payment_id": "p1", "tracking_number": "T1"})
+    );
+    assert!(st.timers.is_empty());
+    // Nothing is owed but the result.
+    assert_eq!(e.pending_effects(&st), vec![Effect::Result(r)]);
+}
+
+#[test]
+fn large_order_rejected_by_fraud_releases_inventory_only() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let reserve = one_command(&fx);
+    let a = e.apply(&mut st, ok(&reserve, json!({"reservation_id": "r1"})), T0);
+    let fraud = one_command(applied(&a));
+    assert_eq!(fraud.service, "fraud");
+    assert_eq!(
+        fraud.command_id,
+        "order-checkout:o1/screen_order/fraud_check/1"
+    );
+    let a = e.apply(&mut st, ok(&fraud, json!({"verdict": "reject"})), T0);
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Compensating);
+    let release = one_command(fx);
+    assert_eq!(release.kind, CommandKind::Compensation);
+    assert_eq!(
+        release.command_id,
+        "order-checkout:o1/reserve_inventory/compensate/1"
+    );
+    assert_eq!(release.operation, "release");
+    assert_eq!(release.input, json!({"reservation_id": "r1"}));
+    let a = e.apply(&mut st, ok(&release, json!({})), T0);
+    let r = result(applied(&a)).unwrap();
+    assert_eq!(st.status, SagaStatus::Compensated);
+    assert_eq!(
+        r.output["error"],
+        json!("order o1 rejected by fraud screening")
+    );
+    assert_eq!(
+        r.output["step"],
+        json!("screen_order/fraud_verdict/fraud_rejected")
+    );
+}
+
+#[test]
+fn large_order_accepted_by_fraud_goes_on_to_payment() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"reservation_id": "r1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"verdict": "accept"})),
+        T0,
+    );
+    assert_eq!(one_command(applied(&a)).operation, "charge");
+}
+
+#[test]
+fn payment_refusal_compensates_in_reverse_order() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"reservation_id": "r1"})),
+        T0,
+    );
+    let charge = one_command(applied(&a));
+    let a = e.apply(
+        &mut st,
+        reply(&charge, ReplyOutcome::BusinessFailure, Value::Null),
+        T0,
+    );
+    let fx = applied(&a);
+    assert!(lifecycle(fx).starts_with(&[LifecycleKind::StepFailed, LifecycleKind::Compensating]));
+    // Payment failed, so there is nothing to refund: only the release.
+    assert_eq!(one_command(fx).operation, "release");
+}
+
+#[test]
+fn shipping_failure_refunds_then_releases() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"reservation_id": "r1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"payment_id": "p1"})),
+        T0,
+    );
+    let ship = one_command(applied(&a));
+    let a = e.apply(
+        &mut st,
+        reply(&ship, ReplyOutcome::BusinessFailure, Value::Null),
+        T0,
+    );
+    let refund = one_command(applied(&a));
+    assert_eq!(
+        (
+            refund.operation.as_str(),
+            refund.input["payment_id"].clone()
+        ),
+        ("refund", json!("p1"))
+    );
+    let a = e.apply(&mut st, ok(&refund, json!({})), T0);
+    let release = one_command(applied(&a));
+    assert_eq!(release.operation, "release");
+    let a = e.apply(&mut st, ok(&release, json!({})), T0);
+    assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+}
+
+#[test]
+fn transient_failures_retry_with_backoff_then_give_up() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let first = one_command(&fx);
+    let a = e.apply(
+        &mut st,
+        reply(&first, ReplyOutcome::TransientFailure, Value::Null),
+        T0,
+    );
+    let fx = applied(&a);
+    assert_eq!(lifecycle(fx), [LifecycleKind::StepRetrying]);
+    let backoff = "order-checkout:o1/reserve_inventory/backoff/1";
+    let Some(Effect::ArmTimer {
+        fire_at, purpose, ..
+    }) = fx.iter().find(|f| matches!(f, Effect::ArmTimer { .. }))
+    else {
+        panic!("{fx:#?}")
+    };
+    assert_eq!(*purpose, TimerPurpose::RetryBackoff);
+    // initial 200ms with jitter in [100, 200].
+    assert!(
+        (T0.0 + 100..=T0.0 + 200).contains(&fire_at.0),
+        "{fire_at:?}"
+    );
+    assert!(st.timers.contains_key(backoff));
+    // Firing early changes nothing.
+    let early = e.apply(
+        &mut st,
+        Input::TimerFired {
+            timer_id: backoff.into(),
+        },
+        T0,
+    );
+    assert!(matches!(early.outcome, Outcome::Stale(_)));
+    let a = fire(&e, &mut st, backoff);
+    let second = one_command(applied(&a));
+    assert_eq!(second.command_id, "order-checkout:o1/reserve_inventory/2");
+    assert_eq!(second.attempt, 2);
+    // A late reply to attempt 1 is stale.
+    let before = st.clone();
+    let late = e.apply(&mut st, ok(&first, json!({})), T0);
+    assert!(
+        matches!(late.outcome, Outcome::Stale(ref s) if s.contains("attempt 1")),
+        "{late:?}"
+    );
+    assert!(late.effects.is_empty());
+    assert_eq!(st, before);
+    // Timeout on attempt 2 → retry 3; transient on 3 → out of attempts.
+    let a = fire(&e, &mut st, "order-checkout:o1/reserve_inventory/timeout/2");
+    assert_eq!(
+        lifecycle(applied(&a)),
+        [LifecycleKind::StepTimedOut, LifecycleKind::StepRetrying]
+    );
+    let a = fire(&e, &mut st, "order-checkout:o1/reserve_inventory/backoff/2");
+    let third = one_command(applied(&a));
+    let a = e.apply(
+        &mut st,
+        reply(&third, ReplyOutcome::TransientFailure, Value::Null),
+        T0,
+    );
+    let fx = applied(&a);
+    // Nothing succeeded, so compensation ends at once.
+    assert_eq!(st.status, SagaStatus::Compensated);
+    let r = result(fx).unwrap();
+    assert!(
+        r.output["error"]
+            .as_str()
+            .unwrap()
+            .contains("after 3 attempts"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn duplicate_inputs_change_nothing() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let input = ok(&one_command(&fx), json!({"reservation_id": "r1"}));
+    assert_eq!(
+        e.apply(&mut st, input.clone(), T0).outcome,
+        Outcome::Applied
+    );
+    let before = st.clone();
+    let again = e.apply(&mut st, input.clone(), T0);
+    assert_eq!(again.outcome, Outcome::Duplicate);
+    assert!(again.effects.is_empty());
+    assert_eq!(st, before);
+    // The same reply under another message id is stale, not re-applied.
+    let Input::Reply(mut r) = input else {
+        unreachable!()
+    };
+    r.message_id = "other".into();
+    let copy = e.apply(&mut st, Input::Reply(r), T0);
+    assert!(matches!(copy.outcome, Outcome::Stale(_)), "{copy:?}");
+    assert_eq!(st, before);
+    // Replies for other sagas or unknown steps are stale.
+    let mut foreign = one_command(
+        &e.pending_effects(&st)
+            .iter()
+            .filter(|f| matches!(f, Effect::Command(_)))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    foreign.command_id = "other-saga/charge_payment/1".into();
+    assert!(matches!(
+        e.apply(&mut st, ok(&foreign, json!({})), T0).outcome,
+        Outcome::Stale(_)
+    ));
+    foreign.command_id = "order-checkout:o1/nope/1".into();
+    assert!(matches!(
+        e.apply(&mut st, ok(&foreign, json!({})), T0).outcome,
+        Outcome::Stale(_)
+    ));
+    assert_eq!(st, before);
+}
+
+#[test]
+fn pending_effects_re_derive_commands_and_timers() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"reservation_id": "r1"})),
+        T0,
+    );
+    let charge = one_command(applied(&a));
+    let owed = e.pending_effects(&st);
+    assert_eq!(
+        owed,
+        vec![
+            Effect::Command(charge),
+            Effect::ArmTimer {
+                timer_id: "order-checkout:o1/charge_payment/timeout/1".into(),
+                fire_at: Timestamp(T0.0 + 30_000),
+                purpose: TimerPurpose::StepTimeout,
+            }
+        ]
+    );
+    // The state survives a JSON round trip and keeps working.
+    let json = serde_json::to_string(&st).unwrap();
+    let back: SagaState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, st);
+    assert_eq!(e.pending_effects(&back), owed);
+}
+
+#[test]
+fn start_checks_the_trigger_and_ids_are_deterministic() {
+    let e = engine(&[ORDER]);
+    let mut t = order(1.0);
+    assert_eq!(
+        e.identify("order-checkout", &t).unwrap(),
+        ("order-checkout:o1".to_string(), "o1".to_string())
+    );
+    let (a, _) = e.start("order-checkout", &t, T0).unwrap();
+    let (b, _) = e.start("order-checkout", &t, Timestamp(T0.0 + 5)).unwrap();
+    assert_eq!(
+        a.saga_id, b.saga_id,
+        "a redelivered trigger maps to the same saga"
+    );
+    t.event_type = "OrderCancelled".into();
+    assert_eq!(
+        e.start("order-checkout", &t, T0).unwrap_err().code(),
+        "SF-ENG-002"
+    );
+    assert_eq!(
+        e.start("nope", &order(1.0), T0).unwrap_err().code(),
+        "SF-ENG-001"
+    );
+    let missing_key = trigger("orders.events", "OrderPlaced", json!({"total": 1}));
+    assert_eq!(
+        e.start("order-checkout", &missing_key, T0)
+            .unwrap_err()
+            .code(),
+        "SF-ENG-003"
+    );
+}
+
+fn travel() -> TriggerEvent {
+    trigger(
+        "travel.events",
+        "BookingRequested",
+        json!({"booking_id": "b1", "customer_id": "c1", "email": "a@b.c", "flight": "LH1", "hotel": "H", "car": "C"}),
+    )
+}
+
+#[test]
+fn travel_booking_parallel_happy_path() {
+    let e = engine(&[TRAVEL]);
+    let (mut st, fx) = e.start("travel-booking", &travel(), T0).unwrap();
+    let cmds = commands(&fx);
+    assert_eq!(
+        cmds.iter().map(|c| c.service.as_str()).collect::<Vec<_>>(),
+        ["flights", "hotels", "cars"]
+    );
+    assert_eq!(
+        cmds[0].command_id,
+        "travel-booking:b1/reserve_trip/reserve_flight/1"
+    );
+    // Replies in any order; the join waits for all three.
+    let a = e.apply(
+        &mut st,
+        ok(&cmds[2], json!({"reservation_id": "car1", "price": 30})),
+        T0,
+    );
+    assert!(commands(applied(&a)).is_empty());
+    let a = e.apply(
+        &mut st,
+        ok(&cmds[0], json!({"reservation_id": "fl1", "price": 300})),
+        T0,
+    );
+    assert!(commands(applied(&a)).is_empty());
+    let a = e.apply(
+        &mut st,
+        ok(&cmds[1], json!({"reservation_id": "ho1", "price": 100})),
+        T0,
+    );
+    let pay = one_command(applied(&a));
+    assert_eq!(pay.input["amount"], json!(430));
+    let a = e.apply(&mut st, ok(&pay, json!({"payment_id": "p1"})), T0);
+    let confirm = one_command(applied(&a));
+    assert_eq!(
+        confirm.input["booking"],
+        json!("Flight fl1, hotel ho1, car car1")
+    );
+    let a = e.apply(&mut st, ok(&confirm, json!({})), T0);
+    assert_eq!(result(applied(&a)).unwrap().output["car"], json!("car1"));
+    assert_eq!(st.status, SagaStatus::Completed);
+}
+
+#[test]
+fn travel_branch_failure_cancels_in_flight_and_compensates_late_success() {
+    let e = engine(&[TRAVEL]);
+    let (mut st, fx) = e.start("travel-booking", &travel(), T0).unwrap();
+    let cmds = commands(&fx);
+    let a = e.apply(
+        &mut st,
+        ok(&cmds[0], json!({"reservation_id": "fl1", "price": 1})),
+        T0,
+    );
+    assert!(commands(applied(&a)).is_empty());
+    // Hotel is full: flight gets cancelled; car is still in flight.
+    let a = e.apply(
+        &mut st,
+        reply(&cmds[1], ReplyOutcome::BusinessFailure, Value::Null),
+        T0,
+    );
+    let cancel_flight = one_command(applied(&a));
+    assert_eq!(
+        (
+            cancel_flight.service.as_str(),
+            cancel_flight.operation.as_str()
+        ),
+        ("flights", "cancel")
+    );
+    assert_eq!(
+        st.steps[&e
+            .registry()
+            .latest("travel-booking")
+            .unwrap()
+            .step_by_path("reserve_trip/reserve_car")
+            .unwrap()]
+            .phase,
+        Phase::Abandoned
+    );
+    let a = e.apply(&mut st, ok(&cancel_flight, json!({})), T0);
+    // Still waiting for the car's fate.
+    assert!(applied(&a).iter().all(|f| !matches!(f, Effect::Result(_))));
+    assert_eq!(st.status, SagaStatus::Compensating);
+    // The car reservation succeeds late: it is cancelled too.
+    let a = e.apply(&mut st, ok(&cmds[2], json!({"reservation_id": "car1"})), T0);
+    let cancel_car = one_command(applied(&a));
+    assert_eq!(cancel_car.input, json!({"reservation_id": "car1"}));
+    let a = e.apply(&mut st, ok(&cancel_car, json!({})), T0);
+    assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+    assert!(st.timers.is_empty(), "{:?}", st.timers);
+}
+
+#[test]
+fn abandoned_command_that_times_out_is_not_compensated() {
+    let e = engine(&[TRAVEL]);
+    let (mut st, fx) = e.start("travel-booking", &travel(), T0).unwrap();
+    let cmds = commands(&fx);
+    let a = e.apply(
+        &mut st,
+        reply(&cmds[1], ReplyOutcome::BusinessFailure, Value::Null),
+        T0,
+    );
+    assert!(commands(applied(&a)).is_empty());
+    let a = fire(
+        &e,
+        &mut st,
+        "travel-booking:b1/reserve_trip/reserve_flight/timeout/1",
+    );
+    assert!(result(applied(&a)).is_none());
+    let a = fire(
+        &e,
+        &mut st,
+        "travel-booking:b1/reserve_trip/reserve_car/timeout/1",
+    );
+    assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+}
+
+fn signup() -> TriggerEvent {
+    trigger(
+        "customers.events",
+        "CustomerSignedUp",
+        json!({"customer_id": "cu1", "name": "Ada", "email": "ada@x", "plan": "pro"}),
+    )
+}
+
+fn onboard_to_await(e: &Engine) -> SagaState {
+    let (mut st, fx) = e.start("customer-onboarding", &signup(), T0).unwrap();
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"account_id": "crm1"})),
+        T0,
+    );
+    let billing = one_command(applied(&a));
+    assert_eq!(
+        billing.input,
+        json!({"CustomerRef": "cu1", "CrmAccount": "crm1", "Plan": "pro"})
+    );
+    let a = e.apply(&mut st, ok(&billing, json!({"account_number": "B-1"})), T0);
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"workspace_id": "w1"})),
+        T0,
+    );
+    let fx = applied(&a);
+    assert!(commands(fx).is_empty());
+    assert!(fx.contains(&Effect::ArmTimer {
+        timer_id: "customer-onboarding:cu1/email_verified/deadline/1".into(),
+        fire_at: Timestamp(T0.0 + 24 * 3600 * 1000),
+        purpose: TimerPurpose::AwaitDeadline,
+    }));
+    st
+}
+
+fn verified(id: &str, customer: &str) -> Input {
+    Input::Event(AwaitedEvent {
+        message_id: id.into(),
+        topic: "identity.events".into(),
+        event_type: "EmailVerified".into(),
+        payload: json!({"customer_id": customer, "verified_at": "2026-01-01T00:00:00Z"}),
+    })
+}
+
+#[test]
+fn onboarding_await_then_emit() {
+    let e = engine(&[ONBOARDING]);
+    let mut st = onboard_to_await(&e);
+    let corr = e.correlate(
+        "identity.events",
+        "EmailVerified",
+        &json!({"customer_id": "cu1"}),
+    );
+    assert_eq!(corr.len(), 1);
+    assert_eq!(
+        (corr[0].key.as_str(), corr[0].step.as_str()),
+        ("cu1", "email_verified")
+    );
+    let other = e.apply(&mut st, verified("e0", "someone-else"), T0);
+    assert!(matches!(other.outcome, Outcome::Stale(_)));
+    let a = e.apply(&mut st, verified("e1", "cu1"), T0);
+    let fx = applied(&a);
+    let emitted = fx
+        .iter()
+        .find_map(|f| match f {
+            Effect::Emit(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(emitted.event_id, "customer-onboarding:cu1/announce");
+    assert_eq!(
+        (
+            emitted.topic.as_str(),
+            emitted.event_type.as_str(),
+            emitted.key.as_str()
+        ),
+        ("customers.events", "CustomerOnboarded", "cu1")
+    );
+    assert_eq!(
+        emitted.payload["verified_at"],
+        json!("2026-01-01T00:00:00Z")
+    );
+    assert_eq!(emitted.payload["billing_account"], json!("B-1"));
+    assert!(fx.contains(&Effect::CancelTimer {
+        timer_id: "customer-onboarding:cu1/email_verified/deadline/1".into()
+    }));
+    assert_eq!(st.status, SagaStatus::Completed);
+}
+
+#[test]
+fn onboarding_deadline_compensates_everything_in_reverse() {
+    let e = engine(&[ONBOARDING]);
+    let mut st = onboard_to_await(&e);
+    let a = fire(
+        &e,
+        &mut st,
+        "customer-onboarding:cu1/email_verified/deadline/1",
+    );
+    let mut ops = vec![];
+    let mut cmd = one_command(applied(&a));
+    loop {
+        ops.push(format!("{}.{}", cmd.service, cmd.operation));
+        let a = e.apply(&mut st, ok(&cmd, json!({})), T0);
+        match commands(applied(&a)).pop() {
+            Some(c) => cmd = c,
+            None => break,
+        }
+    }
+    assert_eq!(
+        ops,
+        [
+            "workspaces.deprovision",
+            "billing.CloseAccount",
+            "crm.delete-account"
+        ]
+    );
+    assert_eq!(st.status, SagaStatus::Compensated);
+    // The event arriving after the deadline is stale.
+    let late = e.apply(&mut st, verified("e-late", "cu1"), T0);
+    assert!(matches!(late.outcome, Outcome::Stale(_)));
+}
+
+const AWAIT_FAIL: &str = "type: wait\nversion: 1\ntrigger:\n  topic: t\n  event-type: Go\n  key: event.id\nsteps:\n  - await: ack\n    topic: t\n    event-type: Ack\n    correlate: event.id\n    deadline: 1m\n    on-deadline: fail\n  - emit: done\n    topic: t\n    event-type: Done\n    key: \"{{ saga.key }}\"\n    payload: { ack: \"{{ steps.ack.n }}\" }\n";
+
+#[test]
+fn await_deadline_fail_then_operator_retry_rearms() {
+    let e = engine(&[AWAIT_FAIL]);
+    let (mut st, _) = e
+        .start("wait", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    let a = fire(&e, &mut st, "wait:k/ack/deadline/1");
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Failed);
+    assert_eq!(result(fx).unwrap().status, SagaStatus::Failed);
+    // Abort of a saga that failed going forward compensates (nothing here).
+    let a = e.apply(
+        &mut st,
+        Input::Abort {
+            request_id: "x".into(),
+            reason: "r".into(),
+        },
+        T0,
+    );
+    assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+    let e2 = engine(&[AWAIT_FAIL]);
+    let (mut st, _) = e2
+        .start("wait", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    fire(&e2, &mut st, "wait:k/ack/deadline/1");
+    let a = e2.apply(
+        &mut st,
+        Input::Retry {
+            request_id: "op-1".into(),
+        },
+        Timestamp(T0.0 + 120_000),
+    );
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Running);
+    assert!(lifecycle(fx).contains(&LifecycleKind::Resumed));
+    assert!(st.timers.contains_key("wait:k/ack/deadline/2"));
+    let a = e2.apply(
+        &mut st,
+        Input::Event(AwaitedEvent {
+            message_id: "ev".into(),
+            topic: "t".into(),
+            event_type: "Ack".into(),
+            payload: json!({"id": "k", "n": 7}),
+        }),
+        T0,
+    );
+    let fx = applied(&a);
+    assert!(
+        fx.iter()
+            .any(|f| matches!(f, Effect::Emit(d) if d.payload == json!({"ack": 7})))
+    );
+    assert_eq!(st.status, SagaStatus::Completed);
+}
+
+#[test]
+fn await_deadline_continue_path() {
+    let src = AWAIT_FAIL
+        .replace("    on-deadline: fail\n", "    on-deadline:\n      continue:\n        - emit: nudge\n          topic: t\n          event-type: Nudge\n          key: k\n          payload: {}\n")
+        .replace("payload: { ack: \"{{ steps.ack.n }}\" }", "payload: {}");
+    let e = engine(&[&src]);
+    let (mut st, _) = e
+        .start("wait", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    let a = fire(&e, &mut st, "wait:k/ack/deadline/1");
+    let emitted: Vec<_> = applied(&a)
+        .iter()
+        .filter_map(|f| match f {
+            Effect::Emit(d) => Some(d.event_type.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(emitted, ["Nudge", "Done"]);
+    assert_eq!(st.status, SagaStatus::Completed);
+}
+
+#[test]
+fn operator_requests_are_checked() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let before = st.clone();
+    let r = e.apply(
+        &mut st,
+        Input::Retry {
+            request_id: "op".into(),
+        },
+        T0,
+    );
+    assert!(
+        matches!(r.outcome, Outcome::Rejected(ref err) if err.code() == "SF-ENG-004"),
+        "{r:?}"
+    );
+    assert_eq!(st, before);
+    // Abort a running saga: the reservation in flight is awaited, then released.
+    let a = e.apply(
+        &mut st,
+        Input::Abort {
+            request_id: "op-abort".into(),
+            reason: "customer called".into(),
+        },
+        T0,
+    );
+    assert!(lifecycle(applied(&a)).contains(&LifecycleKind::Aborted));
+    assert_eq!(st.status, SagaStatus::Compensating);
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"reservation_id": "r1"})),
+        T0,
+    );
+    let release = one_command(applied(&a));
+    assert_eq!(release.operation, "release");
+    let a = e.apply(&mut st, ok(&release, json!({})), T0);
+    let r = result(applied(&a)).unwrap();
+    assert!(
+        r.output["error"]
+            .as_str()
+            .unwrap()
+            .contains("customer called")
+    );
+    let again = e.apply(
+        &mut st,
+        Input::Abort {
+            request_id: "op-abort-2".into(),
+            reason: "x".into(),
+        },
+        T0,
+    );
+    assert!(matches!(again.outcome, Outcome::Rejected(_)));
+    assert_eq!(
+        e.apply(
+            &mut st,
+            Input::Abort {
+                request_id: "op-abort".into(),
+                reason: "x".into()
+            },
+            T0
+        )
+        .outcome,
+        Outcome::Duplicate
+    );
+}
+
+const EXPR_FAIL: &str = "type: x\nversion: 1\ntrigger:\n  topic: t\n  event-type: Go\n  key: event.id\nsteps:\n  - call: a\n    service: payment\n    operation: charge\n    compensate: { operation: refund }\n  - call: b\n    service: shipping\n    operation: ship\n    input: { to: \"{{ event.address.street }}\" }\n";
+
+#[test]
+fn runtime_expression_errors_fail_the_saga_and_abort_compensates() {
+    let e = engine(&[EXPR_FAIL]);
+    let (mut st, fx) = e
+        .start("x", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Failed);
+    let reason = &st.failure.as_ref().unwrap().reason;
+    assert!(reason.contains("event.address.street"), "{reason}");
+    assert!(lifecycle(fx).ends_with(&[LifecycleKind::StepFailed, LifecycleKind::Failed]));
+    // Retry re-evaluates and fails again (same data), with a new attempt.
+    let a = e.apply(
+        &mut st,
+        Input::Retry {
+            request_id: "r1".into(),
+        },
+        T0,
+    );
+    assert!(lifecycle(applied(&a)).contains(&LifecycleKind::Failed));
+    assert_eq!(st.steps[&1].attempt, 2);
+    // Abort compensates what succeeded.
+    let a = e.apply(
+        &mut st,
+        Input::Abort {
+            request_id: "a1".into(),
+            reason: "bad data".into(),
+        },
+        T0,
+    );
+    let refund = one_command(applied(&a));
+    assert_eq!(refund.operation, "refund");
+    let a = e.apply(&mut st, ok(&refund, json!({})), T0);
+    assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+}
+
+#[test]
+fn failed_compensation_fails_the_saga_and_retry_resumes_it() {
+    let e = engine(&[EXPR_FAIL]);
+    let (mut st, fx) = e
+        .start(
+            "x",
+            &trigger("t", "Go", json!({"id": "k", "address": {"street": "s"}})),
+            T0,
+        )
+        .unwrap();
+    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
+    let ship = one_command(applied(&a));
+    let a = e.apply(
+        &mut st,
+        reply(&ship, ReplyOutcome::BusinessFailure, Value::Null),
+        T0,
+    );
+    let refund = one_command(applied(&a));
+    let a = e.apply(
+        &mut st,
+        reply(&refund, ReplyOutcome::BusinessFailure, Value::Null),
+        T0,
+    );
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Failed);
+    assert!(lifecycle(fx).contains(&LifecycleKind::CompensationStepFailed));
+    // Abort is not allowed while a compensation has failed; retry is.
+    assert!(matches!(
+        e.apply(
+            &mut st,
+            Input::Abort {
+                request_id: "a".into(),
+                reason: "x".into()
+            },
+            T0
+        )
+        .outcome,
+        Outcome::Rejected(_)
+    ));
+    let a = e.apply(
+        &mut st,
+        Input::Retry {
+            request_id: "r".into(),
+        },
+        T0,
+    );
+    let refund2 = one_command(applied(&a));
+    assert_eq!(refund2.command_id, "x:k/a/compensate/2");
+    assert_eq!(refund2.idempotency_key, refund.idempotency_key);
+    let a = e.apply(&mut st, ok(&refund2, json!({})), T0);
+    assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+}
+
+#[test]
+fn compensation_retries_transient_failures_and_timeouts() {
+    let e = engine(&[EXPR_FAIL]);
+    let (mut st, fx) = e
+        .start(
+            "x",
+            &trigger("t", "Go", json!({"id": "k", "address": {"street": "s"}})),
+            T0,
+        )
+        .unwrap();
+    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
+    let ship = one_command(applied(&a));
+    let a = e.apply(
+        &mut st,
+        reply(&ship, ReplyOutcome::BusinessFailure, Value::Null),
+        T0,
+    );
+    let refund = one_command(applied(&a));
+    let a = e.apply(
+        &mut st,
+        reply(&refund, ReplyOutcome::TransientFailure, Value::Null),
+        T0,
+    );
+    assert!(lifecycle(applied(&a)).contains(&LifecycleKind::CompensationStepRetrying));
+    let a = fire(&e, &mut st, "x:k/a/compensate/backoff/1");
+    let refund2 = one_command(applied(&a));
+    assert_eq!(refund2.attempt, 2);
+    let a = fire(&e, &mut st, "x:k/a/compensate/timeout/2");
+    assert!(lifecycle(applied(&a)).contains(&LifecycleKind::CompensationStepRetrying));
+    let a = fire(&e, &mut st, "x:k/a/compensate/backoff/2");
+    let refund3 = one_command(applied(&a));
+    let a = e.apply(&mut st, ok(&refund3, json!({})), T0);
+    assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+}
+
+#[test]
+fn a_running_saga_stays_on_its_definition_version() {
+    let v1 = EXPR_FAIL;
+    let v2 = EXPR_FAIL
+        .replace("version: 1", "version: 2")
+        .replace("operation: ship", "operation: ship-v2");
+    let old = engine(&[v1]);
+    let (mut st, fx) = old
+        .start(
+            "x",
+            &trigger("t", "Go", json!({"id": "k", "address": {"street": "s"}})),
+            T0,
+        )
+        .unwrap();
+    let both = engine(&[v1, &v2]);
+    let a = both.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
+    let ship = one_command(applied(&a));
+    assert_eq!((ship.operation.as_str(), ship.saga_version), ("ship", 1));
+    let (fresh, fx) = both
+        .start(
+            "x",
+            &trigger("t", "Go", json!({"id": "k2", "address": {"street": "s"}})),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(fresh.saga_version, 2);
+    assert_eq!(one_command(&fx).saga_version, 2);
+    // Without its version the state cannot move.
+    let only_v2 = engine(&[&v2]);
+    let r = only_v2.apply(&mut st, ok(&ship, json!({})), T0);
+    assert!(matches!(r.outcome, Outcome::Rejected(ref e) if e.code() == "SF-ENG-001"));
+}
+
+#[test]
+fn finish_ends_early_and_cancelled_timers_are_stale() {
+    let src = "type: f\nversion: 1\ntrigger:\n  topic: t\n  event-type: Go\n  key: event.id\nsteps:\n  - call: a\n    service: payment\n    operation: charge\n  - choice: c\n    when:\n      - if: steps.a.done\n        steps:\n          - finish: early\n  - emit: e\n    topic: t\n    event-type: E\n    key: k\nresult:\n  early: true\n";
+    let e = engine(&[src]);
+    let (mut st, fx) = e
+        .start("f", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    let a = e.apply(&mut st, ok(&one_command(&fx), json!({"done": true})), T0);
+    let fx = applied(&a);
+    assert!(fx.iter().all(|f| !matches!(f, Effect::Emit(_))));
+    assert_eq!(result(fx).unwrap().output, json!({"early": true}));
+    let stale = e.apply(
+        &mut st,
+        Input::TimerFired {
+            timer_id: "f:k/a/timeout/1".into(),
+        },
+        Timestamp(u64::MAX),
+    );
+    assert!(matches!(stale.outcome, Outcome::Stale(ref s) if s.contains("not armed")));
+}
+
+#[test]
+fn state_rejects_unknown_schema_versions() {
+    let e = engine(&[ORDER]);
+    let (mut st, _) = e.start("order-checkout", &order(1.0), T0).unwrap();
+    st.version = 99;
+    let r = e.apply(
+        &mut st,
+        Input::Retry {
+            request_id: "x".into(),
+        },
+        T0,
+    );
+    assert!(matches!(r.outcome, Outcome::Rejected(ref e) if e.code() == "SF-ENG-005"));
+}
+
+#[test]
+fn state_that_does_not_fit_its_definition_is_rejected() {
+    let e = engine(&[ORDER]);
+    let (mut st, _) = e.start("order-checkout", &order(1.0), T0).unwrap();
+    st.steps.insert(999, st.steps[&0].clone());
+    let r = e.apply(
+        &mut st,
+        Input::Retry {
+            request_id: "x".into(),
+        },
+        T0,
+    );
+    assert!(
+        matches!(r.outcome, Outcome::Rejected(ref e) if e.code() == "SF-ENG-006"),
+        "{r:?}"
+    );
+    assert!(e.pending_effects(&st).is_empty());
+}
+
+#[test]
+fn registry_from_sources_collects_errors_of_all_files() {
+    let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();
+    let reg = DefinitionRegistry::from_sources([("a.yaml", ORDER), ("b.yaml", TRAVEL)], &services)
+        .unwrap();
+    assert_eq!(reg.iter().count(), 2);
+    let bad = ORDER.replace("service: payment", "service: paypal");
+    let errs = DefinitionRegistry::from_sources(
+        [
+            ("a.yaml", bad.as_str()),
+            ("b.yaml", ORDER),
+            ("c.yaml", ORDER),
+        ],
+        &services,
+    )
+    .unwrap_err();
+    assert!(errs.has(crate::DefCode::UnknownService));
+    assert!(errs.has(crate::DefCode::DuplicateDefinition));
+    assert_eq!(
+        errs.find(crate::DefCode::UnknownService).unwrap().file,
+        "a.yaml"
+    );
+}
