@@ -5,7 +5,9 @@
 //! `serde_json::Value` here (`input`, `data`, `output`) and JSON text in Avro
 //! (`input_json`, `data_json`, `output_json`). Times are milliseconds since
 //! the Unix epoch (UTC). On JSON topics these structs are serialized as they
-//! are, so JSON and Avro carry the same names and enum symbols.
+//! are, so JSON and Avro carry the same names and enum symbols. Unknown JSON
+//! fields are ignored and optional fields may be absent, so JSON evolves
+//! the way the Avro schemas do (new optional fields).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,7 +24,6 @@ pub enum CommandKind {
 
 /// A command from the orchestrator to a service adapter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Command {
     /// Deterministic id, see [`Command::action_id`] and [`Command::compensation_id`].
     pub command_id: String,
@@ -79,7 +80,6 @@ pub enum ReplyOutcome {
 
 /// Why a command failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReplyError {
     /// Machine-readable code.
     pub code: String,
@@ -89,7 +89,6 @@ pub struct ReplyError {
 
 /// An adapter's reply to a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Reply {
     /// Id of the command replied to.
     pub command_id: String,
@@ -160,7 +159,6 @@ pub enum LifecycleKind {
 
 /// A saga lifecycle event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SagaLifecycleEvent {
     /// Deterministic event id.
     pub event_id: String,
@@ -199,7 +197,6 @@ pub enum SagaStatus {
 
 /// The end of a saga instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SagaResult {
     /// Saga instance id.
     pub saga_id: String,
@@ -234,6 +231,15 @@ mod tests {
             Command::compensation_id("s-1", "pay/charge", 1),
             "s-1/pay/charge/compensate/1"
         );
+    }
+
+    #[test]
+    fn json_from_a_newer_writer_with_extra_fields_is_read() {
+        let json = r#"{"saga_id":"s","saga_type":"t","saga_version":1,"status":"COMPLETED",
+            "output":{"ok":true},"started_at":1,"ended_at":2,"added_in_v2":"x"}"#;
+        let result: SagaResult = serde_json::from_str(json).unwrap();
+        assert_eq!(result.error, None);
+        assert_eq!(result.status, SagaStatus::Completed);
     }
 
     #[test]
