@@ -374,3 +374,83 @@ async fn json_decode_of_arbitrary_text_never_panics() {
         assert_eq!(err.code(), "SF-CODEC-006");
     }
 }
+
+/// A newer writer (v2: extra enum symbol, extra optional field) is read by
+/// this build's v1 schema: the new symbol becomes `Unknown`, the new field
+/// is dropped; and v1 data is read by the v2 schema with its defaults.
+#[tokio::test]
+async fn newer_writer_schema_resolves_to_this_builds_schema() {
+    use sagaflow_codec::apache_avro::types::Value;
+    use sagaflow_codec::messages::{LifecycleKind, SagaLifecycleEvent};
+
+    let (registry, handle) = start_memory_registry().await;
+    let topic = "sagaflow.commands.events"; // any Avro topic with the record-name strategy
+    let v1_codec = Codec::new(config(handle.url())).unwrap();
+    let event = SagaLifecycleEvent {
+        event_id: "e-1".into(),
+        saga_id: "s-1".into(),
+        saga_type: "order-checkout".into(),
+        saga_version: 2,
+        kind: LifecycleKind::StepRetrying,
+        step: Some("charge".into()),
+        attempt: Some(2),
+        detail: None,
+        at: 1_700_000_000_000,
+    };
+    let v1_bytes = v1_codec.encode(topic, &event).await.unwrap();
+
+    let v2 = SagaLifecycleEvent::SCHEMA_JSON
+        .replacen(r#""FAILED""#, r#""FAILED", "PAUSED""#, 1)
+        .replacen(
+            r#""fields": ["#,
+            r#""fields": [{"name": "region", "type": ["null", "string"], "default": null},"#,
+            1,
+        );
+    let mut value = event.to_avro();
+    if let Value::Record(fields) = &mut value {
+        fields.insert(
+            0,
+            (
+                "region".into(),
+                Value::Union(1, Box::new(Value::String("eu".into()))),
+            ),
+        );
+        for (name, v) in fields.iter_mut() {
+            if name == "kind" {
+                *v = Value::Enum(17, "PAUSED".into());
+            }
+        }
+    }
+    let v2_codec = Codec::new(config(handle.url())).unwrap();
+    let v2_bytes = v2_codec
+        .encode_avro_value(topic, SagaLifecycleEvent::FULL_NAME, &v2, value)
+        .await
+        .unwrap();
+    assert_eq!(
+        registry
+            .versions(SagaLifecycleEvent::FULL_NAME)
+            .await
+            .unwrap(),
+        vec![1, 2]
+    );
+
+    let reader = Codec::new(config(handle.url())).unwrap();
+    let read = reader
+        .decode::<SagaLifecycleEvent>(topic, &v2_bytes)
+        .await
+        .unwrap();
+    assert_eq!(
+        read,
+        SagaLifecycleEvent {
+            kind: LifecycleKind::Unknown,
+            ..event.clone()
+        }
+    );
+    assert_eq!(
+        reader
+            .decode::<SagaLifecycleEvent>(topic, &v1_bytes)
+            .await
+            .unwrap(),
+        event
+    );
+}
