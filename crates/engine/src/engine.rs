@@ -456,6 +456,29 @@ impl Engine {
         fx
     }
 
+    /// The id of the saga of `saga_type` version `saga_version` whose
+    /// correlation key is `key` (saga ids follow from type and key only).
+    pub fn saga_id_for(
+        &self,
+        saga_type: &str,
+        saga_version: u32,
+        key: &str,
+    ) -> Result<String, EngineError> {
+        let def = self.registry.get(saga_type, saga_version).ok_or_else(|| {
+            EngineError::UnknownDefinition {
+                saga_type: saga_type.to_string(),
+                version: Some(saga_version),
+            }
+        })?;
+        def.trigger
+            .saga_id
+            .eval_string(&json!({ "key": key, "type": &def.saga_type }))
+            .map_err(|reason| EngineError::TriggerExpression {
+                saga_type: saga_type.to_string(),
+                reason,
+            })
+    }
+
     /// Which running sagas an event could be awaited by: for every
     /// definition with a matching `await`, the correlation key computed
     /// from the event. The runtime maps the key to saga ids.
