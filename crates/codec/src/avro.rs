@@ -92,6 +92,10 @@ avro_enum!(LifecycleKind {
     Completed => "COMPLETED",
     Compensated => "COMPENSATED",
     Failed => "FAILED",
+    LateReply => "LATE_REPLY",
+    CompensationStepRetrying => "COMPENSATION_STEP_RETRYING",
+    Resumed => "RESUMED",
+    Aborted => "ABORTED",
 });
 
 fn parse_once(cell: &'static OnceLock<Schema>, text: &str) -> &'static Schema {

@@ -152,6 +152,14 @@ pub enum LifecycleKind {
     Compensated,
     /// The saga failed (compensation failed).
     Failed,
+    /// A reply arrived for an attempt that had already timed out.
+    LateReply,
+    /// A compensation attempt failed transiently and will be retried.
+    CompensationStepRetrying,
+    /// An operator resumed a failed saga.
+    Resumed,
+    /// An operator aborted the saga.
+    Aborted,
     /// A symbol this build does not know (written by a newer version).
     #[serde(other)]
     Unknown,
