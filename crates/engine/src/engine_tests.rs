@@ -1073,3 +1073,15 @@ fn registry_from_sources_collects_errors_of_all_files() {
         "a.yaml"
     );
 }
+
+#[test]
+fn saga_ids_can_be_hashed() {
+    let src = ORDER.replace(
+        "saga-id: \"order-checkout:{{ key }}\"",
+        "saga-id: \"{{ type }}-{{ key | hash }}\"",
+    );
+    let e = engine(&[&src]);
+    let (id, key) = e.identify("order-checkout", &order(1.0)).unwrap();
+    assert_eq!(key, "o1");
+    assert_eq!(id, format!("order-checkout-{:016x}", crate::fnv1a(b"o1")));
+}
