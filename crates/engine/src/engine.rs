@@ -347,6 +347,7 @@ impl Engine {
             data: Map::new(),
             steps: Default::default(),
             completed: Vec::new(),
+            early: Default::default(),
             timers: Default::default(),
             applied: Default::default(),
             failure: None,
@@ -596,9 +597,21 @@ fn command_for(
 
 /// What a relevant input will do (decided without mutating).
 enum Action {
-    Reply { step: NodeId, kind: CommandKind },
-    Event { step: NodeId },
-    Timer { id: String, timer: Timer },
+    Reply {
+        step: NodeId,
+        kind: CommandKind,
+    },
+    Event {
+        step: NodeId,
+    },
+    /// The event is for an await this saga has not reached yet.
+    EarlyEvent {
+        step: NodeId,
+    },
+    Timer {
+        id: String,
+        timer: Timer,
+    },
     Retry,
     Abort,
 }
@@ -674,6 +687,20 @@ fn classify(
                     && a.correlate.eval_string(&event_ctx).ok().as_deref() == Some(st.key.as_str())
                 {
                     return Ok(Action::Event { step: id });
+                }
+            }
+            // Choreography races: the event may come before the saga
+            // reaches its await. Keep the first one per await step.
+            for (i, step) in def.steps().iter().enumerate() {
+                let id = i as NodeId;
+                if let StepKind::Await(a) = &step.kind
+                    && !st.steps.contains_key(&id)
+                    && !st.early.contains_key(&id)
+                    && a.topic == e.topic
+                    && a.event_type == e.event_type
+                    && a.correlate.eval_string(&event_ctx).ok().as_deref() == Some(st.key.as_str())
+                {
+                    return Ok(Action::EarlyEvent { step: id });
                 }
             }
             stale(format!(
@@ -817,6 +844,9 @@ impl Run<'_> {
                 self.st.data.insert(a.bind.clone(), e.payload);
                 self.step_done(step, Some(format!("event {}", e.message_id)));
             }
+            (Action::EarlyEvent { step }, Input::Event(e)) => {
+                self.st.early.insert(step, e.payload);
+            }
             (Action::Timer { id, timer }, _) => {
                 self.st.timers.remove(&id);
                 self.on_timer(timer);
@@ -893,6 +923,11 @@ impl Run<'_> {
                 r.branch = None;
                 r.attempt += 1;
                 let attempt = r.attempt;
+                if let Some(payload) = self.st.early.remove(&id) {
+                    self.life(LifecycleKind::StepStarted, Some(id), None, None);
+                    self.st.data.insert(a.bind.clone(), payload);
+                    return self.step_done(id, Some("event had arrived early".into()));
+                }
                 self.life(
                     LifecycleKind::StepStarted,
                     Some(id),

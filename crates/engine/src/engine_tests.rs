@@ -1085,3 +1085,42 @@ fn saga_ids_can_be_hashed() {
     assert_eq!(key, "o1");
     assert_eq!(id, format!("order-checkout-{:016x}", crate::fnv1a(b"o1")));
 }
+
+#[test]
+fn an_event_that_comes_before_its_await_is_kept_for_it() {
+    let e = engine(&[ONBOARDING]);
+    let (mut st, fx) = e.start("customer-onboarding", &signup(), T0).unwrap();
+    // The customer verifies the e-mail while the CRM call is still running.
+    let a = e.apply(&mut st, verified("early", "cu1"), T0);
+    assert!(applied(&a).is_empty());
+    assert_eq!(
+        e.apply(&mut st, verified("early", "cu1"), T0).outcome,
+        Outcome::Duplicate
+    );
+    // Another copy under a new id is not kept twice.
+    assert!(matches!(
+        e.apply(&mut st, verified("early-2", "cu1"), T0).outcome,
+        Outcome::Stale(_)
+    ));
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"account_id": "crm1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"account_number": "B-1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"workspace_id": "w1"})),
+        T0,
+    );
+    let fx = applied(&a);
+    // No deadline is armed: the await completes at once and the saga ends.
+    assert!(!fx.iter().any(|f| matches!(f, Effect::ArmTimer { .. })));
+    assert!(fx.iter().any(|f| matches!(f, Effect::Emit(_))));
+    assert_eq!(st.status, SagaStatus::Completed);
+    assert!(st.early.is_empty());
+}

@@ -199,6 +199,9 @@ pub struct SagaState {
     /// completion order (compensation pops from the end).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed: Vec<NodeId>,
+    /// Awaited events that arrived before their await step started, by step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub early: BTreeMap<NodeId, Value>,
     /// Armed timers by id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub timers: BTreeMap<String, Timer>,
