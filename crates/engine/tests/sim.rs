@@ -187,6 +187,8 @@ struct Sim<'a> {
     issued: HashMap<String, Command>,
     /// Compensable steps whose success reply was applied, in order.
     succeeded: Vec<String>,
+    /// Every step whose action succeeded (compensable or not).
+    done: BTreeSet<String>,
     compensation_started: BTreeSet<String>,
     compensated: BTreeSet<String>,
     operator_retries: u32,
@@ -265,6 +267,11 @@ impl Sim<'_> {
                         panic!("command {} issued twice", c.command_id);
                     }
                     self.issued.insert(c.command_id.clone(), c.clone());
+                    assert!(
+                        c.kind == CommandKind::Compensation || !self.done.contains(&c.step),
+                        "step {} runs again after it succeeded",
+                        c.step
+                    );
                     if c.kind == CommandKind::Compensation {
                         assert!(
                             self.succeeded.contains(&c.step),
@@ -339,6 +346,13 @@ impl Sim<'_> {
         } else if let Input::Reply(r) = &input {
             let c = &self.issued[&r.command_id];
             if r.outcome == ReplyOutcome::Success {
+                if c.kind == CommandKind::Action {
+                    assert!(
+                        self.done.insert(c.step.clone()),
+                        "a second success of step {} was applied",
+                        c.step
+                    );
+                }
                 match c.kind {
                     CommandKind::Action if self.compensable(&c.step) => {
                         self.succeeded.push(c.step.clone())
@@ -447,6 +461,7 @@ fn simulate(engine: &Engine, flags: usize, seed: u64) -> (SagaState, Vec<Effect>
         trace: Vec::new(),
         issued: HashMap::new(),
         succeeded: Vec::new(),
+        done: BTreeSet::new(),
         compensation_started: BTreeSet::new(),
         compensated: BTreeSet::new(),
         operator_retries: 0,
@@ -554,6 +569,7 @@ fn worked_examples_under_random_schedules() {
                 trace: Vec::new(),
                 issued: HashMap::new(),
                 succeeded: Vec::new(),
+                done: BTreeSet::new(),
                 compensation_started: BTreeSet::new(),
                 compensated: BTreeSet::new(),
                 operator_retries: 0,
