@@ -298,11 +298,40 @@ impl Sim<'_> {
                     let c = c.clone();
                     self.reply_to(&c);
                 }
+                Effect::Lifecycle(l) if l.kind == sagaflow_engine::LifecycleKind::Started => {
+                    // Some awaited events come before the saga gets there.
+                    let def = self
+                        .engine
+                        .registry()
+                        .get(&self.state.saga_type, self.state.saga_version)
+                        .unwrap();
+                    let early: Vec<String> = def
+                        .steps()
+                        .iter()
+                        .filter(|s| matches!(s.kind, StepKind::Await(_)))
+                        .map(|s| s.name.clone())
+                        .collect();
+                    for name in early {
+                        if self.rng.chance(20) {
+                            self.msg += 1;
+                            let ev = Input::Event(AwaitedEvent {
+                                message_id: format!("m{}", self.msg),
+                                topic: "sim.events".into(),
+                                event_type: format!("Ping{name}"),
+                                payload: json!({ "id": self.state.key }),
+                            });
+                            let d = self.rng.below(500);
+                            self.push(d, ev);
+                        }
+                    }
+                }
                 Effect::ArmTimer {
                     timer_id, purpose, ..
                 } if *purpose == TimerPurpose::AwaitDeadline => {
                     // The awaited event: on time, too late, or never; plus noise.
-                    let step = timer_id.split('/').nth(1).unwrap().to_string();
+                    // `<saga id>/<step path>/deadline/<attempt>`: the await's name.
+                    let parts: Vec<&str> = timer_id.split('/').collect();
+                    let step = parts[parts.len() - 3].to_string();
                     let hour = 3_600_000;
                     let when = match self.rng.below(4) {
                         0 => None,
@@ -363,6 +392,13 @@ impl Sim<'_> {
                     _ => {}
                 }
             }
+        }
+        if self.rng.chance(10) {
+            // A restart: the state comes back from its serialized form.
+            let json = serde_json::to_vec(&self.state).unwrap();
+            let back: SagaState = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, self.state, "state does not survive serialization");
+            self.state = back;
         }
         let once = self.state.clone();
         let again = self.engine.apply(&mut self.state, input, now);
@@ -638,8 +674,28 @@ fn random_runs_reach_every_ending() {
         if retried {
             *ends.entry("with-retries".into()).or_default() += 1;
         }
+        for f in &trace {
+            if let Effect::Lifecycle(l) = f {
+                match l.detail.as_deref() {
+                    Some(d) if d.starts_with("event had arrived early") => {
+                        *ends.entry("await-early".into()).or_default() += 1
+                    }
+                    Some(d) if d.starts_with("event ") => {
+                        *ends.entry("await-event".into()).or_default() += 1
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
-    for key in ["completed", "compensated", "failed", "with-retries"] {
+    for key in [
+        "completed",
+        "compensated",
+        "failed",
+        "with-retries",
+        "await-event",
+        "await-early",
+    ] {
         assert!(
             ends.get(key).copied().unwrap_or(0) > 0,
             "{key} never reached: {ends:?}"
