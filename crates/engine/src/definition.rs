@@ -867,7 +867,15 @@ impl Validator<'_> {
     }
 
     fn name(&mut self, name: &str, path: &str) {
-        if !is_ident(name) {
+        if name == "compensate" {
+            // `<saga>/<path>/compensate/<n>` names compensation commands.
+            self.err(
+                DefCode::BadName,
+                path,
+                "`compensate` is reserved and cannot name a step or binding".into(),
+                Some("pick another name, e.g. `compensate_order`".into()),
+            );
+        } else if !is_ident(name) {
             self.err(
                 DefCode::BadName,
                 path,

@@ -304,6 +304,17 @@ fn sf_def_010_expressions_that_do_not_compile() {
 }
 
 #[test]
+fn sf_def_011_reserved_name() {
+    let e = expect(
+        &def("  - call: compensate\n    service: payment\n    operation: charge\n"),
+        DefCode::BadName,
+        8,
+        5,
+    );
+    assert!(e.message.contains("reserved"), "{e}");
+}
+
+#[test]
 fn sf_def_011_bad_names() {
     expect(
         &def("  - call: Charge-Payment\n    service: payment\n    operation: charge\n"),

@@ -504,6 +504,12 @@ fn identify(def: &SagaDefinition, trigger: &TriggerEvent) -> Result<(String, Str
         .saga_id
         .eval_string(&json!({ "event": &trigger.payload, "key": &key, "type": &def.saga_type }))
         .map_err(err)?;
+    if id.is_empty() {
+        return Err(err("the saga id is empty".into()));
+    }
+    // `/` separates the parts of command and timer ids: escape it (and
+    // the escape character) so ids stay unambiguous.
+    let id = id.replace('%', "%25").replace('/', "%2F");
     Ok((id, key))
 }
 

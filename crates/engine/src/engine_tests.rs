@@ -1124,3 +1124,23 @@ fn an_event_that_comes_before_its_await_is_kept_for_it() {
     assert_eq!(st.status, SagaStatus::Completed);
     assert!(st.early.is_empty());
 }
+
+#[test]
+fn slashes_in_saga_ids_are_escaped() {
+    let e = engine(&[ORDER]);
+    let mut t = order(1.0);
+    t.payload["order_id"] = json!("a/b%c");
+    let (id, key) = e.identify("order-checkout", &t).unwrap();
+    assert_eq!(
+        (id.as_str(), key.as_str()),
+        ("order-checkout:a%2Fb%25c", "a/b%c")
+    );
+    let (mut st, fx) = e.start("order-checkout", &t, T0).unwrap();
+    let c = one_command(&fx);
+    assert_eq!(c.command_id, "order-checkout:a%2Fb%25c/reserve_inventory/1");
+    assert_eq!(
+        e.apply(&mut st, ok(&c, json!({"reservation_id": "r"})), T0)
+            .outcome,
+        Outcome::Applied
+    );
+}
