@@ -1144,3 +1144,18 @@ fn slashes_in_saga_ids_are_escaped() {
         Outcome::Applied
     );
 }
+
+#[test]
+fn engine_and_state_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Engine>();
+    send_sync::<SagaState>();
+    send_sync::<Effect>();
+    let e = std::sync::Arc::new(engine(&[ORDER]));
+    let handle = {
+        let e = e.clone();
+        std::thread::spawn(move || e.start("order-checkout", &order(1.0), T0).unwrap().0)
+    };
+    let st = handle.join().unwrap();
+    assert_eq!(st.saga_id, "order-checkout:o1");
+}
