@@ -237,6 +237,9 @@ impl Sim<'_> {
                 "tracking_number": format!("t{}", self.msg),
                 "verdict": if self.msg.is_multiple_of(3) { "reject" } else { "accept" },
                 "price": 10,
+                "account_id": format!("a{}", self.msg),
+                "account_number": format!("n{}", self.msg),
+                "workspace_id": format!("w{}", self.msg),
             }),
             error: (outcome != ReplyOutcome::Success).then(|| "scripted".to_string()),
         };
@@ -256,6 +259,29 @@ impl Sim<'_> {
             let d = self.rng.below(3000);
             self.push(d, Input::Reply(other));
         }
+    }
+
+    /// An event for the await named `name`, correlated to `key` (or not).
+    fn awaited_event(&mut self, name: &str, key: &str) -> Input {
+        let def = self
+            .engine
+            .registry()
+            .get(&self.state.saga_type, self.state.saga_version)
+            .unwrap();
+        let step = def.steps().iter().find(|s| s.name == name).unwrap();
+        let StepKind::Await(a) = &step.kind else {
+            panic!("{name} is not an await")
+        };
+        let (topic, event_type) = (a.topic.clone(), a.event_type.clone());
+        self.msg += 1;
+        Input::Event(AwaitedEvent {
+            message_id: format!("m{}", self.msg),
+            topic,
+            event_type,
+            // The generated definitions correlate on `id`, the worked
+            // example on `customer_id`.
+            payload: json!({ "id": key, "customer_id": key, "verified_at": "now" }),
+        })
     }
 
     fn handle(&mut self, effects: Vec<Effect>) {
@@ -313,48 +339,34 @@ impl Sim<'_> {
                         .collect();
                     for name in early {
                         if self.rng.chance(20) {
-                            self.msg += 1;
-                            let ev = Input::Event(AwaitedEvent {
-                                message_id: format!("m{}", self.msg),
-                                topic: "sim.events".into(),
-                                event_type: format!("Ping{name}"),
-                                payload: json!({ "id": self.state.key }),
-                            });
+                            let key = self.state.key.clone();
+                            let ev = self.awaited_event(&name, &key);
                             let d = self.rng.below(500);
                             self.push(d, ev);
                         }
                     }
                 }
                 Effect::ArmTimer {
-                    timer_id, purpose, ..
+                    timer_id,
+                    purpose,
+                    fire_at,
                 } if *purpose == TimerPurpose::AwaitDeadline => {
                     // The awaited event: on time, too late, or never; plus noise.
                     // `<saga id>/<step path>/deadline/<attempt>`: the await's name.
                     let parts: Vec<&str> = timer_id.split('/').collect();
                     let step = parts[parts.len() - 3].to_string();
-                    let hour = 3_600_000;
+                    let deadline = fire_at.0 - self.now;
                     let when = match self.rng.below(4) {
                         0 => None,
-                        1 => Some(hour + 1 + self.rng.below(1000)),
-                        _ => Some(self.rng.below(hour)),
+                        1 => Some(deadline + 1 + self.rng.below(1000)),
+                        _ => Some(self.rng.below(deadline)),
                     };
                     if let Some(after) = when {
-                        self.msg += 1;
-                        let ev = Input::Event(AwaitedEvent {
-                            message_id: format!("m{}", self.msg),
-                            topic: "sim.events".into(),
-                            event_type: format!("Ping{step}"),
-                            payload: json!({ "id": self.state.key }),
-                        });
+                        let key = self.state.key.clone();
+                        let ev = self.awaited_event(&step, &key);
                         self.push(after, ev);
                     }
-                    self.msg += 1;
-                    let noise = Input::Event(AwaitedEvent {
-                        message_id: format!("m{}", self.msg),
-                        topic: "sim.events".into(),
-                        event_type: format!("Ping{step}"),
-                        payload: json!({ "id": "someone-else" }),
-                    });
+                    let noise = self.awaited_event(&step, "someone-else");
                     let d = self.rng.below(1000);
                     self.push(d, noise);
                 }
@@ -580,6 +592,13 @@ fn worked_examples_under_random_schedules() {
             "travel.events",
             "BookingRequested",
         ),
+        (
+            include_str!("../../../topology/sagas/customer-onboarding.yaml"),
+            "customer-onboarding",
+            json!({"customer_id": "cu1", "name": "Ada", "email": "e", "plan": "pro"}),
+            "customers.events",
+            "CustomerSignedUp",
+        ),
     ];
     let mut ends: BTreeMap<String, usize> = BTreeMap::new();
     for (src, ty, payload, topic, et) in examples {
@@ -627,6 +646,8 @@ fn worked_examples_under_random_schedules() {
         "order-checkout:compensated",
         "travel-booking:completed",
         "travel-booking:compensated",
+        "customer-onboarding:completed",
+        "customer-onboarding:compensated",
     ] {
         assert!(
             ends.get(key).copied().unwrap_or(0) > 0,
