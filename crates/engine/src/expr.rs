@@ -423,7 +423,7 @@ pub fn project<'a>(lookup: impl Fn(&str) -> Option<Root<'a>>, needs: &[&[String]
     needs.sort_by_key(|p| p.len());
     let mut out = serde_json::Map::new();
     let mut complete: Vec<&[String]> = Vec::new();
-    for path in needs {
+    'paths: for path in needs {
         if complete.iter().any(|c| path.starts_with(c)) {
             continue;
         }
@@ -460,7 +460,9 @@ pub fn project<'a>(lookup: impl Fn(&str) -> Option<Root<'a>>, needs: &[&[String]
                 .or_insert_with(|| Value::Object(serde_json::Map::new()));
             match entry {
                 Value::Object(m) => slot = m,
-                _ => unreachable!("complete subtrees are never descended into"),
+                // A complete subtree is already there (cannot happen: its
+                // prefix is in `complete`), so there is nothing to add.
+                _ => continue 'paths,
             }
         }
         slot.insert(prefix[depth - 1].clone(), value);
