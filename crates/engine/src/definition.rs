@@ -597,10 +597,12 @@ impl RawSagaDefinition {
             .unwrap_or_else(|| "{{ type }}:{{ key }}".to_string());
         let saga_id = match Expr::template(&saga_id_src) {
             Ok(e) => {
+                // Only `type` and `key`: an awaited event is routed to its
+                // saga by correlation key, so the id must follow from them.
                 v.check_refs(
                     &e,
                     "trigger.saga-id",
-                    &["type", "key", "event"],
+                    &["type", "key"],
                     &BTreeSet::new(),
                     DefCode::UnboundReference,
                 );

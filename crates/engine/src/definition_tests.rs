@@ -490,3 +490,36 @@ fn guarded_reads_of_steps_that_may_not_have_run_are_allowed() {
     let bad = src.replace("steps.fraud | default('none')", "steps.fraud.verdict");
     expect(&bad, DefCode::UnboundReference, 21, 7);
 }
+
+#[test]
+fn saga_id_follows_from_type_and_key_only() {
+    // `event` in saga-id would make awaited events unroutable by key.
+    let src = "type: t\nversion: 1\ntrigger:\n  topic: orders.events\n  event-type: OrderPlaced\n  key: event.order_id\n  saga-id: \"{{ event.customer }}-{{ key }}\"\nsteps:\n  - emit: e\n    topic: t\n    event-type: E\n    key: k\n";
+    let errs = check(src).expect_err("event in saga-id is rejected");
+    assert!(
+        errs.0.iter().any(|e| e.position.line == 7),
+        "error points at trigger.saga-id:\n{errs}"
+    );
+
+    let ok = src.replace(
+        "{{ event.customer }}-{{ key }}",
+        "shop-{{ type }}-{{ key | hash }}",
+    );
+    let def = check(&ok).unwrap_or_else(|e| panic!("{e}"));
+    let mut registry = DefinitionRegistry::new();
+    registry.insert(def).unwrap();
+    let engine = crate::Engine::new(registry);
+    let trigger = crate::TriggerEvent {
+        message_id: "m1".into(),
+        topic: "orders.events".into(),
+        event_type: "OrderPlaced".into(),
+        payload: serde_json::json!({ "order_id": "o-7" }),
+    };
+    let (id, key) = engine.identify("t", &trigger).unwrap();
+    assert_eq!(key, "o-7");
+    assert_eq!(engine.saga_id_for("t", 1, "o-7").unwrap(), id);
+    assert!(
+        engine.saga_id_for("t", 2, "o-7").is_err(),
+        "unknown version"
+    );
+}

@@ -457,6 +457,23 @@ impl Engine {
         fx
     }
 
+    /// The id of the saga of `saga_type` version `saga_version` whose
+    /// correlation key is `key` (saga ids follow from type and key only).
+    pub fn saga_id_for(
+        &self,
+        saga_type: &str,
+        saga_version: u32,
+        key: &str,
+    ) -> Result<String, EngineError> {
+        let def = self.registry.get(saga_type, saga_version).ok_or_else(|| {
+            EngineError::UnknownDefinition {
+                saga_type: saga_type.to_string(),
+                version: Some(saga_version),
+            }
+        })?;
+        saga_id(def, key)
+    }
+
     /// Which running sagas an event could be awaited by: for every
     /// definition with a matching `await`, the correlation key computed
     /// from the event. The runtime maps the key to saga ids.
@@ -499,18 +516,27 @@ fn identify(def: &SagaDefinition, trigger: &TriggerEvent) -> Result<(String, Str
         .key
         .eval_string(&json!({ "event": &trigger.payload }))
         .map_err(err)?;
+    let id = saga_id(def, &key)?;
+    Ok((id, key))
+}
+
+/// The saga id for a correlation key: it follows from type and key only.
+fn saga_id(def: &SagaDefinition, key: &str) -> Result<String, EngineError> {
+    let err = |reason: String| EngineError::TriggerExpression {
+        saga_type: def.saga_type.clone(),
+        reason,
+    };
     let id = def
         .trigger
         .saga_id
-        .eval_string(&json!({ "event": &trigger.payload, "key": &key, "type": &def.saga_type }))
+        .eval_string(&json!({ "key": key, "type": &def.saga_type }))
         .map_err(err)?;
     if id.is_empty() {
         return Err(err("the saga id is empty".into()));
     }
     // `/` separates the parts of command and timer ids: escape it (and
     // the escape character) so ids stay unambiguous.
-    let id = id.replace('%', "%25").replace('/', "%2F");
-    Ok((id, key))
+    Ok(id.replace('%', "%25").replace('/', "%2F"))
 }
 
 /// The command id of an action or compensation attempt.

@@ -1135,6 +1135,7 @@ fn slashes_in_saga_ids_are_escaped() {
         (id.as_str(), key.as_str()),
         ("order-checkout:a%2Fb%25c", "a/b%c")
     );
+    assert_eq!(e.saga_id_for("order-checkout", 1, "a/b%c").unwrap(), id);
     let (mut st, fx) = e.start("order-checkout", &t, T0).unwrap();
     let c = one_command(&fx);
     assert_eq!(c.command_id, "order-checkout:a%2Fb%25c/reserve_inventory/1");

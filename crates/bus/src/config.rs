@@ -1,0 +1,209 @@
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Kafka connection settings. `properties` are librdkafka properties passed
+/// through untouched (`security.protocol`, `sasl.*`, `ssl.*`, …), so users
+/// configure Sagaflow with the names they already know; they override the
+/// defaults Sagaflow sets for each client role.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// What a client is for; each role gets the defaults its correctness needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRole {
+    /// Idempotent producer: `acks=all`, no duplicates from internal retries.
+    Producer,
+    /// Consumer that commits only what the caller stored after its effects
+    /// are durable (`enable.auto.commit=false`, `enable.auto.offset.store=false`).
+    Consumer,
+    Admin,
+}
+
+impl ClientRole {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Producer => "producer",
+            Self::Consumer => "consumer",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn defaults(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Producer => &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "1"),
+                ("message.timeout.ms", "30000"),
+            ],
+            Self::Consumer => &[
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                // Brokers such as tansu hold a fetch for the whole wait even
+                // when data arrives; a short wait keeps round trips short.
+                ("fetch.wait.max.ms", "5"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("partition.assignment.strategy", "range,roundrobin"),
+            ],
+            Self::Admin => &[],
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// Adds or replaces one librdkafka property.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// The librdkafka configuration for `role`: role defaults, then the
+    /// user's properties on top.
+    pub fn client_config(&self, role: ClientRole) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in role.defaults() {
+            cfg.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    pub fn producer(&self) -> Result<FutureProducer, Error> {
+        self.client_config(ClientRole::Producer)
+            .create()
+            .map_err(|e| self.client_error(ClientRole::Producer, &e))
+    }
+
+    /// A consumer in `group_id`, with a custom context (rebalance hooks).
+    pub fn consumer_with_context<C: ConsumerContext + 'static>(
+        &self,
+        group_id: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>, Error> {
+        let mut cfg = self.client_config(ClientRole::Consumer);
+        cfg.set("group.id", group_id);
+        cfg.create_with_context(context)
+            .map_err(|e| self.client_error(ClientRole::Consumer, &e))
+    }
+
+    pub fn consumer(&self, group_id: &str) -> Result<StreamConsumer, Error> {
+        let mut cfg = self.client_config(ClientRole::Consumer);
+        cfg.set("group.id", group_id);
+        cfg.create()
+            .map_err(|e| self.client_error(ClientRole::Consumer, &e))
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, Error> {
+        self.client_config(ClientRole::Admin)
+            .create()
+            .map_err(|e| self.client_error(ClientRole::Admin, &e))
+    }
+}
+
+impl KafkaConfig {
+    fn client_error(&self, role: ClientRole, e: &rdkafka::error::KafkaError) -> Error {
+        let message = match e {
+            // Name the property, never its value: it may be a password.
+            rdkafka::error::KafkaError::ClientConfig(_, description, key, _) => {
+                format!("invalid client property `{key}`: {description}")
+            }
+            other => other.to_string(),
+        };
+        Error::Client {
+            role: role.name(),
+            message: self.redact(message),
+        }
+    }
+
+    /// Replaces the values of secret-looking properties wherever they
+    /// appear in `text` (librdkafka descriptions may quote a bad value).
+    fn redact(&self, mut text: String) -> String {
+        const SECRET_HINTS: [&str; 5] = ["password", "secret", "jaas", "token", "key"];
+        for (key, value) in &self.properties {
+            if !value.is_empty() && SECRET_HINTS.iter().any(|h| key.contains(h)) {
+                text = text.replace(value.as_str(), "***");
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_properties_override_role_defaults() {
+        let cfg = KafkaConfig::new("127.0.0.1:9092").with("fetch.wait.max.ms", "1");
+        let consumer = cfg.client_config(ClientRole::Consumer);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("1"));
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        let producer = cfg.client_config(ClientRole::Producer);
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("enable.auto.commit"), None);
+    }
+
+    #[test]
+    fn config_rejects_unknown_keys_and_reads_kebab_case() {
+        let ok: KafkaConfig = serde_json::from_str(
+            r#"{"bootstrap-servers":"k:9092","properties":{"security.protocol":"SASL_SSL"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.properties["security.protocol"], "SASL_SSL");
+        let err = serde_json::from_str::<KafkaConfig>(r#"{"bootstrap-servers":"k","brokers":"x"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `brokers`"), "{err}");
+    }
+
+    #[test]
+    fn bad_property_is_a_client_error_without_the_value() {
+        let cfg = KafkaConfig::new("127.0.0.1:1")
+            .with("sasl.password", "hunter2-secret")
+            .with("no.such.property", "hunter2-secret");
+        let err = cfg.producer().err().expect("unknown property rejected");
+        let text = err.to_string();
+        assert!(text.contains("SF-BUS-001"), "{text}");
+        assert!(!text.contains("hunter2-secret"), "secret leaked: {text}");
+        assert!(
+            text.contains("no.such.property"),
+            "names the property: {text}"
+        );
+    }
+
+    #[test]
+    fn secret_values_are_redacted_from_client_errors() {
+        let cfg = KafkaConfig::new("127.0.0.1:1")
+            .with("sasl.password", "p4ss")
+            .with("acks", "p4ss");
+        let err = cfg.producer().err().expect("acks=p4ss is invalid");
+        let text = err.to_string();
+        assert!(!text.contains("p4ss"), "secret leaked: {text}");
+        assert!(text.contains("acks"), "names the property: {text}");
+    }
+}

@@ -1,0 +1,23 @@
+//! Sagaflow's Kafka plumbing: client configuration passed through to
+//! librdkafka, the topic names and definitions Sagaflow uses, and the
+//! message headers that carry saga identity and trace context.
+
+pub mod baseline;
+mod config;
+mod headers;
+mod topics;
+
+pub use config::{ClientRole, KafkaConfig};
+pub use headers::{SagaHeaders, header_names};
+pub use topics::{TopicNames, TopicSpec, ensure_topics};
+
+/// Errors from setting up Kafka clients and topics.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    #[error("[SF-BUS-001] creating the Kafka {role} client: {message}")]
+    Client { role: &'static str, message: String },
+    #[error("[SF-BUS-002] creating topic `{topic}`: {message}")]
+    CreateTopic { topic: String, message: String },
+    #[error("[SF-BUS-003] topic `{topic}` is invalid: {message}")]
+    InvalidTopic { topic: String, message: String },
+}

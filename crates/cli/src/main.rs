@@ -1,0 +1,62 @@
+//! `sagaflow`: the Sagaflow command line.
+//!
+//! Exit codes (also in `--help`): 0 ok; 1 a check found a problem (e.g. an
+//! incompatible schema); 2 usage or configuration error; 3 a service
+//! (schema registry, broker) could not be reached.
+
+mod exit;
+mod registry;
+mod registry_client;
+mod schemas;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::Failure;
+
+const AFTER_HELP: &str = "Exit codes: 0 ok, 1 a check failed (e.g. incompatible schema), 2 usage or configuration error, 3 a service could not be reached.";
+
+/// Sagaflow: Kafka-native saga orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "sagaflow", version, about, after_help = AFTER_HELP, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register and check the Avro schemas of a schemas/ directory.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Schemas(schemas::SchemasCommand),
+    /// Run the local schema registry.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Registry(registry::RegistryCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return Failure::Usage(format!("cannot start the async runtime: {e}")).report(),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Schemas(command) => schemas::run(command).await,
+            Command::Registry(command) => registry::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}

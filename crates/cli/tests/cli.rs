@@ -1,0 +1,294 @@
+//! The `sagaflow` binary against a real registry on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use sagaflow_registry::{MemoryLog, Registry, ServeHandle};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+
+fn schemas_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+}
+
+async fn serve() -> ServeHandle {
+    let registry = Registry::open(MemoryLog::new()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    registry.serve(listener).unwrap()
+}
+
+async fn sagaflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args(args)
+        .env_remove("SAGAFLOW_REGISTRY_URL")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_is_idempotent_and_check_passes_when_unchanged() {
+    let handle = serve().await;
+    let dir = schemas_dir();
+    let args = [
+        "schemas",
+        "register",
+        "--registry",
+        &handle.url(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    let first = sagaflow(&args).await;
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let out = stdout(&first);
+    assert_eq!(registrations(&out).len(), 12, "{out}");
+    assert!(out.contains("as sagaflow.replies-value"), "{out}");
+    let second = sagaflow(&args).await;
+    assert_eq!(stdout(&second), out, "registering again changes nothing");
+
+    let check = sagaflow(&[
+        "schemas",
+        "check",
+        "--registry",
+        &handle.url(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert_eq!(
+        stdout(&check).matches("unchanged ").count(),
+        12,
+        "{}",
+        stdout(&check)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_change_fails_check_and_register_with_exit_1() {
+    let handle = serve().await;
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&schemas_dir(), tmp.path());
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let register = [
+        "schemas",
+        "register",
+        "--registry",
+        &handle.url(),
+        "--dir",
+        &dir,
+    ];
+    assert_eq!(sagaflow(&register).await.status.code(), Some(0));
+
+    // Compatible change: a new optional field.
+    let path = tmp.path().join("examples/orders/OrderPlaced.avsc");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let compatible = original.replacen(
+        r#""fields": ["#,
+        r#""fields": [{"name": "coupon", "type": ["null", "string"], "default": null, "doc": "Coupon code."},"#,
+        1,
+    );
+    std::fs::write(&path, &compatible).unwrap();
+    let check = [
+        "schemas",
+        "check",
+        "--registry",
+        &handle.url(),
+        "--dir",
+        &dir,
+    ];
+    let ok = sagaflow(&check).await;
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(
+        stdout(&ok).contains("ok        examples/orders/OrderPlaced.avsc: compatible"),
+        "{}",
+        stdout(&ok)
+    );
+
+    // Incompatible change: a new field without a default.
+    let incompatible = original.replacen(
+        r#""fields": ["#,
+        r#""fields": [{"name": "loyalty_points", "type": "long", "doc": "Points."},"#,
+        1,
+    );
+    std::fs::write(&path, &incompatible).unwrap();
+    let failed = sagaflow(&check).await;
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let out = stdout(&failed);
+    assert!(
+        out.contains("FAIL      examples/orders/OrderPlaced.avsc"),
+        "{out}"
+    );
+    assert!(
+        out.contains("field `loyalty_points` is missing on the writing side and has no default on the reading side: readers using the new schema cannot read data written with version 1"),
+        "{out}"
+    );
+    let rejected = sagaflow(&register).await;
+    assert_eq!(rejected.status.code(), Some(1), "{rejected:?}");
+    assert!(
+        stdout(&rejected).contains("REJECTED examples/orders/OrderPlaced.avsc"),
+        "{}",
+        stdout(&rejected)
+    );
+    assert!(
+        stdout(&rejected).contains("(error 409)"),
+        "{}",
+        stdout(&rejected)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_for_unreachable_and_usage_errors() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let dir = schemas_dir();
+    let unreachable = sagaflow(&[
+        "schemas",
+        "check",
+        "--registry",
+        &url,
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(unreachable.status.code(), Some(3), "{unreachable:?}");
+    let no_dir = sagaflow(&[
+        "schemas",
+        "register",
+        "--registry",
+        &url,
+        "--dir",
+        "/nonexistent/schemas",
+    ])
+    .await;
+    assert_eq!(no_dir.status.code(), Some(2), "{no_dir:?}");
+    let bad_url = sagaflow(&[
+        "schemas",
+        "register",
+        "--registry",
+        "localhost:8081",
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(bad_url.status.code(), Some(2), "{bad_url:?}");
+    assert_eq!(sagaflow(&["schemas", "check"]).await.status.code(), Some(2));
+    assert_eq!(sagaflow(&["no-such-command"]).await.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_has_help() {
+    for args in [
+        &["--help"][..],
+        &["schemas", "--help"],
+        &["schemas", "register", "--help"],
+        &["schemas", "check", "--help"],
+        &["registry", "--help"],
+        &["registry", "serve", "--help"],
+    ] {
+        let output = sagaflow(args).await;
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert!(stdout(&output).contains("Usage: sagaflow"), "{args:?}");
+    }
+    assert!(stdout(&sagaflow(&["--help"]).await).contains("Exit codes: 0 ok, 1"));
+}
+
+async fn start_binary_registry(data_dir: &Path) -> (tokio::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args([
+            "registry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("registry started in time")
+        .unwrap()
+        .expect("a first line");
+    let url = line.rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_serve_keeps_ids_across_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = schemas_dir();
+    let (mut child, url) = start_binary_registry(data.path()).await;
+    let first = sagaflow(&[
+        "schemas",
+        "register",
+        "--registry",
+        &url,
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    child.kill().await.unwrap();
+
+    let (mut child, url) = start_binary_registry(data.path()).await;
+    let check = sagaflow(&[
+        "schemas",
+        "check",
+        "--registry",
+        &url,
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        stdout(&check).matches("unchanged ").count(),
+        12,
+        "{}",
+        stdout(&check)
+    );
+    let again = sagaflow(&[
+        "schemas",
+        "register",
+        "--registry",
+        &url,
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        registrations(&stdout(&again)),
+        registrations(&stdout(&first)),
+        "same ids after restart"
+    );
+    child.kill().await.unwrap();
+}
+
+/// The `registered … (id N)` lines.
+fn registrations(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter(|l| l.starts_with("registered "))
+        .collect()
+}

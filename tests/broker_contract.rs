@@ -1,0 +1,491 @@
+//! The Kafka behaviours Sagaflow relies on, each asserted against the real
+//! broker the tests use (the embedded tansu broker, or the cluster named by
+//! `SAGAFLOW_TEST_BOOTSTRAP`). If the broker is ever swapped, this suite
+//! says which behaviour breaks: every failure starts with
+//! `broker contract broken: <behaviour>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rdkafka::admin::AdminOptions;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sagaflow_bus::{SagaHeaders, TopicSpec};
+use sagaflow_test_support::{self as support, BrokerConfig, EmbeddedBroker};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Panics with the behaviour's name when `ok` is false.
+#[track_caller]
+fn contract(behaviour: &str, ok: bool, detail: impl FnOnce() -> String) {
+    assert!(ok, "broker contract broken: {behaviour}: {}", detail());
+}
+
+#[track_caller]
+fn contract_ok<T, E: std::fmt::Display>(behaviour: &str, r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("broker contract broken: {behaviour}: {e}"))
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    value: Option<&str>,
+) {
+    let mut record = FutureRecord::<str, str>::to(topic).key(key);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    contract_ok(
+        "idempotent produce is acknowledged",
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_topics_with_partitions_and_compaction() {
+    let kafka = support::kafka();
+    let plain = support::unique("contract-create");
+    let compacted = support::unique("contract-create-compact");
+    contract_ok(
+        "create topics (also cleanup.policy=compact)",
+        sagaflow_bus::ensure_topics(
+            &kafka,
+            &[
+                TopicSpec::new(&plain, 3),
+                TopicSpec::new(&compacted, 2).compacted(),
+            ],
+        )
+        .await,
+    );
+    // Creating again is not an error: ensure_topics is idempotent.
+    contract_ok(
+        "creating an existing topic reports TopicAlreadyExists",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&plain, 3)]).await,
+    );
+    let producer = contract_ok("producer connects", kafka.producer());
+    let metadata = contract_ok(
+        "metadata lists created topics",
+        producer
+            .client()
+            .fetch_metadata(Some(&plain), Duration::from_secs(10)),
+    );
+    let topic = metadata.topics().iter().find(|t| t.name() == plain);
+    contract("metadata lists created topics", topic.is_some(), || {
+        format!("{plain} missing")
+    });
+    let partitions = topic.map(|t| t.partitions().len()).unwrap_or(0);
+    contract(
+        "created topic has the requested partitions",
+        partitions == 3,
+        || format!("{partitions} partitions, expected 3"),
+    );
+
+    let admin = contract_ok("admin client connects", kafka.admin());
+    let configs = contract_ok(
+        "describe topic configs",
+        admin
+            .describe_configs(
+                [&rdkafka::admin::ResourceSpecifier::Topic(&compacted)],
+                &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+            )
+            .await,
+    );
+    let policy = configs
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.entries)
+        .find(|e| e.name == "cleanup.policy")
+        .and_then(|e| e.value);
+    contract(
+        "topic config cleanup.policy=compact is kept",
+        policy.as_deref() == Some("compact"),
+        || format!("cleanup.policy is {policy:?}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_delivers_each_message_once_in_order() {
+    const N: usize = 500;
+    let topic = support::topic("contract-idem", 1).await;
+    let kafka = support::kafka();
+    let producer = contract_ok("idempotent producer is accepted", kafka.producer());
+    let sends = (0..N).map(|i| {
+        let value = i.to_string();
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key("k").payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        contract_ok("idempotent produce is acknowledged", r);
+    }
+    let consumer = contract_ok(
+        "consumer joins a group",
+        kafka.consumer(&support::unique("g")),
+    );
+    contract_ok("subscribe", consumer.subscribe(&[&topic]));
+    let got = support::consume(&consumer, N + 1, Duration::from_secs(5)).await;
+    let values: Vec<usize> = got
+        .iter()
+        .map(|m| support::text(m).parse().unwrap())
+        .collect();
+    contract(
+        "idempotent producer: no duplicates, no loss",
+        values.len() == N,
+        || format!("consumed {} messages, produced {N}", values.len()),
+    );
+    contract(
+        "one partition keeps produce order",
+        values.iter().copied().eq(0..N),
+        || "messages out of order".to_owned(),
+    );
+    let offsets: Vec<i64> = got.iter().map(|m| m.offset()).collect();
+    contract(
+        "offsets are dense and start at 0",
+        offsets.iter().copied().eq(0..N as i64),
+        || format!("offsets {:?}…", &offsets[..offsets.len().min(10)]),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_round_trip() {
+    let topic = support::topic("contract-headers", 1).await;
+    let kafka = support::kafka();
+    let producer = contract_ok("producer", kafka.producer());
+    let saga = SagaHeaders {
+        saga_id: Some("order-checkout:o-42".into()),
+        message_id: Some("cmd-1".into()),
+        message_type: Some("io.sagaflow.v1.Command".into()),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        tracestate: Some("vendor=x".into()),
+    };
+    let headers = saga.to_owned_headers().insert(Header {
+        key: "binary",
+        value: Some(&[0u8, 159, 255][..]),
+    });
+    contract_ok(
+        "produce with headers",
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key("k")
+                    .payload("v")
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e),
+    );
+    let consumer = contract_ok("consumer", kafka.consumer(&support::unique("g")));
+    contract_ok("subscribe", consumer.subscribe(&[&topic]));
+    let got = support::consume(&consumer, 1, WAIT).await;
+    contract("message with headers is delivered", got.len() == 1, || {
+        "nothing consumed".into()
+    });
+    let h: &OwnedHeaders = got[0].headers().expect("headers present");
+    contract(
+        "string headers round-trip",
+        SagaHeaders::from_headers(h) == saga,
+        || format!("{:?}", SagaHeaders::from_headers(h)),
+    );
+    let binary = rdkafka::message::Headers::iter(h)
+        .find(|x| x.key == "binary")
+        .and_then(|x| x.value);
+    contract(
+        "binary header values round-trip",
+        binary == Some(&[0u8, 159, 255][..]),
+        || format!("{binary:?}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_group_members_split_partitions_and_hand_over() {
+    let topic = support::topic("contract-group", 4).await;
+    let kafka = support::kafka();
+    let group = support::unique("contract-group");
+    let a = contract_ok("first member joins", kafka.consumer(&group));
+    contract_ok("subscribe", a.subscribe(&[&topic]));
+    contract_ok(
+        "a lone member is assigned every partition",
+        support::await_assignment(&a, 4, WAIT).await,
+    );
+
+    let b = contract_ok("second member joins", kafka.consumer(&group));
+    contract_ok("subscribe", b.subscribe(&[&topic]));
+    // Both members must be polled for the rebalance to complete.
+    let split = async {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let pa = parts(&a);
+            let pb = parts(&b);
+            if pa.len() + pb.len() == 4 && !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) {
+                return Ok((pa, pb));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("assignments {pa:?} and {pb:?}"));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), a.recv()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(50), b.recv()).await;
+        }
+    };
+    let (pa, pb) = contract_ok("two members split the partitions", split.await);
+    let all: BTreeSet<i32> = pa.union(&pb).copied().collect();
+    contract(
+        "the split covers every partition",
+        all == (0..4).collect(),
+        || format!("{all:?}"),
+    );
+
+    // Hand-over: the first member leaves; the second takes every partition
+    // and reads what is produced after, to the last message.
+    drop(a);
+    contract_ok(
+        "a leaving member's partitions are handed to the survivor",
+        support::await_assignment(&b, 4, WAIT).await,
+    );
+    let producer = contract_ok("producer", kafka.producer());
+    for p in 0..4 {
+        send(&producer, &topic, Some(p), "k", Some(&format!("after-{p}"))).await;
+    }
+    let got = support::consume(&b, 4, WAIT).await;
+    let mut values: Vec<String> = got.iter().map(support::text).collect();
+    values.sort();
+    contract(
+        "the survivor reads every partition after a hand-over",
+        values.len() == 4,
+        || format!("got {values:?}"),
+    );
+}
+
+fn parts(c: &StreamConsumer) -> BTreeSet<i32> {
+    c.assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_are_fetched_by_the_next_member() {
+    let topic = support::topic("contract-commit", 1).await;
+    let kafka = support::kafka();
+    let producer = contract_ok("producer", kafka.producer());
+    for i in 0..10 {
+        send(&producer, &topic, Some(0), "k", Some(&i.to_string())).await;
+    }
+    let group = support::unique("contract-commit");
+    {
+        let c = contract_ok("consumer", kafka.consumer(&group));
+        contract_ok("subscribe", c.subscribe(&[&topic]));
+        let got = support::consume(&c, 6, WAIT).await;
+        contract("first reader gets messages", got.len() == 6, || {
+            format!("{}", got.len())
+        });
+        // Commit "processed up to 5" as Sagaflow does: explicit offset = last + 1.
+        let mut tpl = TopicPartitionList::new();
+        contract_ok(
+            "build offset list",
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(6)),
+        );
+        contract_ok(
+            "synchronous offset commit",
+            c.commit(&tpl, CommitMode::Sync),
+        );
+        let committed = contract_ok(
+            "committed offsets are fetched",
+            c.committed(Duration::from_secs(10)),
+        );
+        let off = committed.find_partition(&topic, 0).map(|e| e.offset());
+        contract(
+            "committed offset reads back",
+            off == Some(Offset::Offset(6)),
+            || format!("{off:?}"),
+        );
+    }
+    let c = contract_ok("consumer", kafka.consumer(&group));
+    contract_ok("subscribe", c.subscribe(&[&topic]));
+    let got = support::consume(&c, 4, WAIT).await;
+    let values: Vec<String> = got.iter().map(support::text).collect();
+    contract(
+        "a new member resumes from the committed offset",
+        values == ["6", "7", "8", "9"],
+        || format!("got {values:?}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_topic_reads_back_from_the_start_with_watermarks() {
+    let topic = support::unique("contract-changelog");
+    support::create(TopicSpec::new(&topic, 2).compacted()).await;
+    let kafka = support::kafka();
+    let producer = contract_ok("producer", kafka.producer());
+    // A changelog: saga states overwritten, one deleted with a tombstone.
+    let writes = [
+        ("saga-a", Some("a1")),
+        ("saga-b", Some("b1")),
+        ("saga-a", Some("a2")),
+        ("saga-c", Some("c1")),
+        ("saga-b", None),
+        ("saga-a", Some("a3")),
+    ];
+    for (k, v) in writes {
+        send(&producer, &topic, Some(0), k, v).await;
+    }
+    let (low, high) = contract_ok(
+        "watermarks (ListOffsets) of a partition",
+        producer
+            .client()
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10)),
+    );
+    contract(
+        "high watermark counts the writes",
+        high - low <= 6 && high >= 6,
+        || format!("low {low}, high {high}"),
+    );
+    let (_, empty_high) = contract_ok(
+        "watermarks of an empty partition",
+        producer
+            .client()
+            .fetch_watermarks(&topic, 1, Duration::from_secs(10)),
+    );
+    contract(
+        "an empty partition has high watermark 0",
+        empty_high == 0,
+        || format!("high {empty_high}"),
+    );
+
+    // Restore as a new partition owner does: assign without a group, read
+    // from the beginning to the high watermark, keep the last value per key.
+    let reader = contract_ok(
+        "group-less reader",
+        kafka.consumer(&support::unique("restore")),
+    );
+    let mut tpl = TopicPartitionList::new();
+    contract_ok(
+        "assign from beginning",
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning),
+    );
+    contract_ok("manual partition assignment", reader.assign(&tpl));
+    let mut state: BTreeMap<String, String> = BTreeMap::new();
+    let mut next = low;
+    let deadline = std::time::Instant::now() + WAIT;
+    while next < high && std::time::Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), reader.recv()).await {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            match m.payload() {
+                Some(v) => state.insert(key, String::from_utf8_lossy(v).into_owned()),
+                None => state.remove(&key),
+            };
+            next = m.offset() + 1;
+        }
+    }
+    contract(
+        "a compacted topic reads back to the high watermark",
+        next >= high,
+        || format!("stopped at {next} of {high}"),
+    );
+    let expected: BTreeMap<String, String> = [("saga-a", "a3"), ("saga-c", "c1")]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
+    contract(
+        "tombstones and overwrites replay to the latest state",
+        state == expected,
+        || format!("{state:?}"),
+    );
+}
+
+/// Sagaflow's exactly-once design must not need broker transactions. This
+/// records what the broker does with them, and requires only that it
+/// answers (commit works, or fails with an error) rather than hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_either_commit_or_fail_cleanly() {
+    let topic = support::topic("contract-txn", 1).await;
+    let kafka = support::kafka().with("transactional.id", support::unique("txn"));
+    let producer = contract_ok("transactional producer is created", kafka.producer());
+    let outcome = tokio::task::spawn_blocking(move || {
+        producer.init_transactions(Duration::from_secs(10))?;
+        producer.begin_transaction()?;
+        producer
+            .send_result(FutureRecord::<str, str>::to(&topic).key("k").payload("v"))
+            .map_err(|(e, _)| e)?;
+        producer.commit_transaction(Duration::from_secs(10))
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(60), outcome).await;
+    let outcome = contract_ok("transactional calls return within 60s", outcome);
+    let outcome = contract_ok("transactional calls do not panic", outcome);
+    match outcome {
+        Ok(()) => eprintln!("broker supports Kafka transactions (EndTxn)"),
+        Err(e) => eprintln!("broker does not commit Kafka transactions: {e}"),
+    }
+}
+
+/// The local stack keeps its data across broker restarts with SQLite storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_storage_survives_a_broker_restart() {
+    let dir = tempfile::Builder::new()
+        .prefix(".tmp-broker")
+        .tempdir_in(".")
+        .unwrap();
+    let db = dir.path().join("broker.db");
+    let topic = support::unique("contract-restart");
+    let broker = contract_ok(
+        "sqlite broker starts",
+        EmbeddedBroker::start(BrokerConfig::sqlite(&db)),
+    );
+    let addr = broker.addr();
+    let kafka =
+        sagaflow_bus::KafkaConfig::new(broker.bootstrap_servers()).with("fetch.wait.max.ms", "1");
+    contract_ok(
+        "create topic on sqlite storage",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+    );
+    {
+        let producer = contract_ok("producer", kafka.producer());
+        for i in 0..3 {
+            send(
+                &producer,
+                &topic,
+                Some(0),
+                "k",
+                Some(&format!("before-{i}")),
+            )
+            .await;
+        }
+        contract_ok("flush", producer.flush(Duration::from_secs(10)));
+    }
+    drop(broker);
+
+    let broker = contract_ok(
+        "sqlite broker restarts on the same port",
+        EmbeddedBroker::start(BrokerConfig::sqlite(&db).with_listen(addr)),
+    );
+    let reader = contract_ok(
+        "consumer after restart",
+        kafka.consumer(&support::unique("g")),
+    );
+    contract_ok("subscribe", reader.subscribe(&[&topic]));
+    let got = support::consume(&reader, 3, WAIT).await;
+    let values: Vec<String> = got.iter().map(support::text).collect();
+    contract(
+        "messages survive a broker restart (sqlite storage)",
+        values == ["before-0", "before-1", "before-2"],
+        || format!("got {values:?}"),
+    );
+    drop(reader);
+    drop(broker);
+}
