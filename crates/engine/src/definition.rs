@@ -659,6 +659,23 @@ impl RawSagaDefinition {
     }
 }
 
+/// Whether `source` explicitly guards `steps.<name>` against not having
+/// run (`is defined`, `is undefined`, `| default(…)`), which makes reading
+/// data from a step that may not have run deliberate.
+fn guarded(source: &str, name: &str) -> bool {
+    let compact: String = source.split_whitespace().collect::<Vec<_>>().join(" ");
+    let var = format!("steps.{name}");
+    [
+        " is defined",
+        " is not defined",
+        " is undefined",
+        " | default",
+        "|default",
+    ]
+    .iter()
+    .any(|g| compact.contains(&format!("{var}{g}")))
+}
+
 fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
@@ -768,6 +785,7 @@ impl Validator<'_> {
             if top == "steps"
                 && let Some(name) = segs.next()
                 && !bound.contains(name)
+                && !(self.all_names.contains(name) && guarded(e.source(), name))
             {
                 let why = if unbound_code == DefCode::CompensationReference {
                     "a compensation can read only data bound before its step and its own step's reply"
@@ -869,7 +887,15 @@ impl Validator<'_> {
     }
 
     fn name(&mut self, name: &str, path: &str) {
-        if !is_ident(name) {
+        if name == "compensate" {
+            // `<saga>/<path>/compensate/<n>` names compensation commands.
+            self.err(
+                DefCode::BadName,
+                path,
+                "`compensate` is reserved and cannot name a step or binding".into(),
+                Some("pick another name, e.g. `compensate_order`".into()),
+            );
+        } else if !is_ident(name) {
             self.err(
                 DefCode::BadName,
                 path,

@@ -304,6 +304,17 @@ fn sf_def_010_expressions_that_do_not_compile() {
 }
 
 #[test]
+fn sf_def_011_reserved_name() {
+    let e = expect(
+        &def("  - call: compensate\n    service: payment\n    operation: charge\n"),
+        DefCode::BadName,
+        8,
+        5,
+    );
+    assert!(e.message.contains("reserved"), "{e}");
+}
+
+#[test]
 fn sf_def_011_bad_names() {
     expect(
         &def("  - call: Charge-Payment\n    service: payment\n    operation: charge\n"),
@@ -448,6 +459,36 @@ fn backoff_is_exponential_bounded_and_jittered_deterministically() {
         .map(|i| p.backoff_ms(5, &format!("saga-{i}/x/1")))
         .collect();
     assert!(spread.len() > 5, "jitter spreads sagas apart: {spread:?}");
+}
+
+#[test]
+fn guarded_reads_of_steps_that_may_not_have_run_are_allowed() {
+    let src = def(concat!(
+        "  - choice: c\n    when:\n      - if: event.total > 10\n        steps:\n",
+        "          - call: fraud\n            service: fraud\n            operation: screen\n",
+        "  - call: pay\n    service: payment\n    operation: charge\n",
+        "    input:\n",
+        "      screened: \"{{ steps.fraud is defined }}\"\n",
+        "      verdict: \"{{ steps.fraud.verdict if steps.fraud is defined else 'none' }}\"\n",
+        "      other: \"{{ steps.fraud | default('none') }}\"\n",
+    ));
+    let d = check(&src).unwrap_or_else(|e| panic!("{e}"));
+    let StepKind::Call(pay) = &d.step(2).kind else {
+        panic!()
+    };
+    let ctx = serde_json::json!({"event": {"total": 1}, "steps": {}});
+    assert_eq!(
+        pay.input.eval(&ctx).unwrap(),
+        serde_json::json!({"screened": false, "verdict": "none", "other": "none"})
+    );
+    let ctx = serde_json::json!({"event": {"total": 99}, "steps": {"fraud": {"verdict": "ok"}}});
+    assert_eq!(
+        pay.input.eval(&ctx).unwrap()["verdict"],
+        serde_json::json!("ok")
+    );
+    // A guard on another step does not excuse an unguarded read.
+    let bad = src.replace("steps.fraud | default('none')", "steps.fraud.verdict");
+    expect(&bad, DefCode::UnboundReference, 21, 7);
 }
 
 #[test]

@@ -347,6 +347,7 @@ impl Engine {
             data: Map::new(),
             steps: Default::default(),
             completed: Vec::new(),
+            early: Default::default(),
             timers: Default::default(),
             applied: Default::default(),
             failure: None,
@@ -470,13 +471,7 @@ impl Engine {
                 version: Some(saga_version),
             }
         })?;
-        def.trigger
-            .saga_id
-            .eval_string(&json!({ "key": key, "type": &def.saga_type }))
-            .map_err(|reason| EngineError::TriggerExpression {
-                saga_type: saga_type.to_string(),
-                reason,
-            })
+        saga_id(def, key)
     }
 
     /// Which running sagas an event could be awaited by: for every
@@ -521,12 +516,27 @@ fn identify(def: &SagaDefinition, trigger: &TriggerEvent) -> Result<(String, Str
         .key
         .eval_string(&json!({ "event": &trigger.payload }))
         .map_err(err)?;
+    let id = saga_id(def, &key)?;
+    Ok((id, key))
+}
+
+/// The saga id for a correlation key: it follows from type and key only.
+fn saga_id(def: &SagaDefinition, key: &str) -> Result<String, EngineError> {
+    let err = |reason: String| EngineError::TriggerExpression {
+        saga_type: def.saga_type.clone(),
+        reason,
+    };
     let id = def
         .trigger
         .saga_id
-        .eval_string(&json!({ "event": &trigger.payload, "key": &key, "type": &def.saga_type }))
+        .eval_string(&json!({ "key": key, "type": &def.saga_type }))
         .map_err(err)?;
-    Ok((id, key))
+    if id.is_empty() {
+        return Err(err("the saga id is empty".into()));
+    }
+    // `/` separates the parts of command and timer ids: escape it (and
+    // the escape character) so ids stay unambiguous.
+    Ok(id.replace('%', "%25").replace('/', "%2F"))
 }
 
 /// The command id of an action or compensation attempt.
@@ -619,9 +629,21 @@ fn command_for(
 
 /// What a relevant input will do (decided without mutating).
 enum Action {
-    Reply { step: NodeId, kind: CommandKind },
-    Event { step: NodeId },
-    Timer { id: String, timer: Timer },
+    Reply {
+        step: NodeId,
+        kind: CommandKind,
+    },
+    Event {
+        step: NodeId,
+    },
+    /// The event is for an await this saga has not reached yet.
+    EarlyEvent {
+        step: NodeId,
+    },
+    Timer {
+        id: String,
+        timer: Timer,
+    },
     Retry,
     Abort,
 }
@@ -697,6 +719,20 @@ fn classify(
                     && a.correlate.eval_string(&event_ctx).ok().as_deref() == Some(st.key.as_str())
                 {
                     return Ok(Action::Event { step: id });
+                }
+            }
+            // Choreography races: the event may come before the saga
+            // reaches its await. Keep the first one per await step.
+            for (i, step) in def.steps().iter().enumerate() {
+                let id = i as NodeId;
+                if let StepKind::Await(a) = &step.kind
+                    && !st.steps.contains_key(&id)
+                    && !st.early.contains_key(&id)
+                    && a.topic == e.topic
+                    && a.event_type == e.event_type
+                    && a.correlate.eval_string(&event_ctx).ok().as_deref() == Some(st.key.as_str())
+                {
+                    return Ok(Action::EarlyEvent { step: id });
                 }
             }
             stale(format!(
@@ -840,6 +876,9 @@ impl Run<'_> {
                 self.st.data.insert(a.bind.clone(), e.payload);
                 self.step_done(step, Some(format!("event {}", e.message_id)));
             }
+            (Action::EarlyEvent { step }, Input::Event(e)) => {
+                self.st.early.insert(step, e.payload);
+            }
             (Action::Timer { id, timer }, _) => {
                 self.st.timers.remove(&id);
                 self.on_timer(timer);
@@ -916,6 +955,11 @@ impl Run<'_> {
                 r.branch = None;
                 r.attempt += 1;
                 let attempt = r.attempt;
+                if let Some(payload) = self.st.early.remove(&id) {
+                    self.life(LifecycleKind::StepStarted, Some(id), None, None);
+                    self.st.data.insert(a.bind.clone(), payload);
+                    return self.step_done(id, Some("event had arrived early".into()));
+                }
                 self.life(
                     LifecycleKind::StepStarted,
                     Some(id),

@@ -1073,3 +1073,90 @@ fn registry_from_sources_collects_errors_of_all_files() {
         "a.yaml"
     );
 }
+
+#[test]
+fn saga_ids_can_be_hashed() {
+    let src = ORDER.replace(
+        "saga-id: \"order-checkout:{{ key }}\"",
+        "saga-id: \"{{ type }}-{{ key | hash }}\"",
+    );
+    let e = engine(&[&src]);
+    let (id, key) = e.identify("order-checkout", &order(1.0)).unwrap();
+    assert_eq!(key, "o1");
+    assert_eq!(id, format!("order-checkout-{:016x}", crate::fnv1a(b"o1")));
+}
+
+#[test]
+fn an_event_that_comes_before_its_await_is_kept_for_it() {
+    let e = engine(&[ONBOARDING]);
+    let (mut st, fx) = e.start("customer-onboarding", &signup(), T0).unwrap();
+    // The customer verifies the e-mail while the CRM call is still running.
+    let a = e.apply(&mut st, verified("early", "cu1"), T0);
+    assert!(applied(&a).is_empty());
+    assert_eq!(
+        e.apply(&mut st, verified("early", "cu1"), T0).outcome,
+        Outcome::Duplicate
+    );
+    // Another copy under a new id is not kept twice.
+    assert!(matches!(
+        e.apply(&mut st, verified("early-2", "cu1"), T0).outcome,
+        Outcome::Stale(_)
+    ));
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"account_id": "crm1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"account_number": "B-1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"workspace_id": "w1"})),
+        T0,
+    );
+    let fx = applied(&a);
+    // No deadline is armed: the await completes at once and the saga ends.
+    assert!(!fx.iter().any(|f| matches!(f, Effect::ArmTimer { .. })));
+    assert!(fx.iter().any(|f| matches!(f, Effect::Emit(_))));
+    assert_eq!(st.status, SagaStatus::Completed);
+    assert!(st.early.is_empty());
+}
+
+#[test]
+fn slashes_in_saga_ids_are_escaped() {
+    let e = engine(&[ORDER]);
+    let mut t = order(1.0);
+    t.payload["order_id"] = json!("a/b%c");
+    let (id, key) = e.identify("order-checkout", &t).unwrap();
+    assert_eq!(
+        (id.as_str(), key.as_str()),
+        ("order-checkout:a%2Fb%25c", "a/b%c")
+    );
+    assert_eq!(e.saga_id_for("order-checkout", 1, "a/b%c").unwrap(), id);
+    let (mut st, fx) = e.start("order-checkout", &t, T0).unwrap();
+    let c = one_command(&fx);
+    assert_eq!(c.command_id, "order-checkout:a%2Fb%25c/reserve_inventory/1");
+    assert_eq!(
+        e.apply(&mut st, ok(&c, json!({"reservation_id": "r"})), T0)
+            .outcome,
+        Outcome::Applied
+    );
+}
+
+#[test]
+fn engine_and_state_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Engine>();
+    send_sync::<SagaState>();
+    send_sync::<Effect>();
+    let e = std::sync::Arc::new(engine(&[ORDER]));
+    let handle = {
+        let e = e.clone();
+        std::thread::spawn(move || e.start("order-checkout", &order(1.0), T0).unwrap().0)
+    };
+    let st = handle.join().unwrap();
+    assert_eq!(st.saga_id, "order-checkout:o1");
+}

@@ -398,6 +398,42 @@ mod tests {
         assert!(e.eval(&ctx).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// Evaluating against the projected context gives the same result
+        /// as against the full one.
+        #[test]
+        fn projection_preserves_results(
+            paths in proptest::collection::vec(
+                (0..2usize, proptest::collection::vec(0..4usize, 0..3)),
+                1..4,
+            )
+        ) {
+            let full = json!({
+                "event": {"a": {"b": 1, "c": [1, 2], "d": {"a": "x"}}, "b": "s", "c": null},
+                "steps": {"a": {"b": {"c": 3}}, "d": 4},
+            });
+            let keys = ["a", "b", "c", "d"];
+            let parts: Vec<String> = paths
+                .iter()
+                .map(|(top, segs)| {
+                    let mut p = ["event", "steps"][*top].to_string();
+                    for s in segs {
+                        p.push('.');
+                        p.push_str(keys[*s]);
+                    }
+                    format!("[({p} is defined), ({p} if {p} is defined else 0)]")
+                })
+                .collect();
+            let e = Expr::compile(&parts.join(" + ")).unwrap();
+            let needs: Vec<&[String]> = e.needs().iter().map(Vec::as_slice).collect();
+            let lookup = |k: &str| full.get(k).map(Root::Value);
+            let small = project(lookup, &needs);
+            proptest::prop_assert_eq!(e.eval(&small), e.eval(&full));
+        }
+    }
+
     #[test]
     fn hash_filter_is_stable() {
         let e = Expr::compile("'abc' | hash").unwrap();
@@ -423,7 +459,7 @@ pub fn project<'a>(lookup: impl Fn(&str) -> Option<Root<'a>>, needs: &[&[String]
     needs.sort_by_key(|p| p.len());
     let mut out = serde_json::Map::new();
     let mut complete: Vec<&[String]> = Vec::new();
-    for path in needs {
+    'paths: for path in needs {
         if complete.iter().any(|c| path.starts_with(c)) {
             continue;
         }
@@ -460,7 +496,9 @@ pub fn project<'a>(lookup: impl Fn(&str) -> Option<Root<'a>>, needs: &[&[String]
                 .or_insert_with(|| Value::Object(serde_json::Map::new()));
             match entry {
                 Value::Object(m) => slot = m,
-                _ => unreachable!("complete subtrees are never descended into"),
+                // A complete subtree is already there (cannot happen: its
+                // prefix is in `complete`), so there is nothing to add.
+                _ => continue 'paths,
             }
         }
         slot.insert(prefix[depth - 1].clone(), value);

@@ -199,6 +199,9 @@ pub struct SagaState {
     /// completion order (compensation pops from the end).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed: Vec<NodeId>,
+    /// Awaited events that arrived before their await step started, by step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub early: BTreeMap<NodeId, Value>,
     /// Armed timers by id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub timers: BTreeMap<String, Timer>,
@@ -246,5 +249,77 @@ impl SagaState {
 
     pub(crate) fn has_applied(&self, id: &str) -> bool {
         self.applied.iter().any(|a| a == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> SagaState {
+        SagaState {
+            version: STATE_VERSION,
+            saga_id: "s".into(),
+            saga_type: "t".into(),
+            saga_version: 1,
+            key: "k".into(),
+            status: SagaStatus::Running,
+            trigger: Value::Null,
+            data: Map::new(),
+            steps: BTreeMap::new(),
+            completed: Vec::new(),
+            early: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            applied: VecDeque::new(),
+            failure: None,
+            output: None,
+            seq: 0,
+            started_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        }
+    }
+
+    #[test]
+    fn applied_ids_are_bounded() {
+        let mut st = state();
+        for i in 0..APPLIED_WINDOW + 10 {
+            st.remember(&format!("m{i}"));
+        }
+        assert_eq!(st.applied.len(), APPLIED_WINDOW);
+        assert!(!st.has_applied("m0"));
+        assert!(!st.has_applied("m9"));
+        assert!(st.has_applied("m10"));
+        assert!(st.has_applied(&format!("m{}", APPLIED_WINDOW + 9)));
+    }
+
+    #[test]
+    fn timers_are_listed_by_due_time() {
+        let mut st = state();
+        for (id, at) in [("b", 30), ("a", 10), ("c", 20)] {
+            st.timers.insert(
+                id.into(),
+                Timer {
+                    fire_at: Timestamp(at),
+                    purpose: TimerPurpose::StepTimeout,
+                    step: 0,
+                    attempt: 1,
+                },
+            );
+        }
+        assert_eq!(st.next_timer(), Some(("a", Timestamp(10))));
+        assert_eq!(st.due_timers(Timestamp(20)), ["a", "c"]);
+        assert!(st.due_timers(Timestamp(5)).is_empty());
+        assert_eq!(st.timers().count(), 3);
+    }
+
+    #[test]
+    fn serialized_state_is_compact() {
+        let st = state();
+        let json = serde_json::to_string(&st).unwrap();
+        // Empty collections and absent options are left out.
+        assert!(!json.contains("timers"), "{json}");
+        assert!(!json.contains("failure"), "{json}");
+        let back: SagaState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, st);
     }
 }

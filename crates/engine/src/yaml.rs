@@ -46,7 +46,13 @@ impl Spans {
             }
             match p.rfind(['.', '[']) {
                 Some(i) => p = &p[..i],
-                None => return self.map.get("").copied().unwrap_or_default(),
+                None => {
+                    return self
+                        .map
+                        .get("")
+                        .copied()
+                        .unwrap_or(Position { line: 1, column: 1 });
+                }
             }
         }
     }
@@ -269,6 +275,13 @@ mod tests {
         let err = load("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.position.line >= 1, "{err:?}");
         assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn empty_documents_point_at_the_start() {
+        let (v, spans) = load("").unwrap();
+        assert_eq!(v, Value::Null);
+        assert_eq!(spans.find("steps"), Position { line: 1, column: 1 });
     }
 
     #[test]

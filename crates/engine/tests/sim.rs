@@ -187,6 +187,8 @@ struct Sim<'a> {
     issued: HashMap<String, Command>,
     /// Compensable steps whose success reply was applied, in order.
     succeeded: Vec<String>,
+    /// Every step whose action succeeded (compensable or not).
+    done: BTreeSet<String>,
     compensation_started: BTreeSet<String>,
     compensated: BTreeSet<String>,
     operator_retries: u32,
@@ -235,6 +237,9 @@ impl Sim<'_> {
                 "tracking_number": format!("t{}", self.msg),
                 "verdict": if self.msg.is_multiple_of(3) { "reject" } else { "accept" },
                 "price": 10,
+                "account_id": format!("a{}", self.msg),
+                "account_number": format!("n{}", self.msg),
+                "workspace_id": format!("w{}", self.msg),
             }),
             error: (outcome != ReplyOutcome::Success).then(|| "scripted".to_string()),
         };
@@ -256,6 +261,29 @@ impl Sim<'_> {
         }
     }
 
+    /// An event for the await named `name`, correlated to `key` (or not).
+    fn awaited_event(&mut self, name: &str, key: &str) -> Input {
+        let def = self
+            .engine
+            .registry()
+            .get(&self.state.saga_type, self.state.saga_version)
+            .unwrap();
+        let step = def.steps().iter().find(|s| s.name == name).unwrap();
+        let StepKind::Await(a) = &step.kind else {
+            panic!("{name} is not an await")
+        };
+        let (topic, event_type) = (a.topic.clone(), a.event_type.clone());
+        self.msg += 1;
+        Input::Event(AwaitedEvent {
+            message_id: format!("m{}", self.msg),
+            topic,
+            event_type,
+            // The generated definitions correlate on `id`, the worked
+            // example on `customer_id`.
+            payload: json!({ "id": key, "customer_id": key, "verified_at": "now" }),
+        })
+    }
+
     fn handle(&mut self, effects: Vec<Effect>) {
         for fx in effects {
             match &fx {
@@ -265,6 +293,11 @@ impl Sim<'_> {
                         panic!("command {} issued twice", c.command_id);
                     }
                     self.issued.insert(c.command_id.clone(), c.clone());
+                    assert!(
+                        c.kind == CommandKind::Compensation || !self.done.contains(&c.step),
+                        "step {} runs again after it succeeded",
+                        c.step
+                    );
                     if c.kind == CommandKind::Compensation {
                         assert!(
                             self.succeeded.contains(&c.step),
@@ -291,34 +324,49 @@ impl Sim<'_> {
                     let c = c.clone();
                     self.reply_to(&c);
                 }
+                Effect::Lifecycle(l) if l.kind == sagaflow_engine::LifecycleKind::Started => {
+                    // Some awaited events come before the saga gets there.
+                    let def = self
+                        .engine
+                        .registry()
+                        .get(&self.state.saga_type, self.state.saga_version)
+                        .unwrap();
+                    let early: Vec<String> = def
+                        .steps()
+                        .iter()
+                        .filter(|s| matches!(s.kind, StepKind::Await(_)))
+                        .map(|s| s.name.clone())
+                        .collect();
+                    for name in early {
+                        if self.rng.chance(20) {
+                            let key = self.state.key.clone();
+                            let ev = self.awaited_event(&name, &key);
+                            let d = self.rng.below(500);
+                            self.push(d, ev);
+                        }
+                    }
+                }
                 Effect::ArmTimer {
-                    timer_id, purpose, ..
+                    timer_id,
+                    purpose,
+                    fire_at,
                 } if *purpose == TimerPurpose::AwaitDeadline => {
                     // The awaited event: on time, too late, or never; plus noise.
-                    let step = timer_id.split('/').nth(1).unwrap().to_string();
-                    let hour = 3_600_000;
+                    // `<saga id>/<step path>/deadline/<attempt>`: the await's name.
+                    let parts: Vec<&str> = timer_id.split('/').collect();
+                    let step = parts[parts.len() - 3].to_string();
+                    let deadline = fire_at.0 - self.now;
                     let when = match self.rng.below(4) {
                         0 => None,
-                        1 => Some(hour + 1 + self.rng.below(1000)),
-                        _ => Some(self.rng.below(hour)),
+                        1 => Some(deadline + 1 + self.rng.below(1000)),
+                        _ => Some(self.rng.below(deadline)),
                     };
                     if let Some(after) = when {
-                        self.msg += 1;
-                        let ev = Input::Event(AwaitedEvent {
-                            message_id: format!("m{}", self.msg),
-                            topic: "sim.events".into(),
-                            event_type: format!("Ping{step}"),
-                            payload: json!({ "id": self.state.key }),
-                        });
+                        let key = self.state.key.clone();
+                        let ev = self.awaited_event(&step, &key);
                         self.push(after, ev);
                     }
-                    self.msg += 1;
-                    let noise = Input::Event(AwaitedEvent {
-                        message_id: format!("m{}", self.msg),
-                        topic: "sim.events".into(),
-                        event_type: format!("Ping{step}"),
-                        payload: json!({ "id": "someone-else" }),
-                    });
+                    let noise = self.awaited_event(&step, "someone-else");
                     let d = self.rng.below(1000);
                     self.push(d, noise);
                 }
@@ -339,6 +387,13 @@ impl Sim<'_> {
         } else if let Input::Reply(r) = &input {
             let c = &self.issued[&r.command_id];
             if r.outcome == ReplyOutcome::Success {
+                if c.kind == CommandKind::Action {
+                    assert!(
+                        self.done.insert(c.step.clone()),
+                        "a second success of step {} was applied",
+                        c.step
+                    );
+                }
                 match c.kind {
                     CommandKind::Action if self.compensable(&c.step) => {
                         self.succeeded.push(c.step.clone())
@@ -349,6 +404,13 @@ impl Sim<'_> {
                     _ => {}
                 }
             }
+        }
+        if self.rng.chance(10) {
+            // A restart: the state comes back from its serialized form.
+            let json = serde_json::to_vec(&self.state).unwrap();
+            let back: SagaState = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, self.state, "state does not survive serialization");
+            self.state = back;
         }
         let once = self.state.clone();
         let again = self.engine.apply(&mut self.state, input, now);
@@ -447,6 +509,7 @@ fn simulate(engine: &Engine, flags: usize, seed: u64) -> (SagaState, Vec<Effect>
         trace: Vec::new(),
         issued: HashMap::new(),
         succeeded: Vec::new(),
+        done: BTreeSet::new(),
         compensation_started: BTreeSet::new(),
         compensated: BTreeSet::new(),
         operator_retries: 0,
@@ -529,6 +592,13 @@ fn worked_examples_under_random_schedules() {
             "travel.events",
             "BookingRequested",
         ),
+        (
+            include_str!("../../../topology/sagas/customer-onboarding.yaml"),
+            "customer-onboarding",
+            json!({"customer_id": "cu1", "name": "Ada", "email": "e", "plan": "pro"}),
+            "customers.events",
+            "CustomerSignedUp",
+        ),
     ];
     let mut ends: BTreeMap<String, usize> = BTreeMap::new();
     for (src, ty, payload, topic, et) in examples {
@@ -554,6 +624,7 @@ fn worked_examples_under_random_schedules() {
                 trace: Vec::new(),
                 issued: HashMap::new(),
                 succeeded: Vec::new(),
+                done: BTreeSet::new(),
                 compensation_started: BTreeSet::new(),
                 compensated: BTreeSet::new(),
                 operator_retries: 0,
@@ -575,6 +646,8 @@ fn worked_examples_under_random_schedules() {
         "order-checkout:compensated",
         "travel-booking:completed",
         "travel-booking:compensated",
+        "customer-onboarding:completed",
+        "customer-onboarding:compensated",
     ] {
         assert!(
             ends.get(key).copied().unwrap_or(0) > 0,
@@ -622,8 +695,28 @@ fn random_runs_reach_every_ending() {
         if retried {
             *ends.entry("with-retries".into()).or_default() += 1;
         }
+        for f in &trace {
+            if let Effect::Lifecycle(l) = f {
+                match l.detail.as_deref() {
+                    Some(d) if d.starts_with("event had arrived early") => {
+                        *ends.entry("await-early".into()).or_default() += 1
+                    }
+                    Some(d) if d.starts_with("event ") => {
+                        *ends.entry("await-event".into()).or_default() += 1
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
-    for key in ["completed", "compensated", "failed", "with-retries"] {
+    for key in [
+        "completed",
+        "compensated",
+        "failed",
+        "with-retries",
+        "await-event",
+        "await-early",
+    ] {
         assert!(
             ends.get(key).copied().unwrap_or(0) > 0,
             "{key} never reached: {ends:?}"
