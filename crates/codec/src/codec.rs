@@ -109,11 +109,10 @@ fn describe(e: &SRCError) -> String {
     }
 }
 
+/// The converter marks exactly transport failures and HTTP 502/503 as
+/// retriable.
 fn unreachable(e: &SRCError) -> bool {
-    match registry_answer(e) {
-        Some(raw) => raw.error_code == 50201 || raw.error_code == 50301,
-        None => e.retriable,
-    }
+    e.retriable
 }
 
 impl Codec {
