@@ -133,6 +133,12 @@ impl RegistryClient {
             .text()
             .await
             .map_err(|e| Failure::Unreachable(format!("schema registry at {}: {e}", self.base)))?;
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(Failure::Usage(format!(
+                "schema registry at {} refused the credentials (HTTP {status}); check --registry-username/--registry-password or --registry-token",
+                self.base
+            )));
+        }
         if status.is_success() {
             serde_json::from_str(&text).map(Ok).map_err(|e| {
                 Failure::Usage(format!(

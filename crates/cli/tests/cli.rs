@@ -292,3 +292,46 @@ fn registrations(out: &str) -> Vec<&str> {
         .filter(|l| l.starts_with("registered "))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_are_sent_and_refusal_is_exit_2() {
+    let registry = Registry::open(MemoryLog::new()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let auth = sagaflow_registry::Auth::Basic {
+        username: "ci".into(),
+        password: "pw".into(),
+    };
+    let handle = registry.serve_with_auth(listener, Some(auth)).unwrap();
+    let dir = schemas_dir();
+    let base = [
+        "schemas",
+        "register",
+        "--registry",
+        &handle.url(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let ok = sagaflow(&with(&[
+        "--registry-username",
+        "ci",
+        "--registry-password",
+        "pw",
+    ]))
+    .await;
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let wrong = sagaflow(&with(&[
+        "--registry-username",
+        "ci",
+        "--registry-password",
+        "no",
+    ]))
+    .await;
+    assert_eq!(wrong.status.code(), Some(2), "{wrong:?}");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("refused the credentials"));
+    assert_eq!(sagaflow(&with(&[])).await.status.code(), Some(2));
+}

@@ -1,12 +1,14 @@
 //! The codec: Avro in the Confluent wire format through
 //! `schema_registry_converter`'s cached async encoder/decoder, or JSON.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::avro_common::AvroSchema;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     RawError, SchemaType, SubjectNameStrategy, SuppliedSchema,
@@ -58,6 +60,11 @@ struct AvroParts {
     url: String,
     encoder: AvroEncoder,
     decoder: AvroDecoder,
+    /// Subjects whose schema the encoder has cached.
+    warm_subjects: RwLock<HashSet<String>>,
+    /// `(schema id, record full name)` → whether the writer schema is exactly
+    /// the compiled-in reader schema (then resolution is skipped).
+    same_as_reader: RwLock<HashMap<(u32, &'static str), bool>>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -102,11 +109,10 @@ fn describe(e: &SRCError) -> String {
     }
 }
 
+/// The converter marks exactly transport failures and HTTP 502/503 as
+/// retriable.
 fn unreachable(e: &SRCError) -> bool {
-    match registry_answer(e) {
-        Some(raw) => raw.error_code == 50201 || raw.error_code == 50301,
-        None => e.retriable,
-    }
+    e.retriable
 }
 
 impl Codec {
@@ -121,6 +127,8 @@ impl Codec {
             url,
             encoder: AvroEncoder::new(settings.clone()),
             decoder: AvroDecoder::new(settings),
+            warm_subjects: RwLock::new(HashSet::new()),
+            same_as_reader: RwLock::new(HashMap::new()),
         });
         Ok(Self { config, avro })
     }
@@ -189,70 +197,115 @@ impl Codec {
                 topic: topic.to_string(),
             })?;
         let subject = subject_strategy.subject(topic, full_name);
-        let supplied = || {
-            SuppliedSchema::new(
-                Some(full_name.to_string()),
-                SchemaType::Avro,
-                schema_json.to_string(),
-            )
-        };
-        let strategy = match (subject_strategy, auto_register) {
-            (SubjectStrategy::TopicName, false) => {
+        // The plain strategy names the same subject (the converter's cache
+        // key) without carrying the schema text, which the converter clones
+        // on every call.
+        let plain = match subject_strategy {
+            SubjectStrategy::TopicName => {
                 SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false)
             }
-            (SubjectStrategy::TopicName, true) => SubjectNameStrategy::TopicNameStrategyWithSchema(
-                topic.to_string(),
-                false,
-                supplied(),
-            ),
-            (SubjectStrategy::RecordName, false) => {
+            SubjectStrategy::RecordName => {
                 SubjectNameStrategy::RecordNameStrategy(full_name.to_string())
             }
-            (SubjectStrategy::RecordName, true) => {
-                SubjectNameStrategy::RecordNameStrategyWithSchema(supplied())
-            }
-            (SubjectStrategy::TopicRecordName, false) => {
-                SubjectNameStrategy::TopicRecordNameStrategy(
-                    topic.to_string(),
-                    full_name.to_string(),
-                )
-            }
-            (SubjectStrategy::TopicRecordName, true) => {
-                SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
-                    topic.to_string(),
-                    supplied(),
-                )
-            }
+            SubjectStrategy::TopicRecordName => SubjectNameStrategy::TopicRecordNameStrategy(
+                topic.to_string(),
+                full_name.to_string(),
+            ),
         };
-        // Fetch (or register) first so registry failures and value mismatches are told apart.
+        let warm = parts
+            .warm_subjects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&subject);
+        if !warm {
+            let first = if *auto_register {
+                let supplied = SuppliedSchema::new(
+                    Some(full_name.to_string()),
+                    SchemaType::Avro,
+                    schema_json.to_string(),
+                );
+                match subject_strategy {
+                    SubjectStrategy::TopicName => SubjectNameStrategy::TopicNameStrategyWithSchema(
+                        topic.to_string(),
+                        false,
+                        supplied,
+                    ),
+                    SubjectStrategy::RecordName => {
+                        SubjectNameStrategy::RecordNameStrategyWithSchema(supplied)
+                    }
+                    SubjectStrategy::TopicRecordName => {
+                        SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+                            topic.to_string(),
+                            supplied,
+                        )
+                    }
+                }
+            } else {
+                plain.clone()
+            };
+            // Fetch (or register) first so registry failures and value
+            // mismatches are told apart.
+            parts
+                .encoder
+                .get_schema_and_id(&subject, first)
+                .await
+                .map_err(|e| {
+                    if !e.retriable {
+                        // The converter caches non-retriable failures per
+                        // subject; drop them so the next call asks again.
+                        parts.encoder.remove_errors_from_cache();
+                    }
+                    if unreachable(&e) {
+                        EncodeError::RegistryUnreachable {
+                            message: format!("{} ({})", describe(&e), parts.url),
+                        }
+                    } else {
+                        EncodeError::Registry {
+                            message: format!("subject `{subject}`: {}", describe(&e)),
+                        }
+                    }
+                })?;
+            parts
+                .warm_subjects
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(subject.clone());
+        }
         parts
             .encoder
-            .get_schema_and_id(&subject, strategy.clone())
-            .await
-            .map_err(|e| {
-                if !e.retriable {
-                    // The converter caches non-retriable failures per subject;
-                    // drop them so the next call asks the registry again.
-                    parts.encoder.remove_errors_from_cache();
-                }
-                if unreachable(&e) {
-                    EncodeError::RegistryUnreachable {
-                        message: format!("{} ({})", describe(&e), parts.url),
-                    }
-                } else {
-                    EncodeError::Registry {
-                        message: format!("subject `{subject}`: {}", describe(&e)),
-                    }
-                }
-            })?;
-        parts
-            .encoder
-            .encode_value(value, &strategy)
+            .encode_value(value, &plain)
             .await
             .map_err(|e| EncodeError::ValueMismatch {
                 subject,
                 message: describe(&e),
             })
+    }
+
+    fn same_as_reader<M: AvroMessage>(&self, schema_id: u32, writer: &Schema) -> bool {
+        let Some(parts) = &self.avro else {
+            return false;
+        };
+        let key = (schema_id, M::FULL_NAME);
+        if let Some(same) = parts
+            .same_as_reader
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return *same;
+        }
+        // Full JSON form (keeps logical types and defaults, unlike the
+        // parsing canonical form).
+        let same = matches!(
+            (serde_json::to_value(writer), serde_json::to_value(M::schema())),
+            (Ok(w), Ok(r)) if w == r
+        );
+        parts
+            .same_as_reader
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, same);
+        same
     }
 
     /// Decodes a value of `topic` as `M`.
@@ -272,7 +325,7 @@ impl Codec {
                 })
             }
             Some(TopicFormat::Avro { .. }) => {
-                let decoded = self.decode_avro_value(topic, bytes).await?;
+                let (decoded, writer) = self.decode_avro(topic, bytes).await?;
                 if decoded.full_name.as_deref() != Some(M::FULL_NAME) {
                     return Err(DecodeError::WrongRecordType {
                         expected: M::FULL_NAME,
@@ -285,10 +338,15 @@ impl Codec {
                 let mismatch = |message: String| DecodeError::BodyMismatch { schema_id, message };
                 // Resolve writer → our reader schema: fills defaults of fields
                 // the writer did not have, drops fields we do not know.
-                let resolved = decoded
-                    .value
-                    .resolve(M::schema())
-                    .map_err(|e| mismatch(format!("cannot be read as {}: {e}", M::FULL_NAME)))?;
+                // Skipped when the writer schema is ours.
+                let resolved = if self.same_as_reader::<M>(schema_id, &writer.parsed) {
+                    decoded.value
+                } else {
+                    decoded
+                        .value
+                        .resolve(M::schema())
+                        .map_err(|e| mismatch(format!("cannot be read as {}: {e}", M::FULL_NAME)))?
+                };
                 M::from_avro(resolved).map_err(|e| match e {
                     FieldError::Shape(message) => mismatch(message),
                     FieldError::Json { field, message } => DecodeError::InvalidJson {
@@ -307,6 +365,16 @@ impl Codec {
         topic: &str,
         bytes: &[u8],
     ) -> Result<DecodedValue, DecodeError> {
+        self.decode_avro(topic, bytes)
+            .await
+            .map(|(decoded, _)| decoded)
+    }
+
+    async fn decode_avro(
+        &self,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Result<(DecodedValue, Arc<AvroSchema>), DecodeError> {
         let parts = self
             .avro_parts(topic)
             .ok_or_else(|| DecodeError::TopicNotConfigured {
@@ -347,11 +415,14 @@ impl Codec {
                     schema_id,
                     message: describe(&e),
                 })?;
-        Ok(DecodedValue {
-            schema_id,
-            full_name,
-            value: result.value,
-        })
+        Ok((
+            DecodedValue {
+                schema_id,
+                full_name,
+                value: result.value,
+            },
+            schema,
+        ))
     }
 
     /// Encodes a command for `topic`.

@@ -454,3 +454,75 @@ async fn newer_writer_schema_resolves_to_this_builds_schema() {
         event
     );
 }
+
+/// Basic and bearer credentials from the codec configuration reach the
+/// registry; wrong ones are a typed (non-retriable) registry error.
+#[tokio::test]
+async fn registry_auth_basic_and_bearer() {
+    use sagaflow_codec::RegistryAuth;
+    use sagaflow_registry::{Auth, Registry};
+
+    let cases = [
+        (
+            Auth::Basic {
+                username: "sagaflow".into(),
+                password: "s3cret".into(),
+            },
+            RegistryAuth::Basic {
+                username: "sagaflow".into(),
+                password: "s3cret".into(),
+            },
+            RegistryAuth::Basic {
+                username: "sagaflow".into(),
+                password: "wrong".into(),
+            },
+        ),
+        (
+            Auth::Bearer {
+                token: "t0ken".into(),
+            },
+            RegistryAuth::Bearer {
+                token: "t0ken".into(),
+            },
+            RegistryAuth::Bearer {
+                token: "nope".into(),
+            },
+        ),
+    ];
+    for (server_auth, good, bad) in cases {
+        let registry = Registry::open(MemoryLog::new()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = registry
+            .serve_with_auth(listener, Some(server_auth))
+            .unwrap();
+        let with = |auth: Option<RegistryAuth>| {
+            let mut c = config(handle.url());
+            c.registry.as_mut().unwrap().auth = auth;
+            Codec::new(c).unwrap()
+        };
+
+        let bytes = with(Some(good.clone()))
+            .encode_command(COMMANDS, &command())
+            .await
+            .unwrap();
+        assert_eq!(
+            with(Some(good))
+                .decode_command(COMMANDS, &bytes)
+                .await
+                .unwrap(),
+            command()
+        );
+        for auth in [Some(bad), None] {
+            let codec = with(auth);
+            let err = codec.decode_command(COMMANDS, &bytes).await.unwrap_err();
+            assert!(matches!(err, DecodeError::Registry { .. }), "{err:?}");
+            assert!(err.to_string().contains("401"), "{err}");
+            let err = codec
+                .encode_command(COMMANDS, &command())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, EncodeError::Registry { .. }), "{err:?}");
+            assert!(!err.is_retriable());
+        }
+    }
+}

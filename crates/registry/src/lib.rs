@@ -20,7 +20,7 @@ pub mod storage;
 
 pub use compat::CompatibilityLevel;
 pub use registry::{ApiError, CompatibilityResult, Registry, SubjectSchema, Submitted, VersionRef};
-pub use server::{CONTENT_TYPE, ServeHandle, router};
+pub use server::{Auth, CONTENT_TYPE, ServeHandle, router};
 pub use storage::{FileLog, LogRecord, MemoryLog, SchemaLog, StorageError};
 
 /// Default listen address of the local registry (loopback only).

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -281,6 +282,73 @@ pub fn router(registry: Registry) -> Router {
         .with_state(registry)
 }
 
+/// Credentials the server requires on every request. Without them it is
+/// open (bind it to loopback).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// HTTP basic authentication.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// A bearer token.
+    Bearer {
+        /// The token.
+        token: String,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Self::Bearer { .. } => write!(f, "Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Auth {
+    fn expected_header(&self) -> String {
+        use base64::Engine as _;
+        match self {
+            Self::Basic { username, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            ),
+            Self::Bearer { token } => format!("Bearer {token}"),
+        }
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_auth(
+    State(expected): State<Arc<String>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if same_bytes(given, expected.as_bytes()) {
+        next.run(request).await
+    } else {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error_code: 401,
+            message: "Unauthorized".into(),
+        }
+        .into_response()
+    }
+}
+
 /// A running registry server; stops when [`ServeHandle::shutdown`] is called or it is dropped.
 #[derive(Debug)]
 pub struct ServeHandle {
@@ -329,11 +397,26 @@ impl Drop for ServeHandle {
 }
 
 impl Registry {
-    /// Serves the REST API on `listener` in a background task.
+    /// Serves the REST API on `listener` in a background task, open to
+    /// anyone who can connect.
     pub fn serve(&self, listener: TcpListener) -> std::io::Result<ServeHandle> {
+        self.serve_with_auth(listener, None)
+    }
+
+    /// Serves the REST API, requiring `auth` (when given) on every request;
+    /// others get 401 `{"error_code": 401, …}`.
+    pub fn serve_with_auth(
+        &self,
+        listener: TcpListener,
+        auth: Option<Auth>,
+    ) -> std::io::Result<ServeHandle> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = router(self.clone());
+        let mut app = router(self.clone());
+        if let Some(auth) = auth {
+            let expected = Arc::new(auth.expected_header());
+            app = app.layer(axum::middleware::from_fn_with_state(expected, require_auth));
+        }
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
