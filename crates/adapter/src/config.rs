@@ -80,7 +80,7 @@ fn default_refresh_margin() -> Duration {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RawProtection {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
