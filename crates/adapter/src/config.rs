@@ -930,6 +930,29 @@ operations:
     }
 
     #[test]
+    fn documented_example_is_valid() {
+        let doc = include_str!("../../../docs/adapters.md");
+        let start = doc.find("```yaml\n").expect("yaml block") + 8;
+        let len = doc[start..].find("```").expect("end of block");
+        let cfg = parse_str(&doc[start..start + len], "docs/adapters.md")
+            .unwrap()
+            .validate("docs/adapters.md")
+            .unwrap();
+        assert_eq!(cfg.service, "legacy-bank");
+        assert_eq!(cfg.base_urls.len(), 2);
+        assert_eq!(cfg.operations.len(), 3);
+        assert_eq!(
+            cfg.operations["get-customer"].cache_ttl,
+            Some(Duration::from_secs(30))
+        );
+        let OperationKind::Soap(soap) = &cfg.operations["open-account"].kind else {
+            panic!("soap expected")
+        };
+        assert_eq!(soap.response["account_id"].len(), 3);
+        assert_eq!(cfg.protection.rate_limit.unwrap().burst.get(), 10);
+    }
+
+    #[test]
     fn literal_parts_hide_expressions() {
         assert_eq!(
             literal_parts("/a/{{ input.x }}/b{% if y %}c{% endif %}"),
