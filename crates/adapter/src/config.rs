@@ -953,6 +953,25 @@ operations:
     }
 
     #[test]
+    fn load_file_reads_and_names_missing_files() {
+        let dir = std::env::temp_dir().join(format!("sf-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("payments.yaml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        assert_eq!(load_file(&path).unwrap().service, "payments");
+        let err = load_file(dir.join("missing.yaml")).unwrap_err();
+        assert_eq!(err.code(), "SF-ADAPTER-001");
+        assert!(err.to_string().contains("missing.yaml"));
+        std::fs::write(&path, MINIMAL.replace("base-urls", "base-url")).unwrap();
+        let err = load_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("payments.yaml:") && err.contains("base-url"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn literal_parts_hide_expressions() {
         assert_eq!(
             literal_parts("/a/{{ input.x }}/b{% if y %}c{% endif %}"),

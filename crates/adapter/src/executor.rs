@@ -194,6 +194,28 @@ impl Executor {
 
     /// Executes one command and returns the outcome for the reply.
     pub async fn execute(&self, cmd: &AdapterCommand) -> AdapterOutcome {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "adapter.execute",
+            saga.id = %cmd.saga_id,
+            saga.type = %cmd.saga_type,
+            saga.step = %cmd.step,
+            adapter.service = %self.settings.service,
+            adapter.operation = %cmd.operation,
+            adapter.command_id = %cmd.command_id,
+        );
+        let outcome = self.execute_inner(cmd).instrument(span.clone()).await;
+        span.in_scope(|| {
+            tracing::debug!(
+                outcome = outcome.kind.as_str(),
+                error.code = outcome.error_code().unwrap_or(""),
+                "command executed"
+            );
+        });
+        outcome
+    }
+
+    async fn execute_inner(&self, cmd: &AdapterCommand) -> AdapterOutcome {
         let service = self.settings.service.as_str();
         let timeout = if cmd.timeout_ms == 0 {
             self.settings.default_command_timeout

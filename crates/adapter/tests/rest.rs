@@ -542,6 +542,11 @@ async fn connect_errors_are_transient_and_retried() {
     let out = exec.execute(&charge("o-1")).await;
     assert_eq!(out.kind, OutcomeKind::TransientFailure);
     assert_eq!(out.error_code(), Some("connect_error"));
+    let msg = out.error.unwrap().message;
+    assert!(
+        msg.starts_with("SF-ADAPTER-007") && msg.contains("cannot connect"),
+        "{msg}"
+    );
     assert_eq!(
         metric(
             &registry,
