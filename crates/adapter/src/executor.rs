@@ -108,7 +108,7 @@ impl std::fmt::Debug for Executor {
     }
 }
 
-/// Removes a finished single-flight cell, also when the caller is cancelled.
+/// Removes a finished single-flight cell from the in-flight map.
 struct InflightGuard<'a> {
     map: &'a Inflight,
     key: &'a str,
@@ -117,6 +117,11 @@ struct InflightGuard<'a> {
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
+        // Only a finished execution leaves the map: a cancelled waiter must
+        // not let the next duplicate start a second backend call.
+        if !self.cell.initialized() {
+            return;
+        }
         let mut map = self
             .map
             .lock()

@@ -426,6 +426,31 @@ async fn concurrent_duplicates_make_one_call() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_duplicate_does_not_start_a_second_call() {
+    let backend = Backend::start(|_, _| {
+        Reply::json(200, json!({"id": "p", "status": {"code": "ok"}}))
+            .delay(Duration::from_millis(400))
+    })
+    .await;
+    let (exec, _) = executor(&config(&backend.url(), ""));
+    let exec = Arc::new(exec);
+    let spawn = |exec: &Arc<sagaflow_adapter::Executor>| {
+        let exec = Arc::clone(exec);
+        tokio::spawn(async move { exec.execute(&charge("o-1")).await })
+    };
+    let first = spawn(&exec);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiter = spawn(&exec);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    waiter.abort();
+    let _ = waiter.await;
+    let third = spawn(&exec);
+    assert_eq!(first.await.unwrap().kind, OutcomeKind::Success);
+    assert_eq!(third.await.unwrap().kind, OutcomeKind::Success);
+    assert_eq!(backend.total(), 1);
+}
+
 #[tokio::test]
 async fn cacheable_lookups_are_served_from_cache() {
     let backend = Backend::start(|n, _| Reply::json(200, json!({"n": n}))).await;
