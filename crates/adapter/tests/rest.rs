@@ -581,3 +581,43 @@ async fn connect_errors_are_transient_and_retried() {
         3.0
     );
 }
+
+#[tokio::test]
+async fn second_base_url_is_used_on_retry() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/api", listener.local_addr().unwrap());
+    drop(listener);
+    let backend =
+        Backend::start(|_, _| Reply::json(200, json!({"id": "p", "status": {"code": "ok"}}))).await;
+    let yaml = config(&backend.url(), "").replace(
+        &format!("base-urls: [\"{}/api\"]", backend.url()),
+        &format!("base-urls: [\"{dead}\", \"{}/api\"]", backend.url()),
+    );
+    assert!(yaml.contains(&dead));
+    let (exec, registry) = executor(&yaml);
+    let out = exec.execute(&charge("o-1")).await;
+    assert_eq!(out.kind, OutcomeKind::Success, "{out:?}");
+    assert_eq!(backend.total(), 1);
+    assert_eq!(
+        metric(
+            &registry,
+            "sagaflow_adapter_calls_total",
+            &[("status_class", "connect_error")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn header_injection_through_input_is_refused() {
+    let backend = Backend::start(|_, _| Reply::status(200)).await;
+    let (exec, _) = executor(&config(&backend.url(), ""));
+    let mut c = charge("o-1");
+    c.input["currency"] = json!("EUR");
+    // X-Saga renders command.saga_type; put CR/LF into it.
+    c.saga_type = "order\r\nX-Evil: 1".into();
+    let out = exec.execute(&c).await;
+    assert_eq!(out.kind, OutcomeKind::BusinessFailure);
+    assert_eq!(out.error_code(), Some("invalid_command"));
+    assert_eq!(backend.total(), 0);
+}
