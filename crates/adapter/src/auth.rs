@@ -67,7 +67,7 @@ impl Auth {
             }) => Self::ApiKeyHeader {
                 name: HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
                     AdapterError::ConfigInvalid {
-                        file: service.to_owned(),
+                        file: format!("service `{service}`"),
                         key: "auth.header".into(),
                         message: "not a valid HTTP header name".into(),
                     }
