@@ -1,0 +1,204 @@
+//! Backend authentication. Secrets are resolved once when the handler is
+//! built and only ever leave as request headers or query values.
+
+use std::time::Duration;
+
+use reqwest::RequestBuilder;
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::AuthConfig;
+use crate::error::AdapterError;
+use crate::secret::Secret;
+
+/// Resolved authentication.
+#[derive(Debug)]
+pub(crate) enum Auth {
+    None,
+    ApiKeyHeader { name: HeaderName, key: Secret },
+    ApiKeyQuery { name: String, key: Secret },
+    Basic { username: String, password: Secret },
+    Bearer(Secret),
+    OAuth2(OAuth2),
+}
+
+#[derive(Debug)]
+pub(crate) struct OAuth2 {
+    service: String,
+    token_url: String,
+    client_id: String,
+    client_secret: Secret,
+    scope: Option<String>,
+    margin: Duration,
+    client: reqwest::Client,
+    cached: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedToken {
+    token: Secret,
+    refresh_at: Instant,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Tokens without `expires_in` are refreshed after this long.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+impl Auth {
+    pub(crate) fn from_config(
+        cfg: Option<&AuthConfig>,
+        service: &str,
+        client: &reqwest::Client,
+    ) -> Result<Self, AdapterError> {
+        Ok(match cfg {
+            None => Self::None,
+            Some(AuthConfig::ApiKey {
+                header: Some(h),
+                secret,
+                ..
+            }) => Self::ApiKeyHeader {
+                name: HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    AdapterError::ConfigInvalid {
+                        file: format!("service `{service}`"),
+                        key: "auth.header".into(),
+                        message: "not a valid HTTP header name".into(),
+                    }
+                })?,
+                key: secret.resolve()?,
+            },
+            Some(AuthConfig::ApiKey { query, secret, .. }) => Self::ApiKeyQuery {
+                name: query.clone().unwrap_or_else(|| "api_key".into()),
+                key: secret.resolve()?,
+            },
+            Some(AuthConfig::Basic { username, password }) => Self::Basic {
+                username: username.clone(),
+                password: password.resolve()?,
+            },
+            Some(AuthConfig::Bearer { token }) => Self::Bearer(token.resolve()?),
+            Some(AuthConfig::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                refresh_margin,
+            }) => Self::OAuth2(OAuth2 {
+                service: service.to_owned(),
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: client_secret.resolve()?,
+                scope: scope.clone(),
+                margin: *refresh_margin,
+                client: client.clone(),
+                cached: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Adds credentials to a request. `budget` bounds a token fetch.
+    pub(crate) async fn apply(
+        &self,
+        req: RequestBuilder,
+        budget: Duration,
+    ) -> Result<RequestBuilder, AdapterError> {
+        Ok(match self {
+            Self::None => req,
+            Self::ApiKeyHeader { name, key } => {
+                let mut v = HeaderValue::from_str(key.expose()).map_err(|_| {
+                    AdapterError::SecretUnavailable {
+                        source_desc: "API key is not a valid header value".into(),
+                    }
+                })?;
+                v.set_sensitive(true);
+                req.header(name.clone(), v)
+            }
+            Self::ApiKeyQuery { name, key } => req.query(&[(name.as_str(), key.expose())]),
+            Self::Basic { username, password } => req.basic_auth(username, Some(password.expose())),
+            Self::Bearer(token) => req.bearer_auth(token.expose()),
+            Self::OAuth2(o) => {
+                let token = o.token(budget).await?;
+                req.bearer_auth(token.expose())
+            }
+        })
+    }
+
+    /// Forgets a cached OAuth2 token (after the backend answered 401).
+    pub(crate) async fn invalidate(&self) -> bool {
+        if let Self::OAuth2(o) = self {
+            *o.cached.lock().await = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl OAuth2 {
+    /// The cached token, or a fresh one. Holding the lock while fetching
+    /// makes the refresh single-flight: concurrent callers wait for it.
+    async fn token(&self, budget: Duration) -> Result<Secret, AdapterError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(t) = cached.as_ref()
+            && Instant::now() < t.refresh_at
+        {
+            return Ok(t.token.clone());
+        }
+        let fresh = self.fetch(budget).await?;
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        Ok(token)
+    }
+
+    async fn fetch(&self, budget: Duration) -> Result<CachedToken, AdapterError> {
+        let err = |message: String| AdapterError::TokenFetch {
+            service: self.service.clone(),
+            message,
+        };
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(scope) = &self.scope {
+            form.push(("scope", scope));
+        }
+        let started = Instant::now();
+        let resp = self
+            .client
+            .post(&self.token_url)
+            .basic_auth(&self.client_id, Some(self.client_secret.expose()))
+            .form(&form)
+            .timeout(budget.max(Duration::from_millis(1)))
+            .send()
+            .await
+            .map_err(|e| err(format!("token request failed: {}", e.without_url())))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(err(format!(
+                "token endpoint answered HTTP {}",
+                status.as_u16()
+            )));
+        }
+        let body: TokenResponse = resp.json().await.map_err(|e| {
+            err(format!(
+                "token response is not valid JSON: {}",
+                e.without_url()
+            ))
+        })?;
+        let lifetime = body
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        tracing::debug!(
+            service = %self.service,
+            lifetime_s = lifetime.as_secs(),
+            "fetched OAuth2 access token"
+        );
+        Ok(CachedToken {
+            token: Secret::new(body.access_token),
+            refresh_at: started + lifetime.saturating_sub(self.margin),
+        })
+    }
+}

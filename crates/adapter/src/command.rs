@@ -1,0 +1,155 @@
+//! The adapter's view of a saga command and of the reply it sends back.
+//!
+//! These are plain structs: the Kafka glue maps the wire `Command`/`Reply`
+//! types to and from them, so the backend-calling core does not depend on
+//! any codec.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One command for the service this adapter fronts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterCommand {
+    /// Deterministic id (`<saga type>:<saga id>/<step>/<attempt>`); used as
+    /// `Idempotency-Key` and as the dedupe key for redeliveries.
+    pub command_id: String,
+    pub saga_id: String,
+    pub saga_type: String,
+    pub step: String,
+    pub service: String,
+    pub operation: String,
+    pub attempt: u32,
+    pub input: serde_json::Value,
+    /// Total time budget for this command, retries included. `0` means "use
+    /// the adapter's configured default".
+    pub timeout_ms: u64,
+    /// W3C trace context, forwarded to the backend unchanged.
+    pub traceparent: Option<String>,
+}
+
+/// How a call ended, as the saga sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OutcomeKind {
+    /// The backend did what was asked.
+    Success,
+    /// The backend refused for a business reason; the saga compensates.
+    BusinessFailure,
+    /// The call could not be completed now; the saga's retry policy decides.
+    TransientFailure,
+}
+
+impl OutcomeKind {
+    /// Stable lowercase name (used in logs and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::BusinessFailure => "business_failure",
+            Self::TransientFailure => "transient_failure",
+        }
+    }
+}
+
+/// Error details of a failed call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyError {
+    /// Short machine-readable code, e.g. `http_409`, `circuit_open`,
+    /// `timeout`, `invalid_response`, or a SOAP fault code.
+    pub code: String,
+    /// Human-readable message. Never contains secrets.
+    pub message: String,
+}
+
+/// The result of executing one command: what goes into the reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterOutcome {
+    pub kind: OutcomeKind,
+    pub data: serde_json::Value,
+    pub error: Option<ReplyError>,
+    /// HTTP status the backend answered with, when there was one.
+    pub http_status: Option<u16>,
+    /// Hint for the executor (from `Retry-After`); not part of the reply.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+    /// `false` when retrying inside the adapter is pointless (e.g. the
+    /// backend answered garbage); the outcome is still transient for the saga.
+    #[serde(skip, default = "default_true")]
+    pub retryable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl AdapterOutcome {
+    /// A successful outcome carrying `data`.
+    pub fn success(data: serde_json::Value) -> Self {
+        Self {
+            kind: OutcomeKind::Success,
+            data,
+            error: None,
+            http_status: None,
+            retry_after: None,
+            retryable: true,
+        }
+    }
+
+    /// A business failure (the saga compensates).
+    pub fn business_failure(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::failure(OutcomeKind::BusinessFailure, code, message)
+    }
+
+    /// A transient failure (retried by the executor, then by the saga).
+    pub fn transient(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::failure(OutcomeKind::TransientFailure, code, message)
+    }
+
+    fn failure(kind: OutcomeKind, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            data: serde_json::Value::Null,
+            error: Some(ReplyError {
+                code: code.into(),
+                message: message.into(),
+            }),
+            http_status: None,
+            retry_after: None,
+            retryable: true,
+        }
+    }
+
+    /// Sets the backend HTTP status.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.http_status = Some(status);
+        self
+    }
+
+    /// Sets reply data.
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = data;
+        self
+    }
+
+    /// Asks the executor to wait at least `after` before the next attempt.
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    /// Marks a transient failure as not worth retrying inside the adapter.
+    pub fn not_retryable(mut self) -> Self {
+        self.retryable = false;
+        self
+    }
+
+    /// The error code, if any.
+    pub fn error_code(&self) -> Option<&str> {
+        self.error.as_ref().map(|e| e.code.as_str())
+    }
+
+    /// `true` for outcomes that are final for this command id (success and
+    /// business failure); those are remembered for idempotency.
+    pub fn is_final(&self) -> bool {
+        self.kind != OutcomeKind::TransientFailure
+    }
+}

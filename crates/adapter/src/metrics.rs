@@ -1,0 +1,191 @@
+//! All adapter metric names, in one place. Labels are bounded: service,
+//! operation (configured names only) and a status class; never ids.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::command::AdapterOutcome;
+use crate::error::AdapterError;
+
+pub const CALLS_TOTAL: &str = "sagaflow_adapter_calls_total";
+pub const CALL_DURATION_SECONDS: &str = "sagaflow_adapter_call_duration_seconds";
+pub const RETRIES_TOTAL: &str = "sagaflow_adapter_retries_total";
+pub const CIRCUIT_STATE: &str = "sagaflow_adapter_circuit_state";
+pub const RATE_LIMIT_WAITS_TOTAL: &str = "sagaflow_adapter_rate_limit_waits_total";
+pub const IDEMPOTENT_HITS_TOTAL: &str = "sagaflow_adapter_idempotent_hits_total";
+pub const CACHE_HITS_TOTAL: &str = "sagaflow_adapter_cache_hits_total";
+
+/// Metric handles; cheap to clone, register once per registry.
+#[derive(Clone, Debug)]
+pub struct AdapterMetrics {
+    pub(crate) calls_total: IntCounterVec,
+    pub(crate) call_duration: HistogramVec,
+    pub(crate) retries_total: IntCounterVec,
+    pub(crate) circuit_state: IntGaugeVec,
+    pub(crate) rate_limit_waits_total: IntCounterVec,
+    pub(crate) idempotent_hits_total: IntCounterVec,
+    pub(crate) cache_hits_total: IntCounterVec,
+}
+
+fn reg_err(e: prometheus::Error) -> AdapterError {
+    AdapterError::Metrics {
+        message: e.to_string(),
+    }
+}
+
+impl AdapterMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, AdapterError> {
+        let calls_total = IntCounterVec::new(
+            Opts::new(CALLS_TOTAL, "Backend call attempts by outcome status class"),
+            &["service", "operation", "status_class"],
+        )
+        .map_err(reg_err)?;
+        let call_duration = HistogramVec::new(
+            HistogramOpts::new(CALL_DURATION_SECONDS, "Duration of backend call attempts"),
+            &["service", "operation"],
+        )
+        .map_err(reg_err)?;
+        let retries_total = IntCounterVec::new(
+            Opts::new(
+                RETRIES_TOTAL,
+                "Retries of transient failures inside the adapter",
+            ),
+            &["service", "operation"],
+        )
+        .map_err(reg_err)?;
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                CIRCUIT_STATE,
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        let rate_limit_waits_total = IntCounterVec::new(
+            Opts::new(
+                RATE_LIMIT_WAITS_TOTAL,
+                "Calls that had to wait for the rate limiter",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        let idempotent_hits_total = IntCounterVec::new(
+            Opts::new(
+                IDEMPOTENT_HITS_TOTAL,
+                "Commands answered from the idempotency store or a concurrent duplicate",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        let cache_hits_total = IntCounterVec::new(
+            Opts::new(
+                CACHE_HITS_TOTAL,
+                "Commands answered from the response cache",
+            ),
+            &["service", "operation"],
+        )
+        .map_err(reg_err)?;
+        registry
+            .register(Box::new(calls_total.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(call_duration.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(retries_total.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(circuit_state.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(rate_limit_waits_total.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(idempotent_hits_total.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(cache_hits_total.clone()))
+            .map_err(reg_err)?;
+        Ok(Self {
+            calls_total,
+            call_duration,
+            retries_total,
+            circuit_state,
+            rate_limit_waits_total,
+            idempotent_hits_total,
+            cache_hits_total,
+        })
+    }
+}
+
+/// Bounded status class of one attempt: the HTTP class (`2xx`…`5xx`) when
+/// the backend answered, else the adapter's error code, else the outcome.
+pub(crate) fn status_class(outcome: &AdapterOutcome) -> &'static str {
+    if let Some(s) = outcome.http_status {
+        return match s / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+    }
+    match outcome.error_code() {
+        Some("timeout") => "timeout",
+        Some("connect_error") => "connect_error",
+        Some("circuit_open") => "circuit_open",
+        Some("invalid_response") => "invalid_response",
+        Some("response_too_large") => "response_too_large",
+        Some("unsafe_xml") => "unsafe_xml",
+        Some("rate_limited") => "rate_limited",
+        Some("auth_failed") => "auth_failed",
+        Some("invalid_command") => "invalid_command",
+        Some("base_url_escape") => "base_url_escape",
+        Some("unknown_operation") => "unknown_operation",
+        _ => outcome.kind.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_all_names_once() {
+        let r = Registry::new();
+        let m = AdapterMetrics::register(&r).unwrap();
+        m.calls_total.with_label_values(&["s", "op", "2xx"]).inc();
+        m.call_duration.with_label_values(&["s", "op"]).observe(0.1);
+        m.retries_total.with_label_values(&["s", "op"]).inc();
+        m.circuit_state.with_label_values(&["s"]).set(2);
+        m.rate_limit_waits_total.with_label_values(&["s"]).inc();
+        m.idempotent_hits_total.with_label_values(&["s"]).inc();
+        m.cache_hits_total.with_label_values(&["s", "op"]).inc();
+        let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
+        for n in [
+            CALLS_TOTAL,
+            CALL_DURATION_SECONDS,
+            RETRIES_TOTAL,
+            CIRCUIT_STATE,
+            RATE_LIMIT_WAITS_TOTAL,
+            IDEMPOTENT_HITS_TOTAL,
+            CACHE_HITS_TOTAL,
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing in {names:?}");
+        }
+        assert!(
+            AdapterMetrics::register(&r).is_err(),
+            "double registration is refused"
+        );
+    }
+
+    #[test]
+    fn status_class_is_bounded() {
+        let o = AdapterOutcome::transient("http_503", "x").with_status(503);
+        assert_eq!(status_class(&o), "5xx");
+        let o = AdapterOutcome::transient("circuit_open", "x");
+        assert_eq!(status_class(&o), "circuit_open");
+        let o = AdapterOutcome::business_failure("some-custom-code-123", "x");
+        assert_eq!(status_class(&o), "business_failure");
+    }
+}
