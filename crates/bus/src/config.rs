@@ -47,6 +47,10 @@ impl ClientRole {
                 ("enable.idempotence", "true"),
                 ("acks", "all"),
                 ("linger.ms", "1"),
+                // Java clients' partitioner: records keyed by saga id land on
+                // the same partition whichever client (or language) sent them,
+                // which co-partitioning of inputs, replies and state needs.
+                ("partitioner", "murmur2_random"),
                 ("message.timeout.ms", "30000"),
             ],
             Self::Consumer => &[

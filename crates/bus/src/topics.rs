@@ -30,6 +30,11 @@ impl TopicNames {
     pub fn commands(&self, service: &str) -> String {
         format!("{}sagaflow.commands.{service}", self.prefix)
     }
+    /// Internal: triggers, awaited events and operator requests re-keyed
+    /// by saga id, co-partitioned with replies and saga state.
+    pub fn inputs(&self) -> String {
+        format!("{}sagaflow.inputs", self.prefix)
+    }
     pub fn replies(&self) -> String {
         format!("{}sagaflow.replies", self.prefix)
     }
@@ -175,6 +180,7 @@ mod tests {
         assert_eq!(t.events("orders"), "orders.events");
         assert_eq!(t.commands("payment"), "sagaflow.commands.payment");
         assert_eq!(t.replies(), "sagaflow.replies");
+        assert_eq!(t.inputs(), "sagaflow.inputs");
         assert_eq!(t.saga_state(), "sagaflow.saga-state");
         assert_eq!(t.saga_events(), "sagaflow.saga-events");
         assert_eq!(t.dead_letter(), "sagaflow.dead-letter");
