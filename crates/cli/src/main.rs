@@ -5,9 +5,11 @@
 //! (schema registry, broker) could not be reached.
 
 mod exit;
+mod orchestrator;
 mod registry;
 mod registry_client;
 mod schemas;
+mod signals;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,9 @@ enum Command {
     /// Run the local schema registry.
     #[command(subcommand, after_help = AFTER_HELP)]
     Registry(registry::RegistryCommand),
+    /// Run an orchestrator instance (any number join one consumer group).
+    #[command(after_help = AFTER_HELP)]
+    Orchestrator(orchestrator::OrchestratorArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +58,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Schemas(command) => schemas::run(command).await,
             Command::Registry(command) => registry::run(command).await,
+            Command::Orchestrator(args) => orchestrator::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,190 @@
+//! Starting an orchestrator instance: load and validate everything, create
+//! the topics it owns, then run the driver, the saga view and the HTTP API
+//! until shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use sagaflow_bus::{TopicSpec, ensure_topics};
+use sagaflow_codec::Codec;
+use sagaflow_engine::{DefinitionRegistry, Engine, ServiceCatalog};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::OrchestratorConfig;
+use crate::events::EventSchemas;
+use crate::http::{ApiState, router};
+use crate::metrics::Metrics;
+use crate::runtime::Driver;
+use crate::view::SagaView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("[SF-ORCH-002] saga definitions:\n{0}")]
+    Definitions(String),
+    #[error("[SF-ORCH-003] {0}")]
+    Codec(String),
+    #[error("[SF-ORCH-004] {0}")]
+    Topics(String),
+    #[error("[SF-ORCH-005] HTTP listener on {addr}: {message}")]
+    Http { addr: String, message: String },
+    #[error("[SF-ORCH-006] {0}")]
+    Run(String),
+    #[error("[SF-ORCH-007] bearer token: environment variable `{0}` is not set or empty")]
+    Token(String),
+}
+
+/// Reads the services catalogue and every `*.yaml` definition in `dir`,
+/// reporting all definition errors at once.
+pub fn load_definitions(
+    dir: &Path,
+    services: &Path,
+) -> Result<(ServiceCatalog, DefinitionRegistry), AppError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| AppError::Definitions(format!("{}: {e}", p.display())))
+    };
+    let catalog_src = read(services)?;
+    let catalog = ServiceCatalog::from_yaml(&services.display().to_string(), &catalog_src)
+        .map_err(|e| AppError::Definitions(e.to_string()))?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| AppError::Definitions(format!("{}: {e}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let sources: Vec<(String, String)> = files
+        .iter()
+        .map(|p| Ok((p.display().to_string(), read(p)?)))
+        .collect::<Result<_, AppError>>()?;
+    let registry = DefinitionRegistry::from_sources(
+        sources.iter().map(|(f, s)| (f.as_str(), s.as_str())),
+        &catalog,
+    )
+    .map_err(|e| AppError::Definitions(e.to_string()))?;
+    Ok((catalog, registry))
+}
+
+/// Runs one orchestrator instance until `shutdown` becomes true.
+pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
+    let (catalog, registry) = load_definitions(&cfg.sagas.dir, &cfg.sagas.services)?;
+    let engine = Arc::new(Engine::new(registry));
+    let codec =
+        Arc::new(Codec::new(cfg.codec.clone()).map_err(|e| AppError::Codec(e.to_string()))?);
+    let schemas = match &cfg.schemas {
+        Some(dir) => EventSchemas::load(dir).map_err(|e| AppError::Codec(e.to_string()))?,
+        None => EventSchemas::default(),
+    };
+    let token = match &cfg.http.token_env {
+        Some(var) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(Arc::<str>::from(t)),
+            _ => return Err(AppError::Token(var.clone())),
+        },
+        None => None,
+    };
+    let names = cfg.topics.clone();
+    let n = cfg.partitions.get() as i32;
+
+    // The topics this instance reads and writes. Existing topics are kept
+    // as they are; `sagaflow topology apply` is the place to shape them.
+    let mut specs = vec![
+        TopicSpec::new(names.inputs(), n),
+        TopicSpec::new(names.replies(), n),
+        TopicSpec::new(names.saga_state(), n).compacted(),
+        TopicSpec::new(names.saga_events(), n),
+        TopicSpec::new(names.dead_letter(), 1),
+    ];
+    for s in catalog.iter() {
+        specs.push(TopicSpec::new(names.commands(&s.name), n));
+    }
+    let mut domain = std::collections::BTreeSet::new();
+    for def in engine.registry().iter() {
+        domain.insert(def.trigger.topic.clone());
+        for step in def.steps() {
+            match &step.kind {
+                sagaflow_engine::definition::StepKind::Await(a) => {
+                    domain.insert(a.topic.clone());
+                }
+                sagaflow_engine::definition::StepKind::Emit(e) => {
+                    domain.insert(e.topic.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    for t in domain {
+        specs.push(TopicSpec::new(format!("{}{t}", names.prefix), n));
+    }
+    ensure_topics(&cfg.kafka, &specs)
+        .await
+        .map_err(|e| AppError::Topics(e.to_string()))?;
+
+    let metrics = Metrics::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let view = SagaView::default();
+    let view_task = tokio::spawn(view.clone().follow(
+        cfg.kafka.clone(),
+        names.saga_events(),
+        n,
+        codec.clone(),
+        shutdown.clone(),
+    ));
+    let producer = cfg
+        .kafka
+        .producer()
+        .map_err(|e| AppError::Run(e.to_string()))?;
+    let api = router(ApiState {
+        engine: engine.clone(),
+        view,
+        metrics: metrics.clone(),
+        producer,
+        names: names.clone(),
+        ready: ready.clone(),
+        token,
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|e| AppError::Http {
+            addr: cfg.http.listen.to_string(),
+            message: e.to_string(),
+        })?;
+    let local = listener.local_addr().map_err(|e| AppError::Http {
+        addr: cfg.http.listen.to_string(),
+        message: e.to_string(),
+    })?;
+    info!(http = %local, "orchestrator HTTP API listening");
+    let mut http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, api)
+            .with_graceful_shutdown(async move {
+                while !*http_shutdown.borrow() {
+                    if http_shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await
+    });
+
+    let driver = Driver {
+        engine,
+        codec,
+        schemas,
+        metrics,
+        kafka: cfg.kafka.clone(),
+        names,
+        group_id: cfg.group_id.clone(),
+        completed_retention: cfg.completed_retention,
+        max_batch: cfg.max_batch.get() as usize,
+        ready,
+    };
+    let result = driver.run(shutdown).await;
+    if let Err(e) = &result {
+        error!(error = %e, "orchestrator driver stopped with an error");
+    }
+    let _ = http_task.await;
+    let _ = view_task.await;
+    result.map_err(|e| AppError::Run(e.to_string()))
+}

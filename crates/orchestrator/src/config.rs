@@ -1,0 +1,183 @@
+//! Orchestrator configuration: one YAML file, validated before anything
+//! starts. Kafka settings pass through to librdkafka untouched.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sagaflow_bus::{KafkaConfig, TopicNames};
+use sagaflow_codec::CodecConfig;
+use serde::Deserialize;
+
+/// The configuration file as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub topics: TopicNames,
+    pub codec: CodecConfig,
+    pub sagas: SagasConfig,
+    /// Avro schemas of emitted domain events (`schemas/`), needed when an
+    /// `emit` step publishes to an Avro topic.
+    #[serde(default)]
+    pub schemas: Option<PathBuf>,
+    /// Partitions of the internal topics (inputs, replies, state, events,
+    /// commands). Inputs, replies and state must agree: they are
+    /// co-partitioned by saga id.
+    #[serde(default = "default_partitions")]
+    pub partitions: NonZeroU32,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How long a finished saga's state is kept before it is removed from
+    /// the changelog with a tombstone ("1h").
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub completed_retention: Duration,
+    /// Most inputs handled per persisted batch.
+    #[serde(default = "default_batch")]
+    pub max_batch: NonZeroU32,
+}
+
+fn default_partitions() -> NonZeroU32 {
+    NonZeroU32::new(6).expect("6 is not zero")
+}
+fn default_group() -> String {
+    "sagaflow-orchestrator".to_owned()
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_batch() -> NonZeroU32 {
+    NonZeroU32::new(256).expect("256 is not zero")
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SagasConfig {
+    /// Directory of saga definitions (`*.yaml`).
+    pub dir: PathBuf,
+    /// The services catalogue (`services.yaml`).
+    pub services: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Name of an environment variable holding a bearer token that every
+    /// request except `/healthz`, `/readyz` and `/metrics` must present.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            token_env: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// Durations as human strings ("250ms", "1h").
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. \"30s\" or \"1h\""
+            ))
+        })
+    }
+}
+
+/// A configuration error, naming the file, line and column.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("[SF-ORCH-001] {file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl OrchestratorConfig {
+    /// Parses a YAML configuration; relative paths in it are resolved
+    /// against the file's directory.
+    pub fn from_yaml(file: &Path, source: &str) -> Result<Self, ConfigError> {
+        let name = file.display().to_string();
+        let (value, spans) = sagaflow_engine::yaml::load(source).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: e.position.line,
+            column: e.position.column,
+            message: e.message.clone(),
+        })?;
+        let mut cfg: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let pos = spans.find(&path);
+            ConfigError {
+                file: name.clone(),
+                line: pos.line,
+                column: pos.column,
+                message: format!("{}: {}", path, e.into_inner()),
+            }
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        cfg.sagas.dir = base.join(&cfg.sagas.dir);
+        cfg.sagas.services = base.join(&cfg.sagas.services);
+        cfg.schemas = cfg.schemas.map(|s| base.join(s));
+        Ok(cfg)
+    }
+
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_yaml(file, &source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "kafka:\n  bootstrap-servers: 127.0.0.1:9092\ncodec:\n  default-format:\n    format: json\nsagas:\n  dir: sagas\n  services: services.yaml\n";
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let cfg = OrchestratorConfig::from_yaml(Path::new("/etc/sagaflow/o.yaml"), MIN).unwrap();
+        assert_eq!(cfg.partitions.get(), 6);
+        assert_eq!(cfg.http.listen, default_listen());
+        assert_eq!(cfg.completed_retention, Duration::from_secs(3600));
+        assert_eq!(cfg.sagas.dir, Path::new("/etc/sagaflow/sagas"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let src = format!("{MIN}completed-retention: soon\n");
+        let e = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap_err();
+        assert_eq!((e.line, e.column), (9, 22), "{e}");
+        assert!(e.message.contains("not a duration"), "{e}");
+        let src = format!("{MIN}partitions: 0\n");
+        let e = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        let src = MIN.replace("sagas:", "sagaz:");
+        let e = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap_err();
+        assert!(e.to_string().contains("unknown field `sagaz`"), "{e}");
+    }
+}

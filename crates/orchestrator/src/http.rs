@@ -1,0 +1,270 @@
+//! The orchestrator's HTTP API: health, metrics, saga queries, operator
+//! requests, and the synchronous facade (one request in, one response out).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rdkafka::producer::FutureProducer;
+use sagaflow_bus::TopicNames;
+use sagaflow_engine::{Engine, TriggerEvent};
+use serde_json::{Value, json};
+
+use crate::metrics::Metrics;
+use crate::runtime::send_envelope;
+use crate::view::SagaView;
+use crate::wire::Envelope;
+
+/// Longest wait the synchronous facade accepts.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: Arc<Engine>,
+    pub view: SagaView,
+    pub metrics: Metrics,
+    pub producer: FutureProducer,
+    pub names: TopicNames,
+    pub ready: Arc<AtomicBool>,
+    /// Bearer token required on `/v1/*`; `None` leaves the API open (it
+    /// binds to loopback by default).
+    pub token: Option<Arc<str>>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/v1/sagas", get(list))
+        .route("/v1/sagas/{id_or_type}", get(show).post(start))
+        .route("/v1/sagas/{id}/retry", post(retry))
+        .route("/v1/sagas/{id}/abort", post(abort))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message.into() } })),
+    )
+        .into_response()
+}
+
+async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compare without early exit on the first differing byte.
+        let ok = presented.is_some_and(|p| {
+            p.len() == token.len()
+                && p.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "SF-API-401",
+                "a valid bearer token is required",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+async fn ready(State(s): State<ApiState>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn list(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(1000);
+    let sagas = s.view.list(
+        q.get("type").map(String::as_str),
+        q.get("status").map(String::as_str),
+        limit,
+    );
+    Json(json!({ "sagas": sagas })).into_response()
+}
+
+async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match s.view.get(&id) {
+        Some(saga) => Json(saga).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "SF-API-404",
+            format!("no saga `{id}` is known"),
+        ),
+    }
+}
+
+async fn operator(s: &ApiState, id: &str, abort: Option<String>) -> Response {
+    if s.view.get(id).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "SF-API-404",
+            format!("no saga `{id}` is known"),
+        );
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let env = match abort {
+        Some(reason) => Envelope::Abort {
+            saga_id: id.to_owned(),
+            request_id: request_id.clone(),
+            reason,
+        },
+        None => Envelope::Retry {
+            saga_id: id.to_owned(),
+            request_id: request_id.clone(),
+        },
+    };
+    match send_envelope(&s.producer, &s.names, &env).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "saga_id": id, "request_id": request_id, "status_url": format!("/v1/sagas/{id}") })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "SF-API-503", format!("could not queue the request: {e}")),
+    }
+}
+
+async fn retry(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    operator(&s, &id, None).await
+}
+
+async fn abort(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let reason = body
+        .and_then(|Json(b)| b.get("reason").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "aborted by an operator".to_owned());
+    operator(&s, &id, Some(reason)).await
+}
+
+/// `POST /v1/sagas/{type}?wait=5s`: starts a saga from the JSON body (the
+/// trigger event's payload) and waits for its result. An `Idempotency-Key`
+/// header makes a retried request join the same saga.
+async fn start(
+    State(s): State<ApiState>,
+    Path(saga_type): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let Some(Json(payload)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "SF-API-400",
+            "the body must be a JSON object: the trigger event",
+        );
+    };
+    let Some(def) = s.engine.registry().latest(&saga_type) else {
+        let known: Vec<&str> = s
+            .engine
+            .registry()
+            .iter()
+            .map(|d| d.saga_type.as_str())
+            .collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            "SF-API-404",
+            format!("no saga type `{saga_type}`; known: {}", known.join(", ")),
+        );
+    };
+    let wait = match q.get("wait").map(|w| humantime::parse_duration(w)) {
+        None => Duration::from_secs(10),
+        Some(Ok(d)) => d.min(MAX_WAIT),
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "SF-API-400",
+                format!("`wait` is not a duration: {e}"),
+            );
+        }
+    };
+    let message_id = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|k| format!("http/{saga_type}/{k}"))
+        .unwrap_or_else(|| format!("http/{}", uuid::Uuid::new_v4()));
+    let trigger = TriggerEvent {
+        message_id,
+        topic: def.trigger.topic.clone(),
+        event_type: def.trigger.event_type.clone(),
+        payload,
+    };
+    let saga_id = match s.engine.identify(&saga_type, &trigger) {
+        Ok((id, _)) => id,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "SF-API-422",
+                e.to_string(),
+            );
+        }
+    };
+    let env = Envelope::Trigger {
+        saga_type,
+        saga_id: saga_id.clone(),
+        event: trigger,
+    };
+    if let Err(e) = send_envelope(&s.producer, &s.names, &env).await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SF-API-503",
+            format!("could not start the saga: {e}"),
+        );
+    }
+    let status_url = format!("/v1/sagas/{saga_id}");
+    match s.view.wait_for_result(&saga_id, wait).await {
+        Some(done) => {
+            let result = done.result.as_ref();
+            Json(json!({
+                "saga_id": saga_id,
+                "status": done.status,
+                "output": result.map(|r| r.output.clone()),
+                "error": result.and_then(|r| r.error.clone()),
+                "status_url": status_url,
+            }))
+            .into_response()
+        }
+        None => (
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, status_url.clone())],
+            Json(json!({ "saga_id": saga_id, "status": "running", "status_url": status_url })),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,13 @@
+//! Sagaflow's orchestrator: consumes domain events, replies and operator
+//! requests, drives the sans-IO saga engine, and carries out its effects,
+//! completing every saga exactly once without broker transactions (see
+//! [`runtime`] for the protocol and `docs/orchestrator.md`).
+
+pub mod app;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod view;
+pub mod wire;

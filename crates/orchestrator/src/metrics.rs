@@ -1,0 +1,205 @@
+//! Every metric the orchestrator exports, in one place. Labels are bounded:
+//! saga type, step, service, outcome, reason — never a saga id.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Sagas started, by saga type.
+    pub sagas_started: IntCounterVec,
+    /// Sagas ended, by saga type and outcome (completed, compensated, failed).
+    pub sagas_ended: IntCounterVec,
+    /// Saga duration from start to end, by type and outcome.
+    pub saga_duration: HistogramVec,
+    /// Sagas held in memory and not ended, per saga type.
+    pub sagas_in_flight: IntGaugeVec,
+    /// Commands sent, by service and kind (action, compensation).
+    pub commands_sent: IntCounterVec,
+    /// Replies received, by service and outcome.
+    pub replies_received: IntCounterVec,
+    /// Inputs applied, by input kind and engine outcome (applied,
+    /// duplicate, stale, rejected, unmatched).
+    pub inputs: IntCounterVec,
+    /// Step latency from command to reply, by saga type, step, outcome.
+    pub step_latency: HistogramVec,
+    /// Timers fired, by purpose.
+    pub timers_fired: IntCounterVec,
+    /// Records sent to the dead-letter topic, by reason code.
+    pub dead_letters: IntCounterVec,
+    /// Outbox effects re-sent after a restore.
+    pub outbox_resent: IntCounterVec,
+    /// Time to restore a partition's sagas from the changelog.
+    pub restore_seconds: HistogramVec,
+    /// Sagas restored, total.
+    pub restored_sagas: IntCounterVec,
+    /// Partitions of the inputs topic this instance owns.
+    pub owned_partitions: IntGauge,
+    /// Consumer lag (high watermark − position) per topic and partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Input batches persisted, and their size.
+    pub batch_size: HistogramVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new(registry: Registry) -> Self {
+        let r = &registry;
+        let secs = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+        ];
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "sagaflow_sagas_in_flight",
+                "Sagas running or compensating, by saga type",
+            ),
+            &["saga_type"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(in_flight.clone()))
+            .expect("metric registered once");
+        let owned = IntGauge::new(
+            "sagaflow_owned_partitions",
+            "Partitions of the inputs topic this instance owns",
+        )
+        .expect("valid metric");
+        r.register(Box::new(owned.clone()))
+            .expect("metric registered once");
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "sagaflow_consumer_lag_messages",
+                "High watermark minus position, per topic and partition",
+            ),
+            &["consumer", "topic", "partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(lag.clone()))
+            .expect("metric registered once");
+        Self {
+            sagas_started: counter(
+                r,
+                "sagaflow_sagas_started_total",
+                "Sagas started",
+                &["saga_type"],
+            ),
+            sagas_ended: counter(
+                r,
+                "sagaflow_sagas_ended_total",
+                "Sagas ended, by outcome",
+                &["saga_type", "outcome"],
+            ),
+            saga_duration: histogram(
+                r,
+                "sagaflow_saga_duration_seconds",
+                "Saga duration from start to end",
+                &["saga_type", "outcome"],
+                secs.clone(),
+            ),
+            sagas_in_flight: in_flight,
+            commands_sent: counter(
+                r,
+                "sagaflow_commands_sent_total",
+                "Commands sent to adapters",
+                &["service", "kind"],
+            ),
+            replies_received: counter(
+                r,
+                "sagaflow_replies_received_total",
+                "Replies received from adapters",
+                &["service", "outcome"],
+            ),
+            inputs: counter(
+                r,
+                "sagaflow_inputs_total",
+                "Inputs handled, by kind and engine outcome",
+                &["input", "outcome"],
+            ),
+            step_latency: histogram(
+                r,
+                "sagaflow_step_latency_seconds",
+                "Step latency from command to reply",
+                &["saga_type", "step", "outcome"],
+                secs.clone(),
+            ),
+            timers_fired: counter(
+                r,
+                "sagaflow_timers_fired_total",
+                "Durable timers fired",
+                &["purpose"],
+            ),
+            dead_letters: counter(
+                r,
+                "sagaflow_dead_letters_total",
+                "Records sent to the dead-letter topic, by reason code",
+                &["reason"],
+            ),
+            outbox_resent: counter(
+                r,
+                "sagaflow_outbox_resent_total",
+                "Effects re-sent from the outbox after a restore",
+                &["effect"],
+            ),
+            restore_seconds: histogram(
+                r,
+                "sagaflow_state_restore_seconds",
+                "Time to restore one partition's sagas from the changelog",
+                &["partition"],
+                secs,
+            ),
+            restored_sagas: counter(
+                r,
+                "sagaflow_state_restored_sagas_total",
+                "Saga states restored from the changelog",
+                &["partition"],
+            ),
+            owned_partitions: owned,
+            consumer_lag: lag,
+            batch_size: histogram(
+                r,
+                "sagaflow_batch_inputs",
+                "Inputs persisted per batch",
+                &["consumer"],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        // Encoding our own registered families cannot fail.
+        let _ = encoder.encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Registry::new())
+    }
+}

@@ -1,0 +1,1166 @@
+//! The driver: reads inputs from Kafka, calls the engine, carries out its
+//! effects, persists, commits. Nothing else lives here.
+//!
+//! Exactly-once completion without broker transactions, per batch of inputs:
+//!
+//! 1. apply every input to the in-memory saga states (the engine dedupes
+//!    inputs it has seen by id);
+//! 2. write each touched saga to the compacted changelog together with the
+//!    effects it now owes (its *outbox*), and wait for the acks;
+//! 3. send the effects (commands, lifecycle events, emitted events, results,
+//!    re-keyed inputs, dead letters), and wait for the acks;
+//! 4. store the input offsets and commit them.
+//!
+//! A crash after 2 leaves the outbox in the changelog: whoever restores the
+//! partition re-sends it (every effect has a stable id, so adapters and
+//! readers dedupe). A crash before 4 replays the inputs: the restored state
+//! recognises them and they change nothing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
+use sagaflow_codec::Codec;
+use sagaflow_engine::{Effect, Engine, Input, Outcome, SagaState, Timestamp};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::events::{self, EventSchemas};
+use crate::metrics::Metrics;
+use crate::wire::{self, Envelope};
+
+/// What the changelog holds per saga.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredSaga {
+    pub state: SagaState,
+    /// Effects written with this state and maybe not yet sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Effect>,
+    /// Trace context of the input that started the saga.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// Everything the driver needs, fixed at start.
+pub struct Driver {
+    pub engine: Arc<Engine>,
+    pub codec: Arc<Codec>,
+    pub schemas: EventSchemas,
+    pub metrics: Metrics,
+    pub kafka: KafkaConfig,
+    pub names: TopicNames,
+    pub group_id: String,
+    pub completed_retention: Duration,
+    pub max_batch: usize,
+    pub ready: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Bus(#[from] sagaflow_bus::Error),
+    #[error("[SF-ORCH-020] Kafka: {0}")]
+    Kafka(String),
+}
+
+enum Rebalanced {
+    Revoked(Vec<i32>),
+    Assigned(Vec<i32>),
+}
+
+struct RebalanceContext {
+    inputs: String,
+    tx: std::sync::mpsc::Sender<Rebalanced>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Hand over cleanly: commit what is stored (only inputs whose
+            // effects are durable), so the next owner starts after them.
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                debug!(error = %e, "commit on revoke (nothing stored, or already committed)");
+            }
+            let _ = self
+                .tx
+                .send(Rebalanced::Revoked(partitions_of(tpl, &self.inputs)));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let _ = self
+                .tx
+                .send(Rebalanced::Assigned(partitions_of(tpl, &self.inputs)));
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// One owned partition: its sagas and their timers.
+#[derive(Default)]
+struct Partition {
+    sagas: HashMap<String, Entry>,
+    /// (due, saga id, timer id); timer id [`EXPIRE`] removes a finished saga.
+    timers: BTreeSet<(u64, String, String)>,
+}
+
+struct Entry {
+    state: SagaState,
+    traceparent: Option<String>,
+    /// The timers of this saga currently in `Partition::timers`.
+    armed: Vec<(u64, String)>,
+    /// When each in-flight command was issued (for step latency; not
+    /// persisted, so replies to commands issued before a restore are not timed).
+    issued: HashMap<String, u64>,
+}
+
+const EXPIRE: &str = "@expire";
+
+/// Effects owed by one batch, per saga, in first-touched order.
+#[derive(Default)]
+struct Batch {
+    order: Vec<(i32, String)>,
+    outbox: HashMap<String, Vec<Effect>>,
+    /// Records that are not saga effects: re-keyed inputs, dead letters.
+    records: Vec<Outgoing>,
+    tombstones: Vec<(i32, String)>,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+impl Batch {
+    fn owe(&mut self, partition: i32, saga_id: &str, effects: Vec<Effect>) {
+        let slot = self.outbox.entry(saga_id.to_owned()).or_insert_with(|| {
+            self.order.push((partition, saga_id.to_owned()));
+            Vec::new()
+        });
+        slot.extend(effects);
+    }
+}
+
+/// A record to produce.
+struct Outgoing {
+    topic: String,
+    partition: Option<i32>,
+    key: Option<String>,
+    payload: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A dead letter: the original bytes and headers, where they came from,
+/// and why they could not be processed.
+fn dead_letter(names: &TopicNames, m: &BorrowedMessage<'_>, code: &str, reason: &str) -> Outgoing {
+    let mut headers = OwnedHeaders::new();
+    if let Some(h) = m.headers() {
+        for h in rdkafka::message::Headers::iter(h) {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    for (key, value) in [
+        ("sagaflow-dlq-reason", reason),
+        ("sagaflow-dlq-code", code),
+        ("sagaflow-dlq-source-topic", m.topic()),
+        ("sagaflow-dlq-source-partition", partition.as_str()),
+        ("sagaflow-dlq-source-offset", offset.as_str()),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    Outgoing {
+        topic: names.dead_letter(),
+        partition: None,
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+fn envelope_record(names: &TopicNames, env: &Envelope, traceparent: Option<String>) -> Outgoing {
+    let headers = SagaHeaders {
+        saga_id: Some(env.saga_id().to_owned()),
+        message_id: Some(env.message_id().to_owned()),
+        message_type: Some("sagaflow.Envelope".to_owned()),
+        traceparent,
+        tracestate: None,
+    };
+    Outgoing {
+        topic: names.inputs(),
+        partition: None,
+        key: Some(env.saga_id().to_owned()),
+        // Serialising our own enum of strings and JSON values cannot fail.
+        payload: serde_json::to_vec(env).ok(),
+        headers: headers.to_owned_headers(),
+    }
+}
+
+/// Sends an envelope to the inputs topic (used by the HTTP API).
+pub async fn send_envelope(
+    producer: &FutureProducer,
+    names: &TopicNames,
+    env: &Envelope,
+) -> Result<(), String> {
+    let out = envelope_record(names, env, None);
+    produce(producer, out).await
+}
+
+async fn produce(producer: &FutureProducer, out: Outgoing) -> Result<(), String> {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&out.topic).headers(out.headers);
+    if let Some(k) = out.key.as_deref() {
+        record = record.key(k);
+    }
+    if let Some(p) = out.payload.as_deref() {
+        record = record.payload(p);
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e.to_string())
+}
+
+async fn produce_all(producer: &FutureProducer, records: Vec<Outgoing>) -> Result<(), String> {
+    // All records are enqueued before any ack is awaited, so librdkafka
+    // batches them; order per partition is kept by the idempotent producer.
+    let sends = records.into_iter().map(|r| produce(producer, r));
+    for r in futures::future::join_all(sends).await {
+        r?;
+    }
+    Ok(())
+}
+
+impl Driver {
+    fn source_topics(&self) -> BTreeSet<String> {
+        let mut topics = BTreeSet::new();
+        for def in self.engine.registry().iter() {
+            topics.insert(def.trigger.topic.clone());
+            for step in def.steps() {
+                if let sagaflow_engine::definition::StepKind::Await(a) = &step.kind {
+                    topics.insert(a.topic.clone());
+                }
+            }
+        }
+        topics
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+        let inputs = self.names.inputs();
+        let replies = self.names.replies();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let consumer: StreamConsumer<RebalanceContext> = self.kafka.consumer_with_context(
+            &self.group_id,
+            RebalanceContext {
+                inputs: inputs.clone(),
+                tx,
+            },
+        )?;
+        let mut topics: Vec<String> = self.source_topics().into_iter().collect();
+        topics.push(inputs.clone());
+        topics.push(replies.clone());
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&refs)
+            .map_err(|e| RunError::Kafka(e.to_string()))?;
+        let producer = self.kafka.producer()?;
+        info!(topics = ?topics, group = %self.group_id, "orchestrator consuming");
+        let mut owned: HashMap<i32, Partition> = HashMap::new();
+        let source: BTreeSet<String> = self.source_topics();
+        self.ready.store(true, Ordering::SeqCst);
+        loop {
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    Rebalanced::Revoked(ps) => {
+                        for p in ps {
+                            if let Some(part) = owned.remove(&p) {
+                                self.forget(&part);
+                                info!(
+                                    messaging.kafka.partition = p,
+                                    sagas = part.sagas.len(),
+                                    "partition revoked"
+                                );
+                            }
+                        }
+                    }
+                    Rebalanced::Assigned(ps) => {
+                        for p in ps {
+                            if let std::collections::hash_map::Entry::Vacant(slot) = owned.entry(p)
+                            {
+                                slot.insert(self.restore(&producer, p).await?);
+                            }
+                        }
+                    }
+                }
+            }
+            self.metrics.owned_partitions.set(owned.len() as i64);
+            let next_due = owned
+                .values()
+                .filter_map(|p| p.timers.first().map(|t| t.0))
+                .min();
+            let sleep = match next_due {
+                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                m = consumer.recv() => {
+                    let first = m.map_err(|e| RunError::Kafka(e.to_string()))?;
+                    let mut batch = vec![first];
+                    while batch.len() < self.max_batch {
+                        match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                            Ok(Ok(m)) => batch.push(m),
+                            Ok(Err(e)) => return Err(RunError::Kafka(e.to_string())),
+                            Err(_) => break,
+                        }
+                    }
+                    // Partitions revoked while the batch was collected are no
+                    // longer ours: their inputs are left to the next owner.
+                    let mut revoked = Vec::new();
+                    while let Ok(ev) = rx.try_recv() {
+                        match ev {
+                            Rebalanced::Revoked(ps) => {
+                                for p in ps {
+                                    if let Some(part) = owned.remove(&p) {
+                                        self.forget(&part);
+                                    }
+                                    revoked.push(p);
+                                }
+                            }
+                            Rebalanced::Assigned(ps) => {
+                                for p in ps {
+                                    if let std::collections::hash_map::Entry::Vacant(slot) = owned.entry(p) {
+                                        slot.insert(self.restore(&producer, p).await?);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let mut work = Batch::default();
+                    for m in &batch {
+                        let topic = m.topic();
+                        let co_partitioned = topic == inputs || topic == replies;
+                        if co_partitioned && revoked.contains(&m.partition()) {
+                            continue;
+                        }
+                        if co_partitioned && !owned.contains_key(&m.partition()) {
+                            let part = self.restore(&producer, m.partition()).await?;
+                            owned.insert(m.partition(), part);
+                        }
+                        if topic == inputs {
+                            let part = owned.get_mut(&m.partition()).expect("restored above");
+                            self.on_input(part, m, &mut work).await;
+                        } else if topic == replies {
+                            let part = owned.get_mut(&m.partition()).expect("restored above");
+                            self.on_reply(part, m, &mut work).await;
+                        } else if source.contains(topic) {
+                            self.on_source(m, &mut work).await;
+                        }
+                        work.offsets.push((topic.to_owned(), m.partition(), m.offset()));
+                    }
+                    self.metrics.batch_size.with_label_values(&["orchestrator"]).observe(batch.len() as f64);
+                    self.flush(&producer, &owned, work).await.map_err(RunError::Kafka)?;
+                    let mut tpl = TopicPartitionList::new();
+                    for m in &batch {
+                        if revoked.contains(&m.partition()) && (m.topic() == inputs || m.topic() == replies) {
+                            continue;
+                        }
+                        let _ = tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1));
+                    }
+                    if tpl.count() > 0 {
+                        consumer.store_offsets(&tpl).map_err(|e| RunError::Kafka(e.to_string()))?;
+                        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                            debug!(error = %e, "async commit");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {
+                    let mut work = Batch::default();
+                    let now = now_ms();
+                    for (&p, part) in owned.iter_mut() {
+                        self.fire_due(p, part, now, &mut work);
+                    }
+                    self.flush(&producer, &owned, work).await.map_err(RunError::Kafka)?;
+                }
+            }
+        }
+        self.ready.store(false, Ordering::SeqCst);
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            debug!(error = %e, "final commit");
+        }
+        info!("orchestrator stopped");
+        Ok(())
+    }
+
+    fn forget(&self, part: &Partition) {
+        for e in part.sagas.values() {
+            if !e.state.status.is_terminal() {
+                self.metrics
+                    .sagas_in_flight
+                    .with_label_values(&[&e.state.saga_type])
+                    .dec();
+            }
+        }
+    }
+
+    /// Rebuilds a partition's sagas from the changelog, re-arms their
+    /// timers and re-sends what their outboxes still owe.
+    async fn restore(&self, producer: &FutureProducer, p: i32) -> Result<Partition, RunError> {
+        let started = Instant::now();
+        let topic = self.names.saga_state();
+        let reader = self.kafka.consumer(&format!("{}-restore", self.group_id))?;
+        let (low, high) = reader
+            .fetch_watermarks(&topic, p, Duration::from_secs(30))
+            .map_err(|e| RunError::Kafka(format!("watermarks of {topic}/{p}: {e}")))?;
+        let mut stored: HashMap<String, StoredSaga> = HashMap::new();
+        if high > low {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, p, Offset::Offset(low))
+                .map_err(|e| RunError::Kafka(e.to_string()))?;
+            reader
+                .assign(&tpl)
+                .map_err(|e| RunError::Kafka(e.to_string()))?;
+            let mut next = low;
+            while next < high {
+                let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+                    .await
+                    .map_err(|_| {
+                        RunError::Kafka(format!(
+                            "restoring {topic}/{p}: stalled at offset {next} of {high}"
+                        ))
+                    })?
+                    .map_err(|e| RunError::Kafka(format!("restoring {topic}/{p}: {e}")))?;
+                next = m.offset() + 1;
+                let Some(key) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
+                    continue;
+                };
+                match m.payload() {
+                    None => {
+                        stored.remove(&key);
+                    }
+                    Some(bytes) => match serde_json::from_slice::<StoredSaga>(bytes) {
+                        Ok(s) => {
+                            stored.insert(key, s);
+                        }
+                        Err(e) => {
+                            warn!(saga.id = %key, error = %e, "unreadable saga state in the changelog; skipped")
+                        }
+                    },
+                }
+            }
+        }
+        let mut part = Partition::default();
+        let mut owed = Vec::new();
+        for (saga_id, s) in stored {
+            if !s.outbox.is_empty() {
+                for e in &s.outbox {
+                    self.metrics
+                        .outbox_resent
+                        .with_label_values(&[effect_kind(e)])
+                        .inc();
+                }
+                owed.push((
+                    saga_id.clone(),
+                    s.outbox.clone(),
+                    s.traceparent.clone(),
+                    s.state.clone(),
+                ));
+            }
+            if !s.state.status.is_terminal() {
+                self.metrics
+                    .sagas_in_flight
+                    .with_label_values(&[&s.state.saga_type])
+                    .inc();
+            }
+            let mut entry = Entry {
+                state: s.state,
+                traceparent: s.traceparent,
+                armed: Vec::new(),
+                issued: HashMap::new(),
+            };
+            rearm(
+                &mut part.timers,
+                &saga_id,
+                &mut entry,
+                self.completed_retention,
+            );
+            part.sagas.insert(saga_id, entry);
+        }
+        let restored = part.sagas.len();
+        let mut records = Vec::new();
+        for (saga_id, effects, traceparent, state) in owed {
+            for e in effects {
+                if let Some(r) = self
+                    .effect_record(&saga_id, &state, traceparent.clone(), &e)
+                    .await
+                {
+                    records.push(r);
+                }
+            }
+        }
+        let resent = records.len();
+        produce_all(producer, records)
+            .await
+            .map_err(RunError::Kafka)?;
+        let label = p.to_string();
+        self.metrics
+            .restore_seconds
+            .with_label_values(&[&label])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .restored_sagas
+            .with_label_values(&[&label])
+            .inc_by(restored as u64);
+        info!(
+            messaging.kafka.partition = p,
+            sagas = restored,
+            resent,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "partition restored"
+        );
+        Ok(part)
+    }
+
+    async fn on_source(&self, m: &BorrowedMessage<'_>, work: &mut Batch) {
+        let event = match events::decode(&self.codec, m).await {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(topic = m.topic(), offset = m.offset(), error = %e, "undecodable domain event; dead-lettered");
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[e.code()])
+                    .inc();
+                work.records
+                    .push(dead_letter(&self.names, m, e.code(), &e.to_string()));
+                return;
+            }
+        };
+        let topic = m.topic();
+        let mut routed = 0;
+        for def in self
+            .engine
+            .registry()
+            .triggered_by(topic, &event.event_type)
+        {
+            // Triggers start the latest version; ids follow from the key.
+            if self
+                .engine
+                .registry()
+                .latest(&def.saga_type)
+                .map(|d| d.version)
+                != Some(def.version)
+            {
+                continue;
+            }
+            let trigger = sagaflow_engine::TriggerEvent {
+                message_id: event.message_id.clone(),
+                topic: topic.to_owned(),
+                event_type: event.event_type.clone(),
+                payload: event.payload.clone(),
+            };
+            match self.engine.identify(&def.saga_type, &trigger) {
+                Ok((saga_id, _key)) => {
+                    let env = Envelope::Trigger {
+                        saga_type: def.saga_type.clone(),
+                        saga_id,
+                        event: trigger,
+                    };
+                    work.records.push(envelope_record(
+                        &self.names,
+                        &env,
+                        event.traceparent.clone(),
+                    ));
+                    routed += 1;
+                }
+                Err(e) => {
+                    let reason = format!("saga `{}`: {e}", def.saga_type);
+                    warn!(topic, offset = m.offset(), error = %reason, "trigger cannot start a saga; dead-lettered");
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&["SF-ORCH-013"])
+                        .inc();
+                    work.records
+                        .push(dead_letter(&self.names, m, "SF-ORCH-013", &reason));
+                }
+            }
+        }
+        for c in self
+            .engine
+            .correlate(topic, &event.event_type, &event.payload)
+        {
+            match self
+                .engine
+                .saga_id_for(&c.saga_type, c.saga_version, &c.key)
+            {
+                Ok(saga_id) => {
+                    let env = Envelope::Event {
+                        saga_id,
+                        event: sagaflow_engine::AwaitedEvent {
+                            message_id: event.message_id.clone(),
+                            topic: topic.to_owned(),
+                            event_type: event.event_type.clone(),
+                            payload: event.payload.clone(),
+                        },
+                    };
+                    work.records.push(envelope_record(
+                        &self.names,
+                        &env,
+                        event.traceparent.clone(),
+                    ));
+                    routed += 1;
+                }
+                Err(e) => warn!(error = %e, "awaited event cannot be mapped to a saga id"),
+            }
+        }
+        if routed == 0 {
+            self.metrics
+                .inputs
+                .with_label_values(&["domain-event", "unmatched"])
+                .inc();
+        }
+    }
+
+    async fn on_input(&self, part: &mut Partition, m: &BorrowedMessage<'_>, work: &mut Batch) {
+        let env: Envelope = match m.payload().map(serde_json::from_slice) {
+            Some(Ok(env)) => env,
+            Some(Err(e)) => {
+                let reason = format!("not a Sagaflow input envelope: {e}");
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&["SF-ORCH-014"])
+                    .inc();
+                work.records
+                    .push(dead_letter(&self.names, m, "SF-ORCH-014", &reason));
+                return;
+            }
+            None => {
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&["SF-ORCH-014"])
+                    .inc();
+                work.records.push(dead_letter(
+                    &self.names,
+                    m,
+                    "SF-ORCH-014",
+                    "empty input envelope",
+                ));
+                return;
+            }
+        };
+        let traceparent = m
+            .headers()
+            .map(SagaHeaders::from_headers)
+            .and_then(|h| h.traceparent);
+        let p = m.partition();
+        let now = Timestamp(now_ms());
+        match env {
+            Envelope::Trigger {
+                saga_type,
+                saga_id,
+                event,
+            } => {
+                if part.sagas.contains_key(&saga_id) {
+                    // A redelivered trigger never starts a second saga.
+                    self.metrics
+                        .inputs
+                        .with_label_values(&["trigger", "duplicate"])
+                        .inc();
+                    return;
+                }
+                match self.engine.start(&saga_type, &event, now) {
+                    Ok((state, effects)) => {
+                        self.metrics
+                            .inputs
+                            .with_label_values(&["trigger", "applied"])
+                            .inc();
+                        self.metrics
+                            .sagas_started
+                            .with_label_values(&[&state.saga_type])
+                            .inc();
+                        self.metrics
+                            .sagas_in_flight
+                            .with_label_values(&[&state.saga_type])
+                            .inc();
+                        let id = state.saga_id.clone();
+                        let mut entry = Entry {
+                            state,
+                            traceparent,
+                            armed: Vec::new(),
+                            issued: HashMap::new(),
+                        };
+                        note_issued(&mut entry, &effects, now.0);
+                        self.after_apply(&mut part.timers, &id, &mut entry, false);
+                        part.sagas.insert(id.clone(), entry);
+                        work.owe(p, &id, effects);
+                    }
+                    Err(e) => {
+                        let reason = format!("starting saga `{saga_type}`: {e}");
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&["SF-ORCH-015"])
+                            .inc();
+                        work.records
+                            .push(dead_letter(&self.names, m, "SF-ORCH-015", &reason));
+                    }
+                }
+            }
+            Envelope::Event { saga_id, event } => {
+                self.apply(part, p, &saga_id, Input::Event(event), "event", work);
+            }
+            Envelope::Retry {
+                saga_id,
+                request_id,
+            } => {
+                self.apply(
+                    part,
+                    p,
+                    &saga_id,
+                    Input::Retry { request_id },
+                    "retry",
+                    work,
+                );
+            }
+            Envelope::Abort {
+                saga_id,
+                request_id,
+                reason,
+            } => {
+                self.apply(
+                    part,
+                    p,
+                    &saga_id,
+                    Input::Abort { request_id, reason },
+                    "abort",
+                    work,
+                );
+            }
+        }
+    }
+
+    async fn on_reply(&self, part: &mut Partition, m: &BorrowedMessage<'_>, work: &mut Batch) {
+        let Some(bytes) = m.payload() else {
+            self.metrics
+                .dead_letters
+                .with_label_values(&["SF-ORCH-012"])
+                .inc();
+            work.records
+                .push(dead_letter(&self.names, m, "SF-ORCH-012", "empty reply"));
+            return;
+        };
+        let reply = match self.codec.decode_reply(m.topic(), bytes).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[e.code()])
+                    .inc();
+                work.records
+                    .push(dead_letter(&self.names, m, e.code(), &e.to_string()));
+                return;
+            }
+        };
+        let outcome = format!("{:?}", reply.outcome).to_lowercase();
+        self.metrics
+            .replies_received
+            .with_label_values(&[&reply.service, &outcome])
+            .inc();
+        if let Some(entry) = part.sagas.get_mut(&reply.saga_id)
+            && let Some(issued) = entry.issued.remove(&reply.command_id)
+        {
+            let latency = now_ms().saturating_sub(issued) as f64 / 1e3;
+            self.metrics
+                .step_latency
+                .with_label_values(&[&entry.state.saga_type, &reply.step, &outcome])
+                .observe(latency);
+        }
+        let saga_id = reply.saga_id.clone();
+        self.apply(
+            part,
+            m.partition(),
+            &saga_id,
+            Input::Reply(wire::reply(reply)),
+            "reply",
+            work,
+        );
+    }
+
+    fn apply(
+        &self,
+        part: &mut Partition,
+        p: i32,
+        saga_id: &str,
+        input: Input,
+        kind: &str,
+        work: &mut Batch,
+    ) {
+        let Some(entry) = part.sagas.get_mut(saga_id) else {
+            debug!(
+                saga.id = saga_id,
+                input = kind,
+                "input for a saga this partition does not hold"
+            );
+            self.metrics
+                .inputs
+                .with_label_values(&[kind, "unmatched"])
+                .inc();
+            return;
+        };
+        let was_terminal = entry.state.status.is_terminal();
+        let now = now_ms();
+        let applied = self.engine.apply(&mut entry.state, input, Timestamp(now));
+        let outcome = match &applied.outcome {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale(_) => "stale",
+            Outcome::Rejected(_) => "rejected",
+        };
+        self.metrics
+            .inputs
+            .with_label_values(&[kind, outcome])
+            .inc();
+        if let Outcome::Rejected(e) = &applied.outcome {
+            warn!(saga.id = saga_id, input = kind, error = %e, "input rejected");
+        }
+        if applied.outcome == Outcome::Applied {
+            note_issued(entry, &applied.effects, now);
+            self.after_apply(&mut part.timers, saga_id, entry, was_terminal);
+            work.owe(p, saga_id, applied.effects);
+        }
+    }
+
+    /// Re-syncs a saga's timers with its state and counts its end.
+    fn after_apply(
+        &self,
+        timers: &mut BTreeSet<(u64, String, String)>,
+        saga_id: &str,
+        entry: &mut Entry,
+        was_terminal: bool,
+    ) {
+        rearm(timers, saga_id, entry, self.completed_retention);
+        if !was_terminal && entry.state.status.is_terminal() {
+            let t = entry.state.saga_type.clone();
+            let outcome = entry.state.status.to_string();
+            self.metrics
+                .sagas_ended
+                .with_label_values(&[&t, &outcome])
+                .inc();
+            self.metrics.sagas_in_flight.with_label_values(&[&t]).dec();
+            let secs = entry
+                .state
+                .updated_at
+                .0
+                .saturating_sub(entry.state.started_at.0) as f64
+                / 1e3;
+            self.metrics
+                .saga_duration
+                .with_label_values(&[&t, &outcome])
+                .observe(secs);
+        } else if was_terminal && !entry.state.status.is_terminal() {
+            // An operator retry brought a failed saga back.
+            self.metrics
+                .sagas_in_flight
+                .with_label_values(&[&entry.state.saga_type])
+                .inc();
+        }
+    }
+
+    fn fire_due(&self, p: i32, part: &mut Partition, now: u64, work: &mut Batch) {
+        while let Some(first) = part.timers.first().cloned() {
+            if first.0 > now {
+                break;
+            }
+            part.timers.remove(&first);
+            let (_, saga_id, timer_id) = first;
+            if timer_id == EXPIRE {
+                if let Some(e) = part.sagas.get(&saga_id)
+                    && e.state.status.is_terminal()
+                {
+                    part.sagas.remove(&saga_id);
+                    work.tombstones.push((p, saga_id));
+                }
+                continue;
+            }
+            let purpose = part
+                .sagas
+                .get(&saga_id)
+                .and_then(|e| e.state.timers.get(&timer_id))
+                .map(|t| format!("{:?}", t.purpose))
+                .unwrap_or_else(|| "unknown".to_owned());
+            self.metrics
+                .timers_fired
+                .with_label_values(&[&purpose])
+                .inc();
+            if let Some(entry) = part.sagas.get_mut(&saga_id) {
+                entry.armed.retain(|(_, id)| id != &timer_id);
+            }
+            self.apply(
+                part,
+                p,
+                &saga_id,
+                Input::TimerFired { timer_id },
+                "timer",
+                work,
+            );
+        }
+    }
+
+    /// Persists the batch's sagas with their outboxes, then sends every
+    /// effect and record, each step waiting for the broker's acks.
+    async fn flush(
+        &self,
+        producer: &FutureProducer,
+        owned: &HashMap<i32, Partition>,
+        mut work: Batch,
+    ) -> Result<(), String> {
+        let state_topic = self.names.saga_state();
+        let mut states = Vec::with_capacity(work.order.len() + work.tombstones.len());
+        let mut effects = Vec::new();
+        for (p, saga_id) in &work.order {
+            let Some(entry) = owned.get(p).and_then(|part| part.sagas.get(saga_id)) else {
+                continue;
+            };
+            let outbox = work.outbox.remove(saga_id).unwrap_or_default();
+            let stored = StoredSaga {
+                state: entry.state.clone(),
+                outbox,
+                traceparent: entry.traceparent.clone(),
+            };
+            states.push(Outgoing {
+                topic: state_topic.clone(),
+                partition: Some(*p),
+                key: Some(saga_id.clone()),
+                payload: serde_json::to_vec(&stored).ok(),
+                headers: OwnedHeaders::new(),
+            });
+            for e in &stored.outbox {
+                if let Some(r) = self
+                    .effect_record(saga_id, &entry.state, entry.traceparent.clone(), e)
+                    .await
+                {
+                    effects.push(r);
+                }
+            }
+        }
+        for (p, saga_id) in work.tombstones {
+            states.push(Outgoing {
+                topic: state_topic.clone(),
+                partition: Some(p),
+                key: Some(saga_id),
+                payload: None,
+                headers: OwnedHeaders::new(),
+            });
+        }
+        produce_all(producer, states).await?;
+        effects.append(&mut work.records);
+        produce_all(producer, effects).await
+    }
+
+    /// The Kafka record for one effect (timers have none).
+    async fn effect_record(
+        &self,
+        saga_id: &str,
+        state: &SagaState,
+        traceparent: Option<String>,
+        e: &Effect,
+    ) -> Option<Outgoing> {
+        let headers = |message_id: &str, kind: &str| {
+            SagaHeaders {
+                saga_id: Some(saga_id.to_owned()),
+                message_id: Some(message_id.to_owned()),
+                message_type: Some(kind.to_owned()),
+                traceparent: traceparent.clone(),
+                tracestate: None,
+            }
+            .to_owned_headers()
+        };
+        let encode_failed = |what: &str, err: &dyn std::fmt::Display| {
+            warn!(saga.id = saga_id, effect = what, error = %err, "effect cannot be encoded; the saga's lifecycle shows it");
+            self.metrics
+                .dead_letters
+                .with_label_values(&["SF-ORCH-016"])
+                .inc();
+        };
+        match e {
+            Effect::Command(c) => {
+                let topic = self.names.commands(&c.service);
+                let wire = wire::command(c, now_ms() as i64, traceparent.clone());
+                match self.codec.encode_command(&topic, &wire).await {
+                    Ok(bytes) => {
+                        let kind = format!("{:?}", c.kind).to_lowercase();
+                        self.metrics
+                            .commands_sent
+                            .with_label_values(&[&c.service, &kind])
+                            .inc();
+                        Some(Outgoing {
+                            topic,
+                            partition: None,
+                            key: Some(saga_id.to_owned()),
+                            payload: Some(bytes),
+                            headers: headers(&c.command_id, "Command"),
+                        })
+                    }
+                    Err(err) => {
+                        encode_failed("command", &err);
+                        None
+                    }
+                }
+            }
+            Effect::Lifecycle(l) => {
+                let topic = self.names.saga_events();
+                match self
+                    .codec
+                    .encode_lifecycle_event(&topic, &wire::lifecycle(l))
+                    .await
+                {
+                    Ok(bytes) => Some(Outgoing {
+                        topic,
+                        partition: None,
+                        key: Some(saga_id.to_owned()),
+                        payload: Some(bytes),
+                        headers: headers(&l.event_id, "SagaLifecycleEvent"),
+                    }),
+                    Err(err) => {
+                        encode_failed("lifecycle", &err);
+                        None
+                    }
+                }
+            }
+            Effect::Result(r) => {
+                let topic = self.names.saga_events();
+                let wire = wire::result(r, state, state.updated_at.0 as i64);
+                match self.codec.encode_saga_result(&topic, &wire).await {
+                    Ok(bytes) => Some(Outgoing {
+                        topic,
+                        partition: None,
+                        key: Some(saga_id.to_owned()),
+                        payload: Some(bytes),
+                        headers: headers(&format!("{saga_id}/result"), "SagaResult"),
+                    }),
+                    Err(err) => {
+                        encode_failed("result", &err);
+                        None
+                    }
+                }
+            }
+            Effect::Emit(d) => {
+                let topic = format!("{}{}", self.names.prefix, d.topic);
+                match self
+                    .schemas
+                    .encode(&self.codec, &topic, &d.event_type, &d.payload)
+                    .await
+                {
+                    Ok(bytes) => Some(Outgoing {
+                        topic,
+                        partition: None,
+                        key: Some(d.key.clone()),
+                        payload: Some(bytes),
+                        headers: headers(&d.event_id, &d.event_type),
+                    }),
+                    Err(err) => {
+                        encode_failed("emit", &err);
+                        None
+                    }
+                }
+            }
+            Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => None,
+        }
+    }
+}
+
+fn note_issued(entry: &mut Entry, effects: &[Effect], now: u64) {
+    for e in effects {
+        if let Effect::Command(c) = e {
+            entry.issued.insert(c.command_id.clone(), now);
+        }
+    }
+    if entry.state.status.is_terminal() {
+        entry.issued.clear();
+    }
+}
+
+fn effect_kind(e: &Effect) -> &'static str {
+    match e {
+        Effect::Command(_) => "command",
+        Effect::Lifecycle(_) => "lifecycle",
+        Effect::ArmTimer { .. } => "arm-timer",
+        Effect::CancelTimer { .. } => "cancel-timer",
+        Effect::Emit(_) => "emit",
+        Effect::Result(_) => "result",
+    }
+}
+
+/// Makes the partition's timer set hold exactly this saga's armed timers,
+/// plus its expiry once it has ended.
+fn rearm(
+    timers: &mut BTreeSet<(u64, String, String)>,
+    saga_id: &str,
+    entry: &mut Entry,
+    retention: Duration,
+) {
+    for (due, id) in entry.armed.drain(..) {
+        timers.remove(&(due, saga_id.to_owned(), id));
+    }
+    let mut armed: Vec<(u64, String)> = entry
+        .state
+        .timers()
+        .map(|(id, at)| (at.0, id.to_owned()))
+        .collect();
+    if entry.state.status.is_terminal() {
+        armed.push((
+            entry.state.updated_at.0 + retention.as_millis() as u64,
+            EXPIRE.to_owned(),
+        ));
+    }
+    for (due, id) in &armed {
+        timers.insert((*due, saga_id.to_owned(), id.clone()));
+    }
+    entry.armed = armed;
+}
+
+/// Header names re-exported for tests and tools that read dead letters.
+pub mod dead_letter_headers {
+    pub const REASON: &str = "sagaflow-dlq-reason";
+    pub const CODE: &str = "sagaflow-dlq-code";
+    pub const SOURCE_TOPIC: &str = "sagaflow-dlq-source-topic";
+    pub const SOURCE_PARTITION: &str = "sagaflow-dlq-source-partition";
+    pub const SOURCE_OFFSET: &str = "sagaflow-dlq-source-offset";
+    pub use sagaflow_bus::header_names::SAGA_ID;
+}
