@@ -171,7 +171,7 @@ mod tests {
     fn errors_name_file_line_and_column() {
         let src = format!("{MIN}completed-retention: soon\n");
         let e = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap_err();
-        assert_eq!((e.line, e.column), (9, 22), "{e}");
+        assert_eq!((e.line, e.column), (9, 1), "{e}");
         assert!(e.message.contains("not a duration"), "{e}");
         let src = format!("{MIN}partitions: 0\n");
         let e = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap_err();
