@@ -55,7 +55,7 @@ fn examples() -> Vec<Example> {
             trigger: t(
                 "orders.events",
                 "OrderPlaced",
-                json!({"order_id": "o-1001", "customer_id": "c-7", "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-9", "qty": 1}], "total": 1250.0, "currency": "EUR", "shipping_address": "1 Main Street, Springfield"}),
+                json!({"order_id": "o-1001", "customer_id": "c-7", "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-9", "qty": 1}], "total_cents": 125000, "currency": "EUR", "shipping_address": "1 Main Street, Springfield"}),
             ),
         },
         Example {

@@ -31,7 +31,7 @@ fn order(total: f64) -> TriggerEvent {
         "orders.events",
         "OrderPlaced",
         json!({"order_id": "o1", "customer_id": "c1", "items": [{"sku": "a", "qty": 1}],
-               "total": total, "currency": "EUR", "shipping_address": "1 Main St"}),
+               "total_cents": total, "currency": "EUR", "shipping_address": "1 Main St"}),
     )
 }
 
@@ -104,7 +104,7 @@ const T0: Timestamp = Timestamp(1_000_000);
 #[test]
 fn order_checkout_happy_path() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
     assert_eq!(st.saga_id, "order-checkout:o1");
     assert_eq!(
         lifecycle(&fx),
@@ -134,7 +134,7 @@ fn order_checkout_happy_path() {
     let a = e.apply(&mut st, ok(&reserve, json!({"reservation_id": "r1"})), T0);
     let charge = one_command(applied(&a));
     assert_eq!(charge.command_id, "order-checkout:o1/charge_payment/1");
-    assert_eq!(charge.input["amount"], json!(50.0));
+    assert_eq!(charge.input["amount"], json!(5000.0));
     assert!(a.effects.contains(&Effect::CancelTimer {
         timer_id: "order-checkout:o1/reserve_inventory/timeout/1".into()
     }));
@@ -160,7 +160,7 @@ fn order_checkout_happy_path() {
 #[test]
 fn large_order_rejected_by_fraud_releases_inventory_only() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(500000.0), T0).unwrap();
     let reserve = one_command(&fx);
     let a = e.apply(&mut st, ok(&reserve, json!({"reservation_id": "r1"})), T0);
     let fraud = one_command(applied(&a));
@@ -196,7 +196,7 @@ fn large_order_rejected_by_fraud_releases_inventory_only() {
 #[test]
 fn large_order_accepted_by_fraud_goes_on_to_payment() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(500000.0), T0).unwrap();
     let a = e.apply(
         &mut st,
         ok(&one_command(&fx), json!({"reservation_id": "r1"})),
@@ -213,7 +213,7 @@ fn large_order_accepted_by_fraud_goes_on_to_payment() {
 #[test]
 fn payment_refusal_compensates_in_reverse_order() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
     let a = e.apply(
         &mut st,
         ok(&one_command(&fx), json!({"reservation_id": "r1"})),
@@ -234,7 +234,7 @@ fn payment_refusal_compensates_in_reverse_order() {
 #[test]
 fn shipping_failure_refunds_then_releases() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
     let a = e.apply(
         &mut st,
         ok(&one_command(&fx), json!({"reservation_id": "r1"})),
@@ -269,7 +269,7 @@ fn shipping_failure_refunds_then_releases() {
 #[test]
 fn transient_failures_retry_with_backoff_then_give_up() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
     let first = one_command(&fx);
     let a = e.apply(
         &mut st,
@@ -343,7 +343,7 @@ fn transient_failures_retry_with_backoff_then_give_up() {
 #[test]
 fn duplicate_inputs_change_nothing() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
     let input = ok(&one_command(&fx), json!({"reservation_id": "r1"}));
     assert_eq!(
         e.apply(&mut st, input.clone(), T0).outcome,
@@ -386,7 +386,7 @@ fn duplicate_inputs_change_nothing() {
 #[test]
 fn pending_effects_re_derive_commands_and_timers() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
     let a = e.apply(
         &mut st,
         ok(&one_command(&fx), json!({"reservation_id": "r1"})),
@@ -649,7 +649,7 @@ fn onboarding_await_then_emit() {
         ("customers.events", "CustomerOnboarded", "cu1")
     );
     assert_eq!(
-        emitted.payload["verified_at"],
+        emitted.payload["onboarded_at"],
         json!("2026-01-01T00:00:00Z")
     );
     assert_eq!(emitted.payload["billing_account"], json!("B-1"));
@@ -772,7 +772,7 @@ fn await_deadline_continue_path() {
 #[test]
 fn operator_requests_are_checked() {
     let e = engine(&[ORDER]);
-    let (mut st, fx) = e.start("order-checkout", &order(50.0), T0).unwrap();
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
     let before = st.clone();
     let r = e.apply(
         &mut st,

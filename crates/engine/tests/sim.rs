@@ -581,7 +581,7 @@ fn worked_examples_under_random_schedules() {
         (
             include_str!("../../../topology/sagas/order-checkout.yaml"),
             "order-checkout",
-            json!({"order_id": "o1", "customer_id": "c", "items": [], "total": 2000, "currency": "EUR", "shipping_address": "x"}),
+            json!({"order_id": "o1", "customer_id": "c", "items": [], "total_cents": 200000, "currency": "EUR", "shipping_address": "x"}),
             "orders.events",
             "OrderPlaced",
         ),
