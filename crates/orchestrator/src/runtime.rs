@@ -264,17 +264,22 @@ async fn produce_all(producer: &FutureProducer, records: Vec<Outgoing>) -> Resul
 }
 
 impl Driver {
+    /// The domain topics to read, with the topic prefix applied.
     fn source_topics(&self) -> BTreeSet<String> {
         let mut topics = BTreeSet::new();
         for def in self.engine.registry().iter() {
-            topics.insert(def.trigger.topic.clone());
+            topics.insert(self.prefixed(&def.trigger.topic));
             for step in def.steps() {
                 if let sagaflow_engine::definition::StepKind::Await(a) = &step.kind {
-                    topics.insert(a.topic.clone());
+                    topics.insert(self.prefixed(&a.topic));
                 }
             }
         }
         topics
+    }
+
+    fn prefixed(&self, topic: &str) -> String {
+        format!("{}{topic}", self.names.prefix)
     }
 
     /// Runs until `shutdown` turns true.
@@ -573,7 +578,11 @@ impl Driver {
                 return;
             }
         };
-        let topic = m.topic();
+        // Definitions name topics without the deployment's prefix.
+        let topic = m
+            .topic()
+            .strip_prefix(self.names.prefix.as_str())
+            .unwrap_or(m.topic());
         let mut routed = 0;
         for def in self
             .engine
@@ -612,7 +621,7 @@ impl Driver {
                 }
                 Err(e) => {
                     let reason = format!("saga `{}`: {e}", def.saga_type);
-                    warn!(topic, offset = m.offset(), error = %reason, "trigger cannot start a saga; dead-lettered");
+                    warn!(topic = m.topic(), offset = m.offset(), error = %reason, "trigger cannot start a saga; dead-lettered");
                     self.metrics
                         .dead_letters
                         .with_label_values(&["SF-ORCH-013"])
@@ -1081,7 +1090,7 @@ impl Driver {
                 }
             }
             Effect::Emit(d) => {
-                let topic = format!("{}{}", self.names.prefix, d.topic);
+                let topic = self.prefixed(&d.topic);
                 match self
                     .schemas
                     .encode(&self.codec, &topic, &d.event_type, &d.payload)

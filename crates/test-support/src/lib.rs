@@ -9,6 +9,8 @@
 //!   tests, test processes or reruns against a long-lived broker.
 //! * [`consume`] reads with a deadline, so no test waits forever.
 
+pub mod process;
+
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,140 @@
+//! Our own processes under test: find the `sagaflow` binary, start it,
+//! kill it (also with SIGKILL, for crash tests), and never leak it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `sagaflow` binary built by this workspace (`target/<profile>/sagaflow`,
+/// next to the test executable's `deps/` directory); built on demand.
+pub fn sagaflow_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join(format!("sagaflow{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let status = Command::new(env_or("CARGO", "cargo"))
+            .args(["build", "-p", "sagaflow-cli", "--bin", "sagaflow"])
+            .status()
+            .expect("running cargo build for the sagaflow binary");
+        assert!(status.success(), "cargo build -p sagaflow-cli failed");
+    }
+    assert!(
+        bin.exists(),
+        "sagaflow binary not found at {}",
+        bin.display()
+    );
+    bin
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A child process that is killed when dropped, so a failing test leaves
+/// nothing running. Its output goes to `log` (inspect it on failure).
+pub struct ChildGuard {
+    child: Option<Child>,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl ChildGuard {
+    /// Starts `sagaflow <args>` with stdout and stderr appended to `log`.
+    pub fn sagaflow(name: &str, args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("opening the process log");
+        let err = out.try_clone().expect("cloning the log handle");
+        let mut cmd = Command::new(sagaflow_bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            child: Some(child),
+            name: name.to_owned(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the process gets no chance to flush or commit anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The process log so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with
+/// `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

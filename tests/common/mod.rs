@@ -1,0 +1,370 @@
+//! The stack the end-to-end tests run: the embedded broker (in this test
+//! process), a real schema registry, real HTTP backends for the order
+//! checkout services, and `sagaflow orchestrator` / `sagaflow adapter`
+//! as real child processes.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sagaflow_codec::messages::SagaResult;
+use sagaflow_codec::{Codec, CodecConfig, SagaEvent};
+use sagaflow_test_support::process::ChildGuard;
+use sagaflow_test_support::{self as support};
+use serde_json::{Value, json};
+
+pub const SERVICES: [&str; 4] = ["inventory", "fraud", "payment", "shipping"];
+
+/// What the backends did, deduplicated by `Idempotency-Key` as a careful
+/// real API does: a repeated key returns the first answer and changes nothing.
+#[derive(Default)]
+pub struct Ledger {
+    /// Idempotency-Key → the response first given.
+    answered: HashMap<String, (u16, Value)>,
+    /// Effective operations: (service operation, order id) → count.
+    pub effects: BTreeMap<(String, String), u32>,
+    /// Every HTTP request received, including repeats.
+    pub requests: u64,
+    /// Requests that carried no Idempotency-Key.
+    pub missing_keys: u64,
+}
+
+pub type Shared = Arc<Mutex<Ledger>>;
+
+fn field(body: &Value, name: &str) -> String {
+    body.get(name)
+        .and_then(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .or_else(|| Some(v.to_string()))
+        })
+        .unwrap_or_default()
+}
+
+async fn handle(
+    State(ledger): State<Shared>,
+    UrlPath(op): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut l = ledger.lock().unwrap();
+    l.requests += 1;
+    let Some(key) = key else {
+        l.missing_keys += 1;
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "Idempotency-Key required"})),
+        )
+            .into_response();
+    };
+    if let Some((status, v)) = l.answered.get(&key) {
+        return (StatusCode::from_u16(*status).unwrap(), Json(v.clone())).into_response();
+    }
+    let order = field(&body, "order_id");
+    let (status, answer) = match op.as_str() {
+        "reserve" if order.starts_with("oos-") => (409, json!({"error": "out of stock"})),
+        "reserve" => (201, json!({"reservation_id": format!("r-{order}")})),
+        "release" => (200, json!({"released": field(&body, "reservation_id")})),
+        "screen" => {
+            let verdict = if field(&body, "customer_id") == "fraudster" {
+                "reject"
+            } else {
+                "accept"
+            };
+            (200, json!({"verdict": verdict}))
+        }
+        "charge" if field(&body, "customer_id") == "broke" => {
+            (402, json!({"error": "card declined"}))
+        }
+        "charge" => (201, json!({"payment_id": format!("p-{order}")})),
+        "refund" => (200, json!({"refunded": field(&body, "payment_id")})),
+        "schedule" => (201, json!({"tracking_number": format!("t-{order}")})),
+        _ => (404, json!({"error": "no such operation"})),
+    };
+    if status < 300 {
+        // Releases and refunds name the order through their reference.
+        let subject = if !order.is_empty() {
+            order
+        } else if let Some(o) = field(&body, "reservation_id").strip_prefix("r-") {
+            o.to_owned()
+        } else {
+            field(&body, "payment_id")
+                .trim_start_matches("p-")
+                .to_owned()
+        };
+        *l.effects.entry((op.clone(), subject)).or_default() += 1;
+    }
+    l.answered.insert(key, (status, answer.clone()));
+    (StatusCode::from_u16(status).unwrap(), Json(answer)).into_response()
+}
+
+/// Starts the backends (one HTTP server, a path per operation).
+pub async fn backends() -> (String, Shared) {
+    let ledger = Shared::default();
+    let app = Router::new()
+        .route("/ops/{op}", post(handle))
+        .with_state(ledger.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, ledger)
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+    pub registry_url: String,
+    pub ledger: Shared,
+    pub codec: Arc<Codec>,
+    pub producer: FutureProducer,
+    pub orchestrators: Vec<ChildGuard>,
+    pub adapters: Vec<ChildGuard>,
+    _registry: sagaflow_registry::ServeHandle,
+}
+
+fn codec_yaml(registry: &str) -> String {
+    format!("  registry:\n    url: {registry}\n  default-format:\n    format: avro\n")
+}
+
+impl Stack {
+    pub async fn start(name: &str, partitions: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("{}.", support::unique(name));
+        let registry = sagaflow_registry::Registry::open_dir(&dir.path().join("registry"))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = registry.serve(listener).unwrap();
+        let registry_url = handle.url().to_string();
+        let (backend, ledger) = backends().await;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bootstrap = support::bootstrap_servers();
+        let kafka = format!(
+            "kafka:\n  bootstrap-servers: {bootstrap}\n  properties:\n    fetch.wait.max.ms: \"2\"\n"
+        );
+        std::fs::write(
+            dir.path().join("orchestrator.yaml"),
+            format!(
+                "{kafka}topics:\n  prefix: {prefix}\ncodec:\n{}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: {partitions}\ngroup-id: {prefix}orchestrator\nhttp:\n  listen: 127.0.0.1:0\ncompleted-retention: 10m\n",
+                codec_yaml(&registry_url),
+                root.join("topology/sagas").display(),
+                root.join("topology/services.yaml").display(),
+                root.join("schemas").display(),
+            ),
+        )
+        .unwrap();
+        for service in SERVICES {
+            let ops: &[(&str, &[(&str, &str)])] = match service {
+                "inventory" => &[
+                    ("reserve", &[("reservation_id", "/reservation_id")]),
+                    ("release", &[]),
+                ],
+                "fraud" => &[("screen", &[("verdict", "/verdict")])],
+                "payment" => &[
+                    ("charge", &[("payment_id", "/payment_id")]),
+                    ("refund", &[]),
+                ],
+                _ => &[("schedule", &[("tracking_number", "/tracking_number")])],
+            };
+            let mut y = format!(
+                "service: {service}\nbase-urls:\n  - {backend}\nprotection:\n  request-timeout: 5s\nretry:\n  max-attempts: 3\n  initial-backoff: 50ms\n  max-backoff: 500ms\noperations:\n"
+            );
+            for (op, response) in ops {
+                y.push_str(&format!(
+                    "  {op}:\n    rest:\n      method: POST\n      path: /ops/{op}\n      body: \"{{{{ input }}}}\"\n      statuses:\n        business-failure: [402, 409, 422]\n"
+                ));
+                if !response.is_empty() {
+                    y.push_str("      response:\n");
+                    for (k, v) in *response {
+                        y.push_str(&format!("        {k}: {v}\n"));
+                    }
+                }
+            }
+            std::fs::write(dir.path().join(format!("{service}.service.yaml")), y).unwrap();
+            std::fs::write(
+                dir.path().join(format!("{service}.adapter.yaml")),
+                format!(
+                    "{kafka}topics:\n  prefix: {prefix}\ncodec:\n{}service: {service}.service.yaml\ngroup-id: {prefix}adapter-{service}\nhttp:\n  listen: 127.0.0.1:0\n",
+                    codec_yaml(&registry_url)
+                ),
+            )
+            .unwrap();
+        }
+        let codec = Arc::new(
+            Codec::new(
+                serde_json::from_value::<CodecConfig>(json!({
+                    "registry": {"url": registry_url},
+                    "default-format": {"format": "avro"}
+                }))
+                .unwrap(),
+            )
+            .unwrap(),
+        );
+        let producer = support::kafka().producer().unwrap();
+        Self {
+            dir,
+            prefix,
+            registry_url,
+            ledger,
+            codec,
+            producer,
+            orchestrators: Vec::new(),
+            adapters: Vec::new(),
+            _registry: handle,
+        }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn start_orchestrator(&mut self) {
+        let n = self.orchestrators.len();
+        let cfg = self.path("orchestrator.yaml");
+        let log = self.path(&format!("orchestrator-{n}-{}.log", support::unique("run")));
+        self.orchestrators.push(ChildGuard::sagaflow(
+            &format!("orchestrator-{n}"),
+            &["orchestrator", "--config", cfg.to_str().unwrap()],
+            log,
+            &[],
+        ));
+    }
+
+    pub fn start_adapters(&mut self) {
+        for service in SERVICES {
+            let cfg = self.path(&format!("{service}.adapter.yaml"));
+            let log = self.path(&format!("adapter-{service}-{}.log", support::unique("run")));
+            self.adapters.push(ChildGuard::sagaflow(
+                service,
+                &["adapter", "--config", cfg.to_str().unwrap()],
+                log,
+                &[],
+            ));
+        }
+    }
+
+    pub fn topic(&self, t: &str) -> String {
+        format!("{}{t}", self.prefix)
+    }
+
+    /// Publishes an OrderPlaced event (Avro, Confluent wire format) as an
+    /// existing system would; the key is the order id.
+    pub async fn place_order(&self, order_id: &str, customer: &str, total_cents: i64) {
+        let schema = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/orders/OrderPlaced.avsc"),
+        )
+        .unwrap();
+        let parsed = sagaflow_codec::apache_avro::Schema::parse_str(&schema).unwrap();
+        let event = json!({
+            "order_id": order_id,
+            "customer_id": customer,
+            "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": total_cents}],
+            "total_cents": total_cents,
+            "currency": "EUR",
+            "shipping_address": "1 Main St",
+            "placed_at": 1_700_000_000_000i64,
+        });
+        let value = sagaflow_codec::apache_avro::to_value(&event)
+            .unwrap()
+            .resolve(&parsed)
+            .unwrap_or_else(|e| panic!("OrderPlaced does not match its schema: {e}"));
+        let topic = self.topic("orders.events");
+        let bytes = self
+            .codec
+            .encode_avro_value(
+                &topic,
+                "io.sagaflow.examples.orders.OrderPlaced",
+                &schema,
+                value,
+            )
+            .await
+            .unwrap();
+        self.send_raw(&topic, order_id, &bytes).await;
+    }
+
+    pub async fn send_raw(&self, topic: &str, key: &str, bytes: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(bytes),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    /// A reader of the saga events topic from the beginning.
+    pub fn results_reader(&self) -> StreamConsumer {
+        let c = support::kafka()
+            .consumer(&support::unique("results"))
+            .unwrap();
+        c.subscribe(&[&self.topic("sagaflow.saga-events")]).unwrap();
+        c
+    }
+
+    /// Reads saga events until `n` distinct sagas have a result or
+    /// `timeout` passes. Returns the results by saga id and how many result
+    /// records there were in all (re-sent copies included).
+    pub async fn collect_results(
+        &self,
+        reader: &StreamConsumer,
+        results: &mut BTreeMap<String, SagaResult>,
+        copies: &mut usize,
+        n: usize,
+        timeout: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let topic = self.topic("sagaflow.saga-events");
+        while results.len() < n {
+            let Ok(m) = tokio::time::timeout_at(deadline, reader.recv()).await else {
+                return;
+            };
+            let m = m.unwrap();
+            let Some(bytes) = m.payload() else { continue };
+            if let Ok(SagaEvent::Result(r)) = self.codec.decode_saga_event(&topic, bytes).await {
+                *copies += 1;
+                if let Some(prev) = results.get(&r.saga_id) {
+                    assert_eq!(
+                        prev.status, r.status,
+                        "saga {} ended twice, differently",
+                        r.saga_id
+                    );
+                }
+                results.insert(r.saga_id.clone(), r);
+            }
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for c in self.orchestrators.iter().chain(&self.adapters) {
+            let text = c.output();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {} ---\n", c.name));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn effects(&self) -> BTreeMap<(String, String), u32> {
+        self.ledger.lock().unwrap().effects.clone()
+    }
+}
