@@ -219,7 +219,8 @@ async fn order_checkout_sagas_complete_and_compensate_end_to_end() {
         .json(&serde_json::json!({
             "order_id": "sync-1", "customer_id": "c-9",
             "items": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1000}],
-            "total_cents": 2000, "currency": "EUR", "shipping_address": "2 Side St",
+            "total_cents": 2000, "currency": "EUR",
+            "shipping_address": {"line1": "2 Side St", "postal_code": "1", "city": "X", "country": "DE"},
             "placed_at": 1_700_000_000_000i64
         }))
         .send()

@@ -276,12 +276,10 @@ impl Stack {
             "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": total_cents}],
             "total_cents": total_cents,
             "currency": "EUR",
-            "shipping_address": "1 Main St",
+            "shipping_address": {"line1": "1 Main St", "line2": null, "postal_code": "12345", "city": "Springfield", "country": "DE"},
             "placed_at": 1_700_000_000_000i64,
         });
-        let value = sagaflow_codec::apache_avro::to_value(&event)
-            .unwrap()
-            .resolve(&parsed)
+        let value = sagaflow_codec::json::json_to_avro(&event, &parsed)
             .unwrap_or_else(|e| panic!("OrderPlaced does not match its schema: {e}"));
         let topic = self.topic("orders.events");
         let bytes = self
@@ -334,7 +332,11 @@ impl Stack {
             let Ok(m) = tokio::time::timeout_at(deadline, reader.recv()).await else {
                 return;
             };
-            let m = m.unwrap();
+            // The topic appears when the orchestrator creates it.
+            let Ok(m) = m else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
             let Some(bytes) = m.payload() else { continue };
             if let Ok(SagaEvent::Result(r)) = self.codec.decode_saga_event(&topic, bytes).await {
                 *copies += 1;

@@ -24,6 +24,7 @@ mod avro;
 mod codec;
 pub mod config;
 pub mod error;
+pub mod json;
 pub mod messages;
 pub mod schema_set;
 

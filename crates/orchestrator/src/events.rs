@@ -7,7 +7,6 @@ use std::path::Path;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 use sagaflow_bus::SagaHeaders;
-use sagaflow_codec::apache_avro::types::Value as AvroValue;
 use sagaflow_codec::schema_set::{SchemaFile, load_dir};
 use sagaflow_codec::{Codec, DecodeError, EncodeError, TopicFormat};
 use serde_json::Value;
@@ -163,11 +162,14 @@ impl EventSchemas {
                                 "no Avro schema for event type `{event_type}` in schemas/"
                             ),
                         })?;
-                let value = sagaflow_codec::apache_avro::to_value(payload)
-                    .and_then(|v: AvroValue| v.resolve(&file.schema))
-                    .map_err(|e| EncodeError::ValueMismatch {
-                        subject: file.subject.clone(),
-                        message: format!("`{event_type}` payload does not match its schema: {e}"),
+                let value =
+                    sagaflow_codec::json::json_to_avro(payload, &file.schema).map_err(|e| {
+                        EncodeError::ValueMismatch {
+                            subject: file.subject.clone(),
+                            message: format!(
+                                "`{event_type}` payload does not match its schema: {e}"
+                            ),
+                        }
                     })?;
                 codec
                     .encode_avro_value(topic, &file.full_name, &file.text, value)

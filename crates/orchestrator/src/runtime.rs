@@ -348,12 +348,25 @@ impl Driver {
                     }
                 }
                 m = consumer.recv() => {
-                    let first = m.map_err(|e| RunError::Kafka(e.to_string()))?;
+                    // Consumption errors (a topic not created yet, a broker
+                    // restarting) are reported per message and pass: the
+                    // client retries on its own.
+                    let first = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!(error = %e, "consumer error; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
                     let mut batch = vec![first];
                     while batch.len() < self.max_batch {
                         match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
                             Ok(Ok(m)) => batch.push(m),
-                            Ok(Err(e)) => return Err(RunError::Kafka(e.to_string())),
+                            Ok(Err(e)) => {
+                                warn!(error = %e, "consumer error; retrying");
+                                break;
+                            }
                             Err(_) => break,
                         }
                     }

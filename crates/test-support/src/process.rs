@@ -5,9 +5,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `sagaflow` binary built by this workspace (`target/<profile>/sagaflow`,
-/// next to the test executable's `deps/` directory); built on demand.
+/// The `sagaflow` binary: `SAGAFLOW_BIN` if set, else the one built by this
+/// workspace (`target/<profile>/sagaflow`, next to the test executable's
+/// `deps/` directory; `cargo test --workspace` builds it), built on demand
+/// if missing. A targeted `cargo test --test x` does not rebuild it: run
+/// `cargo build -p sagaflow-cli` first after changing the product.
 pub fn sagaflow_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SAGAFLOW_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
         .parent()
