@@ -257,8 +257,8 @@ impl RunningAdapter {
     }
 }
 
-/// Loads `config_file` and runs the declarative adapter until `shutdown`
-/// resolves; then stops gracefully.
+/// Runs the declarative adapter of `config` until `shutdown` resolves, then
+/// stops gracefully (or until the loop fails).
 pub async fn run_until(
     config: ProcessConfig,
     shutdown: impl std::future::Future<Output = ()>,
