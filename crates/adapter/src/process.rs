@@ -222,6 +222,24 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_is_valid() {
+        let doc = include_str!("../../../docs/adapters.md");
+        let block = |from: usize| {
+            let start = doc[from..].find("```yaml\n").expect("yaml block") + from + 8;
+            let len = doc[start..].find("```").expect("end of block");
+            &doc[start..start + len]
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("legacy-bank.yaml"), block(0)).unwrap();
+        let process = block(doc.find("## Running an adapter").expect("section"));
+        std::fs::write(dir.path().join("adapter.yaml"), process).unwrap();
+        let cfg = ProcessConfig::load(dir.path().join("adapter.yaml")).unwrap();
+        assert_eq!(cfg.group_id, "sagaflow-adapter-legacy-bank");
+        assert_eq!(cfg.kafka.properties["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(cfg.commands_topic(), "sagaflow.commands.legacy-bank");
+    }
+
+    #[test]
     fn a_missing_service_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), &PROCESS.replace("svc/payments", "svc/nope"));
