@@ -427,15 +427,56 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<ServiceConfig, AdapterError> 
 
 /// Parses YAML text; `file` is only used in error messages.
 pub fn parse_str(text: &str, file: &str) -> Result<RawServiceConfig, AdapterError> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    from_yaml(text, file)
+}
+
+/// Deserializes `T` from YAML text. Errors carry the file, line and column
+/// of the offending node (found through its serde path), so every config
+/// file of the adapter reports mistakes the same way.
+pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, AdapterError> {
+    let (value, spans) =
+        sagaflow_engine::yaml::load(text).map_err(|e| AdapterError::ConfigParse {
+            file: file.to_owned(),
+            line: e.position.line,
+            column: e.position.column,
+            message: e.message,
+        })?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.inner().to_string();
+        // An unknown key is reported at its own position, not its parent's.
+        let pos = unknown_field(&message)
+            .and_then(|field| {
+                let key = if path.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{path}.{field}")
+                };
+                spans.get(&key)
+            })
+            .unwrap_or_else(|| spans.find(&path));
+        let message = if path.is_empty() {
+            message
+        } else {
+            format!("`{path}`: {message}")
+        };
         AdapterError::ConfigParse {
             file: file.to_owned(),
-            line,
-            column,
-            message: e.to_string(),
+            line: pos.line,
+            column: pos.column,
+            message,
         }
     })
+}
+
+/// The key named by serde's "unknown field `x`, expected …" message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
 }
 
 struct Ctx<'a> {
@@ -852,7 +893,9 @@ operations:
         assert!(msg.contains("p.yaml:"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
         match err {
-            AdapterError::ConfigParse { line, .. } => assert!(line >= 8),
+            AdapterError::ConfigParse { line, column, .. } => {
+                assert_eq!((line, column), (8, 7), "at the unknown key itself")
+            }
             other => panic!("{other:?}"),
         }
     }

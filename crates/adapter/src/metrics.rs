@@ -13,6 +13,12 @@ pub const CIRCUIT_STATE: &str = "sagaflow_adapter_circuit_state";
 pub const RATE_LIMIT_WAITS_TOTAL: &str = "sagaflow_adapter_rate_limit_waits_total";
 pub const IDEMPOTENT_HITS_TOTAL: &str = "sagaflow_adapter_idempotent_hits_total";
 pub const CACHE_HITS_TOTAL: &str = "sagaflow_adapter_cache_hits_total";
+// The Kafka loop (`runtime`).
+pub const COMMANDS_TOTAL: &str = "sagaflow_adapter_commands_total";
+pub const DEAD_LETTERS_TOTAL: &str = "sagaflow_adapter_dead_letters_total";
+pub const COMMANDS_IN_FLIGHT: &str = "sagaflow_adapter_commands_in_flight";
+pub const COMMAND_DURATION_SECONDS: &str = "sagaflow_adapter_command_duration_seconds";
+pub const PRODUCE_RETRIES_TOTAL: &str = "sagaflow_adapter_produce_retries_total";
 
 /// Metric handles; cheap to clone, register once per registry.
 #[derive(Clone, Debug)]
@@ -114,6 +120,77 @@ impl AdapterMetrics {
             rate_limit_waits_total,
             idempotent_hits_total,
             cache_hits_total,
+        })
+    }
+}
+
+/// Metrics of the Kafka loop. Labels: `service`, the reply `outcome`
+/// (`success`, `business_failure`, `transient_failure`) and the dead-letter
+/// `reason` (`undecodable`, `wrong_service`, `unencodable_reply`).
+#[derive(Clone, Debug)]
+pub struct RuntimeMetrics {
+    pub(crate) commands_total: IntCounterVec,
+    pub(crate) dead_letters_total: IntCounterVec,
+    pub(crate) in_flight: IntGaugeVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) produce_retries_total: IntCounterVec,
+}
+
+impl RuntimeMetrics {
+    /// Creates the loop's metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, AdapterError> {
+        let commands_total = IntCounterVec::new(
+            Opts::new(COMMANDS_TOTAL, "Commands answered with a reply, by outcome"),
+            &["service", "outcome"],
+        )
+        .map_err(reg_err)?;
+        let dead_letters_total = IntCounterVec::new(
+            Opts::new(
+                DEAD_LETTERS_TOTAL,
+                "Command records sent to the dead-letter topic, by reason",
+            ),
+            &["service", "reason"],
+        )
+        .map_err(reg_err)?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                COMMANDS_IN_FLIGHT,
+                "Command records received and not yet answered",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                COMMAND_DURATION_SECONDS,
+                "From receiving a command to the broker acknowledging its reply",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        let produce_retries_total = IntCounterVec::new(
+            Opts::new(
+                PRODUCE_RETRIES_TOTAL,
+                "Failed attempts to produce a reply or dead letter (retried)",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        for c in [
+            Box::new(commands_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dead_letters_total.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(duration.clone()),
+            Box::new(produce_retries_total.clone()),
+        ] {
+            registry.register(c).map_err(reg_err)?;
+        }
+        Ok(Self {
+            commands_total,
+            dead_letters_total,
+            in_flight,
+            duration,
+            produce_retries_total,
         })
     }
 }

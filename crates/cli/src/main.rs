@@ -4,6 +4,7 @@
 //! incompatible schema); 2 usage or configuration error; 3 a service
 //! (schema registry, broker) could not be reached.
 
+mod adapter;
 mod exit;
 mod orchestrator;
 mod registry;
@@ -11,7 +12,7 @@ mod registry_client;
 mod schemas;
 mod signals;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::exit::Failure;
 
@@ -21,8 +22,19 @@ const AFTER_HELP: &str = "Exit codes: 0 ok, 1 a check failed (e.g. incompatible 
 #[derive(Debug, Parser)]
 #[command(name = "sagaflow", version, about, after_help = AFTER_HELP, propagate_version = true)]
 struct Cli {
+    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,18 +48,24 @@ enum Command {
     /// Run an orchestrator instance (any number join one consumer group).
     #[command(after_help = AFTER_HELP)]
     Orchestrator(orchestrator::OrchestratorArgs),
+    /// Run a service adapter: commands from Kafka, calls to the backend,
+    /// replies to Kafka. Stops gracefully on SIGINT/SIGTERM.
+    #[command(after_help = AFTER_HELP)]
+    Adapter(adapter::AdapterArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Pretty => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,6 +78,7 @@ fn main() -> std::process::ExitCode {
             Command::Schemas(command) => schemas::run(command).await,
             Command::Registry(command) => registry::run(command).await,
             Command::Orchestrator(args) => orchestrator::run(args).await,
+            Command::Adapter(args) => adapter::run(args).await,
         }
     });
     match result {

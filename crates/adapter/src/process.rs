@@ -1,0 +1,250 @@
+//! The adapter process's configuration: where Kafka is, how the wire is
+//! encoded, and which service config file to run.
+//!
+//! ```yaml
+//! kafka:
+//!   bootstrap-servers: 127.0.0.1:9092
+//!   properties: { security.protocol: PLAINTEXT }   # librdkafka, passed through
+//! topics: { prefix: "" }                           # optional
+//! codec:
+//!   registry: { url: http://127.0.0.1:8081 }
+//!   default-format: { format: avro }
+//! service: legacy-bank.yaml          # relative to this file
+//! group-id: sagaflow-adapter-legacy-bank           # default
+//! http: { listen: 127.0.0.1:9100 }   # /healthz, /readyz, /metrics
+//! max-in-flight: 64                  # commands executing at once
+//! shutdown-timeout: 30s              # grace for in-flight commands
+//! ```
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sagaflow_bus::{KafkaConfig, TopicNames};
+use sagaflow_codec::{CodecConfig, ValidatedCodecConfig};
+use serde::Deserialize;
+
+use crate::config::{ServiceConfig, from_yaml};
+use crate::error::AdapterError;
+
+/// The process config file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawProcessConfig {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub topics: TopicNames,
+    pub codec: CodecConfig,
+    /// Path of the service config file, relative to the process config.
+    pub service: PathBuf,
+    #[serde(default)]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: NonZeroUsize,
+    /// How long a shutdown waits for in-flight commands.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// The operational HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+
+fn default_max_in_flight() -> NonZeroUsize {
+    NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A validated process configuration, with its service config loaded.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+    pub codec: ValidatedCodecConfig,
+    /// The service config file (resolved path) and its content.
+    pub service_file: PathBuf,
+    pub service: ServiceConfig,
+    pub group_id: String,
+    pub http_listen: SocketAddr,
+    pub max_in_flight: NonZeroUsize,
+    pub shutdown_timeout: Duration,
+}
+
+impl ProcessConfig {
+    /// Reads the process config at `path`, then the service config it names.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, AdapterError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| AdapterError::ConfigRead {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let raw: RawProcessConfig = from_yaml(&text, &file)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let service_file = base.join(&raw.service);
+        let service = crate::config::load_file(&service_file)?;
+        raw.validate(&file, service_file, service)
+    }
+
+    /// The commands topic this process consumes.
+    pub fn commands_topic(&self) -> String {
+        self.topics.commands(&self.service.service)
+    }
+}
+
+impl RawProcessConfig {
+    /// Checks the values serde cannot; `service` is the loaded service config.
+    pub fn validate(
+        self,
+        file: &str,
+        service_file: PathBuf,
+        service: ServiceConfig,
+    ) -> Result<ProcessConfig, AdapterError> {
+        let invalid = |key: &str, message: String| AdapterError::ConfigInvalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap-servers",
+                "must name at least one broker, e.g. `127.0.0.1:9092`".into(),
+            ));
+        }
+        let codec = self
+            .codec
+            .validate()
+            .map_err(|e| invalid("codec", e.to_string()))?;
+        let group_id = match self.group_id {
+            Some(g) if g.trim().is_empty() => {
+                return Err(invalid("group-id", "must not be empty".into()));
+            }
+            Some(g) => g,
+            None => format!("sagaflow-adapter-{}", service.service),
+        };
+        if self.shutdown_timeout.is_zero() {
+            return Err(invalid("shutdown-timeout", "must be longer than 0s".into()));
+        }
+        Ok(ProcessConfig {
+            kafka: self.kafka,
+            topics: self.topics,
+            codec,
+            service_file,
+            service,
+            group_id,
+            http_listen: self.http.listen,
+            max_in_flight: self.max_in_flight,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str = "service: payments\nbase-urls: [\"http://127.0.0.1:9/\"]\noperations:\n  charge:\n    rest: { method: POST, path: /charges }\n";
+    const PROCESS: &str = "kafka:\n  bootstrap-servers: 127.0.0.1:9092\ncodec:\n  default-format: { format: json }\nservice: svc/payments.yaml\n";
+
+    fn write(dir: &Path, process: &str) -> PathBuf {
+        std::fs::create_dir_all(dir.join("svc")).unwrap();
+        std::fs::write(dir.join("svc/payments.yaml"), SERVICE).unwrap();
+        let p = dir.join("adapter.yaml");
+        std::fs::write(&p, process).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_and_relative_service_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ProcessConfig::load(write(dir.path(), PROCESS)).unwrap();
+        assert_eq!(cfg.group_id, "sagaflow-adapter-payments");
+        assert_eq!(cfg.http_listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(cfg.max_in_flight.get(), 64);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.service_file, dir.path().join("svc/payments.yaml"));
+        assert_eq!(cfg.commands_topic(), "sagaflow.commands.payments");
+    }
+
+    #[test]
+    fn errors_point_at_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{PROCESS}max-in-flight: 0\n");
+        let err = ProcessConfig::load(write(dir.path(), &text)).unwrap_err();
+        match &err {
+            AdapterError::ConfigParse { line, column, .. } => {
+                assert_eq!((*line, *column), (6, 1), "{err}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = PROCESS.replace("codec:", "codecs:");
+        let err = ProcessConfig::load(write(dir.path(), &text)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("adapter.yaml:3:1"), "{msg}");
+        assert!(msg.contains("unknown field `codecs`"), "{msg}");
+        let text = format!("{PROCESS}http:\n  listen: nowhere\n");
+        let err = ProcessConfig::load(write(dir.path(), &text)).unwrap_err();
+        assert!(err.to_string().contains("adapter.yaml:7:3"), "{err}");
+    }
+
+    #[test]
+    fn codec_and_group_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = PROCESS.replace("{ format: json }", "{ format: avro }");
+        let err = ProcessConfig::load(write(dir.path(), &text)).unwrap_err();
+        assert_eq!(err.code(), "SF-ADAPTER-003");
+        assert!(err.to_string().contains("registry"), "{err}");
+        let text = format!("{PROCESS}group-id: \"\"\n");
+        let err = ProcessConfig::load(write(dir.path(), &text)).unwrap_err();
+        assert!(err.to_string().contains("group-id"), "{err}");
+    }
+
+    #[test]
+    fn documented_example_is_valid() {
+        let doc = include_str!("../../../docs/adapters.md");
+        let block = |from: usize| {
+            let start = doc[from..].find("```yaml\n").expect("yaml block") + from + 8;
+            let len = doc[start..].find("```").expect("end of block");
+            &doc[start..start + len]
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("legacy-bank.yaml"), block(0)).unwrap();
+        let process = block(doc.find("## Running an adapter").expect("section"));
+        std::fs::write(dir.path().join("adapter.yaml"), process).unwrap();
+        let cfg = ProcessConfig::load(dir.path().join("adapter.yaml")).unwrap();
+        assert_eq!(cfg.group_id, "sagaflow-adapter-legacy-bank");
+        assert_eq!(cfg.kafka.properties["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(cfg.commands_topic(), "sagaflow.commands.legacy-bank");
+    }
+
+    #[test]
+    fn a_missing_service_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &PROCESS.replace("svc/payments", "svc/nope"));
+        let err = ProcessConfig::load(p).unwrap_err();
+        assert_eq!(err.code(), "SF-ADAPTER-001");
+        assert!(err.to_string().contains("nope.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,161 @@
+//! `sagaflow adapter --config` as a child process, against the broker this
+//! test process hosts and a real HTTP backend on 127.0.0.1.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureRecord;
+use sagaflow_bus::{SagaHeaders, TopicNames, TopicSpec};
+use sagaflow_test_support as ts;
+use tokio::process::Command;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A backend answering every POST with 201 and counting the calls.
+async fn backend() -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/api/charges/{order}",
+        axum::routing::post(
+            move |axum::extract::Path(order): axum::extract::Path<String>| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    (
+                        axum::http::StatusCode::CREATED,
+                        axum::Json(serde_json::json!({"id": format!("p-{order}")})),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+fn write_configs(dir: &std::path::Path, backend: &str, names: &TopicNames) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("payments.yaml"),
+        format!(
+            "service: payments\nbase-urls: [\"{backend}/api\"]\noperations:\n  charge:\n    rest: {{ method: POST, path: \"/charges/{{{{ input.order_id }}}}\", response: {{ payment_id: /id }} }}\n"
+        ),
+    )
+    .unwrap();
+    let path = dir.join("adapter.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "kafka:\n  bootstrap-servers: \"{}\"\n  properties: {{ fetch.wait.max.ms: \"1\" }}\ntopics: {{ prefix: \"{}\" }}\ncodec:\n  default-format: {{ format: json }}\nservice: payments.yaml\nhttp: {{ listen: 127.0.0.1:0 }}\n",
+            ts::bootstrap_servers(),
+            names.prefix
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_runs_replies_and_exits_zero_on_sigterm() {
+    let (url, calls) = backend().await;
+    let names = TopicNames::with_prefix(format!("{}.", ts::unique("cli")));
+    ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
+    ts::create(TopicSpec::new(names.replies(), 1)).await;
+    ts::create(TopicSpec::new(names.dead_letter(), 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_configs(dir.path(), &url, &names);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args(["adapter", "--config", config.to_str().unwrap()])
+        .args(["--log-format", "json"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let command = serde_json::json!({
+        "command_id": "order-checkout:o-1/charge/1",
+        "saga_id": "order-checkout:o-1",
+        "saga_type": "order-checkout",
+        "saga_version": 1,
+        "step": "charge",
+        "service": "payments",
+        "operation": "charge",
+        "attempt": 1,
+        "kind": "ACTION",
+        "input": {"order_id": "o-1"},
+        "timeout_ms": 5000,
+        "issued_at": 1
+    });
+    let topic = names.commands("payments");
+    let headers = SagaHeaders {
+        saga_id: Some("order-checkout:o-1".into()),
+        message_id: Some("order-checkout:o-1/charge/1".into()),
+        message_type: Some("Command".into()),
+        ..SagaHeaders::default()
+    };
+    let payload = command.to_string();
+    ts::kafka()
+        .producer()
+        .unwrap()
+        .send(
+            FutureRecord::to(&topic)
+                .key("order-checkout:o-1")
+                .payload(&payload)
+                .headers(headers.to_owned_headers()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let reader = ts::kafka().consumer(&ts::unique("cli-reader")).unwrap();
+    reader.subscribe(&[names.replies().as_str()]).unwrap();
+    let replies = ts::consume(&reader, 1, WAIT).await;
+    assert_eq!(replies.len(), 1, "a reply within {WAIT:?}");
+    assert_eq!(replies[0].key(), Some(&b"order-checkout:o-1"[..]));
+    let reply: serde_json::Value = serde_json::from_str(&ts::text(&replies[0])).unwrap();
+    assert_eq!(reply["outcome"], "SUCCESS", "{reply}");
+    assert_eq!(reply["data"]["payment_id"], "p-o-1", "{reply}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let pid = child.id().expect("still running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_bad_config_exits_2_with_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapter.yaml");
+    std::fs::write(
+        &path,
+        "kafka:\n  bootstrap-servers: 127.0.0.1:9\ncodec: {}\nservice: x.yaml\nmax-in-flite: 3\n",
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+            .args(["adapter", "--config", path.to_str().unwrap()])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("adapter.yaml:5:1"), "{stderr}");
+    assert!(stderr.contains("max-in-flite"), "{stderr}");
+}
