@@ -537,3 +537,32 @@ async fn an_unreachable_cluster_fails_start_up() {
     assert_eq!(err.code(), "SF-ADAPTER-018", "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_concurrently_up_to_max_in_flight() {
+    let backend = backend().await;
+    let env = Env::new(&Wire::Json, &backend, 1).await;
+    let file = env.dir.path().join("adapter.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("max-in-flight: 8", "max-in-flight: 2")).unwrap();
+    let running = env.start().await;
+    let replies = env.reader(&env.names.replies());
+    // Every call is held 1.5 s by the backend.
+    for i in 0..5 {
+        env.send(&command(
+            &format!("order-checkout:o-4{i}"),
+            &format!("slow-4{i}"),
+            1,
+        ))
+        .await;
+    }
+    let got = env.replies(&replies, 5).await;
+    assert!(got.iter().all(|(r, _)| r.outcome == ReplyOutcome::Success));
+    assert_eq!(backend.total(), 5);
+    assert_eq!(
+        backend.max_in_flight(),
+        2,
+        "concurrent, and bounded by max-in-flight"
+    );
+    running.shutdown().await.unwrap();
+}
