@@ -7,6 +7,11 @@
 //! either the declarative REST/SOAP [`DeclarativeHandler`] configured by a
 //! YAML file (see `docs/adapters.md`) or a team's own implementation.
 //!
+//! [`AdapterRuntime`] is the process around it: it consumes
+//! `sagaflow.commands.<service>`, executes, produces replies keyed by saga
+//! id, dead-letters what cannot be handled and commits offsets in order
+//! (`runtime`); [`ProcessConfig`] is its configuration file (`process`).
+//!
 //! ```no_run
 //! # async fn demo(cmd: sagaflow_adapter::AdapterCommand) -> Result<(), sagaflow_adapter::AdapterError> {
 //! let cfg = sagaflow_adapter::config::load_file("adapters/payments.yaml")?;

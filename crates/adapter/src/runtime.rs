@@ -166,6 +166,8 @@ impl AdapterRuntime {
             message: e.to_string(),
         })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // The HTTP endpoint outlives the drain, so `/readyz` says 503 meanwhile.
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(true));
         let http = spawn_http(
             listener,
@@ -173,7 +175,7 @@ impl AdapterRuntime {
                 registry,
                 ready: Arc::clone(&ready),
             },
-            shutdown_rx.clone(),
+            http_stop_rx,
         );
         info!(
             service = %service,
@@ -204,6 +206,7 @@ impl AdapterRuntime {
         };
         let task = tokio::spawn(async move {
             let result = driver.run(shutdown_rx).await;
+            let _ = http_stop_tx.send(true);
             let _ = http.await;
             result
         });
@@ -215,7 +218,8 @@ impl AdapterRuntime {
     }
 }
 
-/// A started adapter process.
+/// A started adapter process. Dropping it also stops the loop (gracefully,
+/// in the background); [`shutdown`](Self::shutdown) waits for that.
 #[derive(Debug)]
 pub struct RunningAdapter {
     http_addr: SocketAddr,
