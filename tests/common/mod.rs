@@ -233,16 +233,32 @@ impl Stack {
         self.dir.path().join(file)
     }
 
-    pub fn start_orchestrator(&mut self) {
+    /// Starts an orchestrator in `slot` (a stable `group.instance.id`, as a
+    /// StatefulSet pod keeps its name): a restarted slot takes over the
+    /// killed member's partitions at once. Returns its index.
+    pub fn start_orchestrator_in(&mut self, slot: usize) -> usize {
+        let base = std::fs::read_to_string(self.path("orchestrator.yaml")).unwrap();
+        let cfg = self.path(&format!("orchestrator-slot-{slot}.yaml"));
+        let with_instance = base.replacen(
+            "  properties:\n",
+            &format!("  properties:\n    group.instance.id: \"orchestrator-{slot}\"\n"),
+            1,
+        );
+        std::fs::write(&cfg, with_instance).unwrap();
         let n = self.orchestrators.len();
-        let cfg = self.path("orchestrator.yaml");
         let log = self.path(&format!("orchestrator-{n}-{}.log", support::unique("run")));
         self.orchestrators.push(ChildGuard::sagaflow(
-            &format!("orchestrator-{n}"),
+            &format!("orchestrator-{n} (slot {slot})"),
             &["orchestrator", "--config", cfg.to_str().unwrap()],
             log,
             &[],
         ));
+        n
+    }
+
+    pub fn start_orchestrator(&mut self) {
+        let slot = self.orchestrators.len();
+        self.start_orchestrator_in(slot);
     }
 
     pub fn start_adapters(&mut self) {

@@ -5,6 +5,7 @@
 //! (schema registry, broker) could not be reached.
 
 mod adapter;
+mod dev;
 mod exit;
 mod orchestrator;
 mod registry;
@@ -45,6 +46,10 @@ enum Command {
     /// Run the local schema registry.
     #[command(subcommand, after_help = AFTER_HELP)]
     Registry(registry::RegistryCommand),
+    /// Run the local stack with a live demo: broker, schema registry,
+    /// orchestrator, adapters, demo services and sample orders, on loopback.
+    #[command(after_help = AFTER_HELP)]
+    Dev(dev::DevArgs),
     /// Run an orchestrator instance (any number join one consumer group).
     #[command(after_help = AFTER_HELP)]
     Orchestrator(orchestrator::OrchestratorArgs),
@@ -78,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Schemas(command) => schemas::run(command).await,
             Command::Registry(command) => registry::run(command).await,
             Command::Orchestrator(args) => orchestrator::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
             Command::Adapter(args) => adapter::run(args).await,
         }
     });
