@@ -489,3 +489,34 @@ async fn sqlite_storage_survives_a_broker_restart() {
     drop(reader);
     drop(broker);
 }
+
+/// A member that restarts with the same `group.instance.id` (static
+/// membership, KIP-345) takes its partitions back at once. Sagaflow's
+/// orchestrators rely on it: tansu does not expire a member that died
+/// without leaving (see docs/broker.md), so a killed instance's partitions
+/// return only when an instance with its id rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_rejoining_with_its_instance_id_takes_its_partitions_back() {
+    let topic = support::topic("contract-static", 2).await;
+    let group = support::unique("contract-static");
+    let kafka = support::kafka().with("group.instance.id", support::unique("slot"));
+    let first = contract_ok("static member joins", kafka.consumer(&group));
+    contract_ok("subscribe", first.subscribe(&[&topic]));
+    contract_ok(
+        "a static member is assigned every partition",
+        support::await_assignment(&first, 2, WAIT).await,
+    );
+    // The process "dies": its client is gone without a LeaveGroup (static
+    // members do not leave on close), and a new process with the same id joins.
+    drop(first);
+    let second = contract_ok("restarted static member joins", kafka.consumer(&group));
+    contract_ok("subscribe", second.subscribe(&[&topic]));
+    contract_ok(
+        "a restarted static member takes its partitions back",
+        support::await_assignment(&second, 2, Duration::from_secs(20)).await,
+    );
+    let producer = contract_ok("producer", kafka.producer());
+    send(&producer, &topic, Some(0), "k", Some("after-restart")).await;
+    let got = support::consume(&second, 1, WAIT).await;
+    contract("the restarted static member reads on", got.len() == 1, || "nothing read".into());
+}
