@@ -518,5 +518,9 @@ async fn static_member_rejoining_with_its_instance_id_takes_its_partitions_back(
     let producer = contract_ok("producer", kafka.producer());
     send(&producer, &topic, Some(0), "k", Some("after-restart")).await;
     let got = support::consume(&second, 1, WAIT).await;
-    contract("the restarted static member reads on", got.len() == 1, || "nothing read".into());
+    contract(
+        "the restarted static member reads on",
+        got.len() == 1,
+        || "nothing read".into(),
+    );
 }

@@ -91,7 +91,11 @@ async fn backend(
             json!({"reservation_id": format!("r-{order}")}),
         ),
         "screen" => {
-            let verdict = if n.is_multiple_of(5) { "reject" } else { "accept" };
+            let verdict = if n.is_multiple_of(5) {
+                "reject"
+            } else {
+                "accept"
+            };
             (StatusCode::OK, json!({"verdict": verdict}))
         }
         "charge" if n % 13 == 12 => (
