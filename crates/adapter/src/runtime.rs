@@ -21,7 +21,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -40,13 +40,7 @@ use crate::offsets::OffsetTracker;
 use crate::process::ProcessConfig;
 
 /// Dead-letter headers added to the original record's headers.
-pub mod dlq_headers {
-    pub const REASON: &str = "sagaflow-dlq-reason";
-    pub const CODE: &str = "sagaflow-dlq-code";
-    pub const SOURCE_TOPIC: &str = "sagaflow-dlq-source-topic";
-    pub const SOURCE_PARTITION: &str = "sagaflow-dlq-source-partition";
-    pub const SOURCE_OFFSET: &str = "sagaflow-dlq-source-offset";
-}
+pub use sagaflow_bus::dead_letter as dlq_headers;
 
 /// Code in `sagaflow-dlq-code` for a command addressed to another service.
 pub const WRONG_SERVICE_CODE: &str = "SF-ADAPTER-020";
@@ -632,29 +626,7 @@ pub(crate) fn wire_reply(cmd: &Command, outcome: &AdapterOutcome, completed_at: 
 }
 
 async fn dead_letter(shared: &Shared, m: &OwnedMessage, reason: &str, code: &str, message: &str) {
-    let mut headers = OwnedHeaders::new();
-    if let Some(h) = m.headers() {
-        for h in h.iter() {
-            headers = headers.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    let partition = m.partition().to_string();
-    let offset = m.offset().to_string();
-    for (key, value) in [
-        (dlq_headers::REASON, message),
-        (dlq_headers::CODE, code),
-        (dlq_headers::SOURCE_TOPIC, m.topic()),
-        (dlq_headers::SOURCE_PARTITION, partition.as_str()),
-        (dlq_headers::SOURCE_OFFSET, offset.as_str()),
-    ] {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
+    let headers = sagaflow_bus::dead_letter::headers(m, code, message);
     let topic = shared.names.dead_letter();
     produce(
         shared,

@@ -4,6 +4,7 @@
 
 pub mod baseline;
 mod config;
+pub mod dead_letter;
 mod headers;
 mod topics;
 

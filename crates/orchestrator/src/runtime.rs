@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
@@ -175,29 +175,7 @@ fn now_ms() -> u64 {
 /// A dead letter: the original bytes and headers, where they came from,
 /// and why they could not be processed.
 fn dead_letter(names: &TopicNames, m: &BorrowedMessage<'_>, code: &str, reason: &str) -> Outgoing {
-    let mut headers = OwnedHeaders::new();
-    if let Some(h) = m.headers() {
-        for h in rdkafka::message::Headers::iter(h) {
-            headers = headers.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    let partition = m.partition().to_string();
-    let offset = m.offset().to_string();
-    for (key, value) in [
-        ("sagaflow-dlq-reason", reason),
-        ("sagaflow-dlq-code", code),
-        ("sagaflow-dlq-source-topic", m.topic()),
-        ("sagaflow-dlq-source-partition", partition.as_str()),
-        ("sagaflow-dlq-source-offset", offset.as_str()),
-    ] {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
+    let headers = sagaflow_bus::dead_letter::headers(m, code, reason);
     Outgoing {
         topic: names.dead_letter(),
         partition: None,
@@ -1175,14 +1153,4 @@ fn rearm(
         timers.insert((*due, saga_id.to_owned(), id.clone()));
     }
     entry.armed = armed;
-}
-
-/// Header names re-exported for tests and tools that read dead letters.
-pub mod dead_letter_headers {
-    pub const REASON: &str = "sagaflow-dlq-reason";
-    pub const CODE: &str = "sagaflow-dlq-code";
-    pub const SOURCE_TOPIC: &str = "sagaflow-dlq-source-topic";
-    pub const SOURCE_PARTITION: &str = "sagaflow-dlq-source-partition";
-    pub const SOURCE_OFFSET: &str = "sagaflow-dlq-source-offset";
-    pub use sagaflow_bus::header_names::SAGA_ID;
 }
