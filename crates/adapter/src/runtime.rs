@@ -138,6 +138,12 @@ impl AdapterRuntime {
         };
         let producer = config.kafka.producer().map_err(kafka_err)?;
         check_reachable(&producer, &config.kafka.bootstrap_servers).await?;
+        // Adapters may start before any orchestrator created their topic.
+        // (Only the commands topic: replies must keep the partition count
+        // the orchestrators co-partition by, so they create it.)
+        sagaflow_bus::ensure_topics(&config.kafka, &[sagaflow_bus::TopicSpec::new(&topic, 6)])
+            .await
+            .map_err(kafka_err)?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let consumer = config
             .kafka

@@ -63,6 +63,9 @@ impl ClientRole {
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
                 ("partition.assignment.strategy", "range,roundrobin"),
+                // Notice subscribed topics created after start within seconds
+                // (librdkafka's default is 5 minutes).
+                ("topic.metadata.refresh.interval.ms", "5000"),
             ],
             Self::Admin => &[],
         }
