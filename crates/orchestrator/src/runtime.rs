@@ -1001,106 +1001,92 @@ impl Driver {
         traceparent: Option<String>,
         e: &Effect,
     ) -> Option<Outgoing> {
-        let headers = |message_id: &str, kind: &str| {
-            SagaHeaders {
-                saga_id: Some(saga_id.to_owned()),
-                message_id: Some(message_id.to_owned()),
-                message_type: Some(kind.to_owned()),
-                traceparent: traceparent.clone(),
-                tracestate: None,
-            }
-            .to_owned_headers()
-        };
-        let encode_failed = |what: &str, err: &dyn std::fmt::Display| {
-            warn!(saga.id = saga_id, effect = what, error = %err, "effect cannot be encoded; the saga's lifecycle shows it");
-            self.metrics
-                .dead_letters
-                .with_label_values(&["SF-ORCH-016"])
-                .inc();
-        };
-        match e {
+        // Each effect: where it goes, its key and message id, and its bytes.
+        let (topic, key, message_id, kind, encoded) = match e {
             Effect::Command(c) => {
                 let topic = self.names.commands(&c.service);
                 let wire = wire::command(c, now_ms() as i64, traceparent.clone());
-                match self.codec.encode_command(&topic, &wire).await {
-                    Ok(bytes) => {
-                        let kind = format!("{:?}", c.kind).to_lowercase();
-                        self.metrics
-                            .commands_sent
-                            .with_label_values(&[&c.service, &kind])
-                            .inc();
-                        Some(Outgoing {
-                            topic,
-                            partition: None,
-                            key: Some(saga_id.to_owned()),
-                            payload: Some(bytes),
-                            headers: headers(&c.command_id, "Command"),
-                        })
-                    }
-                    Err(err) => {
-                        encode_failed("command", &err);
-                        None
-                    }
+                let encoded = self.codec.encode_command(&topic, &wire).await;
+                if encoded.is_ok() {
+                    let kind = format!("{:?}", c.kind).to_lowercase();
+                    self.metrics
+                        .commands_sent
+                        .with_label_values(&[&c.service, &kind])
+                        .inc();
                 }
+                (
+                    topic,
+                    saga_id.to_owned(),
+                    c.command_id.clone(),
+                    "Command".to_owned(),
+                    encoded,
+                )
             }
             Effect::Lifecycle(l) => {
                 let topic = self.names.saga_events();
-                match self
+                let encoded = self
                     .codec
                     .encode_lifecycle_event(&topic, &wire::lifecycle(l))
-                    .await
-                {
-                    Ok(bytes) => Some(Outgoing {
-                        topic,
-                        partition: None,
-                        key: Some(saga_id.to_owned()),
-                        payload: Some(bytes),
-                        headers: headers(&l.event_id, "SagaLifecycleEvent"),
-                    }),
-                    Err(err) => {
-                        encode_failed("lifecycle", &err);
-                        None
-                    }
-                }
+                    .await;
+                (
+                    topic,
+                    saga_id.to_owned(),
+                    l.event_id.clone(),
+                    "SagaLifecycleEvent".to_owned(),
+                    encoded,
+                )
             }
             Effect::Result(r) => {
                 let topic = self.names.saga_events();
                 let wire = wire::result(r, state, state.updated_at.0 as i64);
-                match self.codec.encode_saga_result(&topic, &wire).await {
-                    Ok(bytes) => Some(Outgoing {
-                        topic,
-                        partition: None,
-                        key: Some(saga_id.to_owned()),
-                        payload: Some(bytes),
-                        headers: headers(&format!("{saga_id}/result"), "SagaResult"),
-                    }),
-                    Err(err) => {
-                        encode_failed("result", &err);
-                        None
-                    }
-                }
+                let encoded = self.codec.encode_saga_result(&topic, &wire).await;
+                (
+                    topic,
+                    saga_id.to_owned(),
+                    format!("{saga_id}/result"),
+                    "SagaResult".to_owned(),
+                    encoded,
+                )
             }
             Effect::Emit(d) => {
                 let topic = self.prefixed(&d.topic);
-                match self
+                let encoded = self
                     .schemas
                     .encode(&self.codec, &topic, &d.event_type, &d.payload)
-                    .await
-                {
-                    Ok(bytes) => Some(Outgoing {
-                        topic,
-                        partition: None,
-                        key: Some(d.key.clone()),
-                        payload: Some(bytes),
-                        headers: headers(&d.event_id, &d.event_type),
-                    }),
-                    Err(err) => {
-                        encode_failed("emit", &err);
-                        None
-                    }
-                }
+                    .await;
+                (
+                    topic,
+                    d.key.clone(),
+                    d.event_id.clone(),
+                    d.event_type.clone(),
+                    encoded,
+                )
             }
-            Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => None,
+            Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => return None,
+        };
+        match encoded {
+            Ok(bytes) => Some(Outgoing {
+                topic,
+                partition: None,
+                key: Some(key),
+                payload: Some(bytes),
+                headers: SagaHeaders {
+                    saga_id: Some(saga_id.to_owned()),
+                    message_id: Some(message_id),
+                    message_type: Some(kind),
+                    traceparent,
+                    tracestate: None,
+                }
+                .to_owned_headers(),
+            }),
+            Err(err) => {
+                warn!(saga.id = saga_id, effect = effect_kind(e), error = %err, "effect cannot be encoded; the saga's lifecycle shows it");
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&["SF-ORCH-016"])
+                    .inc();
+                None
+            }
         }
     }
 }
