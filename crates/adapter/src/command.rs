@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 /// One command for the service this adapter fronts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterCommand {
-    /// Deterministic id (`<saga type>:<saga id>/<step>/<attempt>`); used as
-    /// `Idempotency-Key` and as the dedupe key for redeliveries.
+    /// Deterministic id (`<saga type>:<saga id>/<step>/<attempt>`): the
+    /// dedupe key for redeliveries; see [`AdapterCommand::idempotency_key`].
     pub command_id: String,
     pub saga_id: String,
     pub saga_type: String,
@@ -26,6 +26,23 @@ pub struct AdapterCommand {
     pub timeout_ms: u64,
     /// W3C trace context, forwarded to the backend unchanged.
     pub traceparent: Option<String>,
+}
+
+impl AdapterCommand {
+    /// The backend's `Idempotency-Key`: the command id without its attempt
+    /// number, so every attempt of one step (a retry after a timeout the
+    /// orchestrator declared, a redelivery after a crash) is one operation
+    /// to the backend, which applies it at most once.
+    pub fn idempotency_key(&self) -> &str {
+        match self.command_id.rsplit_once('/') {
+            Some((operation, attempt))
+                if attempt.bytes().all(|b| b.is_ascii_digit()) && !attempt.is_empty() =>
+            {
+                operation
+            }
+            _ => &self.command_id,
+        }
+    }
 }
 
 /// How a call ended, as the saga sees it.
@@ -151,5 +168,45 @@ impl AdapterOutcome {
     /// business failure); those are remembered for idempotency.
     pub fn is_final(&self) -> bool {
         self.kind != OutcomeKind::TransientFailure
+    }
+}
+
+#[cfg(test)]
+mod idempotency_key_tests {
+    use super::AdapterCommand;
+
+    fn cmd(id: &str) -> AdapterCommand {
+        AdapterCommand {
+            command_id: id.to_owned(),
+            saga_id: "order-checkout:o-1".to_owned(),
+            saga_type: "order-checkout".to_owned(),
+            step: "charge".to_owned(),
+            service: "payment".to_owned(),
+            operation: "charge".to_owned(),
+            attempt: 1,
+            input: serde_json::Value::Null,
+            timeout_ms: 0,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn every_attempt_of_a_step_shares_one_key() {
+        let first = cmd("order-checkout:o-1/charge/1");
+        let second = cmd("order-checkout:o-1/charge/2");
+        assert_eq!(first.idempotency_key(), "order-checkout:o-1/charge");
+        assert_eq!(first.idempotency_key(), second.idempotency_key());
+        assert_eq!(
+            cmd("order-checkout:o-1/charge/compensate/3").idempotency_key(),
+            "order-checkout:o-1/charge/compensate"
+        );
+        // An action and its compensation are different operations.
+        assert_ne!(
+            first.idempotency_key(),
+            cmd("order-checkout:o-1/charge/compensate/1").idempotency_key()
+        );
+        // Ids from another producer without an attempt suffix pass unchanged.
+        assert_eq!(cmd("custom-id").idempotency_key(), "custom-id");
+        assert_eq!(cmd("a/b/").idempotency_key(), "a/b/");
     }
 }

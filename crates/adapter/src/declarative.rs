@@ -246,7 +246,7 @@ impl DeclarativeHandler {
             .client
             .request(prepared.method, prepared.url)
             .headers(prepared.headers)
-            .header("idempotency-key", header_value(&cmd.command_id));
+            .header("idempotency-key", header_value(cmd.idempotency_key()));
         if !prepared.query.is_empty() {
             req = req.query(&prepared.query);
         }

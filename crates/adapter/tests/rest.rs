@@ -95,7 +95,7 @@ async fn success_is_mapped_and_request_is_rendered() {
     assert_eq!(req.header("x-saga").as_deref(), Some("order-checkout"));
     assert_eq!(
         req.header("idempotency-key").as_deref(),
-        Some("order-checkout:o-1/charge/1")
+        Some("order-checkout:o-1/charge")
     );
     assert_eq!(
         req.header("traceparent").as_deref(),
