@@ -5,7 +5,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagaflow_codec::messages::SagaResult;
+use sagaflow_codec::messages::{LifecycleKind, SagaResult};
 use sagaflow_codec::{Codec, CodecConfig, SagaEvent};
 use sagaflow_test_support::process::ChildGuard;
 use sagaflow_test_support::{self as support};
@@ -134,6 +134,9 @@ pub struct Stack {
     pub producer: FutureProducer,
     pub orchestrators: Vec<ChildGuard>,
     pub adapters: Vec<ChildGuard>,
+    /// Distinct terminal lifecycle events (COMPLETED, COMPENSATED, FAILED)
+    /// seen by `collect_results`, by saga id: their event ids.
+    pub terminal: Mutex<BTreeMap<String, BTreeSet<String>>>,
     _registry: sagaflow_registry::ServeHandle,
 }
 
@@ -225,6 +228,7 @@ impl Stack {
             producer,
             orchestrators: Vec::new(),
             adapters: Vec::new(),
+            terminal: Mutex::default(),
             _registry: handle,
         }
     }
@@ -241,7 +245,12 @@ impl Stack {
         let cfg = self.path(&format!("orchestrator-slot-{slot}.yaml"));
         let with_instance = base.replacen(
             "  properties:\n",
-            &format!("  properties:\n    group.instance.id: \"orchestrator-{slot}\"\n"),
+            // Unique per stack: tests share one broker, and tansu appears to
+            // key static members by instance id across groups.
+            &format!(
+                "  properties:\n    group.instance.id: \"{}orchestrator-{slot}\"\n",
+                self.prefix
+            ),
             1,
         );
         std::fs::write(&cfg, with_instance).unwrap();
@@ -281,6 +290,13 @@ impl Stack {
     /// Publishes an OrderPlaced event (Avro, Confluent wire format) as an
     /// existing system would; the key is the order id.
     pub async fn place_order(&self, order_id: &str, customer: &str, total_cents: i64) {
+        let bytes = self.order_placed(order_id, customer, total_cents).await;
+        self.send_raw(&self.topic("orders.events"), order_id, &bytes)
+            .await;
+    }
+
+    /// An OrderPlaced event's bytes as a publisher would send them.
+    pub async fn order_placed(&self, order_id: &str, customer: &str, total_cents: i64) -> Vec<u8> {
         let schema = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/orders/OrderPlaced.avsc"),
         )
@@ -297,18 +313,51 @@ impl Stack {
         });
         let value = sagaflow_codec::json::json_to_avro(&event, &parsed)
             .unwrap_or_else(|e| panic!("OrderPlaced does not match its schema: {e}"));
-        let topic = self.topic("orders.events");
-        let bytes = self
-            .codec
+        self.codec
             .encode_avro_value(
-                &topic,
+                &self.topic("orders.events"),
                 "io.sagaflow.examples.orders.OrderPlaced",
                 &schema,
                 value,
             )
             .await
-            .unwrap();
-        self.send_raw(&topic, order_id, &bytes).await;
+            .unwrap()
+    }
+
+    /// Publishes pre-encoded records (key, bytes) to `topic` in the
+    /// background at about `per_sec`, many in flight at once, as a busy
+    /// upstream system does. The task ends when all are acknowledged.
+    pub fn publish_paced(
+        &self,
+        topic: &str,
+        records: Vec<(String, Vec<u8>)>,
+        per_sec: u32,
+    ) -> tokio::task::JoinHandle<()> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            let period = Duration::from_secs_f64(1.0 / f64::from(per_sec.max(1)));
+            let mut tick = tokio::time::interval(period);
+            let mut pending = Vec::with_capacity(records.len());
+            for (key, bytes) in records {
+                tick.tick().await;
+                let producer = producer.clone();
+                let topic = topic.clone();
+                pending.push(tokio::spawn(async move {
+                    producer
+                        .send(
+                            FutureRecord::to(&topic).key(&key).payload(&bytes),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)
+                        .unwrap();
+                }));
+            }
+            for p in pending {
+                p.await.unwrap();
+            }
+        })
     }
 
     pub async fn send_raw(&self, topic: &str, key: &str, bytes: &[u8]) {
@@ -343,7 +392,6 @@ impl Stack {
         timeout: Duration,
     ) {
         let deadline = tokio::time::Instant::now() + timeout;
-        let topic = self.topic("sagaflow.saga-events");
         while results.len() < n {
             let Ok(m) = tokio::time::timeout_at(deadline, reader.recv()).await else {
                 return;
@@ -353,8 +401,49 @@ impl Stack {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let Some(bytes) = m.payload() else { continue };
-            if let Ok(SagaEvent::Result(r)) = self.codec.decode_saga_event(&topic, bytes).await {
+            self.note_saga_event(&m, results, copies).await;
+        }
+    }
+
+    /// Goes on reading saga events until none has come for `idle`, so that
+    /// copies re-sent late are counted too.
+    pub async fn drain_saga_events(
+        &self,
+        reader: &StreamConsumer,
+        results: &mut BTreeMap<String, SagaResult>,
+        copies: &mut usize,
+        idle: Duration,
+    ) {
+        while let Ok(m) = tokio::time::timeout(idle, reader.recv()).await {
+            if let Ok(m) = m {
+                self.note_saga_event(&m, results, copies).await;
+            }
+        }
+    }
+
+    async fn note_saga_event(
+        &self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        results: &mut BTreeMap<String, SagaResult>,
+        copies: &mut usize,
+    ) {
+        let Some(bytes) = m.payload() else { return };
+        let topic = self.topic("sagaflow.saga-events");
+        match self.codec.decode_saga_event(&topic, bytes).await {
+            Ok(SagaEvent::Lifecycle(l))
+                if matches!(
+                    l.kind,
+                    LifecycleKind::Completed | LifecycleKind::Compensated | LifecycleKind::Failed
+                ) =>
+            {
+                self.terminal
+                    .lock()
+                    .unwrap()
+                    .entry(l.saga_id.clone())
+                    .or_default()
+                    .insert(l.event_id.clone());
+            }
+            Ok(SagaEvent::Result(r)) => {
                 *copies += 1;
                 if let Some(prev) = results.get(&r.saga_id) {
                     assert_eq!(
@@ -365,13 +454,24 @@ impl Stack {
                 }
                 results.insert(r.saga_id.clone(), r);
             }
+            _ => {}
         }
     }
 
+    /// The last lines of every process's log; the full logs are kept under
+    /// the system temp dir (the path is printed) for a failure's post-mortem.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
+        let keep = std::env::temp_dir()
+            .join("sagaflow-e2e-logs")
+            .join(self.prefix.trim_end_matches('.'));
+        let mut out = format!("(full logs: {})\n", keep.display());
+        let _ = std::fs::create_dir_all(&keep);
         for c in self.orchestrators.iter().chain(&self.adapters) {
             let text = c.output();
+            let _ = std::fs::write(
+                keep.join(format!("{}.log", c.name.replace(' ', "_"))),
+                &text,
+            );
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             out.push_str(&format!("--- {} ---\n", c.name));
             for l in tail.into_iter().rev() {

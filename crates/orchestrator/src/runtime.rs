@@ -121,6 +121,33 @@ struct Partition {
     sagas: HashMap<String, Entry>,
     /// (due, saga id, timer id); timer id [`EXPIRE`] removes a finished saga.
     timers: BTreeSet<(u64, String, String)>,
+    /// The highest changelog offset of this partition whose outbox has been
+    /// delivered but not yet recorded with a delivery mark.
+    delivered: Option<i64>,
+}
+
+/// Type header of the delivery marks in the changelog: "every outbox
+/// written at or below changelog offset N of this partition has been
+/// delivered", so a restore re-sends only what may really be owed.
+const DELIVERED_MARK: &str = "sagaflow.DeliveredMark";
+
+#[derive(Serialize, Deserialize)]
+struct DeliveredMark {
+    through: i64,
+}
+
+fn delivered_mark(topic: &str, p: i32, through: i64) -> Outgoing {
+    Outgoing {
+        topic: topic.to_owned(),
+        partition: Some(p),
+        key: Some(format!("@sagaflow/delivered/{p}")),
+        payload: serde_json::to_vec(&DeliveredMark { through }).ok(),
+        headers: SagaHeaders {
+            message_type: Some(DELIVERED_MARK.to_owned()),
+            ..SagaHeaders::default()
+        }
+        .to_owned_headers(),
+    }
 }
 
 struct Entry {
@@ -210,10 +237,11 @@ pub async fn send_envelope(
     env: &Envelope,
 ) -> Result<(), String> {
     let out = envelope_record(names, env, None);
-    produce(producer, out).await
+    produce(producer, out).await.map(|_| ())
 }
 
-async fn produce(producer: &FutureProducer, out: Outgoing) -> Result<(), String> {
+/// Produces one record; returns its partition and offset.
+async fn produce(producer: &FutureProducer, out: Outgoing) -> Result<(i32, i64), String> {
     let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&out.topic).headers(out.headers);
     if let Some(k) = out.key.as_deref() {
         record = record.key(k);
@@ -227,18 +255,26 @@ async fn produce(producer: &FutureProducer, out: Outgoing) -> Result<(), String>
     producer
         .send(record, Duration::from_secs(30))
         .await
-        .map(|_| ())
+        .map(|d| (d.partition, d.offset))
         .map_err(|(e, _)| e.to_string())
 }
 
-async fn produce_all(producer: &FutureProducer, records: Vec<Outgoing>) -> Result<(), String> {
+/// Produces all records and waits for every ack; returns, per partition
+/// written, the highest offset.
+async fn produce_all(
+    producer: &FutureProducer,
+    records: Vec<Outgoing>,
+) -> Result<HashMap<i32, i64>, String> {
     // All records are enqueued before any ack is awaited, so librdkafka
     // batches them; order per partition is kept by the idempotent producer.
     let sends = records.into_iter().map(|r| produce(producer, r));
+    let mut highest = HashMap::new();
     for r in futures::future::join_all(sends).await {
-        r?;
+        let (p, offset) = r?;
+        let h = highest.entry(p).or_insert(offset);
+        *h = (*h).max(offset);
     }
-    Ok(())
+    Ok(highest)
 }
 
 impl Driver {
@@ -290,7 +326,7 @@ impl Driver {
                     Rebalanced::Revoked(ps) => {
                         for p in ps {
                             if let Some(part) = owned.remove(&p) {
-                                self.forget(&part);
+                                self.release(&producer, p, &part).await;
                                 info!(
                                     messaging.kafka.partition = p,
                                     sagas = part.sagas.len(),
@@ -356,7 +392,7 @@ impl Driver {
                             Rebalanced::Revoked(ps) => {
                                 for p in ps {
                                     if let Some(part) = owned.remove(&p) {
-                                        self.forget(&part);
+                                        self.release(&producer, p, &part).await;
                                     }
                                     revoked.push(p);
                                 }
@@ -393,7 +429,7 @@ impl Driver {
                         work.offsets.push((topic.to_owned(), m.partition(), m.offset()));
                     }
                     self.metrics.batch_size.with_label_values(&["orchestrator"]).observe(batch.len() as f64);
-                    self.flush(&producer, &owned, work).await.map_err(RunError::Kafka)?;
+                    self.flush(&producer, &mut owned, work).await.map_err(RunError::Kafka)?;
                     let mut tpl = TopicPartitionList::new();
                     for m in &batch {
                         if revoked.contains(&m.partition()) && (m.topic() == inputs || m.topic() == replies) {
@@ -414,16 +450,31 @@ impl Driver {
                     for (&p, part) in owned.iter_mut() {
                         self.fire_due(p, part, now, &mut work);
                     }
-                    self.flush(&producer, &owned, work).await.map_err(RunError::Kafka)?;
+                    self.flush(&producer, &mut owned, work).await.map_err(RunError::Kafka)?;
                 }
             }
         }
         self.ready.store(false, Ordering::SeqCst);
+        if let Err(e) = self.mark_delivered(&producer, &mut owned).await {
+            warn!(error = %e, "recording delivery marks on stop");
+        }
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             debug!(error = %e, "final commit");
         }
         info!("orchestrator stopped");
         Ok(())
+    }
+
+    /// Lets a revoked partition go: records its pending delivery mark (a
+    /// true statement whoever owns the partition now) and its metrics.
+    async fn release(&self, producer: &FutureProducer, p: i32, part: &Partition) {
+        if let Some(through) = part.delivered {
+            let mark = delivered_mark(&self.names.saga_state(), p, through);
+            if let Err(e) = produce(producer, mark).await {
+                debug!(error = %e, partition = p, "delivery mark on revoke");
+            }
+        }
+        self.forget(part);
     }
 
     fn forget(&self, part: &Partition) {
@@ -446,7 +497,10 @@ impl Driver {
         let (low, high) = reader
             .fetch_watermarks(&topic, p, Duration::from_secs(30))
             .map_err(|e| RunError::Kafka(format!("watermarks of {topic}/{p}: {e}")))?;
-        let mut stored: HashMap<String, StoredSaga> = HashMap::new();
+        // Each saga's latest state with its changelog offset, and the
+        // latest delivery mark: outboxes at or below it were delivered.
+        let mut stored: HashMap<String, (i64, StoredSaga)> = HashMap::new();
+        let mut delivered_through = -1;
         if high > low {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, p, Offset::Offset(low))
@@ -468,13 +522,26 @@ impl Driver {
                 let Some(key) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
                     continue;
                 };
+                let is_mark = m.headers().is_some_and(|h| {
+                    SagaHeaders::from_headers(h).message_type.as_deref() == Some(DELIVERED_MARK)
+                });
+                if is_mark {
+                    match m.payload().map(serde_json::from_slice::<DeliveredMark>) {
+                        Some(Ok(mark)) => delivered_through = delivered_through.max(mark.through),
+                        _ => warn!(
+                            offset = m.offset(),
+                            "unreadable delivery mark in the changelog; skipped"
+                        ),
+                    }
+                    continue;
+                }
                 match m.payload() {
                     None => {
                         stored.remove(&key);
                     }
                     Some(bytes) => match serde_json::from_slice::<StoredSaga>(bytes) {
                         Ok(s) => {
-                            stored.insert(key, s);
+                            stored.insert(key, (m.offset(), s));
                         }
                         Err(e) => {
                             warn!(saga.id = %key, error = %e, "unreadable saga state in the changelog; skipped")
@@ -485,8 +552,8 @@ impl Driver {
         }
         let mut part = Partition::default();
         let mut owed = Vec::new();
-        for (saga_id, s) in stored {
-            if !s.outbox.is_empty() {
+        for (saga_id, (offset, s)) in stored {
+            if !s.outbox.is_empty() && offset > delivered_through {
                 for e in &s.outbox {
                     self.metrics
                         .outbox_resent
@@ -536,6 +603,9 @@ impl Driver {
         produce_all(producer, records)
             .await
             .map_err(RunError::Kafka)?;
+        if resent > 0 {
+            part.delivered = Some(high - 1);
+        }
         let label = p.to_string();
         self.metrics
             .restore_seconds
@@ -943,11 +1013,13 @@ impl Driver {
     }
 
     /// Persists the batch's sagas with their outboxes, then sends every
-    /// effect and record, each step waiting for the broker's acks.
+    /// effect and record, each step waiting for the broker's acks. The
+    /// state write carries the delivery marks of earlier batches, so a
+    /// restore knows which outboxes were delivered at no extra round trip.
     async fn flush(
         &self,
         producer: &FutureProducer,
-        owned: &HashMap<i32, Partition>,
+        owned: &mut HashMap<i32, Partition>,
         mut work: Batch,
     ) -> Result<(), String> {
         let state_topic = self.names.saga_state();
@@ -988,9 +1060,44 @@ impl Driver {
                 headers: OwnedHeaders::new(),
             });
         }
-        produce_all(producer, states).await?;
+        if states.is_empty() {
+            effects.append(&mut work.records);
+            produce_all(producer, effects).await?;
+            return Ok(());
+        }
+        let touched: BTreeSet<i32> = states.iter().filter_map(|s| s.partition).collect();
+        for (&p, part) in owned.iter_mut() {
+            if let Some(through) = part.delivered.take() {
+                states.push(delivered_mark(&state_topic, p, through));
+            }
+        }
+        let written = produce_all(producer, states).await?;
         effects.append(&mut work.records);
-        produce_all(producer, effects).await
+        produce_all(producer, effects).await?;
+        // Every outbox written above is delivered now; the next batch says so.
+        for (p, offset) in written {
+            if touched.contains(&p)
+                && let Some(part) = owned.get_mut(&p)
+            {
+                part.delivered = Some(offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the delivery marks still pending (on a clean stop), so the
+    /// next owner re-sends nothing.
+    async fn mark_delivered(
+        &self,
+        producer: &FutureProducer,
+        owned: &mut HashMap<i32, Partition>,
+    ) -> Result<(), String> {
+        let topic = self.names.saga_state();
+        let marks: Vec<Outgoing> = owned
+            .iter_mut()
+            .filter_map(|(&p, part)| Some(delivered_mark(&topic, p, part.delivered.take()?)))
+            .collect();
+        produce_all(producer, marks).await.map(|_| ())
     }
 
     /// The Kafka record for one effect (timers have none).
