@@ -72,6 +72,66 @@ impl ClientRole {
     }
 }
 
+/// librdkafka properties that only consumers read. One `properties` map
+/// serves every client of a process; passing these to a producer or admin
+/// client only earns a CONFWARN log line, so they are left out there.
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.remote.assignor",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "check.crcs",
+    "enable.partition.eof",
+    "offset.store.method",
+];
+const CONSUMER_ONLY_PREFIXES: &[&str] = &["fetch.", "queued.", "coordinator.query."];
+
+/// Properties that only producers read.
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "linger.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "retries",
+    "message.send.max.retries",
+    "sticky.partitioning.linger.ms",
+];
+const PRODUCER_ONLY_PREFIXES: &[&str] = &["queue.buffering.", "batch."];
+
+impl ClientRole {
+    /// Whether a user property is meant for this kind of client. Unknown
+    /// keys pass, so librdkafka still rejects misspelt ones.
+    fn accepts(self, key: &str) -> bool {
+        let consumer_only = CONSUMER_ONLY.contains(&key)
+            || CONSUMER_ONLY_PREFIXES.iter().any(|p| key.starts_with(p));
+        let producer_only = PRODUCER_ONLY.contains(&key)
+            || PRODUCER_ONLY_PREFIXES.iter().any(|p| key.starts_with(p));
+        match self {
+            Self::Producer => !consumer_only,
+            Self::Consumer => !producer_only,
+            Self::Admin => !consumer_only && !producer_only,
+        }
+    }
+}
+
 impl KafkaConfig {
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
@@ -95,7 +155,9 @@ impl KafkaConfig {
             cfg.set(*k, *v);
         }
         for (k, v) in &self.properties {
-            cfg.set(k, v);
+            if role.accepts(k) {
+                cfg.set(k, v);
+            }
         }
         cfg
     }
@@ -174,6 +236,28 @@ mod tests {
         let producer = cfg.client_config(ClientRole::Producer);
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("enable.auto.commit"), None);
+    }
+
+    #[test]
+    fn role_specific_properties_reach_only_their_role() {
+        let cfg = KafkaConfig::new("k:9092")
+            .with("group.instance.id", "orchestrator-0")
+            .with("fetch.wait.max.ms", "2")
+            .with("linger.ms", "3")
+            .with("security.protocol", "SASL_SSL");
+        let producer = cfg.client_config(ClientRole::Producer);
+        assert_eq!(producer.get("group.instance.id"), None);
+        assert_eq!(producer.get("fetch.wait.max.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("3"));
+        assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
+        let consumer = cfg.client_config(ClientRole::Consumer);
+        assert_eq!(consumer.get("group.instance.id"), Some("orchestrator-0"));
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("2"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        let admin = cfg.client_config(ClientRole::Admin);
+        assert_eq!(admin.get("fetch.wait.max.ms"), None);
+        assert_eq!(admin.get("linger.ms"), None);
+        assert_eq!(admin.get("security.protocol"), Some("SASL_SSL"));
     }
 
     #[test]
