@@ -79,7 +79,7 @@ enum Rebalanced {
 
 struct RebalanceContext {
     inputs: String,
-    tx: std::sync::mpsc::Sender<Rebalanced>,
+    tx: tokio::sync::mpsc::UnboundedSender<Rebalanced>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -300,7 +300,7 @@ impl Driver {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
         let inputs = self.names.inputs();
         let replies = self.names.replies();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let consumer: StreamConsumer<RebalanceContext> = self.kafka.consumer_with_context(
             &self.group_id,
             RebalanceContext {
@@ -318,10 +318,14 @@ impl Driver {
         let producer = self.kafka.producer()?;
         info!(topics = ?topics, group = %self.group_id, "orchestrator consuming");
         let mut owned: HashMap<i32, Partition> = HashMap::new();
+        let mut pending: Vec<Rebalanced> = Vec::new();
         let source: BTreeSet<String> = self.source_topics();
         self.ready.store(true, Ordering::SeqCst);
         loop {
             while let Ok(ev) = rx.try_recv() {
+                pending.push(ev);
+            }
+            for ev in std::mem::take(&mut pending) {
                 match ev {
                     Rebalanced::Revoked(ps) => {
                         for p in ps {
@@ -360,6 +364,11 @@ impl Driver {
                     if *shutdown.borrow() {
                         break;
                     }
+                }
+                // A rebalance wakes the loop: a newly assigned partition is
+                // restored (and its timers armed) even if no input arrives.
+                Some(ev) = rx.recv() => {
+                    pending.push(ev);
                 }
                 m = consumer.recv() => {
                     // Consumption errors (a topic not created yet, a broker
