@@ -5,6 +5,7 @@
 //! (schema registry, broker) could not be reached.
 
 mod adapter;
+mod bench;
 mod dev;
 mod exit;
 mod orchestrator;
@@ -57,6 +58,10 @@ enum Command {
     /// replies to Kafka. Stops gracefully on SIGINT/SIGTERM.
     #[command(after_help = AFTER_HELP)]
     Adapter(adapter::AdapterArgs),
+    /// Benchmark the orchestrator on this machine: sagas/s and latency
+    /// against the raw broker baseline, restore time, memory per saga.
+    #[command(after_help = AFTER_HELP)]
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,6 +90,7 @@ fn main() -> std::process::ExitCode {
             Command::Orchestrator(args) => orchestrator::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Adapter(args) => adapter::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

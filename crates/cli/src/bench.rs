@@ -1,0 +1,65 @@
+//! `sagaflow bench`: the orchestrator benchmark (`sagaflow_bench`), with
+//! the stack on loopback in this process and the restore phase in a child
+//! `sagaflow orchestrator` process.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::exit::{CliResult, Failure};
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Sagas published at once for the throughput figure.
+    #[arg(long, default_value_t = 5_000)]
+    sagas: usize,
+    /// Offered load (sagas/s) for the latency figure.
+    #[arg(long, default_value_t = 300)]
+    rate: u32,
+    /// How long the offered load runs, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// In-flight sagas for the restore figure (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    restore_sagas: usize,
+    /// Partitions of the internal topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: u32,
+    /// The orchestrator's max-batch: larger batches trade latency for throughput.
+    #[arg(long, default_value_t = 256)]
+    max_batch: u32,
+    /// Consumers' fetch.wait.max.ms (tansu waits this long on every fetch).
+    #[arg(long, default_value_t = 5)]
+    fetch_wait_ms: u32,
+    /// The repository root (topology/ and schemas/ are read from it).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Use this broker instead of an embedded one.
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> CliResult {
+    if args.sagas == 0 || args.rate == 0 || args.seconds == 0 {
+        return Err(Failure::Usage(
+            "--sagas, --rate and --seconds must be at least 1".into(),
+        ));
+    }
+    let options = sagaflow_bench::Options {
+        sagas: args.sagas,
+        offered_rate: args.rate,
+        offered_seconds: args.seconds,
+        restore_sagas: args.restore_sagas,
+        partitions: args.partitions,
+        max_batch: args.max_batch,
+        fetch_wait_ms: args.fetch_wait_ms,
+        root: args.root,
+        binary: std::env::current_exe().ok(),
+        bootstrap_servers: args.bootstrap_servers,
+    };
+    let report = sagaflow_bench::run(options)
+        .await
+        .map_err(|e| Failure::Unreachable(format!("{e:#}")))?;
+    print!("{report}");
+    Ok(())
+}
