@@ -12,6 +12,7 @@ mod registry;
 mod registry_client;
 mod schemas;
 mod signals;
+mod topology;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -57,6 +58,9 @@ enum Command {
     /// replies to Kafka. Stops gracefully on SIGINT/SIGTERM.
     #[command(after_help = AFTER_HELP)]
     Adapter(adapter::AdapterArgs),
+    /// Check saga definitions and draw them as Mermaid flowcharts.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Topology(topology::TopologyCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Orchestrator(args) => orchestrator::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Adapter(args) => adapter::run(args).await,
+            Command::Topology(command) => topology::run(command).await,
         }
     });
     match result {
