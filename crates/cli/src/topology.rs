@@ -23,6 +23,147 @@ pub(crate) enum TopologyCommand {
     /// Print a Mermaid flowchart of a saga (latest version): steps, parallel
     /// branches, awaits, emits; compensations as dashed edges.
     Graph(GraphArgs),
+    /// Create the topics declared in a topics file (default
+    /// topology/topics.yaml) with their partitions, replication and configs.
+    ///
+    /// Topics that exist already are left as they are.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SAGAFLOW_BOOTSTRAP_SERVERS", value_name = "HOSTS")]
+    bootstrap_servers: String,
+    /// Prefix for every topic name (e.g. `staging.`).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// The topics file.
+    #[arg(long, default_value = "topology/topics.yaml", value_name = "FILE")]
+    file: PathBuf,
+    /// A librdkafka property for the admin client, e.g.
+    /// `-X security.protocol=SASL_SSL` (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    property: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct TopicsFile {
+    #[serde(default)]
+    defaults: TopicDefaults,
+    topics: Vec<TopicEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct TopicDefaults {
+    #[serde(default = "one")]
+    partitions: i32,
+    #[serde(default = "one")]
+    replication: i32,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            replication: 1,
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct TopicEntry {
+    name: String,
+    partitions: Option<i32>,
+    replication: Option<i32>,
+    #[serde(default)]
+    config: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Reads a topics file into specs with `prefix` on every name.
+fn topic_specs(file: &Path, prefix: &str) -> CliResult<Vec<sagaflow_bus::TopicSpec>> {
+    let text = read(file)?;
+    let (value, _) = sagaflow_engine::yaml::load(&text)
+        .map_err(|e| Failure::Usage(format!("{}:{}: {}", file.display(), e.position, e.message)))?;
+    let raw: TopicsFile = serde_json::from_value(value).map_err(|e| {
+        Failure::Usage(format!(
+            "{}: {e} (expected `defaults: {{partitions, replication}}` and `topics: [{{name, partitions, replication, config}}]`)",
+            file.display()
+        ))
+    })?;
+    let mut specs = Vec::new();
+    for t in raw.topics {
+        let mut spec = sagaflow_bus::TopicSpec::new(
+            format!("{prefix}{}", t.name),
+            t.partitions.unwrap_or(raw.defaults.partitions),
+        );
+        spec.replication = t.replication.unwrap_or(raw.defaults.replication);
+        for (k, v) in t.config {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            spec = spec.with_config(k, v);
+        }
+        spec.validate()
+            .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+async fn apply(args: ApplyArgs) -> CliResult {
+    let specs = topic_specs(&args.file, &args.prefix)?;
+    let mut kafka = sagaflow_bus::KafkaConfig::new(args.bootstrap_servers.clone());
+    for (k, v) in args.property {
+        kafka = kafka.with(k, v);
+    }
+    sagaflow_bus::ensure_topics(&kafka, &specs)
+        .await
+        .map_err(|e| match e {
+            sagaflow_bus::Error::InvalidTopic { .. } => Failure::Usage(e.to_string()),
+            other => Failure::Unreachable(format!(
+                "{other} (is the broker at {} reachable?)",
+                args.bootstrap_servers
+            )),
+        })?;
+    for spec in &specs {
+        let config: Vec<String> = spec
+            .config
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "topic {} partitions {} replication {}{}",
+            spec.name,
+            spec.partitions,
+            spec.replication,
+            if config.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", config.join(" "))
+            }
+        );
+    }
+    println!(
+        "{} topics present (existing ones left unchanged)",
+        specs.len()
+    );
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +185,7 @@ pub(crate) async fn run(command: TopologyCommand) -> CliResult {
     match command {
         TopologyCommand::Validate(args) => validate(&args),
         TopologyCommand::Graph(args) => graph(&args.dir.dir, &args.saga_type),
+        TopologyCommand::Apply(args) => apply(args).await,
     }
 }
 

@@ -177,3 +177,117 @@ fn graph_of_an_unknown_saga_names_the_known_ones() {
     assert!(err.contains("unknown saga type `nope`"), "{err}");
     assert!(err.contains("order-checkout"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_creates_the_declared_topics_with_prefix_and_is_idempotent() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let bootstrap = sagaflow_test_support::bootstrap_servers();
+    let prefix = format!("{}.", sagaflow_test_support::unique("apply"));
+    let file = topology_dir().join("topics.yaml");
+    let args = [
+        "topology",
+        "apply",
+        "--bootstrap-servers",
+        bootstrap,
+        "--prefix",
+        &prefix,
+        "--file",
+        file.to_str().unwrap(),
+        "-X",
+        "client.id=sagaflow-apply-test",
+    ];
+    let first = tokio::task::spawn_blocking({
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        move || sagaflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let text = stdout(&first);
+    assert!(
+        text.contains(&format!(
+            "topic {prefix}sagaflow.saga-state partitions 6 replication 1 cleanup.policy=compact"
+        )),
+        "{text}"
+    );
+    let again = tokio::task::spawn_blocking({
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        move || sagaflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "existing topics are fine: {again:?}"
+    );
+
+    let consumer: BaseConsumer = sagaflow_test_support::kafka()
+        .client_config(sagaflow_bus::ClientRole::Consumer)
+        .set("group.id", sagaflow_test_support::unique("apply-check"))
+        .create()
+        .unwrap();
+    let metadata = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, std::time::Duration::from_secs(10))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let partitions = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == format!("{prefix}{name}"))
+            .map(|t| t.partitions().len())
+    };
+    assert_eq!(partitions("sagaflow.saga-state"), Some(6));
+    assert_eq!(partitions("sagaflow.dead-letter"), Some(1));
+    assert_eq!(partitions("orders.events"), Some(6));
+    assert_eq!(partitions("sagaflow.commands.billing"), Some(6));
+}
+
+#[test]
+fn apply_with_a_bad_topics_file_names_the_file_and_sends_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("topics.yaml");
+    std::fs::write(&file, "topics:\n  - name: bad name\n").unwrap();
+    // The broker address is never used: the file is checked first.
+    let out = sagaflow(&[
+        "topology",
+        "apply",
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("topics.yaml") && err.contains("bad name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn apply_without_a_reachable_broker_exits_3() {
+    // Nothing listens on port 1; `-X` passes the short admin timeout through.
+    let file = topology_dir().join("topics.yaml");
+    let out = sagaflow(&[
+        "topology",
+        "apply",
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+        "--file",
+        file.to_str().unwrap(),
+        "-X",
+        "socket.timeout.ms=2000",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        stderr(&out).contains("is the broker at 127.0.0.1:1 reachable?"),
+        "{}",
+        stderr(&out)
+    );
+}
