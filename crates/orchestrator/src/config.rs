@@ -332,4 +332,28 @@ mod tests {
         let e = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap_err();
         assert!(e.to_string().contains("unknown field `sagaz`"), "{e}");
     }
+
+    #[test]
+    fn environment_overrides_reach_the_typed_config() {
+        let env = [
+            ("SAGAFLOW_PARTITIONS", "12"),
+            ("SAGAFLOW_HTTP__LISTEN", "127.0.0.1:9999"),
+            ("SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS", "env:9093"),
+            ("SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+            ("SAGAFLOW_COMPLETED_RETENTION", "5m"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = OrchestratorConfig::from_yaml_with_env(Path::new("o.yaml"), MIN, env).unwrap();
+        assert_eq!(cfg.partitions.get(), 12);
+        assert_eq!(cfg.http.listen.port(), 9999);
+        assert_eq!(cfg.kafka.bootstrap_servers, "env:9093");
+        assert_eq!(
+            cfg.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(cfg.completed_retention, Duration::from_secs(300));
+    }
 }
