@@ -13,6 +13,7 @@ mod registry;
 mod registry_client;
 mod schemas;
 mod signals;
+mod topology;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -62,6 +63,9 @@ enum Command {
     /// against the raw broker baseline, restore time, memory per saga.
     #[command(after_help = AFTER_HELP)]
     Bench(bench::BenchArgs),
+    /// Check saga definitions and draw them as Mermaid flowcharts.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Topology(topology::TopologyCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Adapter(args) => adapter::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Topology(command) => topology::run(command).await,
         }
     });
     match result {

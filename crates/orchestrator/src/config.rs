@@ -117,13 +117,24 @@ impl OrchestratorConfig {
     /// Parses a YAML configuration; relative paths in it are resolved
     /// against the file's directory.
     pub fn from_yaml(file: &Path, source: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_with_env(file, source, std::iter::empty())
+    }
+
+    /// Like [`Self::from_yaml`], with `SAGAFLOW_…` overrides from `vars`
+    /// (see [`apply_env_overrides`]).
+    pub fn from_yaml_with_env(
+        file: &Path,
+        source: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let name = file.display().to_string();
-        let (value, spans) = sagaflow_engine::yaml::load(source).map_err(|e| ConfigError {
+        let (mut value, spans) = sagaflow_engine::yaml::load(source).map_err(|e| ConfigError {
             file: name.clone(),
             line: e.position.line,
             column: e.position.column,
             message: e.message.clone(),
         })?;
+        apply_env_overrides(&mut value, TOP_LEVEL_KEYS, vars);
         let mut cfg: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let pos = spans.find(&path);
@@ -148,7 +159,148 @@ impl OrchestratorConfig {
             column: 0,
             message: format!("cannot read: {e}"),
         })?;
-        Self::from_yaml(file, &source)
+        Self::from_yaml_with_env(file, &source, std::env::vars())
+    }
+}
+
+/// The top-level keys of the file; only variables naming one override.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "kafka",
+    "topics",
+    "codec",
+    "sagas",
+    "schemas",
+    "partitions",
+    "group-id",
+    "http",
+    "completed-retention",
+    "max-batch",
+];
+
+/// Overrides config values from environment variables named
+/// `SAGAFLOW_<KEY>__<KEY>…`: `__` separates the levels, and each key is
+/// the YAML key upper-cased with `-` written as `_`
+/// (`SAGAFLOW_HTTP__LISTEN`, `SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS`,
+/// `SAGAFLOW_TOPICS__PREFIX`). Below `kafka.properties` the rest of the
+/// name is a librdkafka property with `.` written as `_`
+/// (`SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`,
+/// `SAGAFLOW_KAFKA__PROPERTIES__SASL_PASSWORD`); those values stay strings.
+/// Other values that read as an unsigned number or `true`/`false` become
+/// one. Only variables whose first key is one of `keys` are overrides
+/// (so `SAGAFLOW_API_TOKEN` or `SAGAFLOW_ORCHESTRATOR_CONFIG` are not).
+pub fn apply_env_overrides(
+    value: &mut serde_json::Value,
+    keys: &[&str],
+    vars: impl IntoIterator<Item = (String, String)>,
+) {
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("SAGAFLOW_") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split("__").collect();
+        if parts.iter().any(|p| p.is_empty())
+            || !keys.contains(&parts[0].to_ascii_lowercase().replace('_', "-").as_str())
+        {
+            continue;
+        }
+        let mut path: Vec<String> = Vec::new();
+        let mut property = false;
+        for (i, part) in parts.iter().enumerate() {
+            if i == 2 && path == ["kafka", "properties"] {
+                path.push(parts[2..].join("_").to_ascii_lowercase().replace('_', "."));
+                property = true;
+                break;
+            }
+            path.push(part.to_ascii_lowercase().replace('_', "-"));
+        }
+        let new = if property {
+            serde_json::Value::String(raw)
+        } else if let Ok(n) = raw.parse::<u64>() {
+            serde_json::Value::from(n)
+        } else if let Ok(b) = raw.parse::<bool>() {
+            serde_json::Value::Bool(b)
+        } else {
+            serde_json::Value::String(raw)
+        };
+        let mut node = &mut *value;
+        for key in &path {
+            if !node.is_object() {
+                *node = serde_json::Value::Object(serde_json::Map::new());
+            }
+            node = node
+                .as_object_mut()
+                .expect("made an object above")
+                .entry(key.clone())
+                .or_insert(serde_json::Value::Null);
+        }
+        *node = new;
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_values_and_passes_kafka_properties_through() {
+        let mut value = serde_json::json!({
+            "kafka": {"bootstrap-servers": "file:9092", "properties": {"acks": "all"}},
+            "http": {"listen": "127.0.0.1:8080"},
+            "partitions": 6
+        });
+        apply_env_overrides(
+            &mut value,
+            TOP_LEVEL_KEYS,
+            vars(&[
+                ("SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS", "env:9093"),
+                ("SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("SAGAFLOW_KAFKA__PROPERTIES__SASL_MECHANISM", "PLAIN"),
+                ("SAGAFLOW_KAFKA__PROPERTIES__SSL_CA_LOCATION", "/ca.pem"),
+                ("SAGAFLOW_HTTP__LISTEN", "0.0.0.0:9000"),
+                ("SAGAFLOW_PARTITIONS", "8"),
+                ("SAGAFLOW_GROUP_ID", "g"),
+                ("SAGAFLOW_ORCHESTRATOR_CONFIG", "not an override"),
+                ("SAGAFLOW_TOPICS__PREFIX", "staging."),
+                ("SAGAFLOW_API_TOKEN", "not an override"),
+                ("OTHER__THING", "ignored"),
+            ]),
+        );
+        assert_eq!(value["kafka"]["bootstrap-servers"], "env:9093");
+        let props = &value["kafka"]["properties"];
+        assert_eq!(props["acks"], "all");
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+        assert_eq!(props["sasl.mechanism"], "PLAIN");
+        assert_eq!(props["ssl.ca.location"], "/ca.pem");
+        assert_eq!(value["http"]["listen"], "0.0.0.0:9000");
+        assert_eq!(value["topics"]["prefix"], "staging.");
+        assert_eq!(value["partitions"], 8);
+        assert_eq!(value["group-id"], "g");
+        assert!(value.get("api-token").is_none());
+        assert!(value.get("orchestrator-config").is_none());
+    }
+
+    #[test]
+    fn numbers_and_booleans_are_typed_but_kafka_properties_stay_strings() {
+        let mut value = serde_json::json!({});
+        apply_env_overrides(
+            &mut value,
+            &["x", "kafka"],
+            vars(&[
+                ("SAGAFLOW_X__N", "12"),
+                ("SAGAFLOW_X__B", "true"),
+                ("SAGAFLOW_KAFKA__PROPERTIES__LINGER_MS", "5"),
+            ]),
+        );
+        assert_eq!(value["x"]["n"], 12);
+        assert_eq!(value["x"]["b"], true);
+        assert_eq!(value["kafka"]["properties"]["linger.ms"], "5");
     }
 }
 
@@ -179,5 +331,29 @@ mod tests {
         let src = MIN.replace("sagas:", "sagaz:");
         let e = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap_err();
         assert!(e.to_string().contains("unknown field `sagaz`"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_reach_the_typed_config() {
+        let env = [
+            ("SAGAFLOW_PARTITIONS", "12"),
+            ("SAGAFLOW_HTTP__LISTEN", "127.0.0.1:9999"),
+            ("SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS", "env:9093"),
+            ("SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+            ("SAGAFLOW_COMPLETED_RETENTION", "5m"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = OrchestratorConfig::from_yaml_with_env(Path::new("o.yaml"), MIN, env).unwrap();
+        assert_eq!(cfg.partitions.get(), 12);
+        assert_eq!(cfg.http.listen.port(), 9999);
+        assert_eq!(cfg.kafka.bootstrap_servers, "env:9093");
+        assert_eq!(
+            cfg.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(cfg.completed_retention, Duration::from_secs(300));
     }
 }
