@@ -1,20 +1,16 @@
 //! `sagaflow dev`: the local stack in one process, on loopback — the
 //! embedded broker, a schema registry, the orchestrator, one adapter per
-//! order-checkout service, demo REST backends, and a publisher of sample
+//! order-checkout service, the demo backends of `sagaflow-demo`
+//! (docs/demo.md), and a publisher of sample
 //! `OrderPlaced` events — with progress printed as sagas end.
 //!
-//! Today it runs the order-checkout saga; the travel and onboarding demo
-//! services (SOAP billing, CRM, e-mail verification) are still to come.
+//! Today it runs the order-checkout saga only; the demo services for the
+//! travel and onboarding sagas exist (SOAP billing, CRM, ...) but no adapters
+//! or sample events for them are started here yet.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
 use clap::Args;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -23,7 +19,7 @@ use sagaflow_broker::{BrokerConfig, EmbeddedBroker};
 use sagaflow_bus::KafkaConfig;
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_codec::{Codec, CodecConfig, SagaEvent};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 
 use crate::exit::{CliResult, Failure};
@@ -55,69 +51,6 @@ pub(crate) struct DevArgs {
     /// The orchestrator's HTTP API (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
-}
-
-/// Demo backends: every 9th order is out of stock, every 13th card is
-/// declined, orders over 1,000.00 are screened and every 5th screened
-/// customer is rejected — so compensations show up alongside completions.
-async fn backend(
-    State(seen): State<Arc<Mutex<HashMap<String, Value>>>>,
-    UrlPath(op): UrlPath<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    if let Some(v) = seen.lock().ok().and_then(|s| s.get(&key).cloned()) {
-        return (StatusCode::OK, Json(v));
-    }
-    let order = body
-        .get("order_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let n: u64 = order
-        .rsplit('-')
-        .next()
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    let (status, answer) = match op.as_str() {
-        "reserve" if n % 9 == 8 => (StatusCode::CONFLICT, json!({"error": "out of stock"})),
-        "reserve" => (
-            StatusCode::CREATED,
-            json!({"reservation_id": format!("r-{order}")}),
-        ),
-        "screen" => {
-            let verdict = if n.is_multiple_of(5) {
-                "reject"
-            } else {
-                "accept"
-            };
-            (StatusCode::OK, json!({"verdict": verdict}))
-        }
-        "charge" if n % 13 == 12 => (
-            StatusCode::PAYMENT_REQUIRED,
-            json!({"error": "card declined"}),
-        ),
-        "charge" => (
-            StatusCode::CREATED,
-            json!({"payment_id": format!("p-{order}")}),
-        ),
-        "schedule" => (
-            StatusCode::CREATED,
-            json!({"tracking_number": format!("t-{order}")}),
-        ),
-        _ => (StatusCode::OK, json!({"ok": true})),
-    };
-    if status.is_success()
-        && let Ok(mut s) = seen.lock()
-    {
-        s.insert(key, answer.clone());
-    }
-    (status, Json(answer))
 }
 
 fn write(path: &Path, text: String) -> CliResult {
@@ -152,20 +85,11 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let registry_url = registry_handle.url().to_string();
 
-    let seen = Arc::new(Mutex::new(HashMap::new()));
-    let app = Router::new()
-        .route("/ops/{op}", post(backend))
-        .with_state(seen);
-    let backend_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // The demo backends (crates/demo) decide outcomes from the order ids.
+    let backends = sagaflow_demo::DemoServices::start()
         .await
-        .map_err(|e| Failure::Usage(e.to_string()))?;
-    let backend_url = format!(
-        "http://{}",
-        backend_listener
-            .local_addr()
-            .map_err(|e| Failure::Usage(e.to_string()))?
-    );
-    tokio::spawn(async move { axum::serve(backend_listener, app).await });
+        .map_err(|e| Failure::Unreachable(format!("starting the demo services: {e}")))?;
+    let backend_url = backends.url();
 
     let kafka = format!("kafka:\n  bootstrap-servers: {bootstrap}\n");
     let codec = format!(
@@ -192,7 +116,7 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
         let mut y = format!("service: {service}\nbase-urls:\n  - {backend_url}\noperations:\n");
         for (op, field) in ops {
             y.push_str(&format!(
-                "  {op}:\n    rest:\n      method: POST\n      path: /ops/{op}\n      body: \"{{{{ input }}}}\"\n      statuses:\n        business-failure: [402, 409]\n"
+                "  {op}:\n    rest:\n      method: POST\n      path: /{service}/{op}\n      body: \"{{{{ input }}}}\"\n      statuses:\n        business-failure: [402, 409]\n"
             ));
             if !field.is_empty() {
                 y.push_str(&format!("      response:\n        {field}: /{field}\n"));
@@ -290,13 +214,12 @@ async fn publish_and_watch(
                 published += 1;
                 let order_id = format!("o-{published}");
                 let total: i64 = if published.is_multiple_of(4) { 150_000 } else { 4_990 };
-                let event = json!({
-                    "order_id": order_id, "customer_id": format!("c-{}", published % 17),
-                    "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": total}],
-                    "total_cents": total, "currency": "EUR",
-                    "shipping_address": {"line1": "1 Main St", "line2": null, "postal_code": "10115", "city": "Berlin", "country": "DE"},
-                    "placed_at": 1_700_000_000_000i64 + published as i64,
-                });
+                let event = sagaflow_demo::samples::order_placed(
+                    &order_id,
+                    &format!("c-{}", published % 17),
+                    total,
+                    1_700_000_000_000i64 + published as i64,
+                );
                 let value = sagaflow_codec::json::json_to_avro(&event, &schema).map_err(Failure::Usage)?;
                 let bytes = codec
                     .encode_avro_value("orders.events", "io.sagaflow.examples.orders.OrderPlaced", &schema_text, value)
