@@ -77,6 +77,28 @@ impl ChildGuard {
         }
     }
 
+    /// Starts any program (e.g. a real Prometheus) with stdout and stderr
+    /// appended to `log`, killed when dropped like our own processes.
+    pub fn command(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("opening the process log");
+        let err = out.try_clone().expect("cloning the log handle");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            child: Some(child),
+            name: name.to_owned(),
+            log,
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -1,0 +1,27 @@
+# Multi-stage build of the `sagaflow` binary (orchestrator, adapters, CLI).
+#   docker build -t sagaflow .
+FROM rust:1.95-bookworm AS builder
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential pkg-config libssl-dev zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p sagaflow-cli \
+ && cp target/release/sagaflow /usr/local/bin/sagaflow
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 sagaflow \
+ && useradd --system --uid 10001 --gid sagaflow --home-dir /opt/sagaflow --shell /usr/sbin/nologin sagaflow
+COPY --from=builder /usr/local/bin/sagaflow /usr/local/bin/sagaflow
+COPY topology/ /opt/sagaflow/topology/
+COPY schemas/ /opt/sagaflow/schemas/
+WORKDIR /opt/sagaflow
+USER 10001:10001
+EXPOSE 8080 9100
+ENTRYPOINT ["/usr/local/bin/sagaflow"]
+CMD ["--help"]
