@@ -45,6 +45,12 @@ pub(crate) async fn run(args: BenchArgs) -> CliResult {
             "--sagas, --rate and --seconds must be at least 1".into(),
         ));
     }
+    if !args.root.join("topology/sagas").is_dir() {
+        return Err(Failure::Usage(format!(
+            "{} has no topology/sagas: run from the repository root or pass --root",
+            args.root.display()
+        )));
+    }
     let options = sagaflow_bench::Options {
         sagas: args.sagas,
         offered_rate: args.rate,

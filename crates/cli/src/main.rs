@@ -6,6 +6,7 @@
 
 mod adapter;
 mod bench;
+mod demo_services;
 mod dev;
 mod exit;
 mod orchestrator;
@@ -63,6 +64,10 @@ enum Command {
     /// against the raw broker baseline, restore time, memory per saga.
     #[command(after_help = AFTER_HELP)]
     Bench(bench::BenchArgs),
+    /// Serve the demo backend services (REST and SOAP) the local stack and
+    /// docker-compose use.
+    #[command(after_help = AFTER_HELP)]
+    DemoServices(demo_services::DemoServicesArgs),
     /// Check saga definitions and draw them as Mermaid flowcharts.
     #[command(subcommand, after_help = AFTER_HELP)]
     Topology(topology::TopologyCommand),
@@ -95,6 +100,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Adapter(args) => adapter::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::DemoServices(args) => demo_services::run(args).await,
             Command::Topology(command) => topology::run(command).await,
         }
     });

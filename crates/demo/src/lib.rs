@@ -108,7 +108,12 @@ pub struct DemoServices {
 impl DemoServices {
     /// Serves every demo service on `127.0.0.1:0`.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse().expect("a valid address")).await
+    }
+
+    /// Serves every demo service on `addr` (`sagaflow demo-services`).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let ledger = Ledger::default();
         let app = router(ledger.clone());
