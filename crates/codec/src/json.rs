@@ -19,8 +19,10 @@ fn untyped(json: &Value) -> AvroValue {
     match json {
         Value::Null => AvroValue::Null,
         Value::Bool(b) => AvroValue::Boolean(*b),
+        // Small integers start as Int: Avro resolves Int to long, float and
+        // double too, but `date` and `time-millis` accept only Int.
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => AvroValue::Long(i),
+            (Some(i), _) => i32::try_from(i).map_or(AvroValue::Long(i), AvroValue::Int),
             (None, Some(f)) => AvroValue::Double(f),
             (None, None) => AvroValue::String(n.to_string()),
         },
@@ -46,6 +48,9 @@ mod tests {
             r#"{"type":"record","name":"E","fields":[
                 {"name":"n","type":"int"},
                 {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+                {"name":"day","type":{"type":"int","logicalType":"date"}},
+                {"name":"small","type":"long"},
+                {"name":"ratio","type":"double"},
                 {"name":"plan","type":{"type":"enum","name":"P","symbols":["FREE","PRO"]}},
                 {"name":"note","type":["null","string"],"default":null},
                 {"name":"items","type":{"type":"array","items":{"type":"record","name":"I","fields":[{"name":"q","type":"long"}]}}}
@@ -53,13 +58,15 @@ mod tests {
         )
         .unwrap();
         let v = json_to_avro(
-            &json!({"n": 7, "at": 1700000000000u64, "plan": "PRO", "note": "x", "items": [{"q": 2}]}),
+            &json!({"n": 7, "at": 1700000000000u64, "day": 20800, "small": 3, "ratio": 2, "plan": "PRO", "note": "x", "items": [{"q": 2}]}),
             &schema,
         )
         .unwrap();
         assert!(v.validate(&schema));
         let back = serde_json::Value::try_from(v).unwrap();
         assert_eq!(back["n"], json!(7));
+        assert_eq!(back["day"], json!(20800));
+        assert_eq!(back["small"], json!(3));
         assert_eq!(back["plan"], json!("PRO"));
         assert_eq!(back["items"][0]["q"], json!(2));
         let err = json_to_avro(&json!({"n": "seven"}), &schema).unwrap_err();
