@@ -29,7 +29,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
 use sagaflow_codec::Codec;
-use sagaflow_engine::{Effect, Engine, Input, Outcome, SagaState, Timestamp};
+use sagaflow_engine::{AwaitedEvent, Effect, Engine, Input, Outcome, SagaState, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -124,7 +124,14 @@ struct Partition {
     /// The highest changelog offset of this partition whose outbox has been
     /// delivered but not yet recorded with a delivery mark.
     delivered: Option<i64>,
+    /// Awaited events that arrived before their saga's trigger (another
+    /// topic, read in another order), by saga id; kept in the changelog
+    /// under [`EARLY_PREFIX`] and applied when the saga starts.
+    early: HashMap<String, Vec<AwaitedEvent>>,
 }
+
+/// Changelog key prefix of parked early events.
+const EARLY_PREFIX: &str = "@sagaflow/early/";
 
 /// Type header of the delivery marks in the changelog: "every outbox
 /// written at or below changelog offset N of this partition has been
@@ -171,6 +178,8 @@ struct Batch {
     records: Vec<Outgoing>,
     tombstones: Vec<(i32, String)>,
     offsets: Vec<(String, i32, i64)>,
+    /// Sagas whose parked early events changed: (partition, saga id).
+    parked: Vec<(i32, String)>,
 }
 
 impl Batch {
@@ -510,6 +519,7 @@ impl Driver {
         // latest delivery mark: outboxes at or below it were delivered.
         let mut stored: HashMap<String, (i64, StoredSaga)> = HashMap::new();
         let mut delivered_through = -1;
+        let mut early: HashMap<String, Vec<AwaitedEvent>> = HashMap::new();
         if high > low {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, p, Offset::Offset(low))
@@ -544,6 +554,20 @@ impl Driver {
                     }
                     continue;
                 }
+                if let Some(saga_id) = key.strip_prefix(EARLY_PREFIX) {
+                    match m.payload().map(serde_json::from_slice::<Vec<AwaitedEvent>>) {
+                        None => {
+                            early.remove(saga_id);
+                        }
+                        Some(Ok(events)) => {
+                            early.insert(saga_id.to_owned(), events);
+                        }
+                        Some(Err(e)) => {
+                            warn!(saga.id = %saga_id, error = %e, "unreadable parked events in the changelog; skipped")
+                        }
+                    }
+                    continue;
+                }
                 match m.payload() {
                     None => {
                         stored.remove(&key);
@@ -559,7 +583,10 @@ impl Driver {
                 }
             }
         }
-        let mut part = Partition::default();
+        let mut part = Partition {
+            early,
+            ..Partition::default()
+        };
         let mut owed = Vec::new();
         for (saga_id, (offset, s)) in stored {
             if !s.outbox.is_empty() && offset > delivered_through {
@@ -809,6 +836,12 @@ impl Driver {
                         self.after_apply(&mut part.timers, &id, &mut entry, false);
                         part.sagas.insert(id.clone(), entry);
                         work.owe(p, &id, effects);
+                        if let Some(early) = part.early.remove(&id) {
+                            work.tombstones.push((p, format!("{EARLY_PREFIX}{id}")));
+                            for event in early {
+                                self.apply(part, p, &id, Input::Event(event), "event", work);
+                            }
+                        }
                     }
                     Err(e) => {
                         let reason = format!("starting saga `{saga_type}`: {e}");
@@ -822,7 +855,20 @@ impl Driver {
                 }
             }
             Envelope::Event { saga_id, event } => {
-                self.apply(part, p, &saga_id, Input::Event(event), "event", work);
+                if part.sagas.contains_key(&saga_id) {
+                    self.apply(part, p, &saga_id, Input::Event(event), "event", work);
+                } else {
+                    // Its saga has not started yet: park the event durably.
+                    let parked = part.early.entry(saga_id.clone()).or_default();
+                    if !parked.iter().any(|e| e.message_id == event.message_id) {
+                        parked.push(event);
+                        work.parked.push((p, saga_id));
+                    }
+                    self.metrics
+                        .inputs
+                        .with_label_values(&["event", "parked"])
+                        .inc();
+                }
             }
             Envelope::Retry {
                 saga_id,
@@ -1059,6 +1105,18 @@ impl Driver {
                     effects.push(r);
                 }
             }
+        }
+        for (p, saga_id) in &work.parked {
+            let Some(events) = owned.get(p).and_then(|part| part.early.get(saga_id)) else {
+                continue;
+            };
+            states.push(Outgoing {
+                topic: state_topic.clone(),
+                partition: Some(*p),
+                key: Some(format!("{EARLY_PREFIX}{saga_id}")),
+                payload: serde_json::to_vec(events).ok(),
+                headers: OwnedHeaders::new(),
+            });
         }
         for (p, saga_id) in work.tombstones {
             states.push(Outgoing {
