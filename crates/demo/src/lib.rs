@@ -233,6 +233,17 @@ pub fn rest_outcome(service: &str, op: &str, subject: &str) -> (u16, Value) {
         ("inventory", "reserve") if n % 9 == 8 => (409, json!({"error": "out of stock"})),
         ("hotels", "reserve") if n % 6 == 5 => (409, json!({"error": "hotel full"})),
         ("payment", "charge") if n % 13 == 12 => (402, json!({"error": "card declined"})),
+        ("flights" | "hotels" | "cars", "reserve") => {
+            let price = match service {
+                "flights" => 42_000,
+                "hotels" => 63_000,
+                _ => 17_500,
+            };
+            (
+                201,
+                json!({"reservation_id": format!("r-{subject}"), "price": price}),
+            )
+        }
         (_, "reserve") => (201, json!({"reservation_id": format!("r-{subject}")})),
         ("fraud", "screen") => {
             let verdict = if n.is_multiple_of(5) {
