@@ -38,6 +38,8 @@ pub struct Ledger {
     pub requests: u64,
     /// Requests that carried no Idempotency-Key.
     pub missing_keys: u64,
+    /// (operation, traceparent header) of every request that carried one.
+    pub traceparents: Vec<(String, String)>,
 }
 
 pub type Shared = Arc<Mutex<Ledger>>;
@@ -64,6 +66,9 @@ async fn handle(
         .map(str::to_owned);
     let mut l = ledger.lock().unwrap();
     l.requests += 1;
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        l.traceparents.push((op.clone(), tp.to_owned()));
+    }
     let Some(key) = key else {
         l.missing_keys += 1;
         return (
@@ -361,9 +366,23 @@ impl Stack {
     }
 
     pub async fn send_raw(&self, topic: &str, key: &str, bytes: &[u8]) {
+        self.send_with_headers(topic, key, bytes, rdkafka::message::OwnedHeaders::new())
+            .await;
+    }
+
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        bytes: &[u8],
+        headers: rdkafka::message::OwnedHeaders,
+    ) {
         self.producer
             .send(
-                FutureRecord::to(topic).key(key).payload(bytes),
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(bytes)
+                    .headers(headers),
                 Duration::from_secs(10),
             )
             .await

@@ -1,0 +1,109 @@
+//! One saga's W3C trace context, followed from the trigger event's
+//! `traceparent` header through the orchestrator's commands, the adapters'
+//! outgoing HTTP requests (what the backend received) and the saga's
+//! lifecycle events up to its completion.
+
+mod common;
+
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use sagaflow_codec::SagaEvent;
+use sagaflow_codec::messages::{LifecycleKind, SagaStatus};
+use sagaflow_test_support as support;
+
+use common::Stack;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn trace_id(traceparent: &str) -> &str {
+    traceparent.split('-').nth(1).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion() {
+    let mut stack = Stack::start("trace", 3).await;
+    stack.start_adapters();
+    stack.start_orchestrator();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let bytes = stack.order_placed("traced-1", "c-1", 4_200).await;
+    stack
+        .send_with_headers(
+            &stack.topic("orders.events"),
+            "traced-1",
+            &bytes,
+            OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(traceparent.as_bytes()),
+            }),
+        )
+        .await;
+
+    // The completion, and the trace context on every event of the saga.
+    let reader = support::kafka()
+        .consumer(&support::unique("trace"))
+        .unwrap();
+    reader
+        .subscribe(&[&stack.topic("sagaflow.saga-events")])
+        .unwrap();
+    let topic = stack.topic("sagaflow.saga-events");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut completed_with = None;
+    let mut kinds = Vec::new();
+    while completed_with.is_none() {
+        let m = match tokio::time::timeout_at(deadline, reader.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_) => panic!("no completion of the traced saga\n{}", stack.logs()),
+        };
+        let header = m.headers().and_then(|h| {
+            h.iter()
+                .find(|x| x.key == "traceparent")
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        let Some(bytes) = m.payload() else { continue };
+        match stack.codec.decode_saga_event(&topic, bytes).await {
+            Ok(SagaEvent::Lifecycle(l)) => {
+                assert_eq!(
+                    header.as_deref().map(trace_id),
+                    Some(trace),
+                    "{:?} carries the saga's trace",
+                    l.kind
+                );
+                if l.kind == LifecycleKind::Completed {
+                    completed_with = header;
+                }
+                kinds.push(l.kind);
+            }
+            Ok(SagaEvent::Result(r)) => {
+                assert_eq!(r.status, SagaStatus::Completed, "{r:?}");
+                assert_eq!(header.as_deref().map(trace_id), Some(trace));
+            }
+            Err(e) => panic!("undecodable saga event: {e}"),
+        }
+    }
+    assert!(kinds.first() == Some(&LifecycleKind::Started), "{kinds:?}");
+
+    // What the backends received: every call of this saga in the same trace.
+    let ledger = stack.ledger.lock().unwrap();
+    let ops: Vec<&str> = ledger
+        .traceparents
+        .iter()
+        .filter(|(_, tp)| trace_id(tp) == trace)
+        .map(|(op, _)| op.as_str())
+        .collect();
+    for op in ["reserve", "charge", "schedule"] {
+        assert!(
+            ops.contains(&op),
+            "the backend's `{op}` request carried the trace: {:?}",
+            ledger.traceparents
+        );
+    }
+}
