@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sagaflow_test_support as support;
-use sagaflow_test_support::process::{ChildGuard, wait_until};
+use sagaflow_test_support::process::ChildGuard;
 use serde_json::Value;
 
 use common::{SERVICES, Stack};
@@ -35,21 +35,6 @@ const WAIT: Duration = Duration::from_secs(120);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The `http=ADDR` a process logs when it starts.
-fn http_addr(c: &ChildGuard) -> String {
-    wait_until(
-        &format!("{}'s HTTP address in its log", c.name),
-        WAIT,
-        || {
-            c.output().lines().find_map(|l| {
-                l.split("http=")
-                    .nth(1)
-                    .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
-            })
-        },
-    )
 }
 
 fn free_port() -> u16 {
@@ -273,8 +258,12 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
         .await;
     assert_eq!(results.len(), orders.len(), "sagas ended\n{}", stack.logs());
 
-    let mut targets: Vec<String> = stack.orchestrators.iter().map(http_addr).collect();
-    targets.extend(stack.adapters.iter().map(http_addr));
+    let mut targets: Vec<String> = stack
+        .orchestrators
+        .iter()
+        .map(|c| c.http_addr(WAIT))
+        .collect();
+    targets.extend(stack.adapters.iter().map(|c| c.http_addr(WAIT)));
     assert_eq!(targets.len(), 1 + SERVICES.len());
 
     let dir = tempfile::tempdir().unwrap();

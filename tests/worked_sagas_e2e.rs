@@ -266,13 +266,7 @@ async fn travel_and_onboarding_sagas_complete_and_compensate_end_to_end() {
             );
         }
     }
-    let api = support::process::wait_until("the orchestrator's HTTP address", WAIT, || {
-        stack.orchestrators[0].output().lines().find_map(|l| {
-            l.split("http=")
-                .nth(1)
-                .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
-        })
-    });
+    let api = stack.orchestrators[0].http_addr(WAIT);
     for c in &customers {
         let id = format!("customer-onboarding:{c}");
         if !results.contains_key(&id) {

@@ -50,31 +50,31 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Starts `sagaflow <args>` with stdout and stderr appended to `log`.
     pub fn sagaflow(name: &str, args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Self {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("opening the process log");
-        let err = out.try_clone().expect("cloning the log handle");
         let mut cmd = Command::new(sagaflow_bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
+        cmd.args(args);
         for (k, v) in envs {
             cmd.env(k, v);
         }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Self {
-            child: Some(child),
-            name: name.to_owned(),
-            log,
-        }
+        Self::command(name, cmd, log)
+    }
+
+    /// The `http=ADDR` a Sagaflow process logs when its HTTP server is up,
+    /// waiting for it up to `timeout`.
+    pub fn http_addr(&self, timeout: Duration) -> String {
+        wait_until(
+            &format!("{}'s HTTP address in its log", self.name),
+            timeout,
+            || {
+                self.output().lines().find_map(|l| {
+                    l.split("http=")
+                        .nth(1)
+                        .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
+                })
+            },
+        )
     }
 
     /// Starts any program (e.g. a real Prometheus) with stdout and stderr
