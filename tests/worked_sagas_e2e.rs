@@ -22,121 +22,29 @@ use common::Stack;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// (service, [(operation, REST response fields as `name: pointer`)]).
-const REST: [(&str, &[(&str, &str)]); 7] = [
-    (
-        "flights",
-        &[
-            (
-                "reserve",
-                "reservation_id: /reservation_id\n        price: /price",
-            ),
-            ("cancel", ""),
-        ],
-    ),
-    (
-        "hotels",
-        &[
-            (
-                "reserve",
-                "reservation_id: /reservation_id\n        price: /price",
-            ),
-            ("cancel", ""),
-        ],
-    ),
-    (
-        "cars",
-        &[
-            (
-                "reserve",
-                "reservation_id: /reservation_id\n        price: /price",
-            ),
-            ("cancel", ""),
-        ],
-    ),
-    (
-        "payment",
-        &[("charge", "payment_id: /payment_id"), ("refund", "")],
-    ),
-    ("notifications", &[("send", "")]),
-    (
-        "crm",
-        &[
-            ("create-account", "account_id: /crm_id"),
-            ("delete-account", ""),
-        ],
-    ),
-    (
-        "workspaces",
-        &[
-            ("provision", "workspace_id: /workspace_id"),
-            ("deprovision", ""),
-        ],
-    ),
+/// The travel and onboarding services (sagaflow_demo::adapters has them all).
+const SERVICES: [&str; 8] = [
+    "flights",
+    "hotels",
+    "cars",
+    "payment",
+    "notifications",
+    "crm",
+    "workspaces",
+    "billing",
 ];
-
-const BILLING: &str = r#"service: billing
-base-urls:
-  - {url}
-protection:
-  request-timeout: 5s
-retry:
-  max-attempts: 4
-  initial-backoff: 50ms
-  max-backoff: 500ms
-operations:
-  OpenAccount:
-    soap:
-      version: "1.1"
-      path: /billing/soap
-      action: "urn:billing/OpenAccount"
-      body: |
-        <OpenAccount xmlns="urn:billing">
-          <CustomerId>{{ input.CustomerRef }}</CustomerId>
-          <CrmAccount>{{ input.CrmAccount }}</CrmAccount>
-          <Plan>{{ input.Plan }}</Plan>
-        </OpenAccount>
-      response:
-        account_number: Body/OpenAccountResponse/AccountId
-  CloseAccount:
-    soap:
-      version: "1.1"
-      path: /billing/soap
-      action: "urn:billing/CloseAccount"
-      body: |
-        <CloseAccount xmlns="urn:billing"><AccountId>{{ input.AccountNumber }}</AccountId></CloseAccount>
-"#;
-
-fn service_yaml(service: &str, ops: &[(&str, &str)], url: &str) -> String {
-    let mut y = format!(
-        "service: {service}\nbase-urls:\n  - {url}\nprotection:\n  request-timeout: 5s\nretry:\n  max-attempts: 3\n  initial-backoff: 50ms\n  max-backoff: 500ms\noperations:\n"
-    );
-    for (op, response) in ops {
-        y.push_str(&format!(
-            "  {op}:\n    rest:\n      method: POST\n      path: /{service}/{op}\n      body: \"{{{{ input }}}}\"\n      statuses:\n        business-failure: [402, 409, 422]\n"
-        ));
-        if !response.is_empty() {
-            y.push_str(&format!("      response:\n        {response}\n"));
-        }
-    }
-    y
-}
 
 /// Starts one adapter process per travel and onboarding service.
 fn start_adapters(stack: &mut Stack, demo: &DemoServices) {
     let base = std::fs::read_to_string(stack.path("inventory.adapter.yaml")).unwrap();
-    let mut services: Vec<(String, String)> = REST
-        .iter()
-        .map(|(s, ops)| (s.to_string(), service_yaml(s, ops, &demo.url())))
-        .collect();
-    services.push(("billing".into(), BILLING.replace("{url}", &demo.url())));
-    for (service, yaml) in services {
+    for service in SERVICES {
+        let yaml = sagaflow_demo::adapters::service_yaml(service, &demo.url()).unwrap();
         std::fs::write(stack.path(&format!("{service}.service.yaml")), yaml).unwrap();
         let cfg = stack.path(&format!("{service}.adapter.yaml"));
-        std::fs::write(&cfg, base.replace("inventory", &service)).unwrap();
+        std::fs::write(&cfg, base.replace("inventory", service)).unwrap();
         let log = stack.path(&format!("adapter-{service}-{}.log", support::unique("run")));
         stack.adapters.push(ChildGuard::sagaflow(
-            &service,
+            service,
             &["adapter", "--config", cfg.to_str().unwrap()],
             log,
             &[],

@@ -22,6 +22,7 @@
 //! | fraud screen           | `n % 5 == 0`: verdict `reject`, else `accept`|
 //! | payment charge         | `n % 13 == 12`: 402 card declined            |
 //! | hotels reserve         | `n % 6 == 5`: 409 hotel full                 |
+//! | workspaces provision   | `n % 7 == 6`: 409 workspace quota exceeded   |
 //! | billing OpenAccount    | `n % 4 == 3`: SOAP `Server` fault on the first attempt for that customer, success on the next |
 //! | anything else          | success                                      |
 //!
@@ -29,6 +30,8 @@
 //! `payment_id = p-{subject}`, shipments `tracking_number = t-{subject}`,
 //! CRM accounts `crm_id = crm-{subject}`, workspaces
 //! `workspace_id = ws-{subject}`, billing accounts `AccountId = b-{subject}`.
+
+pub mod adapters;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -232,6 +235,9 @@ pub fn rest_outcome(service: &str, op: &str, subject: &str) -> (u16, Value) {
     match (service, op) {
         ("inventory", "reserve") if n % 9 == 8 => (409, json!({"error": "out of stock"})),
         ("hotels", "reserve") if n % 6 == 5 => (409, json!({"error": "hotel full"})),
+        ("workspaces", "provision") if n % 7 == 6 => {
+            (409, json!({"error": "workspace quota exceeded"}))
+        }
         ("payment", "charge") if n % 13 == 12 => (402, json!({"error": "card declined"})),
         ("flights" | "hotels" | "cars", "reserve") => {
             let price = match service {
