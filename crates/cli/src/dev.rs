@@ -1,13 +1,13 @@
 //! `sagaflow dev`: the local stack in one process, on loopback — the
-//! embedded broker, a schema registry, the orchestrator, one adapter per
-//! order-checkout service, the demo backends of `sagaflow-demo`
-//! (docs/demo.md), and a publisher of sample
-//! `OrderPlaced` events — with progress printed as sagas end.
-//!
-//! Today it runs the order-checkout saga only; the demo services for the
-//! travel and onboarding sagas exist (SOAP billing, CRM, ...) but no adapters
-//! or sample events for them are started here yet.
+//! embedded broker, a schema registry, the orchestrator with the three
+//! worked sagas, one adapter per demo service (REST/JSON, and SOAP 1.1 for
+//! billing), the demo backends of `sagaflow-demo` (docs/demo.md), and a
+//! publisher of sample domain events: `OrderPlaced`, `BookingRequested`,
+//! `CustomerSignedUp` in turn, and each customer's `EmailVerified` a moment
+//! after the sign-up (the choreography half). Live progress per saga type
+//! is printed as sagas start and end.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,38 +17,66 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use sagaflow_broker::{BrokerConfig, EmbeddedBroker};
 use sagaflow_bus::KafkaConfig;
-use sagaflow_codec::messages::SagaStatus;
+use sagaflow_codec::messages::{LifecycleKind, SagaStatus};
 use sagaflow_codec::{Codec, CodecConfig, SagaEvent};
-use serde_json::json;
+use sagaflow_demo::samples;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::exit::{CliResult, Failure};
 
-const SERVICES: [(&str, &[(&str, &str)]); 4] = [
-    (
-        "inventory",
-        &[("reserve", "reservation_id"), ("release", "")],
-    ),
-    ("fraud", &[("screen", "verdict")]),
-    ("payment", &[("charge", "payment_id"), ("refund", "")]),
-    ("shipping", &[("schedule", "tracking_number")]),
-];
+/// The saga types the demo runs, in the order their triggers are published.
+const SAGA_TYPES: [&str; 3] = ["order-checkout", "travel-booking", "customer-onboarding"];
+
+/// A domain event type the publisher writes: topic, Avro record, schema file
+/// under `schemas/examples/`.
+struct EventType {
+    topic: &'static str,
+    record: &'static str,
+    schema: &'static str,
+}
+
+const ORDER_PLACED: EventType = EventType {
+    topic: "orders.events",
+    record: "io.sagaflow.examples.orders.OrderPlaced",
+    schema: "orders/OrderPlaced.avsc",
+};
+const BOOKING_REQUESTED: EventType = EventType {
+    topic: "travel.events",
+    record: "io.sagaflow.examples.travel.BookingRequested",
+    schema: "travel/BookingRequested.avsc",
+};
+const CUSTOMER_SIGNED_UP: EventType = EventType {
+    topic: "customers.events",
+    record: "io.sagaflow.examples.customers.CustomerSignedUp",
+    schema: "customers/CustomerSignedUp.avsc",
+};
+const EMAIL_VERIFIED: EventType = EventType {
+    topic: "identity.events",
+    record: "io.sagaflow.examples.customers.EmailVerified",
+    schema: "customers/EmailVerified.avsc",
+};
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
-    /// Sample orders published per second.
+    /// Trigger events published per second, taking the three saga types in
+    /// turn (order, booking, sign-up).
     #[arg(long, default_value_t = 20)]
     rate: u32,
-    /// Stop after this many orders have ended (0: run until Ctrl-C).
-    #[arg(long, default_value_t = 0)]
-    orders: u64,
+    /// Publish this many triggers and stop once their sagas have ended
+    /// (0: run until Ctrl-C). Non-interactive runs and tests use it.
+    #[arg(long, visible_alias = "orders", default_value_t = 0)]
+    sagas: u64,
+    /// How long after signing up a customer verifies their e-mail.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    verify_after: Duration,
     /// The repository root (topology/ and schemas/ are read from it).
     #[arg(long, default_value = ".")]
     root: PathBuf,
     /// Where the stack keeps its files (configs, registry data).
     #[arg(long, default_value = ".sagaflow/dev")]
     data_dir: PathBuf,
-    /// The orchestrator's HTTP API (port 0 picks a free port).
+    /// The orchestrator's HTTP API and metrics (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
 }
@@ -56,6 +84,17 @@ pub(crate) struct DevArgs {
 fn write(path: &Path, text: String) -> CliResult {
     std::fs::write(path, text)
         .map_err(|e| Failure::Usage(format!("writing {}: {e}", path.display())))
+}
+
+/// A concrete address for `addr`: port 0 becomes a port free right now, so
+/// the URLs printed at start are the real ones.
+fn concrete(addr: std::net::SocketAddr) -> CliResult<std::net::SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Failure::Usage(format!("--http {addr}: {e}")))
 }
 
 pub(crate) async fn run(args: DevArgs) -> CliResult {
@@ -70,6 +109,7 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| Failure::Usage(format!("{}: {e}", args.data_dir.display())))?;
     let dir = std::fs::canonicalize(&args.data_dir).map_err(|e| Failure::Usage(e.to_string()))?;
+    let http = concrete(args.http)?;
 
     let broker = EmbeddedBroker::start(BrokerConfig::default())
         .map_err(|e| Failure::Unreachable(format!("starting the broker: {e}")))?;
@@ -85,24 +125,25 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let registry_url = registry_handle.url().to_string();
 
-    // The demo backends (crates/demo) decide outcomes from the order ids.
+    // The demo backends (crates/demo) decide outcomes from the ids.
     let backends = sagaflow_demo::DemoServices::start()
         .await
         .map_err(|e| Failure::Unreachable(format!("starting the demo services: {e}")))?;
     let backend_url = backends.url();
 
-    let kafka = format!("kafka:\n  bootstrap-servers: {bootstrap}\n");
+    let kafka = format!(
+        "kafka:\n  bootstrap-servers: {bootstrap}\n  properties:\n    fetch.wait.max.ms: \"5\"\n"
+    );
     let codec = format!(
         "codec:\n  registry:\n    url: {registry_url}\n  default-format:\n    format: avro\n"
     );
     write(
         &dir.join("orchestrator.yaml"),
         format!(
-            "{kafka}{codec}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: 4\nhttp:\n  listen: {}\n",
+            "{kafka}{codec}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: 4\nhttp:\n  listen: {http}\n",
             root.join("topology/sagas").display(),
             root.join("topology/services.yaml").display(),
             root.join("schemas").display(),
-            args.http
         ),
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -112,21 +153,17 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
     let orchestrator = tokio::spawn(sagaflow_orchestrator::app::run(cfg, stop_rx.clone()));
 
     let mut adapters = Vec::new();
-    for (service, ops) in SERVICES {
-        let mut y = format!("service: {service}\nbase-urls:\n  - {backend_url}\noperations:\n");
-        for (op, field) in ops {
-            y.push_str(&format!(
-                "  {op}:\n    rest:\n      method: POST\n      path: /{service}/{op}\n      body: \"{{{{ input }}}}\"\n      statuses:\n        business-failure: [402, 409]\n"
-            ));
-            if !field.is_empty() {
-                y.push_str(&format!("      response:\n        {field}: /{field}\n"));
-            }
-        }
-        write(&dir.join(format!("{service}.yaml")), y)?;
+    for service in sagaflow_demo::adapters::services() {
+        let Some(definition) = sagaflow_demo::adapters::service_yaml(service, &backend_url) else {
+            continue;
+        };
+        write(&dir.join(format!("{service}.yaml")), definition)?;
         let process = dir.join(format!("{service}.adapter.yaml"));
         write(
             &process,
-            format!("{kafka}{codec}service: {service}.yaml\nhttp:\n  listen: 127.0.0.1:0\n"),
+            format!(
+                "{kafka}{codec}service: {service}.yaml\ngroup-id: sagaflow-dev-adapter-{service}\nhttp:\n  listen: 127.0.0.1:0\n"
+            ),
         )?;
         let config = sagaflow_adapter::ProcessConfig::load(&process)
             .map_err(|e| Failure::Usage(e.to_string()))?;
@@ -135,27 +172,221 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
             .start()
             .await
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
-        adapters.push(adapter);
+        adapters.push((service, adapter));
     }
 
-    println!("sagaflow dev: broker {bootstrap}, schema registry {registry_url}");
+    println!("sagaflow dev: broker {bootstrap}   schema registry {registry_url}");
     println!(
-        "  orchestrator API http://127.0.0.1:8080/v1/sagas   metrics http://127.0.0.1:8080/metrics"
+        "  orchestrator API  http://{http}/v1/sagas   (sagaflow saga list --api http://{http})"
     );
+    println!("  metrics           http://{http}/metrics");
+    println!("  demo services     {backend_url}");
+    let adapter_list: Vec<String> = adapters
+        .iter()
+        .map(|(s, a)| format!("{s} http://{}/metrics", a.http_addr()))
+        .collect();
+    println!("  adapters          {}", adapter_list.join(", "));
     println!(
-        "  publishing {} OrderPlaced events/s to orders.events; Ctrl-C stops everything",
-        args.rate
+        "  publishing {} trigger events/s (OrderPlaced, BookingRequested, CustomerSignedUp; EmailVerified {} later); Ctrl-C stops everything",
+        args.rate,
+        humantime::format_duration(args.verify_after)
     );
 
     let result = publish_and_watch(&bootstrap, &registry_url, &root, &args).await;
     let _ = stop_tx.send(true);
-    for a in adapters {
+    for (_, a) in adapters {
         let _ = a.shutdown().await;
     }
     let _ = orchestrator.await;
     let _ = registry_handle.shutdown().await;
+    drop(backends);
     drop(broker);
     result
+}
+
+/// Encodes sample events with the registry's schema ids, as an existing
+/// system publishing Avro would.
+struct Publisher {
+    codec: Codec,
+    producer: rdkafka::producer::FutureProducer,
+    schemas: HashMap<&'static str, (String, sagaflow_codec::apache_avro::Schema)>,
+}
+
+impl Publisher {
+    fn new(kafka: &KafkaConfig, registry_url: &str, root: &Path) -> CliResult<Self> {
+        let codec: CodecConfig = serde_json::from_value(json!({
+            "registry": {"url": registry_url},
+            "default-format": {"format": "avro"}
+        }))
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+        let mut schemas = HashMap::new();
+        for t in [
+            &ORDER_PLACED,
+            &BOOKING_REQUESTED,
+            &CUSTOMER_SIGNED_UP,
+            &EMAIL_VERIFIED,
+        ] {
+            let path = root.join("schemas/examples").join(t.schema);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+            let schema = sagaflow_codec::apache_avro::Schema::parse_str(&text)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+            schemas.insert(t.record, (text, schema));
+        }
+        Ok(Self {
+            codec: Codec::new(codec).map_err(|e| Failure::Usage(e.to_string()))?,
+            producer: kafka
+                .producer()
+                .map_err(|e| Failure::Unreachable(e.to_string()))?,
+            schemas,
+        })
+    }
+
+    async fn publish(&self, t: &EventType, key: &str, event: &Value) -> CliResult {
+        let (text, schema) = &self.schemas[t.record];
+        let value = sagaflow_codec::json::json_to_avro(event, schema)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", t.record)))?;
+        let bytes = self
+            .codec
+            .encode_avro_value(t.topic, t.record, text, value)
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        self.producer
+            .send(
+                FutureRecord::to(t.topic).key(key).payload(&bytes),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| Failure::Unreachable(format!("publishing to {}: {e}", t.topic)))?;
+        Ok(())
+    }
+}
+
+/// Counts and step latencies of one saga type.
+#[derive(Default)]
+struct TypeProgress {
+    started: u64,
+    completed: u64,
+    compensated: u64,
+    failed: u64,
+    /// Step name → recent latencies (ms), at most `LATENCY_WINDOW`.
+    steps: BTreeMap<String, VecDeque<u64>>,
+}
+
+const LATENCY_WINDOW: usize = 1000;
+
+impl TypeProgress {
+    fn ended(&self) -> u64 {
+        self.completed + self.compensated + self.failed
+    }
+}
+
+/// What the terminal shows: fed with every saga event.
+#[derive(Default)]
+struct Progress {
+    types: BTreeMap<String, TypeProgress>,
+    /// (saga id, step) → when the step's command was issued (ms).
+    open_steps: HashMap<(String, String), i64>,
+}
+
+impl Progress {
+    fn apply(&mut self, event: SagaEvent) {
+        match event {
+            SagaEvent::Result(r) => {
+                let t = self.types.entry(r.saga_type).or_default();
+                match r.status {
+                    SagaStatus::Completed => t.completed += 1,
+                    SagaStatus::Compensated => t.compensated += 1,
+                    SagaStatus::Failed => t.failed += 1,
+                }
+                self.open_steps.retain(|(id, _), _| *id != r.saga_id);
+            }
+            SagaEvent::Lifecycle(e) => {
+                let step = e.step.clone().unwrap_or_default();
+                match e.kind {
+                    LifecycleKind::Started => {
+                        self.types.entry(e.saga_type).or_default().started += 1;
+                    }
+                    LifecycleKind::StepStarted | LifecycleKind::AwaitingEvent => {
+                        self.open_steps.entry((e.saga_id, step)).or_insert(e.at);
+                    }
+                    LifecycleKind::StepSucceeded
+                    | LifecycleKind::StepFailed
+                    | LifecycleKind::EventReceived
+                    | LifecycleKind::EventDeadlineExpired => {
+                        if let Some(at) = self.open_steps.remove(&(e.saga_id, step.clone())) {
+                            let t = self.types.entry(e.saga_type).or_default();
+                            let window = t.steps.entry(step).or_default();
+                            if window.len() == LATENCY_WINDOW {
+                                window.pop_front();
+                            }
+                            window.push_back(u64::try_from(e.at - at).unwrap_or(0));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn ended(&self) -> u64 {
+        self.types.values().map(TypeProgress::ended).sum()
+    }
+
+    fn render(&self, elapsed: Duration, published: u64) -> String {
+        let secs = elapsed.as_secs_f64().max(0.001);
+        let ended = self.ended();
+        let mut out = format!(
+            "[{secs:>7.1}s] published {published}  ended {ended} ({:.1} sagas/s)  in flight {}\n",
+            ended as f64 / secs,
+            published.saturating_sub(ended)
+        );
+        out.push_str(&format!(
+            "  {:<22}{:>9}{:>11}{:>13}{:>8}{:>11}\n",
+            "saga type", "started", "completed", "compensated", "failed", "in flight"
+        ));
+        for name in SAGA_TYPES {
+            let t = self.types.get(name);
+            let v = |f: fn(&TypeProgress) -> u64| t.map(f).unwrap_or(0);
+            out.push_str(&format!(
+                "  {name:<22}{:>9}{:>11}{:>13}{:>8}{:>11}\n",
+                v(|t| t.started),
+                v(|t| t.completed),
+                v(|t| t.compensated),
+                v(|t| t.failed),
+                v(|t| t.started.saturating_sub(t.ended())),
+            ));
+        }
+        for name in SAGA_TYPES {
+            let Some(t) = self.types.get(name).filter(|t| !t.steps.is_empty()) else {
+                continue;
+            };
+            let steps: Vec<String> = t
+                .steps
+                .iter()
+                .map(|(step, w)| {
+                    let (p50, p99) = percentiles(w);
+                    format!("{step} {p50}/{p99}")
+                })
+                .collect();
+            out.push_str(&format!(
+                "  {name} step latency p50/p99 ms: {}\n",
+                steps.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// The 50th and 99th percentile (nearest rank) of `window`.
+fn percentiles(window: &VecDeque<u64>) -> (u64, u64) {
+    let mut v: Vec<u64> = window.iter().copied().collect();
+    v.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1));
+        v.get(rank - 1).copied().unwrap_or(0)
+    };
+    (at(0.5), at(0.99))
 }
 
 async fn publish_and_watch(
@@ -165,20 +396,7 @@ async fn publish_and_watch(
     args: &DevArgs,
 ) -> CliResult {
     let kafka = KafkaConfig::new(bootstrap).with("fetch.wait.max.ms", "5");
-    let producer = kafka
-        .producer()
-        .map_err(|e| Failure::Unreachable(e.to_string()))?;
-    let codec: CodecConfig = serde_json::from_value(json!({
-        "registry": {"url": registry_url},
-        "default-format": {"format": "avro"}
-    }))
-    .map_err(|e| Failure::Usage(e.to_string()))?;
-    let codec = Codec::new(codec).map_err(|e| Failure::Usage(e.to_string()))?;
-    let schema_text =
-        std::fs::read_to_string(root.join("schemas/examples/orders/OrderPlaced.avsc"))
-            .map_err(|e| Failure::Usage(e.to_string()))?;
-    let schema = sagaflow_codec::apache_avro::Schema::parse_str(&schema_text)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let publisher = Publisher::new(&kafka, registry_url, root)?;
     let events = kafka
         .consumer(&format!("sagaflow-dev-{}", std::process::id()))
         .map_err(|e| Failure::Unreachable(e.to_string()))?;
@@ -190,65 +408,142 @@ async fn publish_and_watch(
     let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let mut next_publish = tokio::time::Instant::now();
     let mut next_print = Instant::now() + Duration::from_secs(2);
-    let (mut published, mut completed, mut compensated, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut published = 0u64;
+    let mut counters = [0u64; 3];
+    let mut verifications: VecDeque<(tokio::time::Instant, String)> = VecDeque::new();
+    let mut progress = Progress::default();
+    let at = 1_700_000_000_000i64;
     let stop = crate::signals::terminated();
     tokio::pin!(stop);
     loop {
-        let ended = completed + compensated + failed;
-        if args.orders > 0 && ended >= args.orders {
+        if args.sagas > 0 && progress.ended() >= args.sagas {
             break;
         }
         if Instant::now() >= next_print {
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "[{secs:>6.1}s] published {published}  completed {completed}  compensated {compensated}  failed {failed}  in flight {}  ({:.1} sagas/s)",
-                published.saturating_sub(ended),
-                ended as f64 / secs
-            );
+            print!("{}", progress.render(started.elapsed(), published));
             next_print += Duration::from_secs(2);
         }
-        let may_publish = args.orders == 0 || published < args.orders;
+        let may_publish = args.sagas == 0 || published < args.sagas;
+        let verify_due = verifications.front().map(|(due, _)| *due);
         tokio::select! {
             _ = &mut stop => break,
+            _ = tokio::time::sleep_until(verify_due.unwrap_or(next_publish)), if verify_due.is_some() => {
+                if let Some((_, customer)) = verifications.pop_front() {
+                    let email = format!("{customer}@example.com");
+                    publisher
+                        .publish(&EMAIL_VERIFIED, &customer, &samples::email_verified(&customer, &email, at))
+                        .await?;
+                }
+            }
             _ = tokio::time::sleep_until(next_publish), if may_publish => {
+                let kind = (published % 3) as usize;
+                counters[kind] += 1;
+                let n = counters[kind];
+                match kind {
+                    0 => {
+                        let id = format!("o-{n}");
+                        let total: i64 = if n.is_multiple_of(4) { 150_000 } else { 4_990 };
+                        let event = samples::order_placed(&id, &format!("c-{}", n % 17), total, at);
+                        publisher.publish(&ORDER_PLACED, &id, &event).await?;
+                    }
+                    1 => {
+                        let id = format!("b-{n}");
+                        let event = samples::booking_requested(&id, &format!("traveller-{}", n % 11), at);
+                        publisher.publish(&BOOKING_REQUESTED, &id, &event).await?;
+                    }
+                    _ => {
+                        let id = format!("c-{n}");
+                        let event = samples::customer_signed_up(&id, &format!("{id}@example.com"), at);
+                        publisher.publish(&CUSTOMER_SIGNED_UP, &id, &event).await?;
+                        verifications.push_back((tokio::time::Instant::now() + args.verify_after, id));
+                    }
+                }
                 published += 1;
-                let order_id = format!("o-{published}");
-                let total: i64 = if published.is_multiple_of(4) { 150_000 } else { 4_990 };
-                let event = sagaflow_demo::samples::order_placed(
-                    &order_id,
-                    &format!("c-{}", published % 17),
-                    total,
-                    1_700_000_000_000i64 + published as i64,
-                );
-                let value = sagaflow_codec::json::json_to_avro(&event, &schema).map_err(Failure::Usage)?;
-                let bytes = codec
-                    .encode_avro_value("orders.events", "io.sagaflow.examples.orders.OrderPlaced", &schema_text, value)
-                    .await
-                    .map_err(|e| Failure::Unreachable(e.to_string()))?;
-                producer
-                    .send(FutureRecord::to("orders.events").key(&order_id).payload(&bytes), Duration::from_secs(10))
-                    .await
-                    .map_err(|(e, _)| Failure::Unreachable(e.to_string()))?;
                 next_publish += period;
             }
             m = events.recv() => {
                 let Ok(m) = m else { continue };
                 if let Some(bytes) = m.payload()
-                    && let Ok(SagaEvent::Result(r)) = codec.decode_saga_event("sagaflow.saga-events", bytes).await
+                    && let Ok(event) = publisher.codec.decode_saga_event("sagaflow.saga-events", bytes).await
                 {
-                    match r.status {
-                        SagaStatus::Completed => completed += 1,
-                        SagaStatus::Compensated => compensated += 1,
-                        SagaStatus::Failed => failed += 1,
-                    }
+                    progress.apply(event);
                 }
             }
         }
     }
+    print!("{}", progress.render(started.elapsed(), published));
+    let count = |f: fn(&TypeProgress) -> u64| progress.types.values().map(f).sum::<u64>();
     println!(
-        "sagaflow dev: {} sagas ended in {:.1}s: {completed} completed, {compensated} compensated, {failed} failed",
-        completed + compensated + failed,
-        started.elapsed().as_secs_f64()
+        "sagaflow dev: {} sagas ended in {:.1}s: {} completed, {} compensated, {} failed",
+        progress.ended(),
+        started.elapsed().as_secs_f64(),
+        count(|t| t.completed),
+        count(|t| t.compensated),
+        count(|t| t.failed),
     );
+    for name in SAGA_TYPES {
+        if let Some(t) = progress.types.get(name) {
+            println!(
+                "  {name}: {} completed, {} compensated, {} failed",
+                t.completed, t.compensated, t.failed
+            );
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sagaflow_codec::messages::{SagaLifecycleEvent, SagaResult};
+
+    fn life(id: &str, kind: LifecycleKind, step: Option<&str>, at: i64) -> SagaEvent {
+        SagaEvent::Lifecycle(SagaLifecycleEvent {
+            event_id: format!("{id}/{kind:?}/{at}"),
+            saga_id: id.into(),
+            saga_type: "order-checkout".into(),
+            saga_version: 1,
+            kind,
+            step: step.map(str::to_owned),
+            attempt: Some(1),
+            detail: None,
+            at,
+        })
+    }
+
+    #[test]
+    fn progress_counts_outcomes_and_measures_steps_per_type() {
+        let mut p = Progress::default();
+        p.apply(life("s1", LifecycleKind::Started, None, 0));
+        p.apply(life("s1", LifecycleKind::StepStarted, Some("reserve"), 10));
+        p.apply(life(
+            "s1",
+            LifecycleKind::StepSucceeded,
+            Some("reserve"),
+            35,
+        ));
+        p.apply(SagaEvent::Result(SagaResult {
+            saga_id: "s1".into(),
+            saga_type: "order-checkout".into(),
+            saga_version: 1,
+            status: SagaStatus::Compensated,
+            output: Value::Null,
+            error: None,
+            started_at: 0,
+            ended_at: 40,
+        }));
+        let t = &p.types["order-checkout"];
+        assert_eq!((t.started, t.compensated, t.ended()), (1, 1, 1));
+        assert_eq!(t.steps["reserve"], VecDeque::from([25]));
+        let shown = p.render(Duration::from_secs(2), 1);
+        assert!(shown.contains("reserve 25/25"), "{shown}");
+        assert!(shown.contains("in flight 0"), "{shown}");
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let w: VecDeque<u64> = (1..=100).collect();
+        assert_eq!(percentiles(&w), (50, 99));
+        assert_eq!(percentiles(&VecDeque::new()), (0, 0));
+    }
 }

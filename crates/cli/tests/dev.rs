@@ -1,20 +1,23 @@
 //! `sagaflow dev` non-interactively: the whole local stack in one process
-//! runs a fixed number of sample orders to their end.
+//! runs a fixed number of sample sagas of all three worked types to their
+//! end, and the demo services decide which complete and which compensate.
 
 use std::process::Command;
 use std::time::Duration;
 
 #[test]
-fn dev_stack_runs_sample_orders_to_completion_and_compensation() {
+fn dev_stack_runs_all_three_sagas_to_completion_and_compensation() {
     let data = tempfile::tempdir().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
         .args([
             "dev",
-            "--orders",
+            "--sagas",
             "27",
             "--rate",
-            "100",
+            "60",
+            "--verify-after",
+            "300ms",
             "--http",
             "127.0.0.1:0",
             "--root",
@@ -33,19 +36,30 @@ fn dev_stack_runs_sample_orders_to_completion_and_compensation() {
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("sagaflow dev did not finish 27 orders within 240 s");
+            panic!("sagaflow dev did not finish 27 sagas within 240 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
     assert!(status.success(), "exit {status}\n{out}");
-    let last = out.lines().last().unwrap_or_default();
-    assert!(last.starts_with("sagaflow dev: 27 sagas ended"), "{out}");
-    // Orders 9, 18, 27 are out of stock, 13 is declined, 20 rejected by fraud
-    // screening: the demo services dictate compensations.
-    assert!(
-        last.contains("compensated") && !last.contains(" 0 compensated"),
-        "{out}"
-    );
-    assert!(last.contains(" 0 failed"), "{out}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("sagaflow dev: 27 sagas ended"))
+        .unwrap_or_else(|| panic!("no summary line\n{out}"));
+    assert!(summary.ends_with(" 0 failed"), "{out}");
+    // Nine of each type (ids 1..=9). The demo services dictate: order o-8 is
+    // out of stock; booking b-5 finds the hotel full; customer c-6 exceeds
+    // the workspace quota (its SOAP billing account is closed again); c-3's
+    // first SOAP OpenAccount is a server fault and the retry succeeds.
+    for want in [
+        "  order-checkout: 8 completed, 1 compensated, 0 failed",
+        "  travel-booking: 8 completed, 1 compensated, 0 failed",
+        "  customer-onboarding: 8 completed, 1 compensated, 0 failed",
+    ] {
+        assert!(out.lines().any(|l| l == want), "missing `{want}`\n{out}");
+    }
+    // The live view showed per-step latencies and the real API address.
+    assert!(out.contains("step latency p50/p99 ms:"), "{out}");
+    assert!(out.contains("orchestrator API  http://127.0.0.1:"), "{out}");
+    assert!(!out.contains("127.0.0.1:0/"), "{out}");
 }
