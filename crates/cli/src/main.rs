@@ -12,6 +12,7 @@ mod exit;
 mod orchestrator;
 mod registry;
 mod registry_client;
+mod saga;
 mod schemas;
 mod signals;
 mod topology;
@@ -68,6 +69,10 @@ enum Command {
     /// docker-compose use.
     #[command(after_help = AFTER_HELP)]
     DemoServices(demo_services::DemoServicesArgs),
+    /// Operate on sagas through the orchestrator's HTTP API: list, show,
+    /// retry a failed one, abort a running one.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Saga(saga::SagaCommand),
     /// Check saga definitions and draw them as Mermaid flowcharts.
     #[command(subcommand, after_help = AFTER_HELP)]
     Topology(topology::TopologyCommand),
@@ -102,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::DemoServices(args) => demo_services::run(args).await,
             Command::Topology(command) => topology::run(command).await,
+            Command::Saga(command) => saga::run(command).await,
         }
     });
     match result {
