@@ -437,13 +437,24 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
     text: &str,
     file: &str,
 ) -> Result<T, AdapterError> {
-    let (value, spans) =
+    from_yaml_overridden(text, file, |_| {})
+}
+
+/// Like [`from_yaml`], with `overrides` applied to the loaded document
+/// before it is deserialized (environment overrides of a process config).
+pub(crate) fn from_yaml_overridden<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    overrides: impl FnOnce(&mut serde_json::Value),
+) -> Result<T, AdapterError> {
+    let (mut value, spans) =
         sagaflow_engine::yaml::load(text).map_err(|e| AdapterError::ConfigParse {
             file: file.to_owned(),
             line: e.position.line,
             column: e.position.column,
             message: e.message,
         })?;
+    overrides(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };

@@ -25,8 +25,21 @@ use sagaflow_bus::{KafkaConfig, TopicNames};
 use sagaflow_codec::{CodecConfig, ValidatedCodecConfig};
 use serde::Deserialize;
 
-use crate::config::{ServiceConfig, from_yaml};
+use crate::config::{ServiceConfig, from_yaml_overridden};
 use crate::error::AdapterError;
+
+/// The top-level keys of the process config file; only variables naming
+/// one are overrides.
+const PROCESS_KEYS: &[&str] = &[
+    "kafka",
+    "topics",
+    "codec",
+    "service",
+    "group-id",
+    "http",
+    "max-in-flight",
+    "shutdown-timeout",
+];
 
 /// The process config file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,15 +106,32 @@ pub struct ProcessConfig {
 }
 
 impl ProcessConfig {
-    /// Reads the process config at `path`, then the service config it names.
+    /// Reads the process config at `path` with `SAGAFLOW_…` environment
+    /// overrides (see [`Self::load_with_env`]), then the service config it
+    /// names.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, AdapterError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Reads the process config at `path`, overriding values from `vars`
+    /// named `SAGAFLOW_<KEY>__<KEY>…` (`SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS`,
+    /// `SAGAFLOW_KAFKA__PROPERTIES__SASL_PASSWORD`, `SAGAFLOW_HTTP__LISTEN`,
+    /// `SAGAFLOW_MAX_IN_FLIGHT`; rules in
+    /// [`sagaflow_engine::yaml::apply_env_overrides`]), then the service
+    /// config it names.
+    pub fn load_with_env(
+        path: impl AsRef<Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, AdapterError> {
         let path = path.as_ref();
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| AdapterError::ConfigRead {
             file: file.clone(),
             message: e.to_string(),
         })?;
-        let raw: RawProcessConfig = from_yaml(&text, &file)?;
+        let raw: RawProcessConfig = from_yaml_overridden(&text, &file, |value| {
+            sagaflow_engine::yaml::apply_env_overrides(value, PROCESS_KEYS, vars);
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let service_file = base.join(&raw.service);
         let service = crate::config::load_file(&service_file)?;
@@ -186,6 +216,32 @@ mod tests {
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(cfg.service_file, dir.path().join("svc/payments.yaml"));
         assert_eq!(cfg.commands_topic(), "sagaflow.commands.payments");
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = [
+            ("SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS", "kafka:9093"),
+            ("SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+            ("SAGAFLOW_KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret"),
+            ("SAGAFLOW_HTTP__LISTEN", "0.0.0.0:9200"),
+            ("SAGAFLOW_MAX_IN_FLIGHT", "8"),
+            ("SAGAFLOW_GROUP_ID", "adapters-staging"),
+            ("SAGAFLOW_ADAPTER_CONFIG", "not an override"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let cfg = ProcessConfig::load_with_env(write(dir.path(), PROCESS), vars).unwrap();
+        assert_eq!(cfg.kafka.bootstrap_servers, "kafka:9093");
+        assert_eq!(cfg.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(cfg.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(cfg.http_listen, "0.0.0.0:9200".parse().unwrap());
+        assert_eq!(cfg.max_in_flight.get(), 8);
+        assert_eq!(cfg.group_id, "adapters-staging");
+        // A bad override is reported like a bad file value.
+        let bad = [("SAGAFLOW_MAX_IN_FLIGHT".to_owned(), "0".to_owned())];
+        let err = ProcessConfig::load_with_env(write(dir.path(), PROCESS), bad).unwrap_err();
+        assert!(err.to_string().contains("max-in-flight"), "{err}");
     }
 
     #[test]

@@ -177,65 +177,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max-batch",
 ];
 
-/// Overrides config values from environment variables named
-/// `SAGAFLOW_<KEY>__<KEY>…`: `__` separates the levels, and each key is
-/// the YAML key upper-cased with `-` written as `_`
-/// (`SAGAFLOW_HTTP__LISTEN`, `SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS`,
-/// `SAGAFLOW_TOPICS__PREFIX`). Below `kafka.properties` the rest of the
-/// name is a librdkafka property with `.` written as `_`
-/// (`SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`,
-/// `SAGAFLOW_KAFKA__PROPERTIES__SASL_PASSWORD`); those values stay strings.
-/// Other values that read as an unsigned number or `true`/`false` become
-/// one. Only variables whose first key is one of `keys` are overrides
-/// (so `SAGAFLOW_API_TOKEN` or `SAGAFLOW_ORCHESTRATOR_CONFIG` are not).
-pub fn apply_env_overrides(
-    value: &mut serde_json::Value,
-    keys: &[&str],
-    vars: impl IntoIterator<Item = (String, String)>,
-) {
-    for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix("SAGAFLOW_") else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split("__").collect();
-        if parts.iter().any(|p| p.is_empty())
-            || !keys.contains(&parts[0].to_ascii_lowercase().replace('_', "-").as_str())
-        {
-            continue;
-        }
-        let mut path: Vec<String> = Vec::new();
-        let mut property = false;
-        for (i, part) in parts.iter().enumerate() {
-            if i == 2 && path == ["kafka", "properties"] {
-                path.push(parts[2..].join("_").to_ascii_lowercase().replace('_', "."));
-                property = true;
-                break;
-            }
-            path.push(part.to_ascii_lowercase().replace('_', "-"));
-        }
-        let new = if property {
-            serde_json::Value::String(raw)
-        } else if let Ok(n) = raw.parse::<u64>() {
-            serde_json::Value::from(n)
-        } else if let Ok(b) = raw.parse::<bool>() {
-            serde_json::Value::Bool(b)
-        } else {
-            serde_json::Value::String(raw)
-        };
-        let mut node = &mut *value;
-        for key in &path {
-            if !node.is_object() {
-                *node = serde_json::Value::Object(serde_json::Map::new());
-            }
-            node = node
-                .as_object_mut()
-                .expect("made an object above")
-                .entry(key.clone())
-                .or_insert(serde_json::Value::Null);
-        }
-        *node = new;
-    }
-}
+pub use sagaflow_engine::yaml::apply_env_overrides;
 
 #[cfg(test)]
 mod env_tests {
