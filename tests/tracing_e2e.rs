@@ -1,7 +1,10 @@
 //! One saga's W3C trace context, followed from the trigger event's
 //! `traceparent` header through the orchestrator's commands, the adapters'
 //! outgoing HTTP requests (what the backend received) and the saga's
-//! lifecycle events up to its completion.
+//! lifecycle events up to its completion; and a saga whose trigger carried
+//! no trace context getting a new trace of its own. Every hop (command,
+//! lifecycle event, HTTP call) is a child span: same trace id, its own span
+//! id.
 
 mod common;
 
@@ -22,6 +25,10 @@ fn trace_id(traceparent: &str) -> &str {
     traceparent.split('-').nth(1).unwrap_or("")
 }
 
+fn span_id(traceparent: &str) -> &str {
+    traceparent.split('-').nth(2).unwrap_or("")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion() {
     let mut stack = Stack::start("trace", 3).await;
@@ -29,6 +36,11 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
     stack.start_orchestrator();
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    // An existing system's trigger without any trace context.
+    let untraced = stack.order_placed("untraced-2", "c-2", 4_200).await;
+    stack
+        .send_raw(&stack.topic("orders.events"), "untraced-2", &untraced)
+        .await;
     let bytes = stack.order_placed("traced-1", "c-1", 4_200).await;
     stack
         .send_with_headers(
@@ -53,7 +65,12 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut completed_with = None;
     let mut kinds = Vec::new();
-    while completed_with.is_none() {
+    let mut spans = std::collections::HashSet::new();
+    // The untraced saga's records: (kind, traceparent).
+    let mut fresh: Vec<(LifecycleKind, String)> = Vec::new();
+    let fresh_done =
+        |f: &[(LifecycleKind, String)]| f.iter().any(|(k, _)| *k == LifecycleKind::Completed);
+    while completed_with.is_none() || !fresh_done(&fresh) {
         let m = match tokio::time::timeout_at(deadline, reader.recv()).await {
             Ok(Ok(m)) => m,
             Ok(Err(_)) => {
@@ -70,7 +87,18 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
         });
         let Some(bytes) = m.payload() else { continue };
         match stack.codec.decode_saga_event(&topic, bytes).await {
+            Ok(SagaEvent::Lifecycle(l)) if l.saga_id.ends_with("untraced-2") => {
+                let h = header.unwrap_or_else(|| panic!("{:?} has no traceparent", l.kind));
+                fresh.push((l.kind, h));
+            }
+            Ok(SagaEvent::Result(r)) if r.saga_id.ends_with("untraced-2") => {}
             Ok(SagaEvent::Lifecycle(l)) => {
+                let h = header.as_deref().unwrap_or_default();
+                assert!(
+                    span_id(h) != "00f067aa0ba902b7" && spans.insert(span_id(h).to_owned()),
+                    "{:?} is a span of its own: {h}",
+                    l.kind
+                );
                 assert_eq!(
                     header.as_deref().map(trace_id),
                     Some(trace),
@@ -103,6 +131,44 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
         assert!(
             ops.contains(&op),
             "the backend's `{op}` request carried the trace: {:?}",
+            ledger.traceparents
+        );
+    }
+    for (op, tp) in ledger
+        .traceparents
+        .iter()
+        .filter(|(_, tp)| trace_id(tp) == trace)
+    {
+        assert!(
+            spans.insert(span_id(tp).to_owned()),
+            "the `{op}` call is a span of its own, not the trigger's or an event's: {tp}"
+        );
+    }
+
+    // The saga without a trace context got a new, valid trace: every one of
+    // its records and backend calls is in it, each hop with its own span.
+    let (first_kind, first) = &fresh[0];
+    assert_eq!(*first_kind, LifecycleKind::Started);
+    let new_trace = trace_id(first).to_owned();
+    assert!(
+        new_trace.len() == 32 && new_trace != trace && new_trace.chars().any(|c| c != '0'),
+        "{first}"
+    );
+    let mut fresh_spans = std::collections::HashSet::new();
+    for (kind, tp) in &fresh {
+        assert_eq!(trace_id(tp), new_trace, "{kind:?}: {tp}");
+        assert!(fresh_spans.insert(span_id(tp).to_owned()), "{kind:?}: {tp}");
+    }
+    let fresh_ops: Vec<&str> = ledger
+        .traceparents
+        .iter()
+        .filter(|(_, tp)| trace_id(tp) == new_trace)
+        .map(|(op, _)| op.as_str())
+        .collect();
+    for op in ["reserve", "charge", "schedule"] {
+        assert!(
+            fresh_ops.contains(&op),
+            "the untraced saga's `{op}` call carried its new trace: {:?}",
             ledger.traceparents
         );
     }

@@ -250,8 +250,10 @@ impl DeclarativeHandler {
         if !prepared.query.is_empty() {
             req = req.query(&prepared.query);
         }
+        // Each HTTP attempt is a client span, a child of the command's.
         if let Some(tp) = &cmd.traceparent {
-            match HeaderValue::from_str(tp) {
+            let tp = sagaflow_bus::trace::child_header(Some(tp));
+            match HeaderValue::from_str(&tp) {
                 Ok(v) => req = req.header("traceparent", v),
                 Err(_) => tracing::warn!(operation = %op.name, "dropping invalid traceparent"),
             }

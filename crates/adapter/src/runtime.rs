@@ -495,6 +495,8 @@ async fn handle_record(shared: Arc<Shared>, m: OwnedMessage) -> Finished {
         saga.id = tracing::field::Empty,
         saga.step = tracing::field::Empty,
         command.id = tracing::field::Empty,
+        trace.id = tracing::field::Empty,
+        span.id = tracing::field::Empty,
         messaging.kafka.partition = m.partition(),
         messaging.kafka.offset = m.offset(),
     );
@@ -538,10 +540,17 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
         dead_letter(shared, m, "wrong_service", WRONG_SERVICE_CODE, &reason).await;
         return;
     }
-    let traceparent = cmd.trace_parent.clone().or_else(|| {
+    // This command's handling is a span of its own, a child of the
+    // orchestrator's command span (or the root of a new trace when the
+    // command carried none); the HTTP calls and the reply are its children.
+    let parent = cmd.trace_parent.clone().or_else(|| {
         m.headers()
             .and_then(|h| SagaHeaders::from_headers(h).traceparent)
     });
+    let hop = sagaflow_bus::TraceContext::continue_or_start(parent.as_deref()).child();
+    span.record("trace.id", hop.trace_id_hex().as_str());
+    span.record("span.id", hop.span_id_hex().as_str());
+    let traceparent = Some(hop.header());
     let outcome = shared
         .executor
         .execute(&adapter_command(&cmd, traceparent.clone()))

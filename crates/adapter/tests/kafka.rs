@@ -284,9 +284,17 @@ async fn avro_commands_get_replies_keyed_by_saga_id_and_redelivery_is_idempotent
         header(m, header_names::MESSAGE_ID),
         Some(format!("{}/reply", ok.command_id))
     );
+    // The reply is the adapter's span: the command's trace, a new span id.
+    let reply_trace = header(m, header_names::TRACEPARENT).unwrap_or_default();
     assert_eq!(
-        header(m, header_names::TRACEPARENT).as_deref(),
-        Some(TRACEPARENT)
+        reply_trace.get(..35),
+        TRACEPARENT.get(..35),
+        "{reply_trace}"
+    );
+    assert_ne!(reply_trace, TRACEPARENT);
+    assert!(
+        sagaflow_bus::TraceContext::parse(&reply_trace).is_some(),
+        "{reply_trace}"
     );
 
     let (r, m) = &replies[&taken.command_id];
@@ -304,11 +312,14 @@ async fn avro_commands_get_replies_keyed_by_saga_id_and_redelivery_is_idempotent
     assert_eq!(backend.count("/api/charges/ok-1"), 1);
     assert_eq!(backend.count("/api/charges/taken-2"), 1);
     assert_eq!(backend.count("/api/charges/down-3"), 1);
+    // Each HTTP call is a span of its own in the command's trace.
     let seen = backend.seen();
-    assert!(
-        seen.iter()
-            .all(|s| s.header("traceparent").as_deref() == Some(TRACEPARENT))
-    );
+    let mut spans = std::collections::HashSet::new();
+    for s in &seen {
+        let tp = s.header("traceparent").unwrap_or_default();
+        assert_eq!(tp.get(..35), TRACEPARENT.get(..35), "{tp}");
+        assert!(spans.insert(tp.clone()) && tp != TRACEPARENT, "{tp}");
+    }
 
     // Redelivery of the same command: the same reply, no second call.
     env.send(&ok).await;

@@ -7,10 +7,12 @@ mod config;
 pub mod dead_letter;
 mod headers;
 mod topics;
+pub mod trace;
 
 pub use config::{ClientRole, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
 pub use topics::{TopicNames, TopicSpec, ensure_topics};
+pub use trace::TraceContext;
 
 /// Errors from setting up Kafka clients and topics.
 #[derive(Clone, Debug, thiserror::Error)]

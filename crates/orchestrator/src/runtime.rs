@@ -27,7 +27,7 @@ use rdkafka::consumer::{
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
+use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceContext};
 use sagaflow_codec::Codec;
 use sagaflow_engine::{AwaitedEvent, Effect, Engine, Input, Outcome, SagaState, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -826,9 +826,11 @@ impl Driver {
                             .with_label_values(&[&state.saga_type])
                             .inc();
                         let id = state.saga_id.clone();
+                        // The saga's trace: the trigger's, or a new one.
+                        let trace = TraceContext::continue_or_start(traceparent.as_deref());
                         let mut entry = Entry {
                             state,
-                            traceparent,
+                            traceparent: Some(trace.header()),
                             armed: Vec::new(),
                             issued: HashMap::new(),
                         };
@@ -1175,6 +1177,8 @@ impl Driver {
         traceparent: Option<String>,
         e: &Effect,
     ) -> Option<Outgoing> {
+        // Every record is a hop of its own: a child span of the saga's trace.
+        let traceparent = Some(sagaflow_bus::trace::child_header(traceparent.as_deref()));
         // Each effect: where it goes, its key and message id, and its bytes.
         let (topic, key, message_id, kind, encoded) = match e {
             Effect::Command(c) => {
