@@ -62,6 +62,10 @@ pub struct Options {
     pub binary: Option<PathBuf>,
     /// An external broker; by default an embedded one is started.
     pub bootstrap_servers: Option<String>,
+    /// Rounds of the metrics-overhead phase: each round is one throughput
+    /// run with nobody scraping and one with every `/metrics` endpoint
+    /// scraped every second (0 skips the phase).
+    pub metrics_rounds: usize,
 }
 
 impl Default for Options {
@@ -77,6 +81,7 @@ impl Default for Options {
             root: PathBuf::from("."),
             binary: None,
             bootstrap_servers: None,
+            metrics_rounds: 2,
         }
     }
 }
@@ -127,7 +132,40 @@ pub struct Report {
     pub relay_per_sec: f64,
     pub throughput: Phase,
     pub offered: Phase,
+    pub metrics: Option<MetricsOverhead>,
     pub restore: Option<Restore>,
+}
+
+/// Throughput with and without Prometheus-style scraping, interleaved.
+#[derive(Clone, Debug)]
+pub struct MetricsOverhead {
+    /// Sagas/s of the runs nobody scraped, and of the scraped ones.
+    pub unscraped: Vec<f64>,
+    pub scraped: Vec<f64>,
+    /// Scrapes done (every endpoint counts) and the bytes of one round of
+    /// scrapes (orchestrator and adapters).
+    pub scrapes: u64,
+    pub scrape_bytes: usize,
+    pub endpoints: usize,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+impl MetricsOverhead {
+    /// Throughput lost to scraping, in % of the unscraped mean.
+    pub fn overhead_pct(&self) -> f64 {
+        (1.0 - mean(&self.scraped) / mean(&self.unscraped)) * 100.0
+    }
+
+    /// How far apart the unscraped runs were, in % of their mean: the noise
+    /// the overhead figure has to be read against.
+    pub fn noise_pct(&self) -> f64 {
+        let max = self.unscraped.iter().copied().fold(f64::MIN, f64::max);
+        let min = self.unscraped.iter().copied().fold(f64::MAX, f64::min);
+        (max - min) / mean(&self.unscraped) * 100.0
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -177,6 +215,27 @@ impl fmt::Display for Report {
             ms(self.baseline.round_trip_p50),
             l.p50.as_secs_f64() / self.baseline.round_trip_p50.as_secs_f64()
         )?;
+        if let Some(m) = &self.metrics {
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            writeln!(
+                f,
+                "metrics    {} endpoints scraped every 1 s ({} scrapes, {} B per round): {:.0} sagas/s [{}] vs unscraped {:.0} sagas/s [{}]; overhead {:.1}% (unscraped run-to-run spread {:.1}%)",
+                m.endpoints,
+                m.scrapes,
+                m.scrape_bytes,
+                mean(&m.scraped),
+                list(&m.scraped),
+                mean(&m.unscraped),
+                list(&m.unscraped),
+                m.overhead_pct(),
+                m.noise_pct()
+            )?;
+        }
         match &self.restore {
             Some(r) => writeln!(
                 f,
@@ -250,10 +309,16 @@ fn codec_yaml(registry: &str) -> String {
     format!("codec:\n  registry:\n    url: {registry}\n  default-format:\n    format: avro\n")
 }
 
-fn orchestrator_yaml(o: &Options, bootstrap: &str, registry: &str, prefix: &str) -> String {
+fn orchestrator_yaml(
+    o: &Options,
+    bootstrap: &str,
+    registry: &str,
+    prefix: &str,
+    listen: std::net::SocketAddr,
+) -> String {
     let root = &o.root;
     format!(
-        "{}topics:\n  prefix: {prefix}\n{}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: {}\ngroup-id: {prefix}orchestrator\nhttp:\n  listen: 127.0.0.1:0\nmax-batch: {}\n",
+        "{}topics:\n  prefix: {prefix}\n{}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: {}\ngroup-id: {prefix}orchestrator\nhttp:\n  listen: {listen}\nmax-batch: {}\n",
         kafka_yaml(bootstrap, o.fetch_wait_ms),
         codec_yaml(registry),
         root.join("topology/sagas").display(),
@@ -523,10 +588,12 @@ pub async fn run(options: Options) -> Result<Report> {
     )
     .await?;
 
-    // The stack: orchestrator and adapters in this process.
+    // The stack: orchestrator and adapters in this process. The API port is
+    // picked here so the metrics phase knows where to scrape.
+    let api = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let cfg = files.write(
         "orchestrator.yaml",
-        &orchestrator_yaml(&options, &bootstrap, &registry_url, &prefix),
+        &orchestrator_yaml(&options, &bootstrap, &registry_url, &prefix, api),
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let cfg = sagaflow_orchestrator::config::OrchestratorConfig::load(&cfg)?;
@@ -596,6 +663,17 @@ pub async fn run(options: Options) -> Result<Report> {
             Duration::from_secs(u64::from(options.offered_seconds) + 120),
         )
         .await?;
+    let metrics = if options.metrics_rounds > 0 {
+        let mut endpoints = vec![format!("http://{api}/metrics")];
+        endpoints.extend(
+            adapters
+                .iter()
+                .map(|a| format!("http://{}/metrics", a.http_addr())),
+        );
+        Some(metrics_overhead(&mut load, &options, endpoints).await?)
+    } else {
+        None
+    };
     let _ = stop_tx.send(true);
     for a in adapters {
         let _ = a.shutdown().await;
@@ -627,8 +705,66 @@ pub async fn run(options: Options) -> Result<Report> {
         relay_per_sec,
         throughput,
         offered,
+        metrics,
         restore,
     })
+}
+
+/// Interleaves unscraped and scraped throughput runs (A B A B …, so drift
+/// of the machine hits both alike) of `options.sagas` sagas each; while a
+/// scraped run lasts, every endpoint is fetched once a second, as a
+/// Prometheus with `scrape_interval: 1s` would.
+async fn metrics_overhead(
+    load: &mut Load,
+    options: &Options,
+    endpoints: Vec<String>,
+) -> Result<MetricsOverhead> {
+    let mut scrape_bytes = 0;
+    for e in &endpoints {
+        scrape_bytes += reqwest_get(e)
+            .await
+            .with_context(|| format!("scraping {e}"))?
+            .len();
+    }
+    let mut out = MetricsOverhead {
+        unscraped: Vec::new(),
+        scraped: Vec::new(),
+        scrapes: 0,
+        scrape_bytes,
+        endpoints: endpoints.len(),
+    };
+    for round in 1..=options.metrics_rounds {
+        eprintln!(
+            "metrics overhead round {round}/{}: {} sagas unscraped, then scraped every 1 s…",
+            options.metrics_rounds, options.sagas
+        );
+        let phase = load.run(options.sagas, 0, Duration::from_secs(600)).await?;
+        out.unscraped.push(phase.per_sec());
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let targets = endpoints.clone();
+        let scraper = tokio::spawn(async move {
+            let mut scrapes = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    _ = tick.tick() => {
+                        for t in &targets {
+                            if reqwest_get(t).await.is_ok() {
+                                scrapes += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            scrapes
+        });
+        let phase = load.run(options.sagas, 0, Duration::from_secs(600)).await;
+        let _ = stop_tx.send(true);
+        out.scrapes += scraper.await.unwrap_or(0);
+        out.scraped.push(phase?.per_sec());
+    }
+    Ok(out)
 }
 
 /// A `sagaflow orchestrator` child process and the address of its HTTP API.
@@ -812,7 +948,13 @@ async fn restore(
     // An instance with nothing to restore, for the memory baseline.
     let empty_cfg = files.write(
         "restore-empty.yaml",
-        &orchestrator_yaml(options, bootstrap, registry_url, &empty_prefix),
+        &orchestrator_yaml(
+            options,
+            bootstrap,
+            registry_url,
+            &empty_prefix,
+            ([127, 0, 0, 1], 0).into(),
+        ),
     )?;
     let empty = Child::spawn(
         binary,
@@ -831,7 +973,13 @@ async fn restore(
 
     let full_cfg = files.write(
         "restore-full.yaml",
-        &orchestrator_yaml(options, bootstrap, registry_url, &full_prefix),
+        &orchestrator_yaml(
+            options,
+            bootstrap,
+            registry_url,
+            &full_prefix,
+            ([127, 0, 0, 1], 0).into(),
+        ),
     )?;
     let started = Instant::now();
     let log = files.dir.path().join("restore-full.log");

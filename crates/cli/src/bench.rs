@@ -37,6 +37,11 @@ pub(crate) struct BenchArgs {
     /// Use this broker instead of an embedded one.
     #[arg(long)]
     bootstrap_servers: Option<String>,
+    /// Rounds of the metrics-overhead figure: each is one throughput run
+    /// unscraped and one with every /metrics endpoint scraped every second
+    /// (0 skips it).
+    #[arg(long, default_value_t = 2)]
+    metrics_rounds: usize,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> CliResult {
@@ -62,6 +67,7 @@ pub(crate) async fn run(args: BenchArgs) -> CliResult {
         root: args.root,
         binary: std::env::current_exe().ok(),
         bootstrap_servers: args.bootstrap_servers,
+        metrics_rounds: args.metrics_rounds,
     };
     let report = sagaflow_bench::run(options)
         .await
