@@ -10,6 +10,7 @@ mod demo_services;
 mod dev;
 mod exit;
 mod orchestrator;
+mod publish;
 mod registry;
 mod registry_client;
 mod schemas;
@@ -68,6 +69,10 @@ enum Command {
     /// docker-compose use.
     #[command(after_help = AFTER_HELP)]
     DemoServices(demo_services::DemoServicesArgs),
+    /// Publish domain events (JSON lines from a file or stdin) to a topic,
+    /// encoded with the topic's schema.
+    #[command(after_help = AFTER_HELP)]
+    Publish(publish::PublishArgs),
     /// Check saga definitions and draw them as Mermaid flowcharts.
     #[command(subcommand, after_help = AFTER_HELP)]
     Topology(topology::TopologyCommand),
@@ -102,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::DemoServices(args) => demo_services::run(args).await,
             Command::Topology(command) => topology::run(command).await,
+            Command::Publish(args) => publish::run(args).await,
         }
     });
     match result {
