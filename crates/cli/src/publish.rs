@@ -252,7 +252,9 @@ async fn check_topic(args: &PublishArgs, producer: &FutureProducer) -> CliResult
             args.bootstrap_servers, args.timeout
         ))),
         Ok(Some((None, n))) if n > 0 => Ok(()),
-        Ok(Some((Some(code), _))) if code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART => {
+        Ok(Some((Some(code), _)))
+            if code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART =>
+        {
             Err(Failure::Usage(format!(
                 "topic `{}`: the broker answered {:?}",
                 args.topic,
@@ -267,8 +269,7 @@ async fn check_topic(args: &PublishArgs, producer: &FutureProducer) -> CliResult
 }
 
 pub(crate) async fn run(args: PublishArgs) -> CliResult {
-    let schemas =
-        EventSchemas::load(&args.schemas).map_err(|e| Failure::Usage(e.to_string()))?;
+    let schemas = EventSchemas::load(&args.schemas).map_err(|e| Failure::Usage(e.to_string()))?;
     if let Some(t) = &args.event_type
         && schemas.get(t).is_none()
     {
@@ -281,15 +282,17 @@ pub(crate) async fn run(args: PublishArgs) -> CliResult {
     }
     let codec = codec(&args)?;
     let producer = producer(&args)?;
-    let (source, input): (String, Box<dyn AsyncBufRead + Unpin + Send>) =
-        if args.input == "-" {
-            ("<stdin>".into(), Box::new(BufReader::new(tokio::io::stdin())))
-        } else {
-            let file = tokio::fs::File::open(&args.input)
-                .await
-                .map_err(|e| Failure::Usage(format!("{}: {e}", args.input)))?;
-            (args.input.clone(), Box::new(BufReader::new(file)))
-        };
+    let (source, input): (String, Box<dyn AsyncBufRead + Unpin + Send>) = if args.input == "-" {
+        (
+            "<stdin>".into(),
+            Box::new(BufReader::new(tokio::io::stdin())),
+        )
+    } else {
+        let file = tokio::fs::File::open(&args.input)
+            .await
+            .map_err(|e| Failure::Usage(format!("{}: {e}", args.input)))?;
+        (args.input.clone(), Box::new(BufReader::new(file)))
+    };
     check_topic(&args, &producer).await?;
 
     let mut run = Run {

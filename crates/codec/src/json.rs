@@ -41,7 +41,10 @@ fn mismatch(json: &Value, schema: &Schema, at: &str) -> Option<String> {
                 let path = format!("{at}/{}", field.name);
                 match fields.get(&field.name) {
                     None if field.default.is_none() => {
-                        return Some(format!("{path}: required field `{}` is missing", field.name));
+                        return Some(format!(
+                            "{path}: required field `{}` is missing",
+                            field.name
+                        ));
                     }
                     None => {}
                     Some(v) => {
@@ -67,10 +70,7 @@ fn mismatch(json: &Value, schema: &Schema, at: &str) -> Option<String> {
             _ => wrong("an object (map)"),
         },
         Schema::Union(u) => {
-            let fits = u
-                .variants()
-                .iter()
-                .any(|v| mismatch(json, v, at).is_none());
+            let fits = u.variants().iter().any(|v| mismatch(json, v, at).is_none());
             if fits {
                 return None;
             }
@@ -90,7 +90,9 @@ fn mismatch(json: &Value, schema: &Schema, at: &str) -> Option<String> {
             _ => wrong(&format!("one of {}", e.symbols.join(", "))),
         },
         Schema::Null => (!json.is_null()).then(|| wrong("null")).flatten(),
-        Schema::Boolean => (!json.is_boolean()).then(|| wrong("true or false")).flatten(),
+        Schema::Boolean => (!json.is_boolean())
+            .then(|| wrong("true or false"))
+            .flatten(),
         Schema::Int | Schema::Date | Schema::TimeMillis => json
             .as_i64()
             .and_then(|i| i32::try_from(i).ok())
@@ -104,12 +106,10 @@ fn mismatch(json: &Value, schema: &Schema, at: &str) -> Option<String> {
         | Schema::TimestampNanos
         | Schema::LocalTimestampMillis
         | Schema::LocalTimestampMicros
-        | Schema::LocalTimestampNanos => {
-            (json.as_i64().is_none()).then(|| wrong("an integer")).flatten()
-        }
-        Schema::Float | Schema::Double => {
-            (!json.is_number()).then(|| wrong("a number")).flatten()
-        }
+        | Schema::LocalTimestampNanos => (json.as_i64().is_none())
+            .then(|| wrong("an integer"))
+            .flatten(),
+        Schema::Float | Schema::Double => (!json.is_number()).then(|| wrong("a number")).flatten(),
         Schema::String | Schema::Uuid(_) => {
             (!json.is_string()).then(|| wrong("a string")).flatten()
         }
@@ -191,14 +191,30 @@ mod tests {
         let ok = json!({"id": "x", "addr": {"city": "B"}, "items": [{"q": 1}]});
         assert!(json_to_avro(&ok, &schema).is_ok());
         let cases = [
-            (json!({"addr": {"city": "B"}, "items": []}), "/id: required field `id` is missing"),
-            (json!({"id": "x", "addr": {"city": 42}, "items": []}), "/addr/city: expected a string, found 42"),
-            (json!({"id": "x", "addr": {"city": "B"}, "items": [{"q": 1}, {"q": "2"}]}), "/items/1/q: expected an integer, found \"2\""),
-            (json!({"id": "x", "note": 5, "addr": {"city": "B"}, "items": []}), "/note: expected a string, found 5"),
+            (
+                json!({"addr": {"city": "B"}, "items": []}),
+                "/id: required field `id` is missing",
+            ),
+            (
+                json!({"id": "x", "addr": {"city": 42}, "items": []}),
+                "/addr/city: expected a string, found 42",
+            ),
+            (
+                json!({"id": "x", "addr": {"city": "B"}, "items": [{"q": 1}, {"q": "2"}]}),
+                "/items/1/q: expected an integer, found \"2\"",
+            ),
+            (
+                json!({"id": "x", "note": 5, "addr": {"city": "B"}, "items": []}),
+                "/note: expected a string, found 5",
+            ),
             (json!([1]), "/: expected an object (E), found [1]"),
         ];
         for (value, expected) in cases {
-            assert_eq!(json_to_avro(&value, &schema).unwrap_err(), expected, "{value}");
+            assert_eq!(
+                json_to_avro(&value, &schema).unwrap_err(),
+                expected,
+                "{value}"
+            );
         }
     }
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum::body::Bytes;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_bus::TopicNames;
 use sagaflow_codec::Codec;
@@ -348,7 +348,13 @@ async fn ingest_events(
     }
     let n = items.len();
     let full = s.names.prefix.clone() + &bare;
-    let at = |i: usize| if batch { format!("event [{i}]: ") } else { String::new() };
+    let at = |i: usize| {
+        if batch {
+            format!("event [{i}]: ")
+        } else {
+            String::new()
+        }
+    };
     let mut encoded: Vec<(IngestEvent, Vec<u8>)> = Vec::with_capacity(n);
     for (i, item) in items.into_iter().enumerate() {
         let result = match ingest::parse_event(item, None, None) {
@@ -396,7 +402,11 @@ async fn ingest_events(
     });
     let mut delivered = Vec::with_capacity(n);
     let mut failed = None;
-    for (i, r) in futures::future::join_all(sends).await.into_iter().enumerate() {
+    for (i, r) in futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         match r {
             Ok(d) => delivered.push(json!({"partition": d.partition, "offset": d.offset})),
             Err((e, _)) => {

@@ -43,7 +43,9 @@ pub enum IngestError {
     #[error("[SF-INGEST-001] {0}")]
     Envelope(String),
     /// No schema (or no saga) knows this type on this topic.
-    #[error("[SF-INGEST-002] unknown event type `{event_type}` for topic `{topic}`; known: {known}")]
+    #[error(
+        "[SF-INGEST-002] unknown event type `{event_type}` for topic `{topic}`; known: {known}"
+    )]
     UnknownType {
         event_type: String,
         topic: String,
@@ -211,14 +213,14 @@ pub fn record_headers(event: &IngestEvent, traceparent: Option<&str>) -> OwnedHe
 }
 
 /// Whether `topic` (maybe prefixed) is one of the topics `subjects.json`
-/// lists for `file`. A file without listed topics, or with a placeholder
-/// (`<service>`), fits every topic.
+/// lists for `file`; a placeholder (`sagaflow.commands.<service>`) matches
+/// any name in its place. A file without listed topics fits every topic.
 pub fn schema_fits_topic(file: &SchemaFile, topic: &str) -> bool {
     file.topics.is_empty()
-        || file
-            .topics
-            .iter()
-            .any(|t| t.contains('<') || topic == t || topic.ends_with(&format!(".{t}")))
+        || file.topics.iter().any(|t| match t.split_once('<') {
+            Some((head, _)) => topic.starts_with(head) || topic.contains(&format!(".{head}")),
+            None => topic == t || topic.ends_with(&format!(".{t}")),
+        })
 }
 
 /// Encodes `event` for `topic` (prefixed, as written): Avro with the schema
@@ -324,7 +326,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(bare.key.as_deref(), Some("o-2"));
-        assert_eq!(bare.payload["payload"], json!(1), "not an envelope: other keys");
+        assert_eq!(
+            bare.payload["payload"],
+            json!(1),
+            "not an envelope: other keys"
+        );
         let typed = parse_event(json!({"payload": {"a": 1}}), Some("T"), None).unwrap();
         assert_eq!(typed.event_type, "T");
         assert_eq!(typed.payload, json!({"a": 1}));
@@ -340,8 +346,12 @@ mod tests {
         assert!(err(json!({"type": 3, "payload": {}}), None, None).contains("`type` must be"));
         assert!(err(json!({"type": "T", "payload": []}), None, None).contains("JSON object"));
         assert!(
-            err(json!({"type": "T", "headers": {"h": 1}, "payload": {}}), None, None)
-                .contains("header `h`")
+            err(
+                json!({"type": "T", "headers": {"h": 1}, "payload": {}}),
+                None,
+                None
+            )
+            .contains("header `h`")
         );
         assert!(err(json!({"a": 1}), Some("T"), Some("/id")).contains("/id is not in"));
         assert_eq!(
