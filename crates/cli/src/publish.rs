@@ -55,7 +55,7 @@ pub(crate) struct PublishArgs {
     #[arg(long, default_value = "schemas", value_name = "DIR")]
     schemas: PathBuf,
     /// How subjects are named; readers must use the same.
-    #[arg(long, value_enum, default_value_t = Strategy::RecordName)]
+    #[arg(long, value_enum, default_value_t = Strategy::Record)]
     subject_strategy: Strategy,
     /// Stop at the first bad line; nothing after it is published.
     #[arg(long)]
@@ -69,11 +69,14 @@ pub(crate) struct PublishArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Strategy {
     /// The record's full name.
-    RecordName,
+    #[value(name = "record-name")]
+    Record,
     /// `<topic>-value`.
-    TopicName,
+    #[value(name = "topic-name")]
+    Topic,
     /// `<topic>-<record full name>`.
-    TopicRecordName,
+    #[value(name = "topic-record-name")]
+    TopicRecord,
 }
 
 fn parse_pointer(s: &str) -> Result<String, String> {
@@ -204,9 +207,9 @@ impl Run<'_> {
 
 fn codec(args: &PublishArgs) -> CliResult<Codec> {
     let subject_strategy = match args.subject_strategy {
-        Strategy::RecordName => SubjectStrategy::RecordName,
-        Strategy::TopicName => SubjectStrategy::TopicName,
-        Strategy::TopicRecordName => SubjectStrategy::TopicRecordName,
+        Strategy::Record => SubjectStrategy::RecordName,
+        Strategy::Topic => SubjectStrategy::TopicName,
+        Strategy::TopicRecord => SubjectStrategy::TopicRecordName,
     };
     Codec::new(CodecConfig {
         registry: Some(args.registry.codec_registry()?),

@@ -363,6 +363,17 @@ async fn ingest_events(
                 topic: bare.clone(),
                 known: known.iter().cloned().collect::<Vec<_>>().join(", "),
             }),
+            Ok(event)
+                if matches!(
+                    s.codec.config().format(&full),
+                    Some(sagaflow_codec::TopicFormat::Avro { .. })
+                ) && s.schemas.get(&event.event_type).is_none() =>
+            {
+                Err(IngestError::Encode(format!(
+                    "no Avro schema for `{}`: set `schemas:` in the orchestrator config to a directory holding it",
+                    event.event_type
+                )))
+            }
             Ok(event) => ingest::encode(&s.codec, &s.schemas, &full, &event)
                 .await
                 .map(|bytes| (event, bytes)),
