@@ -115,7 +115,7 @@ async fn published_json_lines_start_sagas_that_complete() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("published 1 events"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published 1 event to"));
 
     let ended = results(&stack, &["pub-1", "oos-pub-2", "pub-3"]).await;
     assert_eq!(

@@ -79,6 +79,14 @@ enum Strategy {
     TopicRecord,
 }
 
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn parse_pointer(s: &str) -> Result<String, String> {
     if s.starts_with('/') {
         Ok(s.to_owned())
@@ -394,8 +402,10 @@ pub(crate) async fn run(args: PublishArgs) -> CliResult {
         run.settle_oldest().await;
     }
     println!(
-        "published {} events to {}, rejected {}",
-        run.published, args.topic, run.rejected
+        "published {} to {}, rejected {}",
+        plural(run.published, "event"),
+        args.topic,
+        plural(run.rejected, "line")
     );
     if let Some(f) = fatal {
         return Err(f);
@@ -408,8 +418,8 @@ pub(crate) async fn run(args: PublishArgs) -> CliResult {
     }
     if run.rejected > 0 {
         return Err(Failure::Found(format!(
-            "{} lines rejected (see above); the others were published",
-            run.rejected
+            "{} rejected (see above); the others were published",
+            plural(run.rejected, "line")
         )));
     }
     Ok(())

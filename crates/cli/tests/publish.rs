@@ -150,7 +150,7 @@ async fn good_lines_are_published_and_bad_ones_reported_by_line() {
     let (stdout, stderr) = out(&output);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("published 3 events") && stdout.contains("rejected 4"),
+        stdout.contains("published 3 events") && stdout.contains("rejected 4 lines"),
         "{stdout}"
     );
     let f = file.display();
@@ -233,7 +233,7 @@ async fn stdin_bare_payloads_and_strict_stops_at_the_first_bad_line() {
         stderr.contains("rejected <stdin>:2:2: invalid JSON: expected ident"),
         "{stderr}"
     );
-    assert!(stdout.contains("published 1 events"), "{stdout}");
+    assert!(stdout.contains("published 1 event to"), "{stdout}");
 
     // Asks for one more than expected: nothing may come after the bad line.
     let keys: Vec<String> = read(&topic, &url, 4, Duration::from_secs(5))
