@@ -361,6 +361,24 @@ mod tests {
     }
 
     #[test]
+    fn schemas_fit_the_topics_subjects_json_lists_with_any_prefix() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let schemas = EventSchemas::load(&dir).unwrap();
+        let placed = schemas.get("OrderPlaced").unwrap();
+        assert!(schema_fits_topic(placed, "orders.events"));
+        assert!(schema_fits_topic(placed, "staging.orders.events"));
+        assert!(!schema_fits_topic(placed, "travel.events"));
+        assert!(!schema_fits_topic(placed, "myorders.events"));
+        let command = schemas.get("Command").unwrap();
+        assert!(schema_fits_topic(command, "dev.sagaflow.commands.payment"));
+        assert!(!schema_fits_topic(command, "orders.events"));
+        assert_eq!(
+            schemas.types_for("orders.events"),
+            ["OrderCancelled", "OrderCheckedOut", "OrderPlaced"]
+        );
+    }
+
+    #[test]
     fn headers_carry_type_and_trace_context() {
         let e = parse_event(
             json!({"type": "T", "headers": {"sagaflow-type": "Other", "traceparent": "old", "x": "y"}, "payload": {}}),
