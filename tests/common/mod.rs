@@ -270,6 +270,29 @@ impl Stack {
         n
     }
 
+    /// Starts an orchestrator whose `/v1/*` API wants `token` as bearer
+    /// token (`http.token-env`). Returns its index.
+    pub fn start_orchestrator_with_token(&mut self, token: &str) -> usize {
+        let base = std::fs::read_to_string(self.path("orchestrator.yaml")).unwrap();
+        let cfg = self.path("orchestrator-token.yaml");
+        let with_token = base.replacen(
+            "http:\n  listen: 127.0.0.1:0\n",
+            "http:\n  listen: 127.0.0.1:0\n  token-env: SAGAFLOW_TEST_API_TOKEN\n",
+            1,
+        );
+        assert_ne!(base, with_token, "orchestrator.yaml has an http section");
+        std::fs::write(&cfg, with_token).unwrap();
+        let n = self.orchestrators.len();
+        let log = self.path(&format!("orchestrator-{n}-{}.log", support::unique("run")));
+        self.orchestrators.push(ChildGuard::sagaflow(
+            &format!("orchestrator-{n} (token)"),
+            &["orchestrator", "--config", cfg.to_str().unwrap()],
+            log,
+            &[("SAGAFLOW_TEST_API_TOKEN", token)],
+        ));
+        n
+    }
+
     pub fn start_orchestrator(&mut self) {
         let slot = self.orchestrators.len();
         self.start_orchestrator_in(slot);

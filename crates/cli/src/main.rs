@@ -10,6 +10,7 @@ mod demo_services;
 mod dev;
 mod exit;
 mod orchestrator;
+mod publish;
 mod registry;
 mod registry_client;
 mod saga;
@@ -73,6 +74,10 @@ enum Command {
     /// retry a failed one, abort a running one.
     #[command(subcommand, after_help = AFTER_HELP)]
     Saga(saga::SagaCommand),
+    /// Publish domain events (JSON lines from a file or stdin) to a topic,
+    /// encoded with the topic's schema.
+    #[command(after_help = AFTER_HELP)]
+    Publish(publish::PublishArgs),
     /// Check saga definitions and draw them as Mermaid flowcharts.
     #[command(subcommand, after_help = AFTER_HELP)]
     Topology(topology::TopologyCommand),
@@ -108,6 +113,7 @@ fn main() -> std::process::ExitCode {
             Command::DemoServices(args) => demo_services::run(args).await,
             Command::Topology(command) => topology::run(command).await,
             Command::Saga(command) => saga::run(command).await,
+            Command::Publish(args) => publish::run(args).await,
         }
     });
     match result {

@@ -35,6 +35,33 @@ pub(crate) struct RegistryArgs {
     registry_token: Option<String>,
 }
 
+impl RegistryArgs {
+    /// The registry part of a codec configuration (same URL and credentials).
+    pub(crate) fn codec_registry(&self) -> CliResult<sagaflow_codec::RegistryConfig> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(Failure::Usage(format!(
+                "--registry `{}` must be an http:// or https:// URL",
+                self.url
+            )));
+        }
+        let auth = match (&self.registry_token, &self.registry_username) {
+            (Some(token), _) => Some(sagaflow_codec::RegistryAuth::Bearer {
+                token: token.clone(),
+            }),
+            (None, Some(username)) => Some(sagaflow_codec::RegistryAuth::Basic {
+                username: username.clone(),
+                password: self.registry_password.clone().unwrap_or_default(),
+            }),
+            (None, None) => None,
+        };
+        Ok(sagaflow_codec::RegistryConfig {
+            url: self.url.clone(),
+            auth,
+            timeout: Some("10s".into()),
+        })
+    }
+}
+
 /// An error answer of the registry.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RegistryError {

@@ -22,6 +22,9 @@ pub struct SchemaFile {
     pub text: String,
     /// The parsed schema.
     pub schema: Schema,
+    /// Topics `subjects.json` says the record is published on (without the
+    /// deployment's topic prefix); empty when it does not say.
+    pub topics: Vec<String>,
 }
 
 /// Why a schemas directory could not be loaded.
@@ -49,7 +52,6 @@ struct SubjectEntry {
     schema: PathBuf,
     subject: String,
     #[serde(default)]
-    #[allow(dead_code)]
     topics: Vec<String>,
     #[serde(default)]
     #[allow(dead_code)]
@@ -79,7 +81,11 @@ fn collect_avsc(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), 
     Ok(())
 }
 
-fn load_file(path: &Path, subject: Option<String>) -> Result<SchemaFile, SchemaSetError> {
+fn load_file(
+    path: &Path,
+    subject: Option<String>,
+    topics: Vec<String>,
+) -> Result<SchemaFile, SchemaSetError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
     let schema =
         Schema::parse_str(&text).map_err(|e| err(path, format!("invalid Avro schema: {e}")))?;
@@ -93,6 +99,7 @@ fn load_file(path: &Path, subject: Option<String>) -> Result<SchemaFile, SchemaS
         full_name,
         text,
         schema,
+        topics,
     })
 }
 
@@ -128,11 +135,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<SchemaFile>, SchemaSetError> {
     paths
         .iter()
         .map(|path| {
-            let subject = mapping
-                .iter()
-                .find(|e| dir.join(&e.schema) == *path)
-                .map(|e| e.subject.clone());
-            load_file(path, subject)
+            let entry = mapping.iter().find(|e| dir.join(&e.schema) == *path);
+            load_file(
+                path,
+                entry.map(|e| e.subject.clone()),
+                entry.map(|e| e.topics.clone()).unwrap_or_default(),
+            )
         })
         .collect()
 }
@@ -156,6 +164,11 @@ mod tests {
             .find(|f| f.full_name == "io.sagaflow.v1.Command")
             .unwrap();
         assert_eq!(command.subject, "io.sagaflow.v1.Command");
+        let placed = files
+            .iter()
+            .find(|f| f.full_name == "io.sagaflow.examples.orders.OrderPlaced")
+            .unwrap();
+        assert_eq!(placed.topics, ["orders.events"]);
     }
 
     #[test]

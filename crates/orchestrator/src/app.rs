@@ -136,6 +136,9 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         .producer()
         .map_err(|e| AppError::Run(e.to_string()))?;
     let api = router(ApiState {
+        ingest: Arc::new(crate::ingest::known_events(engine.registry())),
+        codec: codec.clone(),
+        schemas: Arc::new(schemas.clone()),
         engine: engine.clone(),
         view,
         metrics: metrics.clone(),

@@ -136,6 +136,23 @@ impl EventSchemas {
         Ok(Self { by_type })
     }
 
+    /// The schema of an event type.
+    pub fn get(&self, event_type: &str) -> Option<&SchemaFile> {
+        self.by_type.get(event_type)
+    }
+
+    /// The event types whose schema fits `topic` (per `subjects.json`), sorted.
+    pub fn types_for(&self, topic: &str) -> Vec<String> {
+        let mut types: Vec<String> = self
+            .by_type
+            .iter()
+            .filter(|(_, f)| crate::ingest::schema_fits_topic(f, topic))
+            .map(|(t, _)| t.clone())
+            .collect();
+        types.sort();
+        types
+    }
+
     /// Encodes an emitted event for `topic`: JSON as it is, Avro with the
     /// schema named by the event type.
     pub async fn encode(

@@ -1,22 +1,26 @@
 //! The orchestrator's HTTP API: health, metrics, saga queries, operator
 //! requests, and the synchronous facade (one request in, one response out).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_bus::TopicNames;
+use sagaflow_codec::Codec;
 use sagaflow_engine::{Engine, TriggerEvent};
 use serde_json::{Value, json};
 
+use crate::events::EventSchemas;
+use crate::ingest::{self, IngestError, IngestEvent};
 use crate::metrics::Metrics;
 use crate::runtime::send_envelope;
 use crate::view::SagaView;
@@ -24,6 +28,8 @@ use crate::wire::Envelope;
 
 /// Longest wait the synchronous facade accepts.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Most events one ingest request may carry.
+const MAX_BATCH: usize = 1000;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -36,6 +42,12 @@ pub struct ApiState {
     /// Bearer token required on `/v1/*`; `None` leaves the API open (it
     /// binds to loopback by default).
     pub token: Option<Arc<str>>,
+    /// Encodes ingested events.
+    pub codec: Arc<Codec>,
+    /// Schemas of domain events, by type.
+    pub schemas: Arc<EventSchemas>,
+    /// Event types the ingest accepts, by topic (without prefix).
+    pub ingest: Arc<BTreeMap<String, BTreeSet<String>>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -44,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/sagas/{id_or_type}", get(show).post(start))
         .route("/v1/sagas/{id}/retry", post(retry))
         .route("/v1/sagas/{id}/abort", post(abort))
+        .route("/v1/events/{topic}", post(ingest_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -267,4 +280,172 @@ async fn start(
         )
             .into_response(),
     }
+}
+
+/// `POST /v1/events/{topic}`: publishes one event (an envelope object) or a
+/// batch (an array of envelopes) to a domain topic of the loaded sagas,
+/// encoded with the type's schema. Nothing is published unless every event
+/// of the request is valid; 202 once the broker acknowledged all of them.
+async fn ingest_events(
+    State(s): State<ApiState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // Definitions name topics without the deployment's prefix; accept both.
+    let bare = topic
+        .strip_prefix(s.names.prefix.as_str())
+        .filter(|_| !s.names.prefix.is_empty())
+        .unwrap_or(&topic)
+        .to_owned();
+    let count = |label: &str, outcome: &str, n: usize| {
+        s.metrics
+            .ingest_events
+            .with_label_values(&[label, outcome])
+            .inc_by(n as u64);
+    };
+    let Some(known) = s.ingest.get(&bare) else {
+        count("other", "unknown_topic", 1);
+        let topics: Vec<&str> = s.ingest.keys().map(String::as_str).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            "SF-API-404",
+            format!(
+                "topic `{bare}` is not read or written by any loaded saga; known: {}",
+                topics.join(", ")
+            ),
+        );
+    };
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            count(&bare, "invalid", 1);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "SF-API-400",
+                format!(
+                    "the body is not JSON (line {}, column {}): {e}",
+                    e.line(),
+                    e.column()
+                ),
+            );
+        }
+    };
+    let (batch, items) = match parsed {
+        Value::Array(items) => (true, items),
+        other => (false, vec![other]),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        count(&bare, "invalid", 1);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "SF-API-400",
+            format!(
+                "a batch holds 1 to {MAX_BATCH} events, this one {}",
+                items.len()
+            ),
+        );
+    }
+    let n = items.len();
+    let full = s.names.prefix.clone() + &bare;
+    let at = |i: usize| {
+        if batch {
+            format!("event [{i}]: ")
+        } else {
+            String::new()
+        }
+    };
+    let mut encoded: Vec<(IngestEvent, Vec<u8>)> = Vec::with_capacity(n);
+    for (i, item) in items.into_iter().enumerate() {
+        let result = match ingest::parse_event(item, None, None) {
+            Ok(event) if !known.contains(&event.event_type) => Err(IngestError::UnknownType {
+                event_type: event.event_type,
+                topic: bare.clone(),
+                known: known.iter().cloned().collect::<Vec<_>>().join(", "),
+            }),
+            Ok(event)
+                if matches!(
+                    s.codec.config().format(&full),
+                    Some(sagaflow_codec::TopicFormat::Avro { .. })
+                ) && s.schemas.get(&event.event_type).is_none() =>
+            {
+                Err(IngestError::Encode(format!(
+                    "no Avro schema for `{}`: set `schemas:` in the orchestrator config to a directory holding it",
+                    event.event_type
+                )))
+            }
+            Ok(event) => ingest::encode(&s.codec, &s.schemas, &full, &event)
+                .await
+                .map(|bytes| (event, bytes)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ok) => encoded.push(ok),
+            Err(e) => {
+                let (status, outcome) = match &e {
+                    IngestError::UnknownType { .. } => (StatusCode::NOT_FOUND, "unknown_type"),
+                    IngestError::RegistryUnreachable(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                    }
+                    IngestError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid"),
+                    IngestError::Envelope(_) | IngestError::Mismatch { .. } => {
+                        (StatusCode::BAD_REQUEST, "invalid")
+                    }
+                };
+                count(&bare, outcome, n);
+                return error(status, e.code(), format!("{}{e}", at(i)));
+            }
+        }
+    }
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let sends = encoded.iter().map(|(event, bytes)| {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&full)
+            .payload(bytes.as_slice())
+            .headers(ingest::record_headers(event, traceparent));
+        if let Some(k) = event.key.as_deref() {
+            record = record.key(k);
+        }
+        // Delivery is bounded by the producer's `message.timeout.ms`.
+        s.producer.send(record, Duration::from_secs(5))
+    });
+    let mut delivered = Vec::with_capacity(n);
+    let mut failed = None;
+    for (i, r) in futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Ok(d) => delivered.push(json!({"partition": d.partition, "offset": d.offset})),
+            Err((e, _)) => {
+                failed.get_or_insert((i, e));
+            }
+        }
+    }
+    if let Some((i, e)) = failed {
+        count(&bare, "accepted", delivered.len());
+        count(&bare, "unavailable", n - delivered.len());
+        tracing::warn!(topic = %full, error = %e, "ingested events not acknowledged by the broker");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SF-API-503",
+            format!(
+                "{}{} of {n} events not acknowledged by the broker: {e}",
+                at(i),
+                n - delivered.len()
+            ),
+        );
+    }
+    count(&bare, "accepted", n);
+    let answer = if batch {
+        json!({ "topic": full, "events": delivered })
+    } else {
+        let mut one = delivered.pop().unwrap_or_default();
+        one["topic"] = json!(full);
+        one
+    };
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
 }

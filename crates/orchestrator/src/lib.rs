@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod runtime;
 pub mod view;

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Input batches persisted, and their size.
     pub batch_size: HistogramVec,
+    /// Events posted to `POST /v1/events/{topic}`, by topic (only topics of
+    /// the loaded sagas; `other` for the rest) and outcome (accepted,
+    /// invalid, unknown_type, unknown_topic, unavailable).
+    pub ingest_events: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,6 +186,12 @@ impl Metrics {
                 "Inputs persisted per batch",
                 &["consumer"],
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            ingest_events: counter(
+                r,
+                "sagaflow_ingest_events_total",
+                "Events posted to the HTTP ingest, by topic and outcome",
+                &["topic", "outcome"],
             ),
             registry,
         }

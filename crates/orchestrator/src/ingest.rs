@@ -1,0 +1,408 @@
+//! Domain events handed to Sagaflow from outside Kafka: the envelope that
+//! `sagaflow publish` reads (one per line) and `POST /v1/events/{topic}`
+//! takes, checked and encoded with the topic's schema exactly as an existing
+//! system's publisher would write it, so the orchestrator reads it like any
+//! other domain event (Avro: typed by the writer record's name).
+//!
+//! ```json
+//! {"type": "OrderPlaced", "key": "o-1", "headers": {"x-source": "crm"}, "payload": {…}}
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use sagaflow_bus::header_names;
+use sagaflow_codec::schema_set::SchemaFile;
+use sagaflow_codec::{Codec, EncodeError, TopicFormat};
+use sagaflow_engine::DefinitionRegistry;
+use sagaflow_engine::definition::StepKind;
+use serde_json::Value;
+
+use crate::events::EventSchemas;
+
+/// The keys an envelope may have.
+const ENVELOPE_KEYS: [&str; 4] = ["type", "key", "headers", "payload"];
+
+/// One event to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestEvent {
+    /// Event type: the record's short name (`OrderPlaced`).
+    pub event_type: String,
+    /// Kafka record key.
+    pub key: Option<String>,
+    /// Extra Kafka headers (string values).
+    pub headers: BTreeMap<String, String>,
+    /// The event itself.
+    pub payload: Value,
+}
+
+/// Why an event cannot be published. Every variant has a stable code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The envelope is not shaped as documented.
+    #[error("[SF-INGEST-001] {0}")]
+    Envelope(String),
+    /// No schema (or no saga) knows this type on this topic.
+    #[error(
+        "[SF-INGEST-002] unknown event type `{event_type}` for topic `{topic}`; known: {known}"
+    )]
+    UnknownType {
+        event_type: String,
+        topic: String,
+        known: String,
+    },
+    /// The payload does not fit the type's schema.
+    #[error("[SF-INGEST-003] `{event_type}` payload does not match its schema at {message}")]
+    Mismatch { event_type: String, message: String },
+    /// The schema registry could not be reached.
+    #[error("[SF-INGEST-004] {0}")]
+    RegistryUnreachable(String),
+    /// The registry refused, or the topic has no format.
+    #[error("[SF-INGEST-005] {0}")]
+    Encode(String),
+}
+
+impl IngestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Envelope(_) => "SF-INGEST-001",
+            Self::UnknownType { .. } => "SF-INGEST-002",
+            Self::Mismatch { .. } => "SF-INGEST-003",
+            Self::RegistryUnreachable(_) => "SF-INGEST-004",
+            Self::Encode(_) => "SF-INGEST-005",
+        }
+    }
+}
+
+fn envelope_err(message: impl Into<String>) -> IngestError {
+    IngestError::Envelope(message.into())
+}
+
+/// Reads one event. An object whose keys are among `type`, `key`,
+/// `headers`, `payload` and which has `payload` is an envelope; anything
+/// else is a bare payload of `default_type`. `key_field` is a JSON pointer
+/// into the payload for the key when the envelope has none.
+pub fn parse_event(
+    value: Value,
+    default_type: Option<&str>,
+    key_field: Option<&str>,
+) -> Result<IngestEvent, IngestError> {
+    let is_envelope = value.as_object().is_some_and(|o| {
+        o.contains_key("payload") && o.keys().all(|k| ENVELOPE_KEYS.contains(&k.as_str()))
+    });
+    let (event_type, key, headers, payload) = if is_envelope {
+        let Value::Object(mut o) = value else {
+            unreachable!("checked above")
+        };
+        let event_type = match o.remove("type") {
+            Some(Value::String(t)) if !t.is_empty() => t,
+            Some(other) => {
+                return Err(envelope_err(format!(
+                    "`type` must be a non-empty string, found {other}"
+                )));
+            }
+            None => default_type.map(str::to_owned).ok_or_else(|| {
+                envelope_err("the envelope has no `type` (or pass the type for all events)")
+            })?,
+        };
+        let key = match o.remove("key") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) => Some(k),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                return Err(envelope_err(format!(
+                    "`key` must be a string or a number, found {other}"
+                )));
+            }
+        };
+        let headers = match o.remove("headers") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(h)) => h
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k, s)),
+                    other => Err(envelope_err(format!(
+                        "header `{k}` must be a string, found {other}"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(envelope_err(format!(
+                    "`headers` must be an object of strings, found {other}"
+                )));
+            }
+        };
+        let payload = o.remove("payload").unwrap_or(Value::Null);
+        (event_type, key, headers, payload)
+    } else {
+        let Some(t) = default_type else {
+            return Err(envelope_err(
+                "expected an envelope {\"type\": …, \"payload\": {…}} (optional \"key\", \"headers\"); give the type for bare payloads",
+            ));
+        };
+        (t.to_owned(), None, BTreeMap::new(), value)
+    };
+    if !payload.is_object() {
+        return Err(envelope_err(format!(
+            "the payload must be a JSON object, found {}",
+            short(&payload)
+        )));
+    }
+    let key = match (key, key_field) {
+        (Some(k), _) => Some(k),
+        (None, Some(pointer)) => Some(match payload.pointer(pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => {
+                return Err(envelope_err(format!(
+                    "key field {pointer} must be a string or a number, found {}",
+                    short(other)
+                )));
+            }
+            None => {
+                return Err(envelope_err(format!(
+                    "key field {pointer} is not in the payload"
+                )));
+            }
+        }),
+        (None, None) => None,
+    };
+    Ok(IngestEvent {
+        event_type,
+        key,
+        headers,
+        payload,
+    })
+}
+
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// The Kafka headers of an event: its own headers, `sagaflow-type`, and
+/// the W3C `traceparent` (which wins over one among the event's headers).
+pub fn record_headers(event: &IngestEvent, traceparent: Option<&str>) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(event.headers.len() + 2);
+    for (k, v) in &event.headers {
+        if k == header_names::MESSAGE_TYPE
+            || (traceparent.is_some() && k == header_names::TRACEPARENT)
+        {
+            continue;
+        }
+        out = out.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    out = out.insert(Header {
+        key: header_names::MESSAGE_TYPE,
+        value: Some(event.event_type.as_bytes()),
+    });
+    if let Some(tp) = traceparent {
+        out = out.insert(Header {
+            key: header_names::TRACEPARENT,
+            value: Some(tp.as_bytes()),
+        });
+    }
+    out
+}
+
+/// Whether `topic` (maybe prefixed) is one of the topics `subjects.json`
+/// lists for `file`; a placeholder (`sagaflow.commands.<service>`) matches
+/// any name in its place. A file without listed topics fits every topic.
+pub fn schema_fits_topic(file: &SchemaFile, topic: &str) -> bool {
+    file.topics.is_empty()
+        || file.topics.iter().any(|t| match t.split_once('<') {
+            Some((head, _)) => topic.starts_with(head) || topic.contains(&format!(".{head}")),
+            None => topic == t || topic.ends_with(&format!(".{t}")),
+        })
+}
+
+/// Encodes `event` for `topic` (prefixed, as written): Avro with the schema
+/// named by the event type, or JSON as it is.
+pub async fn encode(
+    codec: &Codec,
+    schemas: &EventSchemas,
+    topic: &str,
+    event: &IngestEvent,
+) -> Result<Vec<u8>, IngestError> {
+    match codec.config().format(topic) {
+        Some(TopicFormat::Json) => {
+            serde_json::to_vec(&event.payload).map_err(|e| IngestError::Encode(e.to_string()))
+        }
+        Some(TopicFormat::Avro { .. }) => {
+            let file = schemas
+                .get(&event.event_type)
+                .filter(|f| schema_fits_topic(f, topic))
+                .ok_or_else(|| IngestError::UnknownType {
+                    event_type: event.event_type.clone(),
+                    topic: topic.to_owned(),
+                    known: known_list(schemas.types_for(topic)),
+                })?;
+            let value = sagaflow_codec::json::json_to_avro(&event.payload, &file.schema).map_err(
+                |message| IngestError::Mismatch {
+                    event_type: event.event_type.clone(),
+                    message,
+                },
+            )?;
+            codec
+                .encode_avro_value(topic, &file.full_name, &file.text, value)
+                .await
+                .map_err(|e| match e {
+                    EncodeError::RegistryUnreachable { .. } => {
+                        IngestError::RegistryUnreachable(e.to_string())
+                    }
+                    other => IngestError::Encode(other.to_string()),
+                })
+        }
+        None => Err(IngestError::Encode(format!(
+            "no format is configured for topic `{topic}`"
+        ))),
+    }
+}
+
+fn known_list(types: Vec<String>) -> String {
+    if types.is_empty() {
+        "(none)".to_owned()
+    } else {
+        types.join(", ")
+    }
+}
+
+/// The domain events the loaded sagas name, by topic (without prefix):
+/// their triggers, awaited events and emitted events. The HTTP ingest
+/// accepts exactly these.
+pub fn known_events(registry: &DefinitionRegistry) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for def in registry.iter() {
+        out.entry(def.trigger.topic.clone())
+            .or_default()
+            .insert(def.trigger.event_type.clone());
+        for step in def.steps() {
+            match &step.kind {
+                StepKind::Await(a) => {
+                    out.entry(a.topic.clone())
+                        .or_default()
+                        .insert(a.event_type.clone());
+                }
+                StepKind::Emit(e) => {
+                    out.entry(e.topic.clone())
+                        .or_default()
+                        .insert(e.event_type.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+    use serde_json::json;
+
+    #[test]
+    fn envelopes_and_bare_payloads() {
+        let e = parse_event(
+            json!({"type": "OrderPlaced", "key": 7, "headers": {"x-a": "1"}, "payload": {"order_id": "o-1"}}),
+            None,
+            Some("/order_id"),
+        )
+        .unwrap();
+        assert_eq!(e.event_type, "OrderPlaced");
+        assert_eq!(e.key.as_deref(), Some("7"), "the envelope's key wins");
+        assert_eq!(e.headers["x-a"], "1");
+        let bare = parse_event(
+            json!({"order_id": "o-2", "payload": 1, "extra": true}),
+            Some("OrderPlaced"),
+            Some("/order_id"),
+        )
+        .unwrap();
+        assert_eq!(bare.key.as_deref(), Some("o-2"));
+        assert_eq!(
+            bare.payload["payload"],
+            json!(1),
+            "not an envelope: other keys"
+        );
+        let typed = parse_event(json!({"payload": {"a": 1}}), Some("T"), None).unwrap();
+        assert_eq!(typed.event_type, "T");
+        assert_eq!(typed.payload, json!({"a": 1}));
+    }
+
+    #[test]
+    fn envelope_errors_say_what_is_wrong() {
+        let err = |v: Value, t: Option<&str>, k: Option<&str>| {
+            parse_event(v, t, k).unwrap_err().to_string()
+        };
+        assert!(err(json!({"order_id": "o"}), None, None).contains("expected an envelope"));
+        assert!(err(json!({"payload": {}}), None, None).contains("no `type`"));
+        assert!(err(json!({"type": 3, "payload": {}}), None, None).contains("`type` must be"));
+        assert!(err(json!({"type": "T", "payload": []}), None, None).contains("JSON object"));
+        assert!(
+            err(
+                json!({"type": "T", "headers": {"h": 1}, "payload": {}}),
+                None,
+                None
+            )
+            .contains("header `h`")
+        );
+        assert!(err(json!({"a": 1}), Some("T"), Some("/id")).contains("/id is not in"));
+        assert_eq!(
+            parse_event(json!([]), Some("T"), None).unwrap_err().code(),
+            "SF-INGEST-001"
+        );
+    }
+
+    #[test]
+    fn schemas_fit_the_topics_subjects_json_lists_with_any_prefix() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let schemas = EventSchemas::load(&dir).unwrap();
+        let placed = schemas.get("OrderPlaced").unwrap();
+        assert!(schema_fits_topic(placed, "orders.events"));
+        assert!(schema_fits_topic(placed, "staging.orders.events"));
+        assert!(!schema_fits_topic(placed, "travel.events"));
+        assert!(!schema_fits_topic(placed, "myorders.events"));
+        let command = schemas.get("Command").unwrap();
+        assert!(schema_fits_topic(command, "dev.sagaflow.commands.payment"));
+        assert!(!schema_fits_topic(command, "orders.events"));
+        assert_eq!(
+            schemas.types_for("orders.events"),
+            ["OrderCancelled", "OrderCheckedOut", "OrderPlaced"]
+        );
+    }
+
+    #[test]
+    fn headers_carry_type_and_trace_context() {
+        let e = parse_event(
+            json!({"type": "T", "headers": {"sagaflow-type": "Other", "traceparent": "old", "x": "y"}, "payload": {}}),
+            None,
+            None,
+        )
+        .unwrap();
+        let h = record_headers(&e, Some("00-abc-def-01"));
+        let pairs: Vec<(String, String)> = h
+            .iter()
+            .map(|x| {
+                (
+                    x.key.to_owned(),
+                    String::from_utf8_lossy(x.value.unwrap()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x".into(), "y".into()),
+                ("sagaflow-type".into(), "T".into()),
+                ("traceparent".into(), "00-abc-def-01".into())
+            ]
+        );
+    }
+}
