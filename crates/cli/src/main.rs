@@ -12,6 +12,7 @@ mod exit;
 mod orchestrator;
 mod registry;
 mod registry_client;
+mod scenario;
 mod schemas;
 mod signals;
 mod topology;
@@ -71,6 +72,10 @@ enum Command {
     /// Check saga definitions and draw them as Mermaid flowcharts.
     #[command(subcommand, after_help = AFTER_HELP)]
     Topology(topology::TopologyCommand),
+    /// Run a saga offline against scripted service replies on a virtual
+    /// clock and print the path taken; exit 1 if it differs from `expect:`.
+    #[command(after_help = AFTER_HELP)]
+    Test(scenario::TestArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -102,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::DemoServices(args) => demo_services::run(args).await,
             Command::Topology(command) => topology::run(command).await,
+            Command::Test(args) => scenario::run_test(args).await,
         }
     });
     match result {
