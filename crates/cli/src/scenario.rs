@@ -960,7 +960,7 @@ fn render(
     match format {
         OutputFormat::Text => {
             for t in &run.trace {
-                let _ = writeln!(out, "{:<11}{}", offset(t.at_ms), t.line);
+                let _ = writeln!(out, "{:<10} {}", offset(t.at_ms), t.line);
             }
             let _ = writeln!(out, "status: {}", run.status);
             if let Some(result) = &run.result {
