@@ -225,6 +225,49 @@ fn unknown_saga_type_exits_2_with_the_known_ones() {
 }
 
 #[test]
+fn a_scenario_for_another_saga_exits_2() {
+    let (_tmp, file) = script(&format!(
+        "saga: travel-booking\n{SMALL_ORDER}expect: {{ status: completed }}\n"
+    ));
+    let out = test("order-checkout", &file, &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("the scenario is for saga `travel-booking`, not `order-checkout`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reply_after_the_timeout_is_shown_as_ignored_and_json_reports_mismatches() {
+    let (_tmp, file) = script(&format!(
+        "{SMALL_ORDER}replies:
+  inventory.reserve: {{ ok: {{ reservation_id: r-1 }}, after: 12s }}
+expect: {{ status: completed }}
+"
+    ));
+    let out = test("order-checkout", &file, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["status"], "compensated");
+    assert_eq!(
+        doc["mismatches"][0],
+        "status: expected completed, got compensated"
+    );
+    let late = doc["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["at_ms"] == 12_000)
+        .unwrap_or_else(|| panic!("no line at +12s: {doc}"));
+    assert_eq!(
+        late["line"],
+        "reply inventory.reserve ok (ignored: reply for attempt 1 of `reserve_inventory`, current attempt is 2)"
+    );
+}
+
+#[test]
 fn a_command_without_a_scripted_reply_exits_2_naming_it() {
     let (_tmp, file) = script(&format!(
         "{SMALL_ORDER}replies:\n  inventory.reserve: {{ ok: {{ reservation_id: r-1 }} }}\nexpect: {{ status: completed }}\n"
