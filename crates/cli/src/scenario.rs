@@ -154,6 +154,7 @@ struct ScriptedEvent {
 struct Scenario {
     file: String,
     saga: Option<String>,
+    description: Option<String>,
     trigger_event_type: Option<String>,
     trigger_topic: Option<String>,
     start_ms: u64,
@@ -306,7 +307,6 @@ impl Scenario {
             }
             at(file, &spans, &path, msg)
         })?;
-        let _ = &raw.description;
         let start_ms = match &raw.trigger.start {
             None => 0,
             Some(s) => humantime::parse_rfc3339_weak(s)
@@ -388,6 +388,7 @@ impl Scenario {
         Ok(Scenario {
             file: file.to_string(),
             saga: raw.saga,
+            description: raw.description,
             trigger_event_type: raw.trigger.event_type,
             trigger_topic: raw.trigger.topic,
             start_ms,
@@ -938,7 +939,10 @@ pub(crate) async fn run_test(args: TestArgs) -> CliResult {
         Err(RunError::Runaway(m)) => return Err(Failure::Found(m)),
     };
     let mismatches = check(&scenario.expect, &outcome);
-    print!("{}", render(args.output, &file, def, &outcome, &mismatches));
+    print!(
+        "{}",
+        render(args.output, &scenario, def, &outcome, &mismatches)
+    );
     if mismatches.is_empty() {
         Ok(())
     } else {
@@ -951,14 +955,18 @@ pub(crate) async fn run_test(args: TestArgs) -> CliResult {
 
 fn render(
     format: OutputFormat,
-    file: &str,
+    sc: &Scenario,
     def: &SagaDefinition,
     run: &Run,
     mismatches: &[String],
 ) -> String {
+    let file = &sc.file;
     let mut out = String::new();
     match format {
         OutputFormat::Text => {
+            if let Some(d) = &sc.description {
+                let _ = writeln!(out, "# {d}");
+            }
             for t in &run.trace {
                 let _ = writeln!(out, "{:<10} {}", offset(t.at_ms), t.line);
             }
@@ -983,6 +991,7 @@ fn render(
                 .collect();
             let doc = json!({
                 "scenario": file,
+                "description": sc.description,
                 "saga_type": def.saga_type,
                 "saga_version": def.version,
                 "saga_id": run.saga_id,
