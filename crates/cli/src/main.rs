@@ -14,6 +14,7 @@ mod publish;
 mod registry;
 mod registry_client;
 mod saga;
+mod scenario;
 mod schemas;
 mod signals;
 mod topology;
@@ -81,6 +82,10 @@ enum Command {
     /// Check saga definitions and draw them as Mermaid flowcharts.
     #[command(subcommand, after_help = AFTER_HELP)]
     Topology(topology::TopologyCommand),
+    /// Run a saga offline against scripted service replies on a virtual
+    /// clock and print the path taken; exit 1 if it differs from `expect:`.
+    #[command(after_help = AFTER_HELP)]
+    Test(scenario::TestArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -114,6 +119,7 @@ fn main() -> std::process::ExitCode {
             Command::Topology(command) => topology::run(command).await,
             Command::Saga(command) => saga::run(command).await,
             Command::Publish(args) => publish::run(args).await,
+            Command::Test(args) => scenario::run_test(args).await,
         }
     });
     match result {

@@ -215,7 +215,7 @@ fn saga_files(dir: &Path) -> CliResult<Vec<(String, String)>> {
 }
 
 /// Loads everything, collecting every error of every file.
-fn load(dir: &Path) -> CliResult<Result<DefinitionRegistry, Vec<DefinitionError>>> {
+pub(crate) fn load(dir: &Path) -> CliResult<Result<DefinitionRegistry, Vec<DefinitionError>>> {
     let services_path = dir.join("services.yaml");
     let services_text = read(&services_path)?;
     let files = saga_files(dir)?;
