@@ -196,19 +196,49 @@ async fn exit_codes_for_unreachable_and_usage_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_has_help() {
-    for args in [
-        &["--help"][..],
-        &["schemas", "--help"],
-        &["schemas", "register", "--help"],
-        &["schemas", "check", "--help"],
-        &["registry", "--help"],
-        &["registry", "serve", "--help"],
-    ] {
-        let output = sagaflow(args).await;
+    // Every subcommand and its subcommands: `sagaflow --help`'s list is
+    // compared with this one, so a new subcommand cannot go untested.
+    let nested: &[(&str, &[&str])] = &[
+        ("schemas", &["register", "check"]),
+        ("registry", &["serve"]),
+        ("dev", &[]),
+        ("orchestrator", &[]),
+        ("adapter", &[]),
+        ("bench", &[]),
+        ("demo-services", &[]),
+        ("saga", &["list", "get", "retry", "abort"]),
+        ("publish", &[]),
+        ("test", &[]),
+        ("topology", &["validate", "graph", "apply"]),
+    ];
+    let top = stdout(&sagaflow(&["--help"]).await);
+    let listed: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    let known: Vec<&str> = nested.iter().map(|(c, _)| *c).collect();
+    let mut sorted_listed = listed.clone();
+    sorted_listed.sort_unstable();
+    let mut sorted_known = known.clone();
+    sorted_known.sort_unstable();
+    assert_eq!(sorted_listed, sorted_known, "{top}");
+    let mut all: Vec<Vec<&str>> = vec![vec!["--help"]];
+    for (command, subs) in nested {
+        all.push(vec![command, "--help"]);
+        for sub in *subs {
+            all.push(vec![command, sub, "--help"]);
+        }
+    }
+    for args in all {
+        let output = sagaflow(&args).await;
         assert_eq!(output.status.code(), Some(0), "{args:?}");
         assert!(stdout(&output).contains("Usage: sagaflow"), "{args:?}");
     }
-    assert!(stdout(&sagaflow(&["--help"]).await).contains("Exit codes: 0 ok, 1"));
+    assert!(top.contains("Exit codes: 0 ok, 1"));
 }
 
 async fn start_binary_registry(data_dir: &Path) -> (tokio::process::Child, String) {
