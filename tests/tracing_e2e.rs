@@ -173,3 +173,178 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
         );
     }
 }
+
+/// One exported span, as an OTLP/HTTP JSON collector receives it.
+#[derive(Clone, Debug)]
+struct Exported {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+}
+
+/// A minimal OTLP/HTTP (JSON) trace collector on 127.0.0.1.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Exported>>>) {
+    use serde_json::Value;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                let mut got = Vec::new();
+                for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
+                    let service = rs["resource"]["attributes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["key"] == "service.name")
+                        .map(|a| s(&a["value"]["stringValue"]))
+                        .unwrap_or_default();
+                    for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in ss["spans"].as_array().into_iter().flatten() {
+                            got.push(Exported {
+                                service: service.clone(),
+                                name: s(&span["name"]),
+                                trace_id: s(&span["traceId"]).to_lowercase(),
+                                span_id: s(&span["spanId"]).to_lowercase(),
+                                parent: s(&span["parentSpanId"]).to_lowercase(),
+                            });
+                        }
+                    }
+                }
+                sink.lock().unwrap().extend(got);
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    "{}",
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_are_exported_over_otlp_as_one_tree_per_saga() {
+    let (endpoint, spans) = collector().await;
+    let mut stack = Stack::start("otlp", 3).await;
+    stack.env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/json".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+    ];
+    stack.start_adapters();
+    stack.start_orchestrator();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let trigger_span = "b7ad6b7169203331";
+    let bytes = stack.order_placed("otlp-1", "c-1", 4_200).await;
+    stack
+        .send_with_headers(
+            &stack.topic("orders.events"),
+            "otlp-1",
+            &bytes,
+            OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(format!("00-{trace}-{trigger_span}-01").as_bytes()),
+            }),
+        )
+        .await;
+
+    // Wait for the saga's span (exported with its result) and the three
+    // backend calls' client spans.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (saga, tree) = loop {
+        let got: Vec<Exported> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == trace)
+            .cloned()
+            .collect();
+        let saga = got
+            .iter()
+            .find(|s| s.name == "saga order-checkout")
+            .cloned();
+        let clients = got
+            .iter()
+            .filter(|s| s.service == "sagaflow-adapter" && s.name.starts_with("POST "))
+            .count();
+        if let Some(saga) = saga
+            && clients >= 3
+        {
+            break (saga, got);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spans so far: {got:#?}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let names = |v: &[&Exported]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    // The saga continues the publisher's span.
+    assert_eq!(saga.parent, trigger_span, "{saga:?}");
+    assert_eq!(saga.service, "sagaflow-orchestrator");
+    let children =
+        |parent: &str| -> Vec<&Exported> { tree.iter().filter(|s| s.parent == parent).collect() };
+    // Commands are children of the saga; each adapter's handling is a child
+    // of its command; each HTTP call a child of the handling.
+    let ledger = stack.ledger.lock().unwrap();
+    for (op, service) in [
+        ("reserve", "inventory"),
+        ("charge", "payment"),
+        ("schedule", "shipping"),
+    ] {
+        let sends: Vec<&Exported> = children(&saga.span_id)
+            .into_iter()
+            .filter(|s| s.name == format!("send {service}.{op}"))
+            .collect();
+        assert!(
+            !sends.is_empty(),
+            "no `send {service}.{op}` under the saga: {:?}",
+            names(&children(&saga.span_id))
+        );
+        let handled: Vec<&Exported> = sends
+            .iter()
+            .flat_map(|s| children(&s.span_id))
+            .filter(|s| s.name == format!("handle {service}.{op}"))
+            .collect();
+        assert!(
+            !handled.is_empty(),
+            "no adapter span under `send {service}.{op}`: {tree:#?}"
+        );
+        let calls: Vec<&Exported> = handled
+            .iter()
+            .flat_map(|h| children(&h.span_id))
+            .filter(|s| s.name == format!("POST {op}"))
+            .collect();
+        assert!(
+            !calls.is_empty(),
+            "no HTTP client span under `handle {service}.{op}`: {tree:#?}"
+        );
+        // The backend received exactly that client span's context.
+        assert!(
+            calls.iter().any(|c| ledger
+                .traceparents
+                .iter()
+                .any(|(o, tp)| o == op && span_id(tp) == c.span_id && trace_id(tp) == trace)),
+            "the backend's `{op}` traceparent is the exported client span: {:?} vs {calls:?}",
+            ledger.traceparents
+        );
+    }
+    // Lifecycle events and the result are children of the saga too.
+    let under_saga = names(&children(&saga.span_id));
+    for name in ["started", "completed", "send result"] {
+        assert!(
+            under_saga.iter().any(|n| n == name),
+            "{name}: {under_saga:?}"
+        );
+    }
+}

@@ -139,6 +139,8 @@ pub struct Stack {
     pub producer: FutureProducer,
     pub orchestrators: Vec<ChildGuard>,
     pub adapters: Vec<ChildGuard>,
+    /// Environment given to every process the stack starts from now on.
+    pub env: Vec<(String, String)>,
     /// Distinct terminal lifecycle events (COMPLETED, COMPENSATED, FAILED)
     /// seen by `collect_results`, by saga id: their event ids.
     pub terminal: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -233,6 +235,7 @@ impl Stack {
             producer,
             orchestrators: Vec::new(),
             adapters: Vec::new(),
+            env: Vec::new(),
             terminal: Mutex::default(),
             _registry: handle,
         }
@@ -265,7 +268,7 @@ impl Stack {
             &format!("orchestrator-{n} (slot {slot})"),
             &["orchestrator", "--config", cfg.to_str().unwrap()],
             log,
-            &[],
+            &self.env_refs(),
         ));
         n
     }
@@ -293,6 +296,13 @@ impl Stack {
         n
     }
 
+    fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     pub fn start_orchestrator(&mut self) {
         let slot = self.orchestrators.len();
         self.start_orchestrator_in(slot);
@@ -306,7 +316,7 @@ impl Stack {
                 service,
                 &["adapter", "--config", cfg.to_str().unwrap()],
                 log,
-                &[],
+                &self.env_refs(),
             ));
         }
     }

@@ -242,17 +242,24 @@ impl DeclarativeHandler {
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
         let started = tokio::time::Instant::now();
+        let resp_method = prepared.method.clone();
         let mut req = self
             .client
-            .request(prepared.method, prepared.url)
+            .request(prepared.method.clone(), prepared.url)
             .headers(prepared.headers)
             .header("idempotency-key", header_value(cmd.idempotency_key()));
         if !prepared.query.is_empty() {
             req = req.query(&prepared.query);
         }
         // Each HTTP attempt is a client span, a child of the command's.
-        if let Some(tp) = &cmd.traceparent {
-            let tp = sagaflow_bus::trace::child_header(Some(tp));
+        let parent_span = cmd
+            .traceparent
+            .as_deref()
+            .and_then(sagaflow_bus::TraceContext::parse);
+        let http_span = parent_span.map(|p| p.child());
+        let http_start = SystemTime::now();
+        if let Some(span) = &http_span {
+            let tp = span.header();
             match HeaderValue::from_str(&tp) {
                 Ok(v) => req = req.header("traceparent", v),
                 Err(_) => tracing::warn!(operation = %op.name, "dropping invalid traceparent"),
@@ -282,6 +289,26 @@ impl DeclarativeHandler {
                 }
             })?;
         let status = resp.status().as_u16();
+        if let (Some(span), true) = (&http_span, sagaflow_telemetry::exporting()) {
+            use sagaflow_telemetry::Attribute;
+            let url = resp.url();
+            sagaflow_telemetry::hop(
+                format!("{} {}", resp_method, op.name),
+                sagaflow_telemetry::HopKind::Client,
+                span,
+                parent_span.as_ref(),
+                http_start,
+                SystemTime::now(),
+                vec![
+                    Attribute::new("http.request.method", resp_method.to_string()),
+                    Attribute::new("http.response.status_code", i64::from(status)),
+                    Attribute::new("server.address", url.host_str().unwrap_or("").to_owned()),
+                    Attribute::new("saga.id", cmd.saga_id.clone()),
+                    Attribute::new("saga.step", cmd.step.clone()),
+                    Attribute::new("sagaflow.operation", op.name.clone()),
+                ],
+            );
+        }
         let retry_after = resp
             .headers()
             .get(RETRY_AFTER)

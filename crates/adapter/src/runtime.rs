@@ -547,7 +547,11 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
         m.headers()
             .and_then(|h| SagaHeaders::from_headers(h).traceparent)
     });
-    let hop = sagaflow_bus::TraceContext::continue_or_start(parent.as_deref()).child();
+    let parent = parent
+        .as_deref()
+        .and_then(sagaflow_bus::TraceContext::parse);
+    let hop = parent.map_or_else(sagaflow_bus::TraceContext::new_root, |p| p.child());
+    let span_start = SystemTime::now();
     span.record("trace.id", hop.trace_id_hex().as_str());
     span.record("span.id", hop.span_id_hex().as_str());
     let traceparent = Some(hop.header());
@@ -597,6 +601,26 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
         .duration
         .with_label_values(&[&shared.service])
         .observe(started.elapsed().as_secs_f64());
+    if sagaflow_telemetry::exporting() {
+        use sagaflow_telemetry::Attribute;
+        sagaflow_telemetry::hop(
+            format!("handle {}.{}", cmd.service, cmd.operation),
+            sagaflow_telemetry::HopKind::Consumer,
+            &hop,
+            parent.as_ref(),
+            span_start,
+            SystemTime::now(),
+            vec![
+                Attribute::new("saga.id", cmd.saga_id.clone()),
+                Attribute::new("saga.type", cmd.saga_type.clone()),
+                Attribute::new("saga.step", cmd.step.clone()),
+                Attribute::new("messaging.system", "kafka"),
+                Attribute::new("messaging.operation.type", "process"),
+                Attribute::new("messaging.destination.name", shared.topic.clone()),
+                Attribute::new("sagaflow.outcome", outcome.kind.as_str()),
+            ],
+        );
+    }
     info!(outcome = outcome.kind.as_str(), "replied");
 }
 

@@ -909,7 +909,9 @@ async fn restore(
             let stored = sagaflow_orchestrator::runtime::StoredSaga {
                 state,
                 outbox: Vec::new(),
-                traceparent: None,
+                // As every live saga has: its own span, no publisher's.
+                traceparent: Some(sagaflow_bus::TraceContext::new_root().header()),
+                trigger_traceparent: None,
             };
             let bytes = serde_json::to_vec(&stored)?;
             state_bytes += bytes.len();

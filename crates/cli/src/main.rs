@@ -90,16 +90,28 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Pretty => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let role = match &cli.command {
+        Command::Schemas(_) => "schemas",
+        Command::Registry(_) => "registry",
+        Command::Dev(_) => "dev",
+        Command::Orchestrator(_) => "orchestrator",
+        Command::Adapter(_) => "adapter",
+        Command::Bench(_) => "bench",
+        Command::DemoServices(_) => "demo-services",
+        Command::Saga(_) => "saga",
+        Command::Publish(_) => "publish",
+        Command::Test(_) => "test",
+        Command::Topology(_) => "topology",
+    };
+    // Logs on stderr, and OTLP span export when OTEL_* asks for it; the
+    // guard flushes exported spans when main returns.
+    let _telemetry = sagaflow_telemetry::init(
+        role,
+        match cli.log_format {
+            LogFormat::Pretty => sagaflow_telemetry::LogFormat::Pretty,
+            LogFormat::Json => sagaflow_telemetry::LogFormat::Json,
+        },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,9 +45,14 @@ pub struct StoredSaga {
     /// Effects written with this state and maybe not yet sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Effect>,
-    /// Trace context of the input that started the saga.
+    /// The saga's own span (its trace context; every record it sends is a
+    /// child of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The span the saga continues: the trigger's `traceparent`; none when
+    /// the saga started a new trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_traceparent: Option<String>,
 }
 
 /// Everything the driver needs, fixed at start.
@@ -160,6 +165,7 @@ fn delivered_mark(topic: &str, p: i32, through: i64) -> Outgoing {
 struct Entry {
     state: SagaState,
     traceparent: Option<String>,
+    trigger_traceparent: Option<String>,
     /// The timers of this saga currently in `Partition::timers`.
     armed: Vec<(u64, String)>,
     /// When each in-flight command was issued (for step latency; not
@@ -599,7 +605,7 @@ impl Driver {
                 owed.push((
                     saga_id.clone(),
                     s.outbox.clone(),
-                    s.traceparent.clone(),
+                    (s.traceparent.clone(), s.trigger_traceparent.clone()),
                     s.state.clone(),
                 ));
             }
@@ -612,6 +618,7 @@ impl Driver {
             let mut entry = Entry {
                 state: s.state,
                 traceparent: s.traceparent,
+                trigger_traceparent: s.trigger_traceparent,
                 armed: Vec::new(),
                 issued: HashMap::new(),
             };
@@ -625,10 +632,15 @@ impl Driver {
         }
         let restored = part.sagas.len();
         let mut records = Vec::new();
-        for (saga_id, effects, traceparent, state) in owed {
+        for (saga_id, effects, (traceparent, trigger), state) in owed {
             for e in effects {
                 if let Some(r) = self
-                    .effect_record(&saga_id, &state, traceparent.clone(), &e)
+                    .effect_record(
+                        &saga_id,
+                        &state,
+                        (traceparent.as_deref(), trigger.as_deref()),
+                        &e,
+                    )
                     .await
                 {
                     records.push(r);
@@ -826,11 +838,14 @@ impl Driver {
                             .with_label_values(&[&state.saga_type])
                             .inc();
                         let id = state.saga_id.clone();
-                        // The saga's trace: the trigger's, or a new one.
-                        let trace = TraceContext::continue_or_start(traceparent.as_deref());
+                        // The saga is a span of its own: a child of the
+                        // trigger's, or the root of a new trace.
+                        let parent = traceparent.as_deref().and_then(TraceContext::parse);
+                        let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
                         let mut entry = Entry {
                             state,
                             traceparent: Some(trace.header()),
+                            trigger_traceparent: parent.map(|p| p.header()),
                             armed: Vec::new(),
                             issued: HashMap::new(),
                         };
@@ -1091,6 +1106,7 @@ impl Driver {
                 state: entry.state.clone(),
                 outbox,
                 traceparent: entry.traceparent.clone(),
+                trigger_traceparent: entry.trigger_traceparent.clone(),
             };
             states.push(Outgoing {
                 topic: state_topic.clone(),
@@ -1101,7 +1117,15 @@ impl Driver {
             });
             for e in &stored.outbox {
                 if let Some(r) = self
-                    .effect_record(saga_id, &entry.state, entry.traceparent.clone(), e)
+                    .effect_record(
+                        saga_id,
+                        &entry.state,
+                        (
+                            entry.traceparent.as_deref(),
+                            entry.trigger_traceparent.as_deref(),
+                        ),
+                        e,
+                    )
                     .await
                 {
                     effects.push(r);
@@ -1174,11 +1198,23 @@ impl Driver {
         &self,
         saga_id: &str,
         state: &SagaState,
-        traceparent: Option<String>,
+        (saga_span, trigger_span): (Option<&str>, Option<&str>),
         e: &Effect,
     ) -> Option<Outgoing> {
-        // Every record is a hop of its own: a child span of the saga's trace.
-        let traceparent = Some(sagaflow_bus::trace::child_header(traceparent.as_deref()));
+        // Every record is a hop of its own: a child span of the saga's.
+        let saga = TraceContext::continue_or_start(saga_span);
+        let hop = saga.child();
+        let traceparent = Some(hop.header());
+        if sagaflow_telemetry::exporting() {
+            export_spans(
+                state,
+                &saga,
+                trigger_span.and_then(TraceContext::parse),
+                &hop,
+                e,
+                &self.names,
+            );
+        }
         // Each effect: where it goes, its key and message id, and its bytes.
         let (topic, key, message_id, kind, encoded) = match e {
             Effect::Command(c) => {
@@ -1267,6 +1303,77 @@ impl Driver {
             }
         }
     }
+}
+
+/// Exports the span of one record the saga sends (and, with its result,
+/// the saga's own span, from its start to its end) over OTLP.
+fn export_spans(
+    state: &SagaState,
+    saga: &TraceContext,
+    trigger: Option<TraceContext>,
+    hop: &TraceContext,
+    e: &Effect,
+    names: &TopicNames,
+) {
+    use sagaflow_telemetry::{Attribute, HopKind};
+    let now = SystemTime::now();
+    let mut attrs = vec![
+        Attribute::new("saga.id", state.saga_id.clone()),
+        Attribute::new("saga.type", state.saga_type.clone()),
+        Attribute::new("messaging.system", "kafka"),
+        Attribute::new("messaging.operation.type", "send"),
+    ];
+    let name = match e {
+        Effect::Command(c) => {
+            attrs.push(Attribute::new("saga.step", c.step.clone()));
+            attrs.push(Attribute::new("sagaflow.attempt", i64::from(c.attempt)));
+            attrs.push(Attribute::new(
+                "messaging.destination.name",
+                names.commands(&c.service),
+            ));
+            format!("send {}.{}", c.service, c.operation)
+        }
+        Effect::Lifecycle(l) => {
+            if let Some(step) = &l.step {
+                attrs.push(Attribute::new("saga.step", step.clone()));
+            }
+            attrs.push(Attribute::new(
+                "messaging.destination.name",
+                names.saga_events(),
+            ));
+            format!("{:?}", l.kind).to_lowercase()
+        }
+        Effect::Result(r) => {
+            let ms = |t: u64| UNIX_EPOCH + std::time::Duration::from_millis(t);
+            sagaflow_telemetry::hop(
+                format!("saga {}", state.saga_type),
+                HopKind::Internal,
+                saga,
+                trigger.as_ref(),
+                ms(state.started_at.0),
+                ms(state.updated_at.0).max(ms(state.started_at.0)),
+                vec![
+                    Attribute::new("saga.id", state.saga_id.clone()),
+                    Attribute::new("saga.type", state.saga_type.clone()),
+                    Attribute::new("saga.status", format!("{:?}", r.status).to_lowercase()),
+                ],
+            );
+            attrs.push(Attribute::new(
+                "messaging.destination.name",
+                names.saga_events(),
+            ));
+            "send result".to_owned()
+        }
+        Effect::Emit(d) => {
+            attrs.push(Attribute::new(
+                "messaging.destination.name",
+                d.topic.clone(),
+            ));
+            format!("send {}", d.event_type)
+        }
+        Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => return,
+    };
+    sagaflow_telemetry::hop(name, HopKind::Producer, hop, Some(saga), now, now, attrs);
 }
 
 fn note_issued(entry: &mut Entry, effects: &[Effect], now: u64) {
