@@ -40,6 +40,8 @@ pub struct Ledger {
     pub missing_keys: u64,
     /// (operation, traceparent header) of every request that carried one.
     pub traceparents: Vec<(String, String)>,
+    /// Orders `flaky-*` whose `schedule` already failed once with a 503.
+    flaked: std::collections::HashSet<String>,
 }
 
 pub type Shared = Arc<Mutex<Ledger>>;
@@ -81,6 +83,15 @@ async fn handle(
         return (StatusCode::from_u16(*status).unwrap(), Json(v.clone())).into_response();
     }
     let order = field(&body, "order_id");
+    // A flaky shipping backend: the first `schedule` of a `flaky-*` order
+    // is a 503 (not remembered, so the adapter's retry gets a real answer).
+    if op == "schedule" && order.starts_with("flaky-") && l.flaked.insert(order.clone()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "try again"})),
+        )
+            .into_response();
+    }
     let (status, answer) = match op.as_str() {
         "reserve" if order.starts_with("oos-") => (409, json!({"error": "out of stock"})),
         "reserve" => (201, json!({"reservation_id": format!("r-{order}")})),

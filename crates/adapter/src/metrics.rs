@@ -134,6 +134,8 @@ pub struct RuntimeMetrics {
     pub(crate) in_flight: IntGaugeVec,
     pub(crate) duration: HistogramVec,
     pub(crate) produce_retries_total: IntCounterVec,
+    /// `sagaflow_consumer_lag_messages` of the commands consumer.
+    pub(crate) consumer_lag: prometheus::IntGaugeVec,
 }
 
 impl RuntimeMetrics {
@@ -176,12 +178,14 @@ impl RuntimeMetrics {
             &["service"],
         )
         .map_err(reg_err)?;
+        let consumer_lag = sagaflow_bus::lag::consumer_lag_gauge();
         for c in [
             Box::new(commands_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dead_letters_total.clone()),
             Box::new(in_flight.clone()),
             Box::new(duration.clone()),
             Box::new(produce_retries_total.clone()),
+            Box::new(consumer_lag.clone()),
         ] {
             registry.register(c).map_err(reg_err)?;
         }
@@ -191,6 +195,7 @@ impl RuntimeMetrics {
             in_flight,
             duration,
             produce_retries_total,
+            consumer_lag,
         })
     }
 }

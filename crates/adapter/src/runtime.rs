@@ -147,7 +147,16 @@ impl AdapterRuntime {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let consumer = config
             .kafka
-            .consumer_with_context(&config.group_id, RebalanceEvents { events: events_tx })
+            .consumer_with_context(
+                &config.group_id,
+                RebalanceEvents {
+                    events: events_tx,
+                    lag: sagaflow_bus::lag::LagGauge::new(
+                        metrics.consumer_lag.clone(),
+                        config.group_id.clone(),
+                    ),
+                },
+            )
             .map_err(kafka_err)?;
         consumer
             .subscribe(&[topic.as_str()])
@@ -301,9 +310,14 @@ async fn check_reachable(producer: &FutureProducer, bootstrap: &str) -> Result<(
 /// Hands partition revocations to the loop; returns at once.
 struct RebalanceEvents {
     events: mpsc::UnboundedSender<Vec<i32>>,
+    lag: sagaflow_bus::lag::LagGauge,
 }
 
-impl ClientContext for RebalanceEvents {}
+impl ClientContext for RebalanceEvents {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.lag.record(&statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceEvents {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

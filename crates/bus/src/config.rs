@@ -176,6 +176,13 @@ impl KafkaConfig {
     ) -> Result<StreamConsumer<C>, Error> {
         let mut cfg = self.client_config(ClientRole::Consumer);
         cfg.set("group.id", group_id);
+        // Contexts receive librdkafka's statistics (consumer lag).
+        if !self.properties.contains_key("statistics.interval.ms") {
+            cfg.set(
+                "statistics.interval.ms",
+                crate::lag::DEFAULT_STATISTICS_INTERVAL_MS,
+            );
+        }
         cfg.create_with_context(context)
             .map_err(|e| self.client_error(ClientRole::Consumer, &e))
     }

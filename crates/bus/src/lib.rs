@@ -6,6 +6,7 @@ pub mod baseline;
 mod config;
 pub mod dead_letter;
 mod headers;
+pub mod lag;
 mod topics;
 pub mod trace;
 

@@ -37,7 +37,8 @@ pub struct Metrics {
     pub restored_sagas: IntCounterVec,
     /// Partitions of the inputs topic this instance owns.
     pub owned_partitions: IntGauge,
-    /// Consumer lag (high watermark − position) per topic and partition.
+    /// Consumer lag (high watermark − committed offset) per consumer group,
+    /// topic and partition, from librdkafka's statistics.
     pub consumer_lag: IntGaugeVec,
     /// Input batches persisted, and their size.
     pub batch_size: HistogramVec,
@@ -91,14 +92,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(owned.clone()))
             .expect("metric registered once");
-        let lag = IntGaugeVec::new(
-            Opts::new(
-                "sagaflow_consumer_lag_messages",
-                "High watermark minus position, per topic and partition",
-            ),
-            &["consumer", "topic", "partition"],
-        )
-        .expect("valid metric");
+        let lag = sagaflow_bus::lag::consumer_lag_gauge();
         r.register(Box::new(lag.clone()))
             .expect("metric registered once");
         Self {

@@ -85,9 +85,14 @@ enum Rebalanced {
 struct RebalanceContext {
     inputs: String,
     tx: tokio::sync::mpsc::UnboundedSender<Rebalanced>,
+    lag: sagaflow_bus::lag::LagGauge,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.lag.record(&statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -321,6 +326,10 @@ impl Driver {
             RebalanceContext {
                 inputs: inputs.clone(),
                 tx,
+                lag: sagaflow_bus::lag::LagGauge::new(
+                    self.metrics.consumer_lag.clone(),
+                    self.group_id.clone(),
+                ),
             },
         )?;
         let mut topics: Vec<String> = self.source_topics().into_iter().collect();
