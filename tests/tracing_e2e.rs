@@ -257,8 +257,8 @@ async fn spans_are_exported_over_otlp_as_one_tree_per_saga() {
         )
         .await;
 
-    // Wait for the saga's span (exported with its result) and the three
-    // backend calls' client spans.
+    // Wait for the saga's span (exported with its result), the three
+    // adapters' spans and the three backend calls' client spans.
     let deadline = tokio::time::Instant::now() + WAIT;
     let (saga, tree) = loop {
         let got: Vec<Exported> = spans
@@ -272,12 +272,17 @@ async fn spans_are_exported_over_otlp_as_one_tree_per_saga() {
             .iter()
             .find(|s| s.name == "saga order-checkout")
             .cloned();
-        let clients = got
-            .iter()
-            .filter(|s| s.service == "sagaflow-adapter" && s.name.starts_with("POST "))
-            .count();
+        let from_adapters = |prefix: &str| {
+            got.iter()
+                .filter(|s| s.service == "sagaflow-adapter" && s.name.starts_with(prefix))
+                .count()
+        };
+        // Each process exports in batches of its own: wait for all of them.
+        let complete = from_adapters("POST ") >= 3
+            && from_adapters("handle ") >= 3
+            && got.iter().any(|s| s.name == "send result");
         if let Some(saga) = saga
-            && clients >= 3
+            && complete
         {
             break (saga, got);
         }

@@ -12,7 +12,7 @@ pub mod trace;
 
 pub use config::{ClientRole, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
-pub use topics::{TopicNames, TopicSpec, ensure_topics};
+pub use topics::{TopicNames, TopicSpec, check_reachable, ensure_topics};
 pub use trace::TraceContext;
 
 /// Errors from setting up Kafka clients and topics.
@@ -24,4 +24,12 @@ pub enum Error {
     CreateTopic { topic: String, message: String },
     #[error("[SF-BUS-003] topic `{topic}` is invalid: {message}")]
     InvalidTopic { topic: String, message: String },
+    #[error(
+        "[SF-BUS-004] no Kafka broker answered at {bootstrap} within {seconds}s ({message}): check kafka.bootstrap-servers and that the broker is up"
+    )]
+    Unreachable {
+        bootstrap: String,
+        seconds: u64,
+        message: String,
+    },
 }

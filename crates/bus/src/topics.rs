@@ -119,6 +119,27 @@ impl TopicSpec {
     }
 }
 
+/// Checks that a broker at `kafka.bootstrap_servers` answers a metadata
+/// request within `timeout`, so a process with a wrong address or a broker
+/// that is down fails at start with an error that says so.
+pub async fn check_reachable(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Error> {
+    let admin = kafka.admin()?;
+    let unreachable = |message: String| Error::Unreachable {
+        bootstrap: kafka.bootstrap_servers.clone(),
+        seconds: timeout.as_secs(),
+        message,
+    };
+    match tokio::task::spawn_blocking(move || {
+        admin.inner().fetch_metadata(None, timeout).map(|_| ())
+    })
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(e) => Err(unreachable(e.to_string())),
+    }
+}
+
 /// Creates the topics that do not exist yet. Existing topics are left as
 /// they are (their partition count and configs are not changed).
 pub async fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Error> {

@@ -63,3 +63,21 @@ fn dev_stack_runs_all_three_sagas_to_completion_and_compensation() {
     assert!(out.contains("orchestrator API  http://127.0.0.1:"), "{out}");
     assert!(!out.contains("127.0.0.1:0/"), "{out}");
 }
+
+#[test]
+fn dev_outside_a_checkout_says_where_to_run_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        .args(["dev", "--sagas", "1", "--root"])
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no topology/sagas") && err.contains("--root"),
+        "{err}"
+    );
+}

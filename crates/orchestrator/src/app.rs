@@ -117,6 +117,9 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
     for t in domain {
         specs.push(TopicSpec::new(format!("{}{t}", names.prefix), n));
     }
+    sagaflow_bus::check_reachable(&cfg.kafka, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| AppError::Topics(e.to_string()))?;
     ensure_topics(&cfg.kafka, &specs)
         .await
         .map_err(|e| AppError::Topics(e.to_string()))?;
