@@ -14,48 +14,17 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureRecord;
 use sagaflow_broker::{BrokerConfig, EmbeddedBroker};
 use sagaflow_bus::KafkaConfig;
 use sagaflow_codec::messages::{LifecycleKind, SagaStatus};
-use sagaflow_codec::{Codec, CodecConfig, SagaEvent};
-use sagaflow_demo::samples;
-use serde_json::{Value, json};
+use sagaflow_codec::SagaEvent;
 use tokio::sync::watch;
 
+use crate::demo_events::{Publisher, Samples};
 use crate::exit::{CliResult, Failure};
 
 /// The saga types the demo runs, in the order their triggers are published.
 const SAGA_TYPES: [&str; 3] = ["order-checkout", "travel-booking", "customer-onboarding"];
-
-/// A domain event type the publisher writes: topic, Avro record, schema file
-/// under `schemas/examples/`.
-struct EventType {
-    topic: &'static str,
-    record: &'static str,
-    schema: &'static str,
-}
-
-const ORDER_PLACED: EventType = EventType {
-    topic: "orders.events",
-    record: "io.sagaflow.examples.orders.OrderPlaced",
-    schema: "orders/OrderPlaced.avsc",
-};
-const BOOKING_REQUESTED: EventType = EventType {
-    topic: "travel.events",
-    record: "io.sagaflow.examples.travel.BookingRequested",
-    schema: "travel/BookingRequested.avsc",
-};
-const CUSTOMER_SIGNED_UP: EventType = EventType {
-    topic: "customers.events",
-    record: "io.sagaflow.examples.customers.CustomerSignedUp",
-    schema: "customers/CustomerSignedUp.avsc",
-};
-const EMAIL_VERIFIED: EventType = EventType {
-    topic: "identity.events",
-    record: "io.sagaflow.examples.customers.EmailVerified",
-    schema: "customers/EmailVerified.avsc",
-};
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
@@ -204,64 +173,6 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
     result
 }
 
-/// Encodes sample events with the registry's schema ids, as an existing
-/// system publishing Avro would.
-struct Publisher {
-    codec: Codec,
-    producer: rdkafka::producer::FutureProducer,
-    schemas: HashMap<&'static str, (String, sagaflow_codec::apache_avro::Schema)>,
-}
-
-impl Publisher {
-    fn new(kafka: &KafkaConfig, registry_url: &str, root: &Path) -> CliResult<Self> {
-        let codec: CodecConfig = serde_json::from_value(json!({
-            "registry": {"url": registry_url},
-            "default-format": {"format": "avro"}
-        }))
-        .map_err(|e| Failure::Usage(e.to_string()))?;
-        let mut schemas = HashMap::new();
-        for t in [
-            &ORDER_PLACED,
-            &BOOKING_REQUESTED,
-            &CUSTOMER_SIGNED_UP,
-            &EMAIL_VERIFIED,
-        ] {
-            let path = root.join("schemas/examples").join(t.schema);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
-            let schema = sagaflow_codec::apache_avro::Schema::parse_str(&text)
-                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
-            schemas.insert(t.record, (text, schema));
-        }
-        Ok(Self {
-            codec: Codec::new(codec).map_err(|e| Failure::Usage(e.to_string()))?,
-            producer: kafka
-                .producer()
-                .map_err(|e| Failure::Unreachable(e.to_string()))?,
-            schemas,
-        })
-    }
-
-    async fn publish(&self, t: &EventType, key: &str, event: &Value) -> CliResult {
-        let (text, schema) = &self.schemas[t.record];
-        let value = sagaflow_codec::json::json_to_avro(event, schema)
-            .map_err(|e| Failure::Usage(format!("{}: {e}", t.record)))?;
-        let bytes = self
-            .codec
-            .encode_avro_value(t.topic, t.record, text, value)
-            .await
-            .map_err(|e| Failure::Unreachable(e.to_string()))?;
-        self.producer
-            .send(
-                FutureRecord::to(t.topic).key(key).payload(&bytes),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| Failure::Unreachable(format!("publishing to {}: {e}", t.topic)))?;
-        Ok(())
-    }
-}
-
 /// Counts and step latencies of one saga type.
 #[derive(Default)]
 struct TypeProgress {
@@ -396,7 +307,8 @@ async fn publish_and_watch(
     args: &DevArgs,
 ) -> CliResult {
     let kafka = KafkaConfig::new(bootstrap).with("fetch.wait.max.ms", "5");
-    let publisher = Publisher::new(&kafka, registry_url, root)?;
+    let publisher = Publisher::new(&kafka, registry_url, &root.join("schemas"))?;
+    let mut samples = Samples::new(publisher, args.verify_after);
     let events = kafka
         .consumer(&format!("sagaflow-dev-{}", std::process::id()))
         .map_err(|e| Failure::Unreachable(e.to_string()))?;
@@ -408,11 +320,7 @@ async fn publish_and_watch(
     let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let mut next_publish = tokio::time::Instant::now();
     let mut next_print = Instant::now() + Duration::from_secs(2);
-    let mut published = 0u64;
-    let mut counters = [0u64; 3];
-    let mut verifications: VecDeque<(tokio::time::Instant, String)> = VecDeque::new();
     let mut progress = Progress::default();
-    let at = 1_700_000_000_000i64;
     let stop = crate::signals::terminated();
     tokio::pin!(stop);
     loop {
@@ -420,57 +328,31 @@ async fn publish_and_watch(
             break;
         }
         if Instant::now() >= next_print {
-            print!("{}", progress.render(started.elapsed(), published));
+            print!("{}", progress.render(started.elapsed(), samples.published));
             next_print += Duration::from_secs(2);
         }
-        let may_publish = args.sagas == 0 || published < args.sagas;
-        let verify_due = verifications.front().map(|(due, _)| *due);
+        let may_publish = args.sagas == 0 || samples.published < args.sagas;
+        let verify_due = samples.next_verification();
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep_until(verify_due.unwrap_or(next_publish)), if verify_due.is_some() => {
-                if let Some((_, customer)) = verifications.pop_front() {
-                    let email = format!("{customer}@example.com");
-                    publisher
-                        .publish(&EMAIL_VERIFIED, &customer, &samples::email_verified(&customer, &email, at))
-                        .await?;
-                }
+                samples.publish_verification().await?;
             }
             _ = tokio::time::sleep_until(next_publish), if may_publish => {
-                let kind = (published % 3) as usize;
-                counters[kind] += 1;
-                let n = counters[kind];
-                match kind {
-                    0 => {
-                        let id = format!("o-{n}");
-                        let total: i64 = if n.is_multiple_of(4) { 150_000 } else { 4_990 };
-                        let event = samples::order_placed(&id, &format!("c-{}", n % 17), total, at);
-                        publisher.publish(&ORDER_PLACED, &id, &event).await?;
-                    }
-                    1 => {
-                        let id = format!("b-{n}");
-                        let event = samples::booking_requested(&id, &format!("traveller-{}", n % 11), at);
-                        publisher.publish(&BOOKING_REQUESTED, &id, &event).await?;
-                    }
-                    _ => {
-                        let id = format!("c-{n}");
-                        let event = samples::customer_signed_up(&id, &format!("{id}@example.com"), at);
-                        publisher.publish(&CUSTOMER_SIGNED_UP, &id, &event).await?;
-                        verifications.push_back((tokio::time::Instant::now() + args.verify_after, id));
-                    }
-                }
-                published += 1;
+                samples.publish_next().await?;
                 next_publish += period;
             }
             m = events.recv() => {
                 let Ok(m) = m else { continue };
                 if let Some(bytes) = m.payload()
-                    && let Ok(event) = publisher.codec.decode_saga_event("sagaflow.saga-events", bytes).await
+                    && let Ok(event) = samples.publisher.codec.decode_saga_event("sagaflow.saga-events", bytes).await
                 {
                     progress.apply(event);
                 }
             }
         }
     }
+    let published = samples.published;
     print!("{}", progress.render(started.elapsed(), published));
     let count = |f: fn(&TypeProgress) -> u64| progress.types.values().map(f).sum::<u64>();
     println!(

@@ -6,6 +6,7 @@
 
 mod adapter;
 mod bench;
+mod demo_events;
 mod demo_services;
 mod dev;
 mod exit;
@@ -71,6 +72,10 @@ enum Command {
     /// docker-compose use.
     #[command(after_help = AFTER_HELP)]
     DemoServices(demo_services::DemoServicesArgs),
+    /// Publish the demo's sample domain events (orders, bookings, sign-ups
+    /// and e-mail verifications) to a cluster at a steady rate.
+    #[command(after_help = AFTER_HELP)]
+    DemoEvents(demo_events::DemoEventsArgs),
     /// Operate on sagas through the orchestrator's HTTP API: list, show,
     /// retry a failed one, abort a running one.
     #[command(subcommand, after_help = AFTER_HELP)]
@@ -98,6 +103,7 @@ fn main() -> std::process::ExitCode {
         Command::Adapter(_) => "adapter",
         Command::Bench(_) => "bench",
         Command::DemoServices(_) => "demo-services",
+        Command::DemoEvents(_) => "demo-events",
         Command::Saga(_) => "saga",
         Command::Publish(_) => "publish",
         Command::Test(_) => "test",
@@ -128,6 +134,7 @@ fn main() -> std::process::ExitCode {
             Command::Adapter(args) => adapter::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::DemoServices(args) => demo_services::run(args).await,
+            Command::DemoEvents(args) => demo_events::run(args).await,
             Command::Topology(command) => topology::run(command).await,
             Command::Saga(command) => saga::run(command).await,
             Command::Publish(args) => publish::run(args).await,

@@ -206,6 +206,7 @@ async fn every_subcommand_has_help() {
         ("adapter", &[]),
         ("bench", &[]),
         ("demo-services", &[]),
+        ("demo-events", &[]),
         ("saga", &["list", "get", "retry", "abort"]),
         ("publish", &[]),
         ("test", &[]),
