@@ -304,3 +304,34 @@ mod tests {
         assert!(err.to_string().contains("nope.yaml"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod deploy_tests {
+    use super::*;
+
+    /// The compose stack runs every adapter from deploy/compose/adapter.yaml
+    /// with `SAGAFLOW_SERVICE` naming its service definition: each of them
+    /// must load as the container would load it.
+    #[test]
+    fn compose_adapter_configs_load_for_every_service() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compose");
+        let services = std::fs::read_dir(dir.join("services")).unwrap();
+        let mut n = 0;
+        for entry in services {
+            let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".service.yaml") else {
+                continue;
+            };
+            let vars = [(
+                "SAGAFLOW_SERVICE".to_owned(),
+                format!("services/{file}"),
+            )];
+            let cfg = ProcessConfig::load_with_env(dir.join("adapter.yaml"), vars)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(cfg.service.service, name);
+            assert_eq!(cfg.group_id, format!("sagaflow-adapter-{name}"));
+            n += 1;
+        }
+        assert_eq!(n, 11, "one definition per demo service");
+    }
+}

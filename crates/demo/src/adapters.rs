@@ -139,6 +139,30 @@ mod tests {
         assert!(service_yaml("nope", "http://x").is_none());
     }
 
+    /// deploy/compose/services/ holds these definitions for the compose
+    /// stack's adapters (base URL `http://demo-services:8090`); they must not
+    /// drift from the ones `sagaflow dev` and the tests run. Regenerate with
+    /// `SAGAFLOW_BLESS=1 cargo test -p sagaflow-demo`.
+    #[test]
+    fn compose_service_definitions_match_the_generated_ones() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/compose/services");
+        let bless = std::env::var_os("SAGAFLOW_BLESS").is_some();
+        for s in services() {
+            let path = dir.join(format!("{s}.service.yaml"));
+            let want = format!(
+                "# Generated from crates/demo/src/adapters.rs (SAGAFLOW_BLESS=1 cargo test -p sagaflow-demo).\n{}",
+                service_yaml(s, "http://demo-services:8090").unwrap()
+            );
+            if bless {
+                std::fs::write(&path, &want).unwrap();
+            }
+            let have = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(have, want, "{} is stale", path.display());
+        }
+    }
+
     #[test]
     fn response_mappings_are_indented_under_response() {
         let y = service_yaml("hotels", "http://h").unwrap();
