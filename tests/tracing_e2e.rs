@@ -54,6 +54,25 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
         )
         .await;
 
+    // A saga started through the HTTP facade continues the caller's trace.
+    let http_trace = "7d2f1c0e9b8a4f6e8d1c2b3a49586776";
+    let api = stack.orchestrators[0].http_addr(WAIT);
+    let answer = reqwest::Client::new()
+        .post(format!("http://{api}/v1/sagas/order-checkout?wait=0s"))
+        .header("traceparent", format!("00-{http_trace}-1122334455667788-01"))
+        .json(&serde_json::json!({
+            "order_id": "http-3", "customer_id": "c-3",
+            "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 4_200}],
+            "total_cents": 4_200, "currency": "EUR",
+            "shipping_address": {"line1": "1 Main St", "line2": null, "postal_code": "12345", "city": "Springfield", "country": "DE"},
+            "placed_at": 1_700_000_000_000i64,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{answer:?}");
+    let mut http_done = false;
+
     // The completion, and the trace context on every event of the saga.
     let reader = support::kafka()
         .consumer(&support::unique("trace"))
@@ -70,7 +89,7 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
     let mut fresh: Vec<(LifecycleKind, String)> = Vec::new();
     let fresh_done =
         |f: &[(LifecycleKind, String)]| f.iter().any(|(k, _)| *k == LifecycleKind::Completed);
-    while completed_with.is_none() || !fresh_done(&fresh) {
+    while completed_with.is_none() || !fresh_done(&fresh) || !http_done {
         let m = match tokio::time::timeout_at(deadline, reader.recv()).await {
             Ok(Ok(m)) => m,
             Ok(Err(_)) => {
@@ -92,6 +111,16 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
                 fresh.push((l.kind, h));
             }
             Ok(SagaEvent::Result(r)) if r.saga_id.ends_with("untraced-2") => {}
+            Ok(SagaEvent::Lifecycle(l)) if l.saga_id.ends_with("http-3") => {
+                assert_eq!(
+                    header.as_deref().map(trace_id),
+                    Some(http_trace),
+                    "{:?} of the HTTP-started saga carries the caller's trace",
+                    l.kind
+                );
+                http_done |= l.kind == LifecycleKind::Completed;
+            }
+            Ok(SagaEvent::Result(r)) if r.saga_id.ends_with("http-3") => {}
             Ok(SagaEvent::Lifecycle(l)) => {
                 let h = header.as_deref().unwrap_or_default();
                 assert!(

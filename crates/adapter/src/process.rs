@@ -322,10 +322,7 @@ mod deploy_tests {
             let Some(name) = file.strip_suffix(".service.yaml") else {
                 continue;
             };
-            let vars = [(
-                "SAGAFLOW_SERVICE".to_owned(),
-                format!("services/{file}"),
-            )];
+            let vars = [("SAGAFLOW_SERVICE".to_owned(), format!("services/{file}"))];
             let cfg = ProcessConfig::load_with_env(dir.join("adapter.yaml"), vars)
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!(cfg.service.service, name);

@@ -59,7 +59,11 @@ pub(crate) struct Publisher {
 impl Publisher {
     /// `schemas` is a schemas/ directory (the examples' Avro schemas are
     /// read from `schemas/examples/`).
-    pub(crate) fn new(kafka: &KafkaConfig, registry_url: &str, schema_dir: &Path) -> CliResult<Self> {
+    pub(crate) fn new(
+        kafka: &KafkaConfig,
+        registry_url: &str,
+        schema_dir: &Path,
+    ) -> CliResult<Self> {
         let codec: CodecConfig = serde_json::from_value(json!({
             "registry": {"url": registry_url},
             "default-format": {"format": "avro"}
@@ -108,7 +112,6 @@ impl Publisher {
     }
 }
 
-
 /// The sample stream: which trigger comes next, and the e-mail
 /// verifications still to send.
 pub(crate) struct Samples {
@@ -152,12 +155,16 @@ impl Samples {
             1 => {
                 let id = format!("b-{n}");
                 let event = samples::booking_requested(&id, &format!("traveller-{}", n % 11), at);
-                self.publisher.publish(&BOOKING_REQUESTED, &id, &event).await?;
+                self.publisher
+                    .publish(&BOOKING_REQUESTED, &id, &event)
+                    .await?;
             }
             _ => {
                 let id = format!("c-{n}");
                 let event = samples::customer_signed_up(&id, &format!("{id}@example.com"), at);
-                self.publisher.publish(&CUSTOMER_SIGNED_UP, &id, &event).await?;
+                self.publisher
+                    .publish(&CUSTOMER_SIGNED_UP, &id, &event)
+                    .await?;
                 self.verifications
                     .push_back((Instant::now() + self.verify_after, id));
             }

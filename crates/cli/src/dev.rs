@@ -16,8 +16,8 @@ use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use sagaflow_broker::{BrokerConfig, EmbeddedBroker};
 use sagaflow_bus::KafkaConfig;
-use sagaflow_codec::messages::{LifecycleKind, SagaStatus};
 use sagaflow_codec::SagaEvent;
+use sagaflow_codec::messages::{LifecycleKind, SagaStatus};
 use tokio::sync::watch;
 
 use crate::demo_events::{Publisher, Samples};

@@ -67,7 +67,12 @@ async fn demo_events_publishes_every_sample_type_in_turn_and_verifies_customers(
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in &got {
         let payload = m.payload().unwrap_or_default();
-        assert_eq!(payload.first(), Some(&0u8), "Confluent framing on {}", m.topic());
+        assert_eq!(
+            payload.first(),
+            Some(&0u8),
+            "Confluent framing on {}",
+            m.topic()
+        );
         keys.entry(m.topic().to_owned())
             .or_default()
             .push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());

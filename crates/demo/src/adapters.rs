@@ -145,8 +145,8 @@ mod tests {
     /// `SAGAFLOW_BLESS=1 cargo test -p sagaflow-demo`.
     #[test]
     fn compose_service_definitions_match_the_generated_ones() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/compose/services");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compose/services");
         let bless = std::env::var_os("SAGAFLOW_BLESS").is_some();
         for s in services() {
             let path = dir.join(format!("{s}.service.yaml"));

@@ -161,7 +161,7 @@ async fn operator(s: &ApiState, id: &str, abort: Option<String>) -> Response {
             request_id: request_id.clone(),
         },
     };
-    match send_envelope(&s.producer, &s.names, &env).await {
+    match send_envelope(&s.producer, &s.names, &env, None).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
             Json(json!({ "saga_id": id, "request_id": request_id, "status_url": format!("/v1/sagas/{id}") })),
@@ -253,7 +253,12 @@ async fn start(
         saga_id: saga_id.clone(),
         event: trigger,
     };
-    if let Err(e) = send_envelope(&s.producer, &s.names, &env).await {
+    // A caller's trace context continues into the saga.
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Err(e) = send_envelope(&s.producer, &s.names, &env, traceparent).await {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "SF-API-503",

@@ -255,8 +255,9 @@ pub async fn send_envelope(
     producer: &FutureProducer,
     names: &TopicNames,
     env: &Envelope,
+    traceparent: Option<String>,
 ) -> Result<(), String> {
-    let out = envelope_record(names, env, None);
+    let out = envelope_record(names, env, traceparent);
     produce(producer, out).await.map(|_| ())
 }
 
