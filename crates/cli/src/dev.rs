@@ -409,7 +409,7 @@ mod tests {
             saga_type: "order-checkout".into(),
             saga_version: 1,
             status: SagaStatus::Compensated,
-            output: Value::Null,
+            output: serde_json::Value::Null,
             error: None,
             started_at: 0,
             ended_at: 40,
