@@ -30,7 +30,8 @@ const AFTER_HELP: &str = "Exit codes: 0 ok, 1 a check failed (e.g. incompatible 
 #[derive(Debug, Parser)]
 #[command(name = "sagaflow", version, about, after_help = AFTER_HELP, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr; the level comes from RUST_LOG (default info).
+    /// Log format on stderr; the level comes from RUST_LOG (default info;
+    /// warn for `dev`, whose progress is on stdout).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -111,12 +112,15 @@ fn main() -> std::process::ExitCode {
     };
     // Logs on stderr, and OTLP span export when OTEL_* asks for it; the
     // guard flushes exported spans when main returns.
+    // `dev` shows its progress on the terminal: only warnings interleave.
+    let default_level = if role == "dev" { "warn" } else { "info" };
     let _telemetry = sagaflow_telemetry::init(
         role,
         match cli.log_format {
             LogFormat::Pretty => sagaflow_telemetry::LogFormat::Pretty,
             LogFormat::Json => sagaflow_telemetry::LogFormat::Json,
         },
+        default_level,
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

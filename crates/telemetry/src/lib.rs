@@ -86,12 +86,17 @@ fn protocol() -> (Protocol, Option<String>) {
     }
 }
 
+/// Libraries whose `info` is per request: the embedded broker logs every
+/// fetch. Quiet unless `RUST_LOG` asks for them.
+const QUIET: &str = "tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn,tansu_schema=warn,libsql=warn,object_store=warn";
+
 /// Installs the log subscriber and, when the environment asks for it, the
 /// OTLP span exporter. `role` names the service when `OTEL_SERVICE_NAME`
-/// is not set.
-pub fn init(role: &str, format: LogFormat) -> Telemetry {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// is not set; `default_level` applies when `RUST_LOG` is not set.
+pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},{QUIET}"))
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
