@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::IntGaugeVec;
+use rdkafka::ClientContext;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::statistics::Statistics;
 
 /// The metric name every Sagaflow process uses for consumer lag.
@@ -55,13 +57,22 @@ impl LagGauge {
         let mut now = BTreeSet::new();
         for (topic, t) in &stats.topics {
             for p in t.partitions.values() {
-                if p.partition < 0 || p.fetch_state != "active" || p.consumer_lag < 0 {
+                // Committed-offset lag; for consumers that commit nothing
+                // (the saga view reads by assignment), position lag.
+                let lag = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else if p.hi_offset >= 0 && p.app_offset >= 0 {
+                    (p.hi_offset - p.app_offset).max(0)
+                } else {
+                    -1
+                };
+                if p.partition < 0 || p.fetch_state != "active" || lag < 0 {
                     continue;
                 }
                 let partition = p.partition.to_string();
                 self.gauge
                     .with_label_values(&[&self.consumer, topic, &partition])
-                    .set(p.consumer_lag);
+                    .set(lag);
                 now.insert((topic.clone(), p.partition));
             }
         }
@@ -74,6 +85,18 @@ impl LagGauge {
         *shown = now;
     }
 }
+
+/// A consumer context that only reports lag (for consumers without
+/// rebalance hooks of their own).
+pub struct LagContext(pub LagGauge);
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        self.0.record(&statistics);
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 #[cfg(test)]
 mod tests {
@@ -89,8 +112,8 @@ mod tests {
                         "partition": p, "broker": 1, "leader": 1, "desired": true, "unknown": false,
                         "msgq_cnt": 0, "msgq_bytes": 0, "xmit_msgq_cnt": 0, "xmit_msgq_bytes": 0,
                         "fetchq_cnt": 0, "fetchq_size": 0, "fetch_state": state, "query_offset": 0,
-                        "next_offset": 0, "app_offset": 0, "stored_offset": 0, "committed_offset": 0,
-                        "committed_leader_epoch": -1, "eof_offset": 0, "lo_offset": 0, "hi_offset": 0,
+                        "next_offset": 0, "app_offset": 4, "stored_offset": 0, "committed_offset": 0,
+                        "committed_leader_epoch": -1, "eof_offset": 0, "lo_offset": 0, "hi_offset": 10,
                         "ls_offset": 0, "consumer_lag": lag, "consumer_lag_stored": lag,
                         "txmsgs": 0, "txbytes": 0, "rxmsgs": 0, "rxbytes": 0, "msgs": 0,
                         "rx_ver_drops": 0, "msgs_inflight": 0, "next_ack_seq": 0, "next_err_seq": 0,
@@ -132,8 +155,11 @@ mod tests {
             r.gather()[0].get_metric().len()
         };
         assert_eq!(families(), 2, "partition 2 is not fetched, -1 is internal");
-        lag.record(&stats(&[(1, "active", 4), (0, "active", -1)]));
-        assert_eq!(families(), 1, "partition 0's lag is unknown now: dropped");
+        // Partition 0 was revoked; partition 3 commits nothing, so its lag
+        // is the position's (high watermark 10 − position 4).
+        lag.record(&stats(&[(1, "active", 4), (3, "active", -1)]));
+        assert_eq!(families(), 2, "partition 0 is no longer fetched: dropped");
+        assert_eq!(gauge.with_label_values(&["g", "t", "3"]).get(), 6);
         assert_eq!(gauge.with_label_values(&["g", "t", "1"]).get(), 4);
     }
 }

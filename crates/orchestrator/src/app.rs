@@ -132,6 +132,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         names.saga_events(),
         n,
         codec.clone(),
+        metrics.consumer_lag.clone(),
         shutdown.clone(),
     ));
     let producer = cfg

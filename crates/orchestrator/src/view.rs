@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sagaflow_bus::KafkaConfig;
+use sagaflow_bus::lag::{LagContext, LagGauge};
 use sagaflow_codec::messages::{LifecycleKind, SagaLifecycleEvent, SagaResult};
 use sagaflow_codec::{Codec, SagaEvent};
 use serde::Serialize;
@@ -203,10 +204,15 @@ impl SagaView {
         topic: String,
         partitions: i32,
         codec: Arc<Codec>,
+        lag: prometheus::IntGaugeVec,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), String> {
-        let consumer: StreamConsumer = kafka
-            .consumer(&format!("sagaflow-view-{}", uuid::Uuid::new_v4()))
+        // Reported as consumer `sagaflow-view` (the group id is per process).
+        let consumer: StreamConsumer<LagContext> = kafka
+            .consumer_with_context(
+                &format!("sagaflow-view-{}", uuid::Uuid::new_v4()),
+                LagContext(LagGauge::new(lag, "sagaflow-view")),
+            )
             .map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {

@@ -94,9 +94,8 @@ const QUIET: &str = "tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn,tan
 /// OTLP span exporter. `role` names the service when `OTEL_SERVICE_NAME`
 /// is not set; `default_level` applies when `RUST_LOG` is not set.
 pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},{QUIET}"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},{QUIET}")));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
