@@ -384,16 +384,45 @@ async fn a_third_instance_takes_partitions_over_mid_run() {
     stack.start_orchestrator_in(1);
     let reader = stack.results_reader();
     let orders = orders(600);
-    let records = encoded_orders(&stack, &orders).await;
+    let mut records = encoded_orders(&stack, &orders).await;
+    let after_join = records.split_off(400);
     let mut results = BTreeMap::new();
     let mut copies = 0;
 
+    // Sagas flow while the third instance joins and the group rebalances...
     let publishing = stack.publish_paced(&stack.topic("orders.events"), records, 150);
     stack
         .collect_results(&reader, &mut results, &mut copies, 50, WAIT)
         .await;
     let third = stack.start_orchestrator_in(2);
+    let base = format!("http://{}", stack.orchestrators[third].http_addr(WAIT));
+    let owned = || async {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with("sagaflow_owned_partitions "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    // ...until it owns partitions (however long tansu's rebalance takes)...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while owned().await.unwrap_or(0.0) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the third instance was never assigned partitions\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     publishing.await.unwrap();
+    // ...and go on after it: the newcomer ends some of them.
+    stack
+        .publish_paced(&stack.topic("orders.events"), after_join, 150)
+        .await
+        .unwrap();
     stack
         .collect_results(&reader, &mut results, &mut copies, orders.len(), WAIT)
         .await;
@@ -403,7 +432,6 @@ async fn a_third_instance_takes_partitions_over_mid_run() {
     check_exactly_once(&stack, &orders, &results);
 
     // The newcomer owns partitions and ended sagas on them.
-    let base = format!("http://{}", stack.orchestrators[third].http_addr(WAIT));
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()

@@ -95,3 +95,55 @@ async fn bench_rejects_empty_loads_and_a_wrong_root() {
         String::from_utf8_lossy(&root.stderr)
     );
 }
+
+/// A small but complete `sagaflow bench` run: every phase (broker baseline,
+/// relay, throughput, offered load, metrics overhead, restore in a child
+/// `sagaflow orchestrator`) runs and reports. Its figures are for
+/// docs/orchestrator.md from release builds; here only that they exist and
+/// every saga completed.
+#[tokio::test]
+async fn bench_runs_every_phase_and_reports_each_figure() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(600),
+        Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+            .args([
+                "bench",
+                "--sagas",
+                "60",
+                "--rate",
+                "20",
+                "--seconds",
+                "1",
+                "--restore-sagas",
+                "300",
+                "--metrics-rounds",
+                "1",
+                "--root",
+                root,
+            ])
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await
+    .expect("bench finished within 10 minutes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "baseline   broker: produce ",
+        "baseline   relay ",
+        "throughput 60 sagas in ",
+        "60 completed, 0 other",
+        "ratio sagas/s ÷ relay msg/s = ",
+        "offered    20 sagas/s for 1s: achieved ",
+        "metrics    5 endpoints scraped every 1 s",
+        "in-flight sagas (300 written;",
+    ] {
+        assert!(stdout.contains(want), "missing `{want}`:\n{stdout}");
+    }
+}
