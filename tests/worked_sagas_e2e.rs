@@ -281,3 +281,60 @@ async fn travel_and_onboarding_sagas_complete_and_compensate_end_to_end() {
         assert_eq!(e["workspace_id"], format!("ws-{c}"), "{e}");
     }
 }
+
+/// An awaited event whose saga never starts is parked only for
+/// `early-event-retention` (set through its environment override here),
+/// then dropped and counted, so such events do not pile up in the
+/// changelog and in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn early_events_whose_saga_never_starts_expire() {
+    let mut stack = Stack::start("early", 3).await;
+    stack.env = vec![("SAGAFLOW_EARLY_EVENT_RETENTION".into(), "1s".into())];
+    stack.start_orchestrator();
+    let api = stack.orchestrators[0].http_addr(WAIT);
+    publish(
+        &stack,
+        "identity.events",
+        "io.sagaflow.examples.customers.EmailVerified",
+        "customers/EmailVerified.avsc",
+        "ghost-1",
+        samples::email_verified("ghost-1", "ghost-1@example.com", 1_700_000_000_000),
+    )
+    .await;
+    let metric = |text: &str, outcome: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("sagaflow_inputs_total")
+                    && l.contains("input=\"event\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(format!("http://{api}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "expired") >= 1.0 {
+            assert_eq!(metric(&text, "parked"), 1.0, "{text}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the parked EmailVerified never expired\n{text}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        stack
+            .logs()
+            .contains("awaited events expired before their saga started"),
+        "{}",
+        stack.logs()
+    );
+}

@@ -184,6 +184,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         names,
         group_id: cfg.group_id.clone(),
         completed_retention: cfg.completed_retention,
+        early_event_retention: cfg.early_event_retention,
         max_batch: cfg.max_batch.get() as usize,
         ready,
     };

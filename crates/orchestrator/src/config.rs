@@ -36,6 +36,11 @@ pub struct OrchestratorConfig {
     /// the changelog with a tombstone ("1h").
     #[serde(default = "default_retention", with = "humantime_serde_compat")]
     pub completed_retention: Duration,
+    /// How long an awaited event that arrived before its saga started is
+    /// kept waiting for it ("1h"); then it is dropped (metric
+    /// `sagaflow_inputs_total{input="event",outcome="expired"}`).
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub early_event_retention: Duration,
     /// Most inputs handled per persisted batch.
     #[serde(default = "default_batch")]
     pub max_batch: NonZeroU32,
@@ -174,6 +179,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "group-id",
     "http",
     "completed-retention",
+    "early-event-retention",
     "max-batch",
 ];
 

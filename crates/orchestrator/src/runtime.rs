@@ -65,6 +65,8 @@ pub struct Driver {
     pub names: TopicNames,
     pub group_id: String,
     pub completed_retention: Duration,
+    /// How long parked early events wait for their saga.
+    pub early_event_retention: Duration,
     pub max_batch: usize,
     pub ready: Arc<AtomicBool>,
 }
@@ -179,6 +181,9 @@ struct Entry {
 }
 
 const EXPIRE: &str = "@expire";
+/// Timer id that drops a saga id's parked early events if the saga has
+/// not started by then.
+const EARLY_EXPIRE: &str = "@early-expire";
 
 /// Effects owed by one batch, per saga, in first-touched order.
 #[derive(Default)]
@@ -603,6 +608,13 @@ impl Driver {
             early,
             ..Partition::default()
         };
+        // Parking times are not stored: restored early events get a full
+        // retention from now.
+        let expire_at = now_ms() + self.early_event_retention.as_millis() as u64;
+        for saga_id in part.early.keys() {
+            part.timers
+                .insert((expire_at, saga_id.clone(), EARLY_EXPIRE.to_owned()));
+        }
         let mut owed = Vec::new();
         for (saga_id, (offset, s)) in stored {
             if !s.outbox.is_empty() && offset > delivered_through {
@@ -885,8 +897,16 @@ impl Driver {
                 if part.sagas.contains_key(&saga_id) {
                     self.apply(part, p, &saga_id, Input::Event(event), "event", work);
                 } else {
-                    // Its saga has not started yet: park the event durably.
+                    // Its saga has not started yet: park the event durably,
+                    // for `early-event-retention` at most.
                     let parked = part.early.entry(saga_id.clone()).or_default();
+                    if parked.is_empty() {
+                        part.timers.insert((
+                            now.0 + self.early_event_retention.as_millis() as u64,
+                            saga_id.clone(),
+                            EARLY_EXPIRE.to_owned(),
+                        ));
+                    }
                     if !parked.iter().any(|e| e.message_id == event.message_id) {
                         parked.push(event);
                         work.parked.push((p, saga_id));
@@ -1061,6 +1081,20 @@ impl Driver {
             }
             part.timers.remove(&first);
             let (_, saga_id, timer_id) = first;
+            if timer_id == EARLY_EXPIRE {
+                if !part.sagas.contains_key(&saga_id)
+                    && let Some(events) = part.early.remove(&saga_id)
+                {
+                    warn!(saga.id = %saga_id, events = events.len(), "awaited events expired before their saga started; dropped");
+                    self.metrics
+                        .inputs
+                        .with_label_values(&["event", "expired"])
+                        .inc_by(events.len() as u64);
+                    work.tombstones
+                        .push((p, format!("{EARLY_PREFIX}{saga_id}")));
+                }
+                continue;
+            }
             if timer_id == EXPIRE {
                 if let Some(e) = part.sagas.get(&saga_id)
                     && e.state.status.is_terminal()
