@@ -895,32 +895,8 @@ fn check(expect: &RawExpect, run: &Run) -> Vec<String> {
 // --------------------------------------------------------------- command
 
 pub(crate) async fn run_test(args: TestArgs) -> CliResult {
-    let registry = match crate::topology::load(&args.dir)? {
-        Ok(registry) => registry,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            return Err(Failure::Found(format!(
-                "the definitions under {} have {} problem(s); run `sagaflow topology validate`",
-                args.dir.display(),
-                errors.len()
-            )));
-        }
-    };
-    let engine = Engine::new(registry);
-    let Some(def) = engine.registry().latest(&args.saga_type) else {
-        let known: Vec<&str> = engine
-            .registry()
-            .iter()
-            .map(|d| d.saga_type.as_str())
-            .collect();
-        return Err(Failure::Usage(format!(
-            "unknown saga type `{}`; known: {}",
-            args.saga_type,
-            known.join(", ")
-        )));
-    };
+    let engine = Engine::new(crate::topology::load_valid(&args.dir)?);
+    let def = crate::topology::latest(engine.registry(), &args.saga_type)?;
     let file = args.script.display().to_string();
     let source = std::fs::read_to_string(&args.script)
         .map_err(|e| Failure::Usage(format!("cannot read {file}: {e}")))?;

@@ -273,28 +273,42 @@ fn validate(args: &DirArgs) -> CliResult {
     }
 }
 
-fn graph(dir: &Path, saga_type: &str) -> CliResult {
-    let registry = match load(dir)? {
-        Ok(registry) => registry,
+/// The definitions under `dir`; when any is invalid, every problem is
+/// printed and the command fails with exit 1.
+pub(crate) fn load_valid(dir: &Path) -> CliResult<DefinitionRegistry> {
+    match load(dir)? {
+        Ok(registry) => Ok(registry),
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
             }
-            return Err(Failure::Found(format!(
+            Err(Failure::Found(format!(
                 "the definitions under {} have {} problem(s); run `sagaflow topology validate`",
                 dir.display(),
                 errors.len()
-            )));
+            )))
         }
-    };
-    let Some(def) = registry.latest(saga_type) else {
+    }
+}
+
+/// The latest version of `saga_type`, or a usage error listing the known
+/// saga types.
+pub(crate) fn latest<'a>(
+    registry: &'a DefinitionRegistry,
+    saga_type: &str,
+) -> CliResult<&'a SagaDefinition> {
+    registry.latest(saga_type).ok_or_else(|| {
         let known: Vec<&str> = registry.iter().map(|d| d.saga_type.as_str()).collect();
-        return Err(Failure::Usage(format!(
+        Failure::Usage(format!(
             "unknown saga type `{saga_type}`; known: {}",
             known.join(", ")
-        )));
-    };
-    print!("{}", mermaid(def));
+        ))
+    })
+}
+
+fn graph(dir: &Path, saga_type: &str) -> CliResult {
+    let registry = load_valid(dir)?;
+    print!("{}", mermaid(latest(&registry, saga_type)?));
     Ok(())
 }
 
