@@ -137,7 +137,15 @@ impl AdapterRuntime {
             message: e.to_string(),
         };
         let producer = config.kafka.producer().map_err(kafka_err)?;
-        check_reachable(&producer, &config.kafka.bootstrap_servers).await?;
+        sagaflow_bus::check_reachable(&config.kafka, Duration::from_secs(10))
+            .await
+            .map_err(|e| RuntimeError::Unreachable {
+                bootstrap: config.kafka.bootstrap_servers.clone(),
+                message: match e {
+                    sagaflow_bus::Error::Unreachable { message, .. } => message,
+                    other => other.to_string(),
+                },
+            })?;
         // Adapters may start before any orchestrator created their topic.
         // (Only the commands topic: replies must keep the partition count
         // the orchestrators co-partition by, so they create it.)
@@ -280,28 +288,6 @@ pub async fn run_until(
     tokio::select! {
         result = running.wait() => result,
         () = shutdown => running.shutdown().await,
-    }
-}
-
-async fn check_reachable(producer: &FutureProducer, bootstrap: &str) -> Result<(), RuntimeError> {
-    let client = producer.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        client
-            .client()
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|_| ())
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(RuntimeError::Unreachable {
-            bootstrap: bootstrap.to_owned(),
-            message: e.to_string(),
-        }),
-        Err(e) => Err(RuntimeError::Unreachable {
-            bootstrap: bootstrap.to_owned(),
-            message: e.to_string(),
-        }),
     }
 }
 
