@@ -616,7 +616,12 @@ impl Driver {
                 .insert((expire_at, saga_id.clone(), EARLY_EXPIRE.to_owned()));
         }
         let mut owed = Vec::new();
-        for (saga_id, (offset, s)) in stored {
+        for (saga_id, (offset, mut s)) in stored {
+            // A saga stored without a trace context (written before sagas
+            // had one) gets one now, so all its records share a trace.
+            if s.traceparent.is_none() {
+                s.traceparent = Some(TraceContext::new_root().header());
+            }
             if !s.outbox.is_empty() && offset > delivered_through {
                 for e in &s.outbox {
                     self.metrics
