@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use sagaflow_bus::{TopicSpec, ensure_topics};
 use sagaflow_codec::Codec;
@@ -14,6 +13,7 @@ use tracing::{error, info};
 
 use crate::config::OrchestratorConfig;
 use crate::events::EventSchemas;
+use crate::health::Health;
 use crate::http::{ApiState, router};
 use crate::metrics::Metrics;
 use crate::runtime::Driver;
@@ -33,6 +33,14 @@ pub enum AppError {
     Run(String),
     #[error("[SF-ORCH-007] bearer token: environment variable `{0}` is not set or empty")]
     Token(String),
+    #[error(
+        "[SF-ORCH-021] the driver has been waiting on the broker for {busy:?} \
+         (stall-timeout {limit:?}); stopping so that a supervisor restarts the instance"
+    )]
+    Stalled {
+        busy: std::time::Duration,
+        limit: std::time::Duration,
+    },
 }
 
 /// Reads the services catalogue and every `*.yaml` definition in `dir`,
@@ -125,7 +133,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         .map_err(|e| AppError::Topics(e.to_string()))?;
 
     let metrics = Metrics::default();
-    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health::default();
     let view = SagaView::default();
     let view_task = tokio::spawn(view.clone().follow(
         cfg.kafka.clone(),
@@ -148,7 +156,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         metrics: metrics.clone(),
         producer,
         names: names.clone(),
-        ready: ready.clone(),
+        ready: health.ready_flag(),
         token,
     });
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -162,7 +170,19 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         message: e.to_string(),
     })?;
     info!(http = %local, "orchestrator HTTP API listening");
-    let mut http_shutdown = shutdown.clone();
+    // The HTTP API and the saga view stop with the process, or as soon as
+    // the driver fails: a failed driver must not leave a green /readyz up.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut outer = shutdown.clone();
+    let forward = tokio::spawn(async move {
+        while !*outer.borrow() {
+            if outer.changed().await.is_err() {
+                return;
+            }
+        }
+        let _ = stop_tx.send(true);
+    });
+    let mut http_shutdown = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(listener, api)
             .with_graceful_shutdown(async move {
@@ -186,13 +206,33 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         completed_retention: cfg.completed_retention,
         early_event_retention: cfg.early_event_retention,
         max_batch: cfg.max_batch.get() as usize,
-        ready,
+        record_limit: cfg.record_limit(),
+        max_parked_per_saga: cfg.max_parked_per_saga.get() as usize,
+        max_parked_per_partition: cfg.max_parked_per_partition.get() as usize,
+        dedup_window: cfg.dedup_window,
+        health: health.clone(),
     };
-    let result = driver.run(shutdown).await;
-    if let Err(e) = &result {
-        error!(error = %e, "orchestrator driver stopped with an error");
+    let result = tokio::select! {
+        r = driver.run(shutdown) => r.map_err(|e| AppError::Run(e.to_string())),
+        busy = health.watch_for_stall(cfg.stall_timeout) => Err(AppError::Stalled {
+            busy,
+            limit: cfg.stall_timeout,
+        }),
+    };
+    health.set_ready(false);
+    match &result {
+        Ok(()) => {
+            let _ = http_task.await;
+            let _ = view_task.await;
+        }
+        Err(e) => {
+            error!(error = %e, "orchestrator driver failed; stopping the process");
+            // Stop serving at once; the view and HTTP tasks get a moment
+            // to finish, no more.
+            forward.abort();
+            view_task.abort();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http_task).await;
+        }
     }
-    let _ = http_task.await;
-    let _ = view_task.await;
-    result.map_err(|e| AppError::Run(e.to_string()))
+    result
 }

@@ -44,6 +44,43 @@ pub struct OrchestratorConfig {
     /// Most inputs handled per persisted batch.
     #[serde(default = "default_batch")]
     pub max_batch: NonZeroU32,
+    /// How long one piece of the driver's work (a restore, a batch's
+    /// writes) may wait on the broker before the instance declares itself
+    /// stuck: `/readyz` turns red and the process exits non-zero ("60s").
+    #[serde(default = "default_stall_timeout", with = "humantime_serde_compat")]
+    pub stall_timeout: Duration,
+    /// The largest record the orchestrator produces, in bytes. Defaults to
+    /// the producer's `message.max.bytes` (librdkafka: 1,000,000). A saga
+    /// whose state would exceed it is aborted with a reason instead of
+    /// stopping its partition.
+    #[serde(default)]
+    pub max_record_bytes: Option<NonZeroU32>,
+    /// Awaited events parked for one saga that has not started yet (16);
+    /// more are dead-lettered with SF-ORCH-023.
+    #[serde(default = "default_parked_per_saga")]
+    pub max_parked_per_saga: NonZeroU32,
+    /// Awaited events parked in one partition in all (10000); more are
+    /// dead-lettered with SF-ORCH-023.
+    #[serde(default = "default_parked_per_partition")]
+    pub max_parked_per_partition: NonZeroU32,
+    /// How long a saga id is remembered after its state left the changelog
+    /// (`completed-retention`), so that a replayed trigger does not start
+    /// it again ("7d").
+    #[serde(default = "default_dedup_window", with = "humantime_serde_compat")]
+    pub dedup_window: Duration,
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_parked_per_saga() -> NonZeroU32 {
+    NonZeroU32::new(16).expect("16 is not zero")
+}
+fn default_parked_per_partition() -> NonZeroU32 {
+    NonZeroU32::new(10_000).expect("10000 is not zero")
+}
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_partitions() -> NonZeroU32 {
@@ -157,6 +194,19 @@ impl OrchestratorConfig {
         Ok(cfg)
     }
 
+    /// The record size limit in force: `max-record-bytes`, or the
+    /// producer's `message.max.bytes`, whichever is smaller.
+    pub fn record_limit(&self) -> usize {
+        let broker = self
+            .kafka
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        self.max_record_bytes
+            .map_or(broker, |m| (m.get() as usize).min(broker))
+    }
+
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(file).map_err(|e| ConfigError {
             file: file.display().to_string(),
@@ -167,6 +217,9 @@ impl OrchestratorConfig {
         Self::from_yaml_with_env(file, &source, std::env::vars())
     }
 }
+
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// The top-level keys of the file; only variables naming one override.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -181,6 +234,11 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "completed-retention",
     "early-event-retention",
     "max-batch",
+    "stall-timeout",
+    "max-record-bytes",
+    "max-parked-per-saga",
+    "max-parked-per-partition",
+    "dedup-window",
 ];
 
 pub use sagaflow_engine::yaml::apply_env_overrides;
@@ -265,6 +323,25 @@ mod tests {
         assert_eq!(cfg.http.listen, default_listen());
         assert_eq!(cfg.completed_retention, Duration::from_secs(3600));
         assert_eq!(cfg.sagas.dir, Path::new("/etc/sagaflow/sagas"));
+        assert_eq!(cfg.stall_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.dedup_window, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(cfg.record_limit(), DEFAULT_MESSAGE_MAX_BYTES);
+    }
+
+    #[test]
+    fn the_record_limit_is_the_smaller_of_ours_and_the_producers() {
+        let src = format!("{MIN}max-record-bytes: 2000000\n");
+        let cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap();
+        assert_eq!(cfg.record_limit(), DEFAULT_MESSAGE_MAX_BYTES);
+        let src = format!("{MIN}max-record-bytes: 5000\n");
+        let cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap();
+        assert_eq!(cfg.record_limit(), 5000);
+        let src = MIN.replace(
+            "bootstrap-servers: 127.0.0.1:9092",
+            "bootstrap-servers: 127.0.0.1:9092\n  properties:\n    message.max.bytes: \"300000\"",
+        );
+        let cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap();
+        assert_eq!(cfg.record_limit(), 300_000);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! [`runtime`] for the protocol and `docs/orchestrator.md`).
 
 pub mod app;
+pub mod changelog;
 pub mod config;
 pub mod events;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -46,6 +46,20 @@ pub struct Metrics {
     /// the loaded sagas; `other` for the rest) and outcome (accepted,
     /// invalid, unknown_type, unknown_topic, unavailable).
     pub ingest_events: IntCounterVec,
+    /// Ownership fencing: changelog records of replaced owners ignored on
+    /// restore (`stale-record`), partitions this instance found taken over
+    /// (`partition-lost`), foreign writes seen between its own
+    /// (`foreign-write`).
+    pub fencing: IntCounterVec,
+    /// Work retried because a dependency failed transiently, by cause
+    /// (`registry`: the schema registry could not be reached).
+    pub retries: IntCounterVec,
+    /// Awaited events parked for sagas that have not started, on this
+    /// instance.
+    pub parked_events: IntGauge,
+    /// Ended saga ids remembered to refuse replayed triggers, on this
+    /// instance.
+    pub ended_markers: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -53,6 +67,13 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn histogram(
@@ -186,6 +207,28 @@ impl Metrics {
                 "sagaflow_ingest_events_total",
                 "Events posted to the HTTP ingest, by topic and outcome",
                 &["topic", "outcome"],
+            ),
+            fencing: counter(
+                r,
+                "sagaflow_fencing_total",
+                "Ownership fencing events, by kind",
+                &["event"],
+            ),
+            retries: counter(
+                r,
+                "sagaflow_orchestrator_retries_total",
+                "Work retried after a transient failure, by cause",
+                &["cause"],
+            ),
+            parked_events: gauge(
+                r,
+                "sagaflow_parked_events",
+                "Awaited events parked for sagas that have not started",
+            ),
+            ended_markers: gauge(
+                r,
+                "sagaflow_ended_markers",
+                "Ended saga ids remembered to refuse replayed triggers",
             ),
             registry,
         }

@@ -18,13 +18,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceContext};
@@ -34,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::changelog::{self, DeliveredMark, Ended, EpochMarker, Parked, Record, Replay};
 use crate::events::{self, EventSchemas};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::wire::{self, Envelope};
 
@@ -68,7 +69,13 @@ pub struct Driver {
     /// How long parked early events wait for their saga.
     pub early_event_retention: Duration,
     pub max_batch: usize,
-    pub ready: Arc<AtomicBool>,
+    /// The largest record produced (bytes, headers included).
+    pub record_limit: usize,
+    pub max_parked_per_saga: usize,
+    pub max_parked_per_partition: usize,
+    /// How long an ended saga id is remembered after its state is removed.
+    pub dedup_window: Duration,
+    pub health: Health,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +84,12 @@ pub enum RunError {
     Bus(#[from] sagaflow_bus::Error),
     #[error("[SF-ORCH-020] Kafka: {0}")]
     Kafka(String),
+    #[error("[SF-ORCH-024] restoring {topic}/{partition}: {message}")]
+    Restore {
+        topic: String,
+        partition: i32,
+        message: String,
+    },
 }
 
 enum Rebalanced {
@@ -130,6 +143,15 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
 /// One owned partition: its sagas and their timers.
 #[derive(Default)]
 struct Partition {
+    /// This owner's epoch: the changelog offset of its ownership marker.
+    epoch: i64,
+    /// Where this owner's next changelog write should land if nobody else
+    /// writes to the partition; a gap means another writer.
+    next_offset: i64,
+    /// Ended saga ids (hashes) and until when a trigger for them is a replay.
+    ended: HashMap<u64, u64>,
+    /// When `ended` was last swept for expired markers.
+    swept_at: u64,
     sagas: HashMap<String, Entry>,
     /// (due, saga id, timer id); timer id [`EXPIRE`] removes a finished saga.
     timers: BTreeSet<(u64, String, String)>,
@@ -137,36 +159,64 @@ struct Partition {
     /// delivered but not yet recorded with a delivery mark.
     delivered: Option<i64>,
     /// Awaited events that arrived before their saga's trigger (another
-    /// topic, read in another order), by saga id; kept in the changelog
-    /// under [`EARLY_PREFIX`] and applied when the saga starts.
-    early: HashMap<String, Vec<AwaitedEvent>>,
+    /// topic, read in another order), by saga id, each with its changelog
+    /// key (one record per event) and applied when the saga starts.
+    early: HashMap<String, Vec<(String, AwaitedEvent)>>,
 }
 
-/// Changelog key prefix of parked early events.
-const EARLY_PREFIX: &str = "@sagaflow/early/";
+impl Partition {
+    fn parked(&self) -> usize {
+        self.early.values().map(Vec::len).sum()
+    }
+}
 
 /// Type header of the delivery marks in the changelog: "every outbox
 /// written at or below changelog offset N of this partition has been
 /// delivered", so a restore re-sends only what may really be owed.
 const DELIVERED_MARK: &str = "sagaflow.DeliveredMark";
 
-#[derive(Serialize, Deserialize)]
-struct DeliveredMark {
-    through: i64,
-}
-
-fn delivered_mark(topic: &str, p: i32, through: i64) -> Outgoing {
+/// A record of the changelog, stamped with its writer's epoch.
+fn state_record(
+    topic: &str,
+    p: i32,
+    epoch: i64,
+    key: String,
+    payload: Option<Vec<u8>>,
+) -> Outgoing {
     Outgoing {
         topic: topic.to_owned(),
         partition: Some(p),
-        key: Some(format!("@sagaflow/delivered/{p}")),
-        payload: serde_json::to_vec(&DeliveredMark { through }).ok(),
-        headers: SagaHeaders {
-            message_type: Some(DELIVERED_MARK.to_owned()),
-            ..SagaHeaders::default()
-        }
-        .to_owned_headers(),
+        key: Some(key),
+        payload,
+        headers: OwnedHeaders::new().insert(Header {
+            key: changelog::EPOCH_HEADER,
+            value: Some(epoch.to_string().as_bytes()),
+        }),
     }
+}
+
+fn delivered_mark(topic: &str, p: i32, epoch: i64, through: i64) -> Outgoing {
+    let mut r = state_record(
+        topic,
+        p,
+        epoch,
+        changelog::delivered_key(p),
+        serde_json::to_vec(&DeliveredMark { through }).ok(),
+    );
+    r.headers = r.headers.insert(Header {
+        key: sagaflow_bus::header_names::MESSAGE_TYPE,
+        value: Some(DELIVERED_MARK.as_bytes()),
+    });
+    r
+}
+
+/// The writer's epoch of a changelog record read back.
+fn epoch_of(m: &BorrowedMessage<'_>) -> Option<i64> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == changelog::EPOCH_HEADER)
+        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
 }
 
 struct Entry {
@@ -178,12 +228,32 @@ struct Entry {
     /// When each in-flight command was issued (for step latency; not
     /// persisted, so replies to commands issued before a restore are not timed).
     issued: HashMap<String, u64>,
+    /// Size of the saga's last changelog record: inputs that could push it
+    /// over the record limit are measured before they are accepted.
+    stored_bytes: usize,
 }
 
 const EXPIRE: &str = "@expire";
 /// Timer id that drops a saga id's parked early events if the saga has
 /// not started by then.
 const EARLY_EXPIRE: &str = "@early-expire";
+
+/// The instance is stopping while it waited out a dependency's outage.
+#[derive(Debug)]
+struct Stopping;
+
+/// The partitions this instance holds, and those it must leave alone.
+#[derive(Default)]
+struct Owned {
+    parts: HashMap<i32, Partition>,
+    /// Revoked by the group: their inputs belong to the next owner.
+    revoked: BTreeSet<i32>,
+    /// Taken over by another owner (a newer epoch marker in the
+    /// changelog) without a revoke reaching this instance yet: their
+    /// inputs are neither applied nor committed until the group assigns
+    /// them here again.
+    lost: BTreeSet<i32>,
+}
 
 /// Effects owed by one batch, per saga, in first-touched order.
 #[derive(Default)]
@@ -194,8 +264,10 @@ struct Batch {
     records: Vec<Outgoing>,
     tombstones: Vec<(i32, String)>,
     offsets: Vec<(String, i32, i64)>,
-    /// Sagas whose parked early events changed: (partition, saga id).
-    parked: Vec<(i32, String)>,
+    /// Newly parked early events: (partition, key, event).
+    parked: Vec<(i32, String, Parked)>,
+    /// Ended markers to write: (partition, saga id hash, remembered until).
+    ended: Vec<(i32, u64, u64)>,
 }
 
 impl Batch {
@@ -208,6 +280,10 @@ impl Batch {
     }
 }
 
+/// What a record carries beyond its key and value, at most: headers
+/// (ids, trace context, epoch) and the protocol's framing.
+const RECORD_OVERHEAD: usize = 1024;
+
 /// A record to produce.
 struct Outgoing {
     topic: String,
@@ -215,6 +291,22 @@ struct Outgoing {
     key: Option<String>,
     payload: Option<Vec<u8>>,
     headers: OwnedHeaders,
+}
+
+impl Outgoing {
+    /// Key, value and headers, plus framing: what the broker measures
+    /// against `message.max.bytes`, give or take its batch header.
+    fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 8)
+            .sum();
+        self.key.as_ref().map_or(0, String::len)
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + headers
+            + 128
+    }
 }
 
 fn now_ms() -> u64 {
@@ -285,22 +377,34 @@ async fn produce(producer: &FutureProducer, out: Outgoing) -> Result<(i32, i64),
         .map_err(|(e, _)| e.to_string())
 }
 
-/// Produces all records and waits for every ack; returns, per partition
-/// written, the highest offset.
+/// Produces all records and waits for every ack; returns the partition
+/// and offset of each. A record over `limit` bytes is not sent (a broker
+/// would refuse it for ever): it is logged and counted as SF-ORCH-022.
 async fn produce_all(
     producer: &FutureProducer,
     records: Vec<Outgoing>,
-) -> Result<HashMap<i32, i64>, String> {
+    limit: usize,
+) -> Result<Vec<(i32, i64)>, String> {
     // All records are enqueued before any ack is awaited, so librdkafka
     // batches them; order per partition is kept by the idempotent producer.
-    let sends = records.into_iter().map(|r| produce(producer, r));
-    let mut highest = HashMap::new();
-    for r in futures::future::join_all(sends).await {
-        let (p, offset) = r?;
-        let h = highest.entry(p).or_insert(offset);
-        *h = (*h).max(offset);
-    }
-    Ok(highest)
+    let sends = records
+        .into_iter()
+        .filter(|r| {
+            let size = r.size();
+            if size > limit {
+                tracing::error!(
+                    code = "SF-ORCH-022",
+                    topic = %r.topic,
+                    key = r.key.as_deref().unwrap_or_default(),
+                    size,
+                    limit,
+                    "record over the record limit; not sent"
+                );
+            }
+            size <= limit
+        })
+        .map(|r| produce(producer, r));
+    futures::future::join_all(sends).await.into_iter().collect()
 }
 
 impl Driver {
@@ -347,40 +451,15 @@ impl Driver {
             .map_err(|e| RunError::Kafka(e.to_string()))?;
         let producer = self.kafka.producer()?;
         info!(topics = ?topics, group = %self.group_id, "orchestrator consuming");
-        let mut owned: HashMap<i32, Partition> = HashMap::new();
-        let mut pending: Vec<Rebalanced> = Vec::new();
+        let mut owned = Owned::default();
         let source: BTreeSet<String> = self.source_topics();
-        self.ready.store(true, Ordering::SeqCst);
         loop {
             while let Ok(ev) = rx.try_recv() {
-                pending.push(ev);
+                self.rebalanced(&producer, &mut owned, ev).await?;
             }
-            for ev in std::mem::take(&mut pending) {
-                match ev {
-                    Rebalanced::Revoked(ps) => {
-                        for p in ps {
-                            if let Some(part) = owned.remove(&p) {
-                                self.release(&producer, p, &part).await;
-                                info!(
-                                    messaging.kafka.partition = p,
-                                    sagas = part.sagas.len(),
-                                    "partition revoked"
-                                );
-                            }
-                        }
-                    }
-                    Rebalanced::Assigned(ps) => {
-                        for p in ps {
-                            if let std::collections::hash_map::Entry::Vacant(slot) = owned.entry(p)
-                            {
-                                slot.insert(self.restore(&producer, p).await?);
-                            }
-                        }
-                    }
-                }
-            }
-            self.metrics.owned_partitions.set(owned.len() as i64);
+            self.metrics.owned_partitions.set(owned.parts.len() as i64);
             let next_due = owned
+                .parts
                 .values()
                 .filter_map(|p| p.timers.first().map(|t| t.0))
                 .min();
@@ -398,7 +477,7 @@ impl Driver {
                 // A rebalance wakes the loop: a newly assigned partition is
                 // restored (and its timers armed) even if no input arrives.
                 Some(ev) = rx.recv() => {
-                    pending.push(ev);
+                    self.rebalanced(&producer, &mut owned, ev).await?;
                 }
                 m = consumer.recv() => {
                     // Consumption errors (a topic not created yet, a broker
@@ -425,53 +504,56 @@ impl Driver {
                     }
                     // Partitions revoked while the batch was collected are no
                     // longer ours: their inputs are left to the next owner.
-                    let mut revoked = Vec::new();
                     while let Ok(ev) = rx.try_recv() {
-                        match ev {
-                            Rebalanced::Revoked(ps) => {
-                                for p in ps {
-                                    if let Some(part) = owned.remove(&p) {
-                                        self.release(&producer, p, &part).await;
-                                    }
-                                    revoked.push(p);
-                                }
-                            }
-                            Rebalanced::Assigned(ps) => {
-                                for p in ps {
-                                    if let std::collections::hash_map::Entry::Vacant(slot) = owned.entry(p) {
-                                        slot.insert(self.restore(&producer, p).await?);
-                                    }
-                                }
-                            }
-                        }
+                        self.rebalanced(&producer, &mut owned, ev).await?;
                     }
+                    let _busy = self.health.busy();
                     let mut work = Batch::default();
+                    let mut skipped = BTreeSet::new();
                     for m in &batch {
                         let topic = m.topic();
                         let co_partitioned = topic == inputs || topic == replies;
-                        if co_partitioned && revoked.contains(&m.partition()) {
+                        let p = m.partition();
+                        if co_partitioned && (owned.revoked.contains(&p) || owned.lost.contains(&p)) {
+                            skipped.insert((topic.to_owned(), p));
                             continue;
                         }
-                        if co_partitioned && !owned.contains_key(&m.partition()) {
-                            let part = self.restore(&producer, m.partition()).await?;
-                            owned.insert(m.partition(), part);
+                        if co_partitioned && !owned.parts.contains_key(&p) {
+                            let part = self.restore(&producer, p).await?;
+                            owned.parts.insert(p, part);
                         }
-                        if topic == inputs {
-                            let part = owned.get_mut(&m.partition()).expect("restored above");
-                            self.on_input(part, m, &mut work).await;
+                        let handled = if topic == inputs {
+                            let part = owned.parts.get_mut(&p).expect("restored above");
+                            self.on_input(part, m, &mut work, &shutdown).await
                         } else if topic == replies {
-                            let part = owned.get_mut(&m.partition()).expect("restored above");
-                            self.on_reply(part, m, &mut work).await;
+                            let part = owned.parts.get_mut(&p).expect("restored above");
+                            self.on_reply(part, m, &mut work, &shutdown).await
                         } else if source.contains(topic) {
-                            self.on_source(m, &mut work).await;
+                            self.on_source(m, &mut work, &shutdown).await
+                        } else {
+                            Ok(())
+                        };
+                        if handled.is_err() {
+                            // Stopping while a dependency is down: nothing of
+                            // this batch is committed; the next owner or
+                            // this instance restarted reads it again.
+                            return self.stop(&producer, &consumer, &mut owned).await;
                         }
-                        work.offsets.push((topic.to_owned(), m.partition(), m.offset()));
+                        work.offsets.push((topic.to_owned(), p, m.offset()));
                     }
                     self.metrics.batch_size.with_label_values(&["orchestrator"]).observe(batch.len() as f64);
-                    self.flush(&producer, &mut owned, work).await.map_err(RunError::Kafka)?;
+                    let lost = self.flush(&producer, &mut owned.parts, work).await.map_err(RunError::Kafka)?;
+                    for p in lost {
+                        if let Some(part) = owned.parts.remove(&p) {
+                            self.forget(&part);
+                        }
+                        owned.lost.insert(p);
+                        skipped.insert((inputs.clone(), p));
+                        skipped.insert((replies.clone(), p));
+                    }
                     let mut tpl = TopicPartitionList::new();
                     for m in &batch {
-                        if revoked.contains(&m.partition()) && (m.topic() == inputs || m.topic() == replies) {
+                        if skipped.contains(&(m.topic().to_owned(), m.partition())) {
                             continue;
                         }
                         let _ = tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1));
@@ -484,17 +566,61 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {
+                    let _busy = self.health.busy();
                     let mut work = Batch::default();
                     let now = now_ms();
-                    for (&p, part) in owned.iter_mut() {
+                    for (&p, part) in owned.parts.iter_mut() {
                         self.fire_due(p, part, now, &mut work);
                     }
-                    self.flush(&producer, &mut owned, work).await.map_err(RunError::Kafka)?;
+                    let lost = self.flush(&producer, &mut owned.parts, work).await.map_err(RunError::Kafka)?;
+                    for p in lost {
+                        if let Some(part) = owned.parts.remove(&p) {
+                            self.forget(&part);
+                        }
+                        owned.lost.insert(p);
+                    }
                 }
             }
         }
-        self.ready.store(false, Ordering::SeqCst);
-        if let Err(e) = self.mark_delivered(&producer, &mut owned).await {
+        self.stop(&producer, &consumer, &mut owned).await
+    }
+
+    /// Waits before retrying work that failed transiently (the schema
+    /// registry unreachable): the batch, and so its partitions, wait; the
+    /// record is never dead-lettered for a passing outage. Gives up only
+    /// when the instance stops.
+    async fn backoff(
+        &self,
+        attempt: &mut u32,
+        cause: &str,
+        error: &(dyn std::fmt::Display + Sync),
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Stopping> {
+        *attempt += 1;
+        self.metrics.retries.with_label_values(&[cause]).inc();
+        let delay = Duration::from_millis(100u64 << (*attempt).min(6)).min(Duration::from_secs(5));
+        warn!(attempt = *attempt, retry_in_ms = delay.as_millis() as u64, error = %error, "{cause} unavailable; the batch waits and retries");
+        let _waiting = self.health.waiting();
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Err(Stopping),
+        }
+        if *shutdown.borrow() {
+            return Err(Stopping);
+        }
+        Ok(())
+    }
+
+    /// A clean stop: pending delivery marks and offsets are written.
+    async fn stop(
+        &self,
+        producer: &FutureProducer,
+        consumer: &StreamConsumer<RebalanceContext>,
+        owned: &mut Owned,
+    ) -> Result<(), RunError> {
+        self.health.set_ready(false);
+        if let Err(e) = self.mark_delivered(producer, &mut owned.parts).await {
             warn!(error = %e, "recording delivery marks on stop");
         }
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -504,11 +630,50 @@ impl Driver {
         Ok(())
     }
 
+    /// Hands partitions over (revoke) or takes them (assign: restore). The
+    /// instance is ready once it holds and has restored what the group
+    /// assigned it, possibly nothing.
+    async fn rebalanced(
+        &self,
+        producer: &FutureProducer,
+        owned: &mut Owned,
+        ev: Rebalanced,
+    ) -> Result<(), RunError> {
+        match ev {
+            Rebalanced::Revoked(ps) => {
+                for p in ps {
+                    owned.lost.remove(&p);
+                    owned.revoked.insert(p);
+                    if let Some(part) = owned.parts.remove(&p) {
+                        self.release(producer, p, &part).await;
+                        info!(
+                            messaging.kafka.partition = p,
+                            sagas = part.sagas.len(),
+                            "partition revoked"
+                        );
+                    }
+                }
+            }
+            Rebalanced::Assigned(ps) => {
+                for p in ps {
+                    owned.revoked.remove(&p);
+                    owned.lost.remove(&p);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = owned.parts.entry(p) {
+                        slot.insert(self.restore(producer, p).await?);
+                    }
+                }
+                self.health.set_ready(true);
+            }
+        }
+        self.metrics.owned_partitions.set(owned.parts.len() as i64);
+        Ok(())
+    }
+
     /// Lets a revoked partition go: records its pending delivery mark (a
     /// true statement whoever owns the partition now) and its metrics.
     async fn release(&self, producer: &FutureProducer, p: i32, part: &Partition) {
         if let Some(through) = part.delivered {
-            let mark = delivered_mark(&self.names.saga_state(), p, through);
+            let mark = delivered_mark(&self.names.saga_state(), p, part.epoch, through);
             if let Err(e) = produce(producer, mark).await {
                 debug!(error = %e, partition = p, "delivery mark on revoke");
             }
@@ -527,96 +692,100 @@ impl Driver {
         }
     }
 
-    /// Rebuilds a partition's sagas from the changelog, re-arms their
-    /// timers and re-sends what their outboxes still owe.
+    /// Takes a partition over: writes this owner's epoch marker to the
+    /// changelog, rebuilds the partition's sagas by reading the changelog
+    /// until the marker comes back (never trusting the high watermark,
+    /// which a broker may report below acknowledged records), re-arms
+    /// their timers and re-sends what their outboxes still owe.
     async fn restore(&self, producer: &FutureProducer, p: i32) -> Result<Partition, RunError> {
+        let _busy = self.health.busy();
         let started = Instant::now();
         let topic = self.names.saga_state();
+        let failed = |message: String| RunError::Restore {
+            topic: topic.clone(),
+            partition: p,
+            message,
+        };
+        let owner = format!("{}/{}", self.group_id, uuid::Uuid::new_v4());
+        let marker = Outgoing {
+            topic: topic.clone(),
+            partition: Some(p),
+            key: Some(format!(
+                "{}{p}/{}",
+                changelog::EPOCH_PREFIX,
+                uuid::Uuid::new_v4()
+            )),
+            payload: serde_json::to_vec(&EpochMarker {
+                owner,
+                partition: p,
+            })
+            .ok(),
+            headers: OwnedHeaders::new(),
+        };
+        let (_, epoch) = produce(producer, marker)
+            .await
+            .map_err(|e| failed(format!("writing the ownership marker: {e}")))?;
         let reader = self.kafka.consumer(&format!("{}-restore", self.group_id))?;
-        let (low, high) = reader
-            .fetch_watermarks(&topic, p, Duration::from_secs(30))
-            .map_err(|e| RunError::Kafka(format!("watermarks of {topic}/{p}: {e}")))?;
-        // Each saga's latest state with its changelog offset, and the
-        // latest delivery mark: outboxes at or below it were delivered.
-        let mut stored: HashMap<String, (i64, StoredSaga)> = HashMap::new();
-        let mut delivered_through = -1;
-        let mut early: HashMap<String, Vec<AwaitedEvent>> = HashMap::new();
-        if high > low {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, p, Offset::Offset(low))
-                .map_err(|e| RunError::Kafka(e.to_string()))?;
-            reader
-                .assign(&tpl)
-                .map_err(|e| RunError::Kafka(e.to_string()))?;
-            let mut next = low;
-            while next < high {
-                let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
-                    .await
-                    .map_err(|_| {
-                        RunError::Kafka(format!(
-                            "restoring {topic}/{p}: stalled at offset {next} of {high}"
-                        ))
-                    })?
-                    .map_err(|e| RunError::Kafka(format!("restoring {topic}/{p}: {e}")))?;
-                next = m.offset() + 1;
-                let Some(key) = m.key().map(|k| String::from_utf8_lossy(k).into_owned()) else {
-                    continue;
-                };
-                let is_mark = m.headers().is_some_and(|h| {
-                    SagaHeaders::from_headers(h).message_type.as_deref() == Some(DELIVERED_MARK)
-                });
-                if is_mark {
-                    match m.payload().map(serde_json::from_slice::<DeliveredMark>) {
-                        Some(Ok(mark)) => delivered_through = delivered_through.max(mark.through),
-                        _ => warn!(
-                            offset = m.offset(),
-                            "unreadable delivery mark in the changelog; skipped"
-                        ),
-                    }
-                    continue;
-                }
-                if let Some(saga_id) = key.strip_prefix(EARLY_PREFIX) {
-                    match m.payload().map(serde_json::from_slice::<Vec<AwaitedEvent>>) {
-                        None => {
-                            early.remove(saga_id);
-                        }
-                        Some(Ok(events)) => {
-                            early.insert(saga_id.to_owned(), events);
-                        }
-                        Some(Err(e)) => {
-                            warn!(saga.id = %saga_id, error = %e, "unreadable parked events in the changelog; skipped")
-                        }
-                    }
-                    continue;
-                }
-                match m.payload() {
-                    None => {
-                        stored.remove(&key);
-                    }
-                    Some(bytes) => match serde_json::from_slice::<StoredSaga>(bytes) {
-                        Ok(s) => {
-                            stored.insert(key, (m.offset(), s));
-                        }
-                        Err(e) => {
-                            warn!(saga.id = %key, error = %e, "unreadable saga state in the changelog; skipped")
-                        }
-                    },
-                }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)
+            .map_err(|e| failed(e.to_string()))?;
+        reader.assign(&tpl).map_err(|e| failed(e.to_string()))?;
+        let mut replay = Replay::new();
+        let mut read = 0u64;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+                .await
+                .map_err(|_| {
+                    failed(format!(
+                        "no record for 60 s after {read} records, before the marker at offset {epoch}"
+                    ))
+                })?
+                .map_err(|e| failed(e.to_string()))?;
+            read += 1;
+            let key = m.key().map(String::from_utf8_lossy);
+            replay.apply(&Record {
+                offset: m.offset(),
+                key: key.as_deref(),
+                payload: m.payload(),
+                epoch: epoch_of(&m),
+            });
+            if m.offset() >= epoch {
+                break;
             }
         }
+        for (offset, why) in &replay.unreadable {
+            warn!(messaging.kafka.partition = p, offset, reason = %why, "unreadable changelog record; skipped");
+        }
+        if replay.fenced > 0 {
+            warn!(
+                messaging.kafka.partition = p,
+                records = replay.fenced,
+                "changelog records written by replaced owners after their replacement; ignored"
+            );
+            self.metrics
+                .fencing
+                .with_label_values(&["stale-record"])
+                .inc_by(replay.fenced);
+        }
+        let now = now_ms();
         let mut part = Partition {
-            early,
+            epoch,
+            next_offset: epoch + 1,
+            ended: replay.ended,
+            swept_at: now,
+            early: replay.early,
             ..Partition::default()
         };
         // Parking times are not stored: restored early events get a full
         // retention from now.
-        let expire_at = now_ms() + self.early_event_retention.as_millis() as u64;
+        let expire_at = now + self.early_event_retention.as_millis() as u64;
         for saga_id in part.early.keys() {
             part.timers
                 .insert((expire_at, saga_id.clone(), EARLY_EXPIRE.to_owned()));
         }
+        let delivered_through = replay.delivered_through;
         let mut owed = Vec::new();
-        for (saga_id, (offset, mut s)) in stored {
+        for (saga_id, (offset, mut s)) in replay.sagas {
             // A saga stored without a trace context (written before sagas
             // had one) gets one now, so all its records share a trace.
             if s.traceparent.is_none() {
@@ -648,6 +817,7 @@ impl Driver {
                 trigger_traceparent: s.trigger_traceparent,
                 armed: Vec::new(),
                 issued: HashMap::new(),
+                stored_bytes: 0,
             };
             rearm(
                 &mut part.timers,
@@ -675,11 +845,12 @@ impl Driver {
             }
         }
         let resent = records.len();
-        produce_all(producer, records)
+        produce_all(producer, records, self.record_limit)
             .await
-            .map_err(RunError::Kafka)?;
+            .map_err(|e| failed(format!("re-sending owed effects: {e}")))?;
         if resent > 0 {
-            part.delivered = Some(high - 1);
+            // Everything written before the marker is delivered now.
+            part.delivered = Some(epoch - 1);
         }
         let label = p.to_string();
         self.metrics
@@ -694,14 +865,29 @@ impl Driver {
             messaging.kafka.partition = p,
             sagas = restored,
             resent,
+            epoch,
+            records = read,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "partition restored"
         );
         Ok(part)
     }
 
-    async fn on_source(&self, m: &BorrowedMessage<'_>, work: &mut Batch) {
-        let event = match events::decode(&self.codec, m).await {
+    async fn on_source(
+        &self,
+        m: &BorrowedMessage<'_>,
+        work: &mut Batch,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Stopping> {
+        let mut attempt = 0;
+        let event = match loop {
+            match events::decode(&self.codec, m).await {
+                Err(events::EventError::Decode(e)) if e.is_retriable() => {
+                    self.backoff(&mut attempt, "registry", &e, shutdown).await?;
+                }
+                decoded => break decoded,
+            }
+        } {
             Ok(e) => e,
             Err(e) => {
                 warn!(topic = m.topic(), offset = m.offset(), error = %e, "undecodable domain event; dead-lettered");
@@ -711,7 +897,7 @@ impl Driver {
                     .inc();
                 work.records
                     .push(dead_letter(&self.names, m, e.code(), &e.to_string()));
-                return;
+                return Ok(());
             }
         };
         // Definitions name topics without the deployment's prefix.
@@ -801,35 +987,43 @@ impl Driver {
                 .with_label_values(&["domain-event", "unmatched"])
                 .inc();
         }
+        Ok(())
     }
 
-    async fn on_input(&self, part: &mut Partition, m: &BorrowedMessage<'_>, work: &mut Batch) {
+    /// Dead-letters an input with a coded reason, counted and logged once.
+    fn refuse(&self, m: &BorrowedMessage<'_>, code: &str, reason: &str, work: &mut Batch) {
+        warn!(
+            topic = m.topic(),
+            messaging.kafka.partition = m.partition(),
+            offset = m.offset(),
+            code,
+            reason,
+            "input refused; dead-lettered"
+        );
+        self.metrics.dead_letters.with_label_values(&[code]).inc();
+        work.records.push(dead_letter(&self.names, m, code, reason));
+    }
+
+    async fn on_input(
+        &self,
+        part: &mut Partition,
+        m: &BorrowedMessage<'_>,
+        work: &mut Batch,
+        _shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Stopping> {
         let env: Envelope = match m.payload().map(serde_json::from_slice) {
             Some(Ok(env)) => env,
             Some(Err(e)) => {
                 let reason = format!("not a Sagaflow input envelope: {e}");
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&["SF-ORCH-014"])
-                    .inc();
-                work.records
-                    .push(dead_letter(&self.names, m, "SF-ORCH-014", &reason));
-                return;
+                self.refuse(m, "SF-ORCH-014", &reason, work);
+                return Ok(());
             }
             None => {
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&["SF-ORCH-014"])
-                    .inc();
-                work.records.push(dead_letter(
-                    &self.names,
-                    m,
-                    "SF-ORCH-014",
-                    "empty input envelope",
-                ));
-                return;
+                self.refuse(m, "SF-ORCH-014", "empty input envelope", work);
+                return Ok(());
             }
         };
+        let input_bytes = m.payload().map_or(0, <[u8]>::len);
         let traceparent = m
             .headers()
             .map(SagaHeaders::from_headers)
@@ -848,10 +1042,31 @@ impl Driver {
                         .inputs
                         .with_label_values(&["trigger", "duplicate"])
                         .inc();
-                    return;
+                    return Ok(());
+                }
+                if part
+                    .ended
+                    .get(&changelog::saga_hash(&saga_id))
+                    .is_some_and(|until| *until > now.0)
+                {
+                    // The saga ended and its state is gone, but its id is
+                    // remembered for `dedup-window`: a replayed trigger.
+                    self.metrics
+                        .inputs
+                        .with_label_values(&["trigger", "replayed"])
+                        .inc();
+                    return Ok(());
                 }
                 match self.engine.start(&saga_type, &event, now) {
                     Ok((state, effects)) => {
+                        if let Some(size) = self.oversized(&state, &effects, input_bytes) {
+                            let reason = format!(
+                                "saga `{saga_id}`: its state would be {size} bytes, over the record limit of {} bytes (max-record-bytes / message.max.bytes); the trigger is refused",
+                                self.record_limit
+                            );
+                            self.refuse(m, "SF-ORCH-022", &reason, work);
+                            return Ok(());
+                        }
                         self.metrics
                             .inputs
                             .with_label_values(&["trigger", "applied"])
@@ -875,62 +1090,70 @@ impl Driver {
                             trigger_traceparent: parent.map(|p| p.header()),
                             armed: Vec::new(),
                             issued: HashMap::new(),
+                            stored_bytes: input_bytes,
                         };
                         note_issued(&mut entry, &effects, now.0);
                         self.after_apply(&mut part.timers, &id, &mut entry, false);
                         part.sagas.insert(id.clone(), entry);
                         work.owe(p, &id, effects);
                         if let Some(early) = part.early.remove(&id) {
-                            work.tombstones.push((p, format!("{EARLY_PREFIX}{id}")));
-                            for event in early {
-                                self.apply(part, p, &id, Input::Event(event), "event", work);
+                            for (key, event) in early {
+                                work.tombstones.push((p, key));
+                                let size =
+                                    serde_json::to_vec(&event.payload).map_or(0, |b| b.len());
+                                if let Err(refused) = self.apply(
+                                    part,
+                                    p,
+                                    &id,
+                                    Input::Event(event),
+                                    size,
+                                    "event",
+                                    work,
+                                ) {
+                                    // The parked event has no record of its own any more: its
+                                    // refusal is logged and counted, not dead-lettered.
+                                    warn!(saga.id = %id, reason = %refused, "parked event refused");
+                                    self.metrics
+                                        .dead_letters
+                                        .with_label_values(&["SF-ORCH-022"])
+                                        .inc();
+                                }
                             }
                         }
                     }
                     Err(e) => {
                         let reason = format!("starting saga `{saga_type}`: {e}");
-                        self.metrics
-                            .dead_letters
-                            .with_label_values(&["SF-ORCH-015"])
-                            .inc();
-                        work.records
-                            .push(dead_letter(&self.names, m, "SF-ORCH-015", &reason));
+                        self.refuse(m, "SF-ORCH-015", &reason, work);
                     }
                 }
             }
             Envelope::Event { saga_id, event } => {
                 if part.sagas.contains_key(&saga_id) {
-                    self.apply(part, p, &saga_id, Input::Event(event), "event", work);
+                    if let Err(reason) = self.apply(
+                        part,
+                        p,
+                        &saga_id,
+                        Input::Event(event),
+                        input_bytes,
+                        "event",
+                        work,
+                    ) {
+                        self.refuse(m, "SF-ORCH-022", &reason, work);
+                    }
                 } else {
-                    // Its saga has not started yet: park the event durably,
-                    // for `early-event-retention` at most.
-                    let parked = part.early.entry(saga_id.clone()).or_default();
-                    if parked.is_empty() {
-                        part.timers.insert((
-                            now.0 + self.early_event_retention.as_millis() as u64,
-                            saga_id.clone(),
-                            EARLY_EXPIRE.to_owned(),
-                        ));
-                    }
-                    if !parked.iter().any(|e| e.message_id == event.message_id) {
-                        parked.push(event);
-                        work.parked.push((p, saga_id));
-                    }
-                    self.metrics
-                        .inputs
-                        .with_label_values(&["event", "parked"])
-                        .inc();
+                    self.park(part, p, saga_id, event, m, now.0, work);
                 }
             }
             Envelope::Retry {
                 saga_id,
                 request_id,
             } => {
-                self.apply(
+                let _ = self.apply(
                     part,
                     p,
                     &saga_id,
                     Input::Retry { request_id },
+                    0,
                     "retry",
                     work,
                 );
@@ -940,38 +1163,121 @@ impl Driver {
                 request_id,
                 reason,
             } => {
-                self.apply(
+                let _ = self.apply(
                     part,
                     p,
                     &saga_id,
                     Input::Abort { request_id, reason },
+                    0,
                     "abort",
                     work,
                 );
             }
         }
+        Ok(())
     }
 
-    async fn on_reply(&self, part: &mut Partition, m: &BorrowedMessage<'_>, work: &mut Batch) {
-        let Some(bytes) = m.payload() else {
+    /// Parks an awaited event whose saga has not started yet (another
+    /// topic, read in another order): one changelog record per event, for
+    /// `early-event-retention` at most, within the per-saga and
+    /// per-partition bounds; past them it is dead-lettered.
+    #[allow(clippy::too_many_arguments)]
+    fn park(
+        &self,
+        part: &mut Partition,
+        p: i32,
+        saga_id: String,
+        event: AwaitedEvent,
+        m: &BorrowedMessage<'_>,
+        now: u64,
+        work: &mut Batch,
+    ) {
+        let key = changelog::parked_key(&saga_id, &event.message_id);
+        let held = part.early.get(&saga_id).map_or(0, Vec::len);
+        if part
+            .early
+            .get(&saga_id)
+            .is_some_and(|v| v.iter().any(|(k, _)| *k == key))
+        {
             self.metrics
-                .dead_letters
-                .with_label_values(&["SF-ORCH-012"])
+                .inputs
+                .with_label_values(&["event", "duplicate"])
                 .inc();
-            work.records
-                .push(dead_letter(&self.names, m, "SF-ORCH-012", "empty reply"));
             return;
+        }
+        if held >= self.max_parked_per_saga {
+            let reason = format!(
+                "saga `{saga_id}` has not started and already has {held} parked events (max-parked-per-saga)"
+            );
+            self.refuse(m, "SF-ORCH-023", &reason, work);
+            return;
+        }
+        let total = part.parked();
+        if total >= self.max_parked_per_partition {
+            let reason = format!(
+                "partition {p} already holds {total} parked events for sagas that have not started (max-parked-per-partition)"
+            );
+            self.refuse(m, "SF-ORCH-023", &reason, work);
+            return;
+        }
+        if held == 0 {
+            part.timers.insert((
+                now + self.early_event_retention.as_millis() as u64,
+                saga_id.clone(),
+                EARLY_EXPIRE.to_owned(),
+            ));
+        }
+        work.parked.push((
+            p,
+            key.clone(),
+            Parked {
+                saga_id: saga_id.clone(),
+                event: event.clone(),
+            },
+        ));
+        part.early.entry(saga_id).or_default().push((key, event));
+        self.metrics
+            .inputs
+            .with_label_values(&["event", "parked"])
+            .inc();
+    }
+
+    /// The size a saga's changelog record would have, if over the limit.
+    fn oversized(&self, state: &SagaState, outbox: &[Effect], input_bytes: usize) -> Option<usize> {
+        // Small inputs cannot push a small saga over: measure only when
+        // they might.
+        if input_bytes < self.record_limit / 8 {
+            return None;
+        }
+        let size =
+            serde_json::to_vec(&(state, outbox)).map_or(usize::MAX, |b| b.len()) + RECORD_OVERHEAD;
+        (size > self.record_limit).then_some(size)
+    }
+
+    async fn on_reply(
+        &self,
+        part: &mut Partition,
+        m: &BorrowedMessage<'_>,
+        work: &mut Batch,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Stopping> {
+        let Some(bytes) = m.payload() else {
+            self.refuse(m, "SF-ORCH-012", "empty reply", work);
+            return Ok(());
         };
-        let reply = match self.codec.decode_reply(m.topic(), bytes).await {
+        let mut attempt = 0;
+        let reply = match loop {
+            match self.codec.decode_reply(m.topic(), bytes).await {
+                Err(e) if e.is_retriable() => {
+                    self.backoff(&mut attempt, "registry", &e, shutdown).await?;
+                }
+                decoded => break decoded,
+            }
+        } {
             Ok(r) => r,
             Err(e) => {
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[e.code()])
-                    .inc();
-                work.records
-                    .push(dead_letter(&self.names, m, e.code(), &e.to_string()));
-                return;
+                self.refuse(m, e.code(), &e.to_string(), work);
+                return Ok(());
             }
         };
         let outcome = format!("{:?}", reply.outcome).to_lowercase();
@@ -989,25 +1295,35 @@ impl Driver {
                 .observe(latency);
         }
         let saga_id = reply.saga_id.clone();
-        self.apply(
+        if let Err(reason) = self.apply(
             part,
             m.partition(),
             &saga_id,
             Input::Reply(wire::reply(reply)),
+            bytes.len(),
             "reply",
             work,
-        );
+        ) {
+            self.refuse(m, "SF-ORCH-022", &reason, work);
+        }
+        Ok(())
     }
 
+    /// Applies one input to a saga. An input that would grow the saga's
+    /// state over the record limit is not applied: the saga is aborted
+    /// (compensating what succeeded) with the reason, which is returned for
+    /// the caller to dead-letter the input with.
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         part: &mut Partition,
         p: i32,
         saga_id: &str,
         input: Input,
+        input_bytes: usize,
         kind: &str,
         work: &mut Batch,
-    ) {
+    ) -> Result<(), String> {
         let Some(entry) = part.sagas.get_mut(saga_id) else {
             debug!(
                 saga.id = saga_id,
@@ -1018,11 +1334,34 @@ impl Driver {
                 .inputs
                 .with_label_values(&[kind, "unmatched"])
                 .inc();
-            return;
+            return Ok(());
         };
         let was_terminal = entry.state.status.is_terminal();
         let now = now_ms();
-        let applied = self.engine.apply(&mut entry.state, input, Timestamp(now));
+        let before = (entry.stored_bytes + input_bytes >= self.record_limit / 8)
+            .then(|| entry.state.clone());
+        let mut applied = self.engine.apply(&mut entry.state, input, Timestamp(now));
+        let mut refused = None;
+        if let Some(before) = before
+            && let Some(size) = self.oversized(&entry.state, &applied.effects, usize::MAX)
+        {
+            let reason = format!(
+                "saga `{saga_id}`: this {kind} would grow its state to {size} bytes, over the record limit of {} bytes; the saga is aborted",
+                self.record_limit
+            );
+            entry.state = before;
+            let request_id = format!("{saga_id}/oversized/{}", entry.state.seq);
+            applied = self.engine.apply(
+                &mut entry.state,
+                Input::Abort {
+                    request_id,
+                    reason: reason.clone(),
+                },
+                Timestamp(now),
+            );
+            refused = Some(reason);
+        }
+        entry.stored_bytes += input_bytes.min(self.record_limit);
         let outcome = match &applied.outcome {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
@@ -1041,6 +1380,7 @@ impl Driver {
             self.after_apply(&mut part.timers, saga_id, entry, was_terminal);
             work.owe(p, saga_id, applied.effects);
         }
+        refused.map_or(Ok(()), Err)
     }
 
     /// Re-syncs a saga's timers with its state and counts its end.
@@ -1080,6 +1420,16 @@ impl Driver {
     }
 
     fn fire_due(&self, p: i32, part: &mut Partition, now: u64, work: &mut Batch) {
+        if now.saturating_sub(part.swept_at) > 60_000 {
+            part.swept_at = now;
+            part.ended.retain(|hash, until| {
+                let keep = *until > now;
+                if !keep {
+                    work.tombstones.push((p, changelog::ended_key(*hash)));
+                }
+                keep
+            });
+        }
         while let Some(first) = part.timers.first().cloned() {
             if first.0 > now {
                 break;
@@ -1095,8 +1445,9 @@ impl Driver {
                         .inputs
                         .with_label_values(&["event", "expired"])
                         .inc_by(events.len() as u64);
-                    work.tombstones
-                        .push((p, format!("{EARLY_PREFIX}{saga_id}")));
+                    for (key, _) in events {
+                        work.tombstones.push((p, key));
+                    }
                 }
                 continue;
             }
@@ -1104,7 +1455,13 @@ impl Driver {
                 if let Some(e) = part.sagas.get(&saga_id)
                     && e.state.status.is_terminal()
                 {
+                    // The state goes; the id is remembered, compactly, for
+                    // `dedup-window`, so a replayed trigger is refused.
                     part.sagas.remove(&saga_id);
+                    let hash = changelog::saga_hash(&saga_id);
+                    let until = now + self.dedup_window.as_millis() as u64;
+                    part.ended.insert(hash, until);
+                    work.ended.push((p, hash, until));
                     work.tombstones.push((p, saga_id));
                 }
                 continue;
@@ -1122,11 +1479,12 @@ impl Driver {
             if let Some(entry) = part.sagas.get_mut(&saga_id) {
                 entry.armed.retain(|(_, id)| id != &timer_id);
             }
-            self.apply(
+            let _ = self.apply(
                 part,
                 p,
                 &saga_id,
                 Input::TimerFired { timer_id },
+                0,
                 "timer",
                 work,
             );
@@ -1137,17 +1495,25 @@ impl Driver {
     /// effect and record, each step waiting for the broker's acks. The
     /// state write carries the delivery marks of earlier batches, so a
     /// restore knows which outboxes were delivered at no extra round trip.
+    ///
+    /// Returns the partitions found taken over by a newer owner: their
+    /// effects are not sent, and the caller lets them go.
     async fn flush(
         &self,
         producer: &FutureProducer,
         owned: &mut HashMap<i32, Partition>,
         mut work: Batch,
-    ) -> Result<(), String> {
-        let state_topic = self.names.saga_state();
+    ) -> Result<Vec<i32>, String> {
+        let topic = self.names.saga_state();
+        let epoch = |owned: &HashMap<i32, Partition>, p: i32| owned.get(&p).map_or(-1, |x| x.epoch);
         let mut states = Vec::with_capacity(work.order.len() + work.tombstones.len());
-        let mut effects = Vec::new();
+        let mut effects: Vec<(Option<i32>, Outgoing)> = Vec::new();
         for (p, saga_id) in &work.order {
-            let Some(entry) = owned.get(p).and_then(|part| part.sagas.get(saga_id)) else {
+            let e = epoch(owned, *p);
+            let Some(entry) = owned
+                .get_mut(p)
+                .and_then(|part| part.sagas.get_mut(saga_id))
+            else {
                 continue;
             };
             let outbox = work.outbox.remove(saga_id).unwrap_or_default();
@@ -1157,14 +1523,10 @@ impl Driver {
                 traceparent: entry.traceparent.clone(),
                 trigger_traceparent: entry.trigger_traceparent.clone(),
             };
-            states.push(Outgoing {
-                topic: state_topic.clone(),
-                partition: Some(*p),
-                key: Some(saga_id.clone()),
-                payload: serde_json::to_vec(&stored).ok(),
-                headers: OwnedHeaders::new(),
-            });
-            for e in &stored.outbox {
+            let payload = serde_json::to_vec(&stored).ok();
+            entry.stored_bytes = payload.as_ref().map_or(0, Vec::len);
+            states.push(state_record(&topic, *p, e, saga_id.clone(), payload));
+            for eff in &stored.outbox {
                 if let Some(r) = self
                     .effect_record(
                         saga_id,
@@ -1173,58 +1535,136 @@ impl Driver {
                             entry.traceparent.as_deref(),
                             entry.trigger_traceparent.as_deref(),
                         ),
-                        e,
+                        eff,
                     )
                     .await
                 {
-                    effects.push(r);
+                    effects.push((Some(*p), r));
                 }
             }
         }
-        for (p, saga_id) in &work.parked {
-            let Some(events) = owned.get(p).and_then(|part| part.early.get(saga_id)) else {
-                continue;
-            };
-            states.push(Outgoing {
-                topic: state_topic.clone(),
-                partition: Some(*p),
-                key: Some(format!("{EARLY_PREFIX}{saga_id}")),
-                payload: serde_json::to_vec(events).ok(),
-                headers: OwnedHeaders::new(),
-            });
+        for (p, key, parked) in work.parked {
+            let payload = serde_json::to_vec(&parked).ok();
+            states.push(state_record(&topic, p, epoch(owned, p), key, payload));
         }
-        for (p, saga_id) in work.tombstones {
-            states.push(Outgoing {
-                topic: state_topic.clone(),
-                partition: Some(p),
-                key: Some(saga_id),
-                payload: None,
-                headers: OwnedHeaders::new(),
-            });
+        for (p, hash, until) in work.ended {
+            let payload = serde_json::to_vec(&Ended { until }).ok();
+            states.push(state_record(
+                &topic,
+                p,
+                epoch(owned, p),
+                changelog::ended_key(hash),
+                payload,
+            ));
         }
-        if states.is_empty() {
-            effects.append(&mut work.records);
-            produce_all(producer, effects).await?;
-            return Ok(());
+        for (p, key) in work.tombstones {
+            states.push(state_record(&topic, p, epoch(owned, p), key, None));
         }
-        let touched: BTreeSet<i32> = states.iter().filter_map(|s| s.partition).collect();
-        for (&p, part) in owned.iter_mut() {
-            if let Some(through) = part.delivered.take() {
-                states.push(delivered_mark(&state_topic, p, through));
+        effects.extend(work.records.drain(..).map(|r| (None, r)));
+        let mut lost = Vec::new();
+        if !states.is_empty() {
+            let touched: BTreeSet<i32> = states.iter().filter_map(|s| s.partition).collect();
+            for (&p, part) in owned.iter_mut() {
+                if let Some(through) = part.delivered.take() {
+                    states.push(delivered_mark(&topic, p, part.epoch, through));
+                }
+            }
+            let written = produce_all(producer, states, self.record_limit).await?;
+            let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
+            for (p, offset) in written {
+                by_partition.entry(p).or_default().push(offset);
+            }
+            for (p, mut offsets) in by_partition {
+                let Some(part) = owned.get_mut(&p) else {
+                    continue;
+                };
+                offsets.sort_unstable();
+                let last = *offsets.last().expect("at least one write");
+                let contiguous = offsets
+                    .iter()
+                    .enumerate()
+                    .all(|(i, o)| *o == part.next_offset + i as i64);
+                if !contiguous && self.taken_over(p, part, last).await? {
+                    lost.push(p);
+                    continue;
+                }
+                part.next_offset = last + 1;
+                // Every outbox written above is delivered once the effects
+                // below are; the next batch says so.
+                if touched.contains(&p) {
+                    part.delivered = Some(last);
+                }
             }
         }
-        let written = produce_all(producer, states).await?;
-        effects.append(&mut work.records);
-        produce_all(producer, effects).await?;
-        // Every outbox written above is delivered now; the next batch says so.
-        for (p, offset) in written {
-            if touched.contains(&p)
-                && let Some(part) = owned.get_mut(&p)
-            {
-                part.delivered = Some(offset);
+        if !lost.is_empty() {
+            for p in &lost {
+                self.metrics
+                    .fencing
+                    .with_label_values(&["partition-lost"])
+                    .inc();
+                warn!(
+                    messaging.kafka.partition = p,
+                    "another instance has taken this partition over (a newer ownership marker in the changelog); letting it go without sending this batch's effects"
+                );
+            }
+            effects.retain(|(p, _)| p.is_none_or(|p| !lost.contains(&p)));
+        }
+        produce_all(
+            producer,
+            effects.into_iter().map(|(_, r)| r).collect(),
+            self.record_limit,
+        )
+        .await?;
+        Ok(lost)
+    }
+
+    /// Someone else wrote to this partition's changelog between this
+    /// owner's writes. Reads what was written: a newer ownership marker
+    /// means the partition was taken over (true); anything else is a late
+    /// write of a replaced owner, which every restore ignores (false).
+    async fn taken_over(&self, p: i32, part: &Partition, through: i64) -> Result<bool, String> {
+        let topic = self.names.saga_state();
+        let reader = self
+            .kafka
+            .consumer(&format!("{}-fence", self.group_id))
+            .map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, p, Offset::Offset(part.next_offset))
+            .map_err(|e| e.to_string())?;
+        reader.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut foreign = 0u64;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+                .await
+                .map_err(|_| {
+                    format!("[SF-ORCH-024] reading {topic}/{p} up to {through}: no record for 30 s")
+                })?
+                .map_err(|e| format!("[SF-ORCH-024] reading {topic}/{p}: {e}"))?;
+            let is_marker = m
+                .key()
+                .is_some_and(|k| k.starts_with(changelog::EPOCH_PREFIX.as_bytes()));
+            if is_marker && m.offset() > part.epoch {
+                return Ok(true);
+            }
+            if epoch_of(&m) != Some(part.epoch) {
+                foreign += 1;
+            }
+            if m.offset() >= through {
+                break;
             }
         }
-        Ok(())
+        if foreign > 0 {
+            self.metrics
+                .fencing
+                .with_label_values(&["foreign-write"])
+                .inc_by(foreign);
+            warn!(
+                messaging.kafka.partition = p,
+                records = foreign,
+                "late changelog writes of a replaced owner; restores ignore them"
+            );
+        }
+        Ok(false)
     }
 
     /// Records the delivery marks still pending (on a clean stop), so the
@@ -1237,9 +1677,18 @@ impl Driver {
         let topic = self.names.saga_state();
         let marks: Vec<Outgoing> = owned
             .iter_mut()
-            .filter_map(|(&p, part)| Some(delivered_mark(&topic, p, part.delivered.take()?)))
+            .filter_map(|(&p, part)| {
+                Some(delivered_mark(
+                    &topic,
+                    p,
+                    part.epoch,
+                    part.delivered.take()?,
+                ))
+            })
             .collect();
-        produce_all(producer, marks).await.map(|_| ())
+        produce_all(producer, marks, self.record_limit)
+            .await
+            .map(|_| ())
     }
 
     /// The Kafka record for one effect (timers have none).
