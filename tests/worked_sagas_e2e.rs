@@ -338,3 +338,60 @@ async fn early_events_whose_saga_never_starts_expire() {
         stack.logs()
     );
 }
+
+/// Awaited events for a saga that never starts are bounded: past
+/// `max-parked-per-saga` they are dead-lettered (SF-ORCH-023) instead of
+/// piling up in memory and in the changelog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parked_events_are_bounded_per_saga() {
+    let mut stack = Stack::start("parkcap", 1).await;
+    stack.env = vec![("SAGAFLOW_MAX_PARKED_PER_SAGA".into(), "3".into())];
+    stack.start_orchestrator();
+    let api = stack.orchestrators[0].http_addr(WAIT);
+    for i in 0..7 {
+        publish(
+            &stack,
+            "identity.events",
+            "io.sagaflow.examples.customers.EmailVerified",
+            "customers/EmailVerified.avsc",
+            "ghost-2",
+            samples::email_verified(
+                "ghost-2",
+                &format!("ghost-{i}@example.com"),
+                1_700_000_000_000 + i,
+            ),
+        )
+        .await;
+    }
+    let sum = |text: &str, name: &str, label: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(format!("http://{api}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let refused = sum(
+            &text,
+            "sagaflow_dead_letters_total",
+            "reason=\"SF-ORCH-023\"",
+        );
+        if refused >= 4.0 {
+            assert_eq!(refused, 4.0, "{text}");
+            assert_eq!(sum(&text, "sagaflow_parked_events", ""), 3.0, "{text}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the parked events were never bounded\n{text}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

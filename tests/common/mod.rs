@@ -155,7 +155,7 @@ pub struct Stack {
     /// Distinct terminal lifecycle events (COMPLETED, COMPENSATED, FAILED)
     /// seen by `collect_results`, by saga id: their event ids.
     pub terminal: Mutex<BTreeMap<String, BTreeSet<String>>>,
-    _registry: sagaflow_registry::ServeHandle,
+    registry: Option<sagaflow_registry::ServeHandle>,
 }
 
 fn codec_yaml(registry: &str) -> String {
@@ -248,8 +248,25 @@ impl Stack {
             adapters: Vec::new(),
             env: Vec::new(),
             terminal: Mutex::default(),
-            _registry: handle,
+            registry: Some(handle),
         }
+    }
+
+    /// Stops the schema registry (an outage); `restart_registry` brings it
+    /// back on the same address with the same schemas.
+    pub async fn stop_registry(&mut self) {
+        if let Some(h) = self.registry.take() {
+            h.shutdown().await.unwrap();
+        }
+    }
+
+    pub async fn restart_registry(&mut self) {
+        let registry = sagaflow_registry::Registry::open_dir(&self.dir.path().join("registry"))
+            .await
+            .unwrap();
+        let addr = self.registry_url.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+        self.registry = Some(registry.serve(listener).unwrap());
     }
 
     pub fn path(&self, file: &str) -> PathBuf {

@@ -145,6 +145,10 @@ fn main() -> std::process::ExitCode {
             Command::Test(args) => scenario::run_test(args).await,
         }
     });
+    // A task stuck in a blocking call must not keep the process alive
+    // (an orchestrator whose driver stalled has to exit for a supervisor
+    // to restart it).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(failure) => failure.report(),

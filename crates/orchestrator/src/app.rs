@@ -34,11 +34,11 @@ pub enum AppError {
     #[error("[SF-ORCH-007] bearer token: environment variable `{0}` is not set or empty")]
     Token(String),
     #[error(
-        "[SF-ORCH-021] the driver has been waiting on the broker for {busy:?} \
+        "[SF-ORCH-021] the driver has made no progress for {quiet:?} \
          (stall-timeout {limit:?}); stopping so that a supervisor restarts the instance"
     )]
     Stalled {
-        busy: std::time::Duration,
+        quiet: std::time::Duration,
         limit: std::time::Duration,
     },
 }
@@ -211,14 +211,27 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         max_parked_per_partition: cfg.max_parked_per_partition.get() as usize,
         dedup_window: cfg.dedup_window,
         health: health.clone(),
+        stop: shutdown.clone(),
     };
+    // The driver and its watchdog are tasks of their own: a driver that
+    // blocks its thread cannot keep the watchdog from seeing it.
+    let mut driver_task = tokio::spawn(driver.run(shutdown));
+    let watchdog = health.clone();
+    let stall_timeout = cfg.stall_timeout;
+    let mut watchdog_task =
+        tokio::spawn(async move { watchdog.watch_for_stall(stall_timeout).await });
     let result = tokio::select! {
-        r = driver.run(shutdown) => r.map_err(|e| AppError::Run(e.to_string())),
-        busy = health.watch_for_stall(cfg.stall_timeout) => Err(AppError::Stalled {
-            busy,
-            limit: cfg.stall_timeout,
+        r = &mut driver_task => match r {
+            Ok(r) => r.map_err(|e| AppError::Run(e.to_string())),
+            Err(e) => Err(AppError::Run(format!("the driver task ended: {e}"))),
+        },
+        quiet = &mut watchdog_task => Err(AppError::Stalled {
+            quiet: quiet.unwrap_or(stall_timeout),
+            limit: stall_timeout,
         }),
     };
+    watchdog_task.abort();
+    driver_task.abort();
     health.set_ready(false);
     match &result {
         Ok(()) => {

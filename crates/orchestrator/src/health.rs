@@ -1,11 +1,14 @@
 //! Whether the driver can work: ready once it holds and has restored its
-//! partitions, never while it is stalled or gone.
+//! partitions, never while it is stuck or gone.
 //!
-//! The driver marks itself busy around every piece of work that waits on
-//! the broker (a restore, a batch's writes). A watchdog in the process
-//! shell reads [`Health::stalled_for`]: busy for longer than the stall
-//! timeout means the driver is stuck, so `/readyz` turns red and the
-//! process exits non-zero, for a supervisor to restart it.
+//! The driver's loop beats at every turn (at least once a second when
+//! idle), and so do its deliberate waits (a dependency's outage waited out
+//! with backoff). A watchdog task of its own reads [`Health::stalled_for`]:
+//! no beat for longer than the stall timeout means the driver is stuck —
+//! blocked in a call that never returns, waiting on a broker that never
+//! answers — so `/readyz` turns red and the process exits non-zero, for a
+//! supervisor to restart it. The watchdog runs as its own task, so a
+//! driver that blocks its thread cannot hide from it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,31 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Clone, Debug, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
-    /// Milliseconds since the epoch when the current piece of work began;
-    /// 0 when idle.
-    busy_since: Arc<AtomicU64>,
-}
-
-/// Clears the busy mark when the work it covers ends (or is dropped).
-#[must_use = "the work is busy only while the guard lives"]
-pub struct Busy<'a>(&'a Health);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.busy_since.store(0, Ordering::SeqCst);
-    }
-}
-
-/// Re-marks the driver busy (from now) when a deliberate wait ends.
-#[must_use = "the wait lasts only while the guard lives"]
-pub struct Waiting<'a>(&'a Health, bool);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            self.0.busy_since.store(now_ms().max(1), Ordering::SeqCst);
-        }
-    }
+    /// Milliseconds since the epoch of the driver's last beat; 0 before
+    /// the first.
+    alive_at: Arc<AtomicU64>,
 }
 
 fn now_ms() -> u64 {
@@ -63,39 +44,30 @@ impl Health {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Marks the driver busy until the guard drops.
-    pub fn busy(&self) -> Busy<'_> {
-        self.busy_since.store(now_ms().max(1), Ordering::SeqCst);
-        Busy(self)
+    /// The driver is alive and making progress.
+    pub fn beat(&self) {
+        self.alive_at.store(now_ms().max(1), Ordering::SeqCst);
     }
 
-    /// Pauses the busy mark while the driver deliberately waits out a
-    /// dependency's outage (with backoff): that is not a stall. The mark
-    /// restarts from now when the guard drops.
-    pub fn waiting(&self) -> Waiting<'_> {
-        let was_busy = self.busy_since.swap(0, Ordering::SeqCst) != 0;
-        Waiting(self, was_busy)
-    }
-
-    /// How long the current piece of work has been running, if any.
+    /// How long since the driver's last beat, once it has beaten.
     pub fn stalled_for(&self) -> Option<Duration> {
-        match self.busy_since.load(Ordering::SeqCst) {
+        match self.alive_at.load(Ordering::SeqCst) {
             0 => None,
-            since => Some(Duration::from_millis(now_ms().saturating_sub(since))),
+            at => Some(Duration::from_millis(now_ms().saturating_sub(at))),
         }
     }
 
-    /// Resolves once the driver has been busy for longer than `timeout`,
+    /// Resolves once the driver has not beaten for longer than `timeout`,
     /// turning `/readyz` red first. Checks a few times per timeout.
     pub async fn watch_for_stall(&self, timeout: Duration) -> Duration {
         let tick = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             tokio::time::sleep(tick).await;
-            if let Some(busy) = self.stalled_for()
-                && busy > timeout
+            if let Some(quiet) = self.stalled_for()
+                && quiet > timeout
             {
                 self.set_ready(false);
-                return busy;
+                return quiet;
             }
         }
     }
@@ -106,55 +78,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busy_guard_marks_and_clears() {
+    fn no_stall_before_the_first_beat() {
         let h = Health::default();
         assert_eq!(h.stalled_for(), None);
-        {
-            let _b = h.busy();
-            assert!(h.stalled_for().is_some());
-        }
-        assert_eq!(h.stalled_for(), None);
-    }
-
-    #[test]
-    fn waiting_out_an_outage_is_not_a_stall() {
-        let h = Health::default();
-        let _b = h.busy();
-        {
-            let _w = h.waiting();
-            assert_eq!(h.stalled_for(), None);
-        }
-        assert!(h.stalled_for().is_some());
+        h.beat();
+        assert!(h.stalled_for().is_some_and(|d| d < Duration::from_secs(1)));
     }
 
     #[tokio::test]
-    async fn a_stall_turns_readiness_red_and_resolves_the_watch() {
+    async fn silence_turns_readiness_red_and_resolves_the_watch() {
         let h = Health::default();
         h.set_ready(true);
-        let _b = h.busy();
-        let busy = tokio::time::timeout(
+        h.beat();
+        let quiet = tokio::time::timeout(
             Duration::from_secs(5),
             h.watch_for_stall(Duration::from_millis(200)),
         )
         .await
         .expect("the watchdog sees the stall");
-        assert!(busy > Duration::from_millis(200));
+        assert!(quiet > Duration::from_millis(200));
         assert!(!h.is_ready());
     }
 
     #[tokio::test]
-    async fn short_work_is_no_stall() {
+    async fn a_beating_driver_is_no_stall() {
         let h = Health::default();
         h.set_ready(true);
+        h.beat();
         let watch = h.clone();
         let w =
             tokio::spawn(async move { watch.watch_for_stall(Duration::from_millis(300)).await });
         for _ in 0..10 {
-            let _b = h.busy();
+            h.beat();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(!w.is_finished());
         assert!(h.is_ready());
         w.abort();
+    }
+
+    /// A driver that blocks its thread (a synchronous call that never
+    /// returns) is still seen: the watchdog is a task of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_driver_blocking_its_thread_is_seen() {
+        let h = Health::default();
+        h.set_ready(true);
+        h.beat();
+        let watch = h.clone();
+        let w =
+            tokio::spawn(async move { watch.watch_for_stall(Duration::from_millis(200)).await });
+        let blocked = tokio::spawn(async { std::thread::sleep(Duration::from_millis(1500)) });
+        let quiet = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("seen while the driver's thread is blocked")
+            .unwrap();
+        assert!(quiet > Duration::from_millis(200));
+        blocked.await.unwrap();
     }
 }

@@ -6,11 +6,13 @@
 pub mod app;
 pub mod changelog;
 pub mod config;
+pub mod core;
 pub mod events;
 pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+mod outbound;
 pub mod runtime;
 pub mod view;
 pub mod wire;

@@ -11,6 +11,9 @@
 //!    re-keyed inputs, dead letters), and wait for the acks;
 //! 4. store the input offsets and commit them.
 //!
+//! The sagas themselves live in one sans-IO [`PartitionCore`] per owned
+//! partition; this driver moves records between Kafka and the cores.
+//!
 //! A crash after 2 leaves the outbox in the changelog: whoever restores the
 //! partition re-sends it (every effect has a stable id, so adapters and
 //! readers dedupe). A crash before 4 replays the inputs: the restored state
@@ -18,25 +21,31 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceContext};
 use sagaflow_codec::Codec;
-use sagaflow_engine::{AwaitedEvent, Effect, Engine, Input, Outcome, SagaState, Timestamp};
+use sagaflow_engine::{Effect, Engine, SagaState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::changelog::{self, DeliveredMark, Ended, EpochMarker, Parked, Record, Replay};
+use crate::changelog::{self, Ended, EpochMarker, Record, Replay};
+use crate::core::{Limits, PartitionCore, Refusal};
 use crate::events::{self, EventSchemas};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::outbound::{
+    Outgoing, dead_letter, delivered_mark, effect_kind, envelope_record, epoch_of, export_spans,
+    now_ms, produce, produce_all, state_record,
+};
+pub use crate::outbound::{PAYLOAD_OMITTED, send_envelope};
 use crate::wire::{self, Envelope};
 
 /// What the changelog holds per saga.
@@ -76,6 +85,9 @@ pub struct Driver {
     /// How long an ended saga id is remembered after its state is removed.
     pub dedup_window: Duration,
     pub health: Health,
+    /// Turns true when the instance is asked to stop: ends waits for a
+    /// dependency's outage.
+    pub stop: watch::Receiver<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,107 +152,25 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
         .collect()
 }
 
-/// One owned partition: its sagas and their timers.
-#[derive(Default)]
+/// The driver's loop turns at least this often.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The instance is stopping while it waited out a dependency's outage.
+#[derive(Debug)]
+struct Stopping;
+
+/// One owned partition: its core and this owner's place in the changelog.
 struct Partition {
+    core: PartitionCore,
     /// This owner's epoch: the changelog offset of its ownership marker.
     epoch: i64,
     /// Where this owner's next changelog write should land if nobody else
     /// writes to the partition; a gap means another writer.
     next_offset: i64,
-    /// Ended saga ids (hashes) and until when a trigger for them is a replay.
-    ended: HashMap<u64, u64>,
-    /// When `ended` was last swept for expired markers.
-    swept_at: u64,
-    sagas: HashMap<String, Entry>,
-    /// (due, saga id, timer id); timer id [`EXPIRE`] removes a finished saga.
-    timers: BTreeSet<(u64, String, String)>,
     /// The highest changelog offset of this partition whose outbox has been
     /// delivered but not yet recorded with a delivery mark.
     delivered: Option<i64>,
-    /// Awaited events that arrived before their saga's trigger (another
-    /// topic, read in another order), by saga id, each with its changelog
-    /// key (one record per event) and applied when the saga starts.
-    early: HashMap<String, Vec<(String, AwaitedEvent)>>,
 }
-
-impl Partition {
-    fn parked(&self) -> usize {
-        self.early.values().map(Vec::len).sum()
-    }
-}
-
-/// Type header of the delivery marks in the changelog: "every outbox
-/// written at or below changelog offset N of this partition has been
-/// delivered", so a restore re-sends only what may really be owed.
-const DELIVERED_MARK: &str = "sagaflow.DeliveredMark";
-
-/// A record of the changelog, stamped with its writer's epoch.
-fn state_record(
-    topic: &str,
-    p: i32,
-    epoch: i64,
-    key: String,
-    payload: Option<Vec<u8>>,
-) -> Outgoing {
-    Outgoing {
-        topic: topic.to_owned(),
-        partition: Some(p),
-        key: Some(key),
-        payload,
-        headers: OwnedHeaders::new().insert(Header {
-            key: changelog::EPOCH_HEADER,
-            value: Some(epoch.to_string().as_bytes()),
-        }),
-    }
-}
-
-fn delivered_mark(topic: &str, p: i32, epoch: i64, through: i64) -> Outgoing {
-    let mut r = state_record(
-        topic,
-        p,
-        epoch,
-        changelog::delivered_key(p),
-        serde_json::to_vec(&DeliveredMark { through }).ok(),
-    );
-    r.headers = r.headers.insert(Header {
-        key: sagaflow_bus::header_names::MESSAGE_TYPE,
-        value: Some(DELIVERED_MARK.as_bytes()),
-    });
-    r
-}
-
-/// The writer's epoch of a changelog record read back.
-fn epoch_of(m: &BorrowedMessage<'_>) -> Option<i64> {
-    let headers = m.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == changelog::EPOCH_HEADER)
-        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-}
-
-struct Entry {
-    state: SagaState,
-    traceparent: Option<String>,
-    trigger_traceparent: Option<String>,
-    /// The timers of this saga currently in `Partition::timers`.
-    armed: Vec<(u64, String)>,
-    /// When each in-flight command was issued (for step latency; not
-    /// persisted, so replies to commands issued before a restore are not timed).
-    issued: HashMap<String, u64>,
-    /// Size of the saga's last changelog record: inputs that could push it
-    /// over the record limit are measured before they are accepted.
-    stored_bytes: usize,
-}
-
-const EXPIRE: &str = "@expire";
-/// Timer id that drops a saga id's parked early events if the saga has
-/// not started by then.
-const EARLY_EXPIRE: &str = "@early-expire";
-
-/// The instance is stopping while it waited out a dependency's outage.
-#[derive(Debug)]
-struct Stopping;
 
 /// The partitions this instance holds, and those it must leave alone.
 #[derive(Default)]
@@ -255,156 +185,11 @@ struct Owned {
     lost: BTreeSet<i32>,
 }
 
-/// Effects owed by one batch, per saga, in first-touched order.
+/// Records a batch produces besides the cores' writes and effects:
+/// re-keyed inputs and dead letters.
 #[derive(Default)]
 struct Batch {
-    order: Vec<(i32, String)>,
-    outbox: HashMap<String, Vec<Effect>>,
-    /// Records that are not saga effects: re-keyed inputs, dead letters.
     records: Vec<Outgoing>,
-    tombstones: Vec<(i32, String)>,
-    offsets: Vec<(String, i32, i64)>,
-    /// Newly parked early events: (partition, key, event).
-    parked: Vec<(i32, String, Parked)>,
-    /// Ended markers to write: (partition, saga id hash, remembered until).
-    ended: Vec<(i32, u64, u64)>,
-}
-
-impl Batch {
-    fn owe(&mut self, partition: i32, saga_id: &str, effects: Vec<Effect>) {
-        let slot = self.outbox.entry(saga_id.to_owned()).or_insert_with(|| {
-            self.order.push((partition, saga_id.to_owned()));
-            Vec::new()
-        });
-        slot.extend(effects);
-    }
-}
-
-/// What a record carries beyond its key and value, at most: headers
-/// (ids, trace context, epoch) and the protocol's framing.
-const RECORD_OVERHEAD: usize = 1024;
-
-/// A record to produce.
-struct Outgoing {
-    topic: String,
-    partition: Option<i32>,
-    key: Option<String>,
-    payload: Option<Vec<u8>>,
-    headers: OwnedHeaders,
-}
-
-impl Outgoing {
-    /// Key, value and headers, plus framing: what the broker measures
-    /// against `message.max.bytes`, give or take its batch header.
-    fn size(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 8)
-            .sum();
-        self.key.as_ref().map_or(0, String::len)
-            + self.payload.as_ref().map_or(0, Vec::len)
-            + headers
-            + 128
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-/// A dead letter: the original bytes and headers, where they came from,
-/// and why they could not be processed.
-fn dead_letter(names: &TopicNames, m: &BorrowedMessage<'_>, code: &str, reason: &str) -> Outgoing {
-    let headers = sagaflow_bus::dead_letter::headers(m, code, reason);
-    Outgoing {
-        topic: names.dead_letter(),
-        partition: None,
-        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        payload: m.payload().map(<[u8]>::to_vec),
-        headers,
-    }
-}
-
-fn envelope_record(names: &TopicNames, env: &Envelope, traceparent: Option<String>) -> Outgoing {
-    let headers = SagaHeaders {
-        saga_id: Some(env.saga_id().to_owned()),
-        message_id: Some(env.message_id().to_owned()),
-        message_type: Some("sagaflow.Envelope".to_owned()),
-        traceparent,
-        tracestate: None,
-    };
-    Outgoing {
-        topic: names.inputs(),
-        partition: None,
-        key: Some(env.saga_id().to_owned()),
-        // Serialising our own enum of strings and JSON values cannot fail.
-        payload: serde_json::to_vec(env).ok(),
-        headers: headers.to_owned_headers(),
-    }
-}
-
-/// Sends an envelope to the inputs topic (used by the HTTP API).
-pub async fn send_envelope(
-    producer: &FutureProducer,
-    names: &TopicNames,
-    env: &Envelope,
-    traceparent: Option<String>,
-) -> Result<(), String> {
-    let out = envelope_record(names, env, traceparent);
-    produce(producer, out).await.map(|_| ())
-}
-
-/// Produces one record; returns its partition and offset.
-async fn produce(producer: &FutureProducer, out: Outgoing) -> Result<(i32, i64), String> {
-    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&out.topic).headers(out.headers);
-    if let Some(k) = out.key.as_deref() {
-        record = record.key(k);
-    }
-    if let Some(p) = out.payload.as_deref() {
-        record = record.payload(p);
-    }
-    if let Some(p) = out.partition {
-        record = record.partition(p);
-    }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map(|d| (d.partition, d.offset))
-        .map_err(|(e, _)| e.to_string())
-}
-
-/// Produces all records and waits for every ack; returns the partition
-/// and offset of each. A record over `limit` bytes is not sent (a broker
-/// would refuse it for ever): it is logged and counted as SF-ORCH-022.
-async fn produce_all(
-    producer: &FutureProducer,
-    records: Vec<Outgoing>,
-    limit: usize,
-) -> Result<Vec<(i32, i64)>, String> {
-    // All records are enqueued before any ack is awaited, so librdkafka
-    // batches them; order per partition is kept by the idempotent producer.
-    let sends = records
-        .into_iter()
-        .filter(|r| {
-            let size = r.size();
-            if size > limit {
-                tracing::error!(
-                    code = "SF-ORCH-022",
-                    topic = %r.topic,
-                    key = r.key.as_deref().unwrap_or_default(),
-                    size,
-                    limit,
-                    "record over the record limit; not sent"
-                );
-            }
-            size <= limit
-        })
-        .map(|r| produce(producer, r));
-    futures::future::join_all(sends).await.into_iter().collect()
 }
 
 impl Driver {
@@ -424,6 +209,17 @@ impl Driver {
 
     fn prefixed(&self, topic: &str) -> String {
         format!("{}{topic}", self.names.prefix)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            completed_retention: self.completed_retention,
+            early_event_retention: self.early_event_retention,
+            record_limit: self.record_limit,
+            max_parked_per_saga: self.max_parked_per_saga,
+            max_parked_per_partition: self.max_parked_per_partition,
+            dedup_window: self.dedup_window,
+        }
     }
 
     /// Runs until `shutdown` turns true.
@@ -454,19 +250,23 @@ impl Driver {
         let mut owned = Owned::default();
         let source: BTreeSet<String> = self.source_topics();
         loop {
+            self.health.beat();
             while let Ok(ev) = rx.try_recv() {
                 self.rebalanced(&producer, &mut owned, ev).await?;
             }
-            self.metrics.owned_partitions.set(owned.parts.len() as i64);
+            self.gauges(&owned);
             let next_due = owned
                 .parts
                 .values()
-                .filter_map(|p| p.timers.first().map(|t| t.0))
+                .filter_map(|p| p.core.poll_timeout())
                 .min();
+            // The loop turns at least once a second, to beat for the
+            // watchdog: a loop that stops turning is a stuck driver.
             let sleep = match next_due {
                 Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
-                None => Duration::from_secs(3600),
-            };
+                None => HEARTBEAT,
+            }
+            .min(HEARTBEAT);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -478,6 +278,15 @@ impl Driver {
                 // restored (and its timers armed) even if no input arrives.
                 Some(ev) = rx.recv() => {
                     self.rebalanced(&producer, &mut owned, ev).await?;
+                }
+                // Due timers go first: a flood of inputs, or of consumer
+                // errors in a broker outage, must not starve them.
+                _ = tokio::time::sleep(sleep) => {
+                    let now = now_ms();
+                    for part in owned.parts.values_mut() {
+                        part.core.handle_timeout(now);
+                    }
+                    self.flush(&producer, &mut owned, Batch::default()).await?;
                 }
                 m = consumer.recv() => {
                     // Consumption errors (a topic not created yet, a broker
@@ -507,7 +316,6 @@ impl Driver {
                     while let Ok(ev) = rx.try_recv() {
                         self.rebalanced(&producer, &mut owned, ev).await?;
                     }
-                    let _busy = self.health.busy();
                     let mut work = Batch::default();
                     let mut skipped = BTreeSet::new();
                     for m in &batch {
@@ -524,12 +332,13 @@ impl Driver {
                         }
                         let handled = if topic == inputs {
                             let part = owned.parts.get_mut(&p).expect("restored above");
-                            self.on_input(part, m, &mut work, &shutdown).await
+                            self.on_input(&mut part.core, m, &mut work);
+                            Ok(())
                         } else if topic == replies {
                             let part = owned.parts.get_mut(&p).expect("restored above");
-                            self.on_reply(part, m, &mut work, &shutdown).await
+                            self.on_reply(&mut part.core, m, &mut work).await
                         } else if source.contains(topic) {
-                            self.on_source(m, &mut work, &shutdown).await
+                            self.on_source(m, &mut work).await
                         } else {
                             Ok(())
                         };
@@ -539,15 +348,9 @@ impl Driver {
                             // this instance restarted reads it again.
                             return self.stop(&producer, &consumer, &mut owned).await;
                         }
-                        work.offsets.push((topic.to_owned(), p, m.offset()));
                     }
                     self.metrics.batch_size.with_label_values(&["orchestrator"]).observe(batch.len() as f64);
-                    let lost = self.flush(&producer, &mut owned.parts, work).await.map_err(RunError::Kafka)?;
-                    for p in lost {
-                        if let Some(part) = owned.parts.remove(&p) {
-                            self.forget(&part);
-                        }
-                        owned.lost.insert(p);
+                    for p in self.flush(&producer, &mut owned, work).await? {
                         skipped.insert((inputs.clone(), p));
                         skipped.insert((replies.clone(), p));
                     }
@@ -565,24 +368,20 @@ impl Driver {
                         }
                     }
                 }
-                _ = tokio::time::sleep(sleep) => {
-                    let _busy = self.health.busy();
-                    let mut work = Batch::default();
-                    let now = now_ms();
-                    for (&p, part) in owned.parts.iter_mut() {
-                        self.fire_due(p, part, now, &mut work);
-                    }
-                    let lost = self.flush(&producer, &mut owned.parts, work).await.map_err(RunError::Kafka)?;
-                    for p in lost {
-                        if let Some(part) = owned.parts.remove(&p) {
-                            self.forget(&part);
-                        }
-                        owned.lost.insert(p);
-                    }
-                }
             }
         }
         self.stop(&producer, &consumer, &mut owned).await
+    }
+
+    fn gauges(&self, owned: &Owned) {
+        let parts = owned.parts.values();
+        self.metrics.owned_partitions.set(owned.parts.len() as i64);
+        self.metrics
+            .parked_events
+            .set(parts.clone().map(|p| p.core.parked()).sum::<usize>() as i64);
+        self.metrics
+            .ended_markers
+            .set(parts.map(|p| p.core.ended()).sum::<usize>() as i64);
     }
 
     /// Waits before retrying work that failed transiently (the schema
@@ -594,14 +393,14 @@ impl Driver {
         attempt: &mut u32,
         cause: &str,
         error: &(dyn std::fmt::Display + Sync),
-        shutdown: &watch::Receiver<bool>,
     ) -> Result<(), Stopping> {
         *attempt += 1;
         self.metrics.retries.with_label_values(&[cause]).inc();
         let delay = Duration::from_millis(100u64 << (*attempt).min(6)).min(Duration::from_secs(5));
         warn!(attempt = *attempt, retry_in_ms = delay.as_millis() as u64, error = %error, "{cause} unavailable; the batch waits and retries");
-        let _waiting = self.health.waiting();
-        let mut shutdown = shutdown.clone();
+        // Waiting out an outage is progress, not a stall.
+        self.health.beat();
+        let mut shutdown = self.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.wait_for(|stop| *stop) => return Err(Stopping),
@@ -641,6 +440,9 @@ impl Driver {
     ) -> Result<(), RunError> {
         match ev {
             Rebalanced::Revoked(ps) => {
+                // Not ready until the group assigns again (possibly
+                // nothing): a rebalance, or a session lost with the broker.
+                self.health.set_ready(false);
                 for p in ps {
                     owned.lost.remove(&p);
                     owned.revoked.insert(p);
@@ -648,7 +450,7 @@ impl Driver {
                         self.release(producer, p, &part).await;
                         info!(
                             messaging.kafka.partition = p,
-                            sagas = part.sagas.len(),
+                            sagas = part.core.len(),
                             "partition revoked"
                         );
                     }
@@ -678,18 +480,7 @@ impl Driver {
                 debug!(error = %e, partition = p, "delivery mark on revoke");
             }
         }
-        self.forget(part);
-    }
-
-    fn forget(&self, part: &Partition) {
-        for e in part.sagas.values() {
-            if !e.state.status.is_terminal() {
-                self.metrics
-                    .sagas_in_flight
-                    .with_label_values(&[&e.state.saga_type])
-                    .dec();
-            }
-        }
+        part.core.release();
     }
 
     /// Takes a partition over: writes this owner's epoch marker to the
@@ -698,7 +489,6 @@ impl Driver {
     /// which a broker may report below acknowledged records), re-arms
     /// their timers and re-sends what their outboxes still owe.
     async fn restore(&self, producer: &FutureProducer, p: i32) -> Result<Partition, RunError> {
-        let _busy = self.health.busy();
         let started = Instant::now();
         let topic = self.names.saga_state();
         let failed = |message: String| RunError::Restore {
@@ -706,7 +496,6 @@ impl Driver {
             partition: p,
             message,
         };
-        let owner = format!("{}/{}", self.group_id, uuid::Uuid::new_v4());
         let marker = Outgoing {
             topic: topic.clone(),
             partition: Some(p),
@@ -716,11 +505,11 @@ impl Driver {
                 uuid::Uuid::new_v4()
             )),
             payload: serde_json::to_vec(&EpochMarker {
-                owner,
+                owner: format!("{}/{}", self.group_id, uuid::Uuid::new_v4()),
                 partition: p,
             })
             .ok(),
-            headers: OwnedHeaders::new(),
+            headers: rdkafka::message::OwnedHeaders::new(),
         };
         let (_, epoch) = produce(producer, marker)
             .await
@@ -742,6 +531,9 @@ impl Driver {
                 })?
                 .map_err(|e| failed(e.to_string()))?;
             read += 1;
+            if read.is_multiple_of(1024) {
+                self.health.beat();
+            }
             let key = m.key().map(String::from_utf8_lossy);
             replay.apply(&Record {
                 offset: m.offset(),
@@ -767,78 +559,36 @@ impl Driver {
                 .with_label_values(&["stale-record"])
                 .inc_by(replay.fenced);
         }
-        let now = now_ms();
-        let mut part = Partition {
-            epoch,
-            next_offset: epoch + 1,
-            ended: replay.ended,
-            swept_at: now,
-            early: replay.early,
-            ..Partition::default()
-        };
-        // Parking times are not stored: restored early events get a full
-        // retention from now.
-        let expire_at = now + self.early_event_retention.as_millis() as u64;
-        for saga_id in part.early.keys() {
-            part.timers
-                .insert((expire_at, saga_id.clone(), EARLY_EXPIRE.to_owned()));
-        }
-        let delivered_through = replay.delivered_through;
-        let mut owed = Vec::new();
-        for (saga_id, (offset, mut s)) in replay.sagas {
-            // A saga stored without a trace context (written before sagas
-            // had one) gets one now, so all its records share a trace.
+        // A saga stored without a trace context (written before sagas had
+        // one) gets one now, so all its records share a trace.
+        for (_, s) in replay.sagas.values_mut() {
             if s.traceparent.is_none() {
                 s.traceparent = Some(TraceContext::new_root().header());
             }
-            if !s.outbox.is_empty() && offset > delivered_through {
-                for e in &s.outbox {
-                    self.metrics
-                        .outbox_resent
-                        .with_label_values(&[effect_kind(e)])
-                        .inc();
-                }
-                owed.push((
-                    saga_id.clone(),
-                    s.outbox.clone(),
-                    (s.traceparent.clone(), s.trigger_traceparent.clone()),
-                    s.state.clone(),
-                ));
-            }
-            if !s.state.status.is_terminal() {
-                self.metrics
-                    .sagas_in_flight
-                    .with_label_values(&[&s.state.saga_type])
-                    .inc();
-            }
-            let mut entry = Entry {
-                state: s.state,
-                traceparent: s.traceparent,
-                trigger_traceparent: s.trigger_traceparent,
-                armed: Vec::new(),
-                issued: HashMap::new(),
-                stored_bytes: 0,
-            };
-            rearm(
-                &mut part.timers,
-                &saga_id,
-                &mut entry,
-                self.completed_retention,
-            );
-            part.sagas.insert(saga_id, entry);
         }
-        let restored = part.sagas.len();
+        let core = PartitionCore::new(p, self.engine.clone(), self.metrics.clone(), self.limits());
+        let (core, owed) = core.restore(replay, now_ms());
         let mut records = Vec::new();
-        for (saga_id, effects, (traceparent, trigger), state) in owed {
-            for e in effects {
+        for (saga_id, stored) in owed {
+            for e in &stored.outbox {
+                self.metrics
+                    .outbox_resent
+                    .with_label_values(&[effect_kind(e)])
+                    .inc();
                 if let Some(r) = self
                     .effect_record(
                         &saga_id,
-                        &state,
-                        (traceparent.as_deref(), trigger.as_deref()),
-                        &e,
+                        &stored.state,
+                        (
+                            stored.traceparent.as_deref(),
+                            stored.trigger_traceparent.as_deref(),
+                        ),
+                        e,
                     )
                     .await
+                    .map_err(|Stopping| {
+                        failed("stopped while the schema registry was unreachable".to_owned())
+                    })?
                 {
                     records.push(r);
                 }
@@ -848,10 +598,6 @@ impl Driver {
         produce_all(producer, records, self.record_limit)
             .await
             .map_err(|e| failed(format!("re-sending owed effects: {e}")))?;
-        if resent > 0 {
-            // Everything written before the marker is delivered now.
-            part.delivered = Some(epoch - 1);
-        }
         let label = p.to_string();
         self.metrics
             .restore_seconds
@@ -860,30 +606,31 @@ impl Driver {
         self.metrics
             .restored_sagas
             .with_label_values(&[&label])
-            .inc_by(restored as u64);
+            .inc_by(core.len() as u64);
         info!(
             messaging.kafka.partition = p,
-            sagas = restored,
+            sagas = core.len(),
             resent,
             epoch,
             records = read,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "partition restored"
         );
-        Ok(part)
+        Ok(Partition {
+            core,
+            epoch,
+            next_offset: epoch + 1,
+            // Everything written before the marker is delivered now.
+            delivered: (resent > 0).then_some(epoch - 1),
+        })
     }
 
-    async fn on_source(
-        &self,
-        m: &BorrowedMessage<'_>,
-        work: &mut Batch,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), Stopping> {
+    async fn on_source(&self, m: &BorrowedMessage<'_>, work: &mut Batch) -> Result<(), Stopping> {
         let mut attempt = 0;
         let event = match loop {
             match events::decode(&self.codec, m).await {
                 Err(events::EventError::Decode(e)) if e.is_retriable() => {
-                    self.backoff(&mut attempt, "registry", &e, shutdown).await?;
+                    self.backoff(&mut attempt, "registry", &e).await?;
                 }
                 decoded => break decoded,
             }
@@ -895,8 +642,13 @@ impl Driver {
                     .dead_letters
                     .with_label_values(&[e.code()])
                     .inc();
-                work.records
-                    .push(dead_letter(&self.names, m, e.code(), &e.to_string()));
+                work.records.push(dead_letter(
+                    &self.names,
+                    m,
+                    e.code(),
+                    &e.to_string(),
+                    self.record_limit,
+                ));
                 return Ok(());
             }
         };
@@ -934,11 +686,17 @@ impl Driver {
                         saga_id,
                         event: trigger,
                     };
-                    work.records.push(envelope_record(
-                        &self.names,
-                        &env,
-                        event.traceparent.clone(),
-                    ));
+                    let record = envelope_record(&self.names, &env, event.traceparent.clone());
+                    if record.size() > self.record_limit {
+                        let reason = format!(
+                            "the event makes a saga input of {} bytes, over the record limit of {} bytes",
+                            record.size(),
+                            self.record_limit
+                        );
+                        self.refuse(m, "SF-ORCH-022", &reason, work);
+                        return Ok(());
+                    }
+                    work.records.push(record);
                     routed += 1;
                 }
                 Err(e) => {
@@ -948,8 +706,13 @@ impl Driver {
                         .dead_letters
                         .with_label_values(&["SF-ORCH-013"])
                         .inc();
-                    work.records
-                        .push(dead_letter(&self.names, m, "SF-ORCH-013", &reason));
+                    work.records.push(dead_letter(
+                        &self.names,
+                        m,
+                        "SF-ORCH-013",
+                        &reason,
+                        self.record_limit,
+                    ));
                 }
             }
         }
@@ -971,11 +734,17 @@ impl Driver {
                             payload: event.payload.clone(),
                         },
                     };
-                    work.records.push(envelope_record(
-                        &self.names,
-                        &env,
-                        event.traceparent.clone(),
-                    ));
+                    let record = envelope_record(&self.names, &env, event.traceparent.clone());
+                    if record.size() > self.record_limit {
+                        let reason = format!(
+                            "the event makes a saga input of {} bytes, over the record limit of {} bytes",
+                            record.size(),
+                            self.record_limit
+                        );
+                        self.refuse(m, "SF-ORCH-022", &reason, work);
+                        return Ok(());
+                    }
+                    work.records.push(record);
                     routed += 1;
                 }
                 Err(e) => warn!(error = %e, "awaited event cannot be mapped to a saga id"),
@@ -1001,265 +770,57 @@ impl Driver {
             "input refused; dead-lettered"
         );
         self.metrics.dead_letters.with_label_values(&[code]).inc();
-        work.records.push(dead_letter(&self.names, m, code, reason));
+        work.records
+            .push(dead_letter(&self.names, m, code, reason, self.record_limit));
     }
 
-    async fn on_input(
-        &self,
-        part: &mut Partition,
-        m: &BorrowedMessage<'_>,
-        work: &mut Batch,
-        _shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), Stopping> {
+    /// A refusal from the core becomes a dead letter of the input.
+    fn refused(&self, m: &BorrowedMessage<'_>, r: Result<(), Refusal>, work: &mut Batch) {
+        if let Err(r) = r {
+            self.refuse(m, r.code, &r.reason, work);
+        }
+    }
+
+    fn on_input(&self, core: &mut PartitionCore, m: &BorrowedMessage<'_>, work: &mut Batch) {
         let env: Envelope = match m.payload().map(serde_json::from_slice) {
             Some(Ok(env)) => env,
             Some(Err(e)) => {
                 let reason = format!("not a Sagaflow input envelope: {e}");
                 self.refuse(m, "SF-ORCH-014", &reason, work);
-                return Ok(());
+                return;
             }
             None => {
                 self.refuse(m, "SF-ORCH-014", "empty input envelope", work);
-                return Ok(());
+                return;
             }
         };
-        let input_bytes = m.payload().map_or(0, <[u8]>::len);
         let traceparent = m
             .headers()
             .map(SagaHeaders::from_headers)
             .and_then(|h| h.traceparent);
-        let p = m.partition();
-        let now = Timestamp(now_ms());
-        match env {
-            Envelope::Trigger {
-                saga_type,
-                saga_id,
-                event,
-            } => {
-                if part.sagas.contains_key(&saga_id) {
-                    // A redelivered trigger never starts a second saga.
-                    self.metrics
-                        .inputs
-                        .with_label_values(&["trigger", "duplicate"])
-                        .inc();
-                    return Ok(());
-                }
-                if part
-                    .ended
-                    .get(&changelog::saga_hash(&saga_id))
-                    .is_some_and(|until| *until > now.0)
-                {
-                    // The saga ended and its state is gone, but its id is
-                    // remembered for `dedup-window`: a replayed trigger.
-                    self.metrics
-                        .inputs
-                        .with_label_values(&["trigger", "replayed"])
-                        .inc();
-                    return Ok(());
-                }
-                match self.engine.start(&saga_type, &event, now) {
-                    Ok((state, effects)) => {
-                        if let Some(size) = self.oversized(&state, &effects, input_bytes) {
-                            let reason = format!(
-                                "saga `{saga_id}`: its state would be {size} bytes, over the record limit of {} bytes (max-record-bytes / message.max.bytes); the trigger is refused",
-                                self.record_limit
-                            );
-                            self.refuse(m, "SF-ORCH-022", &reason, work);
-                            return Ok(());
-                        }
-                        self.metrics
-                            .inputs
-                            .with_label_values(&["trigger", "applied"])
-                            .inc();
-                        self.metrics
-                            .sagas_started
-                            .with_label_values(&[&state.saga_type])
-                            .inc();
-                        self.metrics
-                            .sagas_in_flight
-                            .with_label_values(&[&state.saga_type])
-                            .inc();
-                        let id = state.saga_id.clone();
-                        // The saga is a span of its own: a child of the
-                        // trigger's, or the root of a new trace.
-                        let parent = traceparent.as_deref().and_then(TraceContext::parse);
-                        let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
-                        let mut entry = Entry {
-                            state,
-                            traceparent: Some(trace.header()),
-                            trigger_traceparent: parent.map(|p| p.header()),
-                            armed: Vec::new(),
-                            issued: HashMap::new(),
-                            stored_bytes: input_bytes,
-                        };
-                        note_issued(&mut entry, &effects, now.0);
-                        self.after_apply(&mut part.timers, &id, &mut entry, false);
-                        part.sagas.insert(id.clone(), entry);
-                        work.owe(p, &id, effects);
-                        if let Some(early) = part.early.remove(&id) {
-                            for (key, event) in early {
-                                work.tombstones.push((p, key));
-                                let size =
-                                    serde_json::to_vec(&event.payload).map_or(0, |b| b.len());
-                                if let Err(refused) = self.apply(
-                                    part,
-                                    p,
-                                    &id,
-                                    Input::Event(event),
-                                    size,
-                                    "event",
-                                    work,
-                                ) {
-                                    // The parked event has no record of its own any more: its
-                                    // refusal is logged and counted, not dead-lettered.
-                                    warn!(saga.id = %id, reason = %refused, "parked event refused");
-                                    self.metrics
-                                        .dead_letters
-                                        .with_label_values(&["SF-ORCH-022"])
-                                        .inc();
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let reason = format!("starting saga `{saga_type}`: {e}");
-                        self.refuse(m, "SF-ORCH-015", &reason, work);
-                    }
-                }
-            }
-            Envelope::Event { saga_id, event } => {
-                if part.sagas.contains_key(&saga_id) {
-                    if let Err(reason) = self.apply(
-                        part,
-                        p,
-                        &saga_id,
-                        Input::Event(event),
-                        input_bytes,
-                        "event",
-                        work,
-                    ) {
-                        self.refuse(m, "SF-ORCH-022", &reason, work);
-                    }
-                } else {
-                    self.park(part, p, saga_id, event, m, now.0, work);
-                }
-            }
-            Envelope::Retry {
-                saga_id,
-                request_id,
-            } => {
-                let _ = self.apply(
-                    part,
-                    p,
-                    &saga_id,
-                    Input::Retry { request_id },
-                    0,
-                    "retry",
-                    work,
-                );
-            }
-            Envelope::Abort {
-                saga_id,
-                request_id,
-                reason,
-            } => {
-                let _ = self.apply(
-                    part,
-                    p,
-                    &saga_id,
-                    Input::Abort { request_id, reason },
-                    0,
-                    "abort",
-                    work,
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Parks an awaited event whose saga has not started yet (another
-    /// topic, read in another order): one changelog record per event, for
-    /// `early-event-retention` at most, within the per-saga and
-    /// per-partition bounds; past them it is dead-lettered.
-    #[allow(clippy::too_many_arguments)]
-    fn park(
-        &self,
-        part: &mut Partition,
-        p: i32,
-        saga_id: String,
-        event: AwaitedEvent,
-        m: &BorrowedMessage<'_>,
-        now: u64,
-        work: &mut Batch,
-    ) {
-        let key = changelog::parked_key(&saga_id, &event.message_id);
-        let held = part.early.get(&saga_id).map_or(0, Vec::len);
-        if part
-            .early
-            .get(&saga_id)
-            .is_some_and(|v| v.iter().any(|(k, _)| *k == key))
-        {
-            self.metrics
-                .inputs
-                .with_label_values(&["event", "duplicate"])
-                .inc();
-            return;
-        }
-        if held >= self.max_parked_per_saga {
-            let reason = format!(
-                "saga `{saga_id}` has not started and already has {held} parked events (max-parked-per-saga)"
-            );
-            self.refuse(m, "SF-ORCH-023", &reason, work);
-            return;
-        }
-        let total = part.parked();
-        if total >= self.max_parked_per_partition {
-            let reason = format!(
-                "partition {p} already holds {total} parked events for sagas that have not started (max-parked-per-partition)"
-            );
-            self.refuse(m, "SF-ORCH-023", &reason, work);
-            return;
-        }
-        if held == 0 {
-            part.timers.insert((
-                now + self.early_event_retention.as_millis() as u64,
-                saga_id.clone(),
-                EARLY_EXPIRE.to_owned(),
-            ));
-        }
-        work.parked.push((
-            p,
-            key.clone(),
-            Parked {
-                saga_id: saga_id.clone(),
-                event: event.clone(),
-            },
-        ));
-        part.early.entry(saga_id).or_default().push((key, event));
-        self.metrics
-            .inputs
-            .with_label_values(&["event", "parked"])
-            .inc();
-    }
-
-    /// The size a saga's changelog record would have, if over the limit.
-    fn oversized(&self, state: &SagaState, outbox: &[Effect], input_bytes: usize) -> Option<usize> {
-        // Small inputs cannot push a small saga over: measure only when
-        // they might.
-        if input_bytes < self.record_limit / 8 {
-            return None;
-        }
-        let size =
-            serde_json::to_vec(&(state, outbox)).map_or(usize::MAX, |b| b.len()) + RECORD_OVERHEAD;
-        (size > self.record_limit).then_some(size)
+        let input_bytes = m.payload().map_or(0, <[u8]>::len);
+        // The saga is a span of its own: a child of the trigger's, or the
+        // root of a new trace.
+        let new_trace = |parent: Option<&str>| {
+            let parent = parent.and_then(TraceContext::parse);
+            let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
+            (trace.header(), parent.map(|p| p.header()))
+        };
+        let r = core.handle_input(
+            env,
+            traceparent.as_deref(),
+            input_bytes,
+            now_ms(),
+            new_trace,
+        );
+        self.refused(m, r, work);
     }
 
     async fn on_reply(
         &self,
-        part: &mut Partition,
+        core: &mut PartitionCore,
         m: &BorrowedMessage<'_>,
         work: &mut Batch,
-        shutdown: &watch::Receiver<bool>,
     ) -> Result<(), Stopping> {
         let Some(bytes) = m.payload() else {
             self.refuse(m, "SF-ORCH-012", "empty reply", work);
@@ -1269,7 +830,7 @@ impl Driver {
         let reply = match loop {
             match self.codec.decode_reply(m.topic(), bytes).await {
                 Err(e) if e.is_retriable() => {
-                    self.backoff(&mut attempt, "registry", &e, shutdown).await?;
+                    self.backoff(&mut attempt, "registry", &e).await?;
                 }
                 decoded => break decoded,
             }
@@ -1285,297 +846,106 @@ impl Driver {
             .replies_received
             .with_label_values(&[&reply.service, &outcome])
             .inc();
-        if let Some(entry) = part.sagas.get_mut(&reply.saga_id)
-            && let Some(issued) = entry.issued.remove(&reply.command_id)
-        {
-            let latency = now_ms().saturating_sub(issued) as f64 / 1e3;
-            self.metrics
-                .step_latency
-                .with_label_values(&[&entry.state.saga_type, &reply.step, &outcome])
-                .observe(latency);
-        }
         let saga_id = reply.saga_id.clone();
-        if let Err(reason) = self.apply(
-            part,
-            m.partition(),
-            &saga_id,
-            Input::Reply(wire::reply(reply)),
-            bytes.len(),
-            "reply",
-            work,
-        ) {
-            self.refuse(m, "SF-ORCH-022", &reason, work);
-        }
+        let step = reply.step.clone();
+        let r = core.handle_reply(&saga_id, &step, wire::reply(reply), bytes.len(), now_ms());
+        self.refused(m, r, work);
         Ok(())
     }
 
-    /// Applies one input to a saga. An input that would grow the saga's
-    /// state over the record limit is not applied: the saga is aborted
-    /// (compensating what succeeded) with the reason, which is returned for
-    /// the caller to dead-letter the input with.
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &self,
-        part: &mut Partition,
-        p: i32,
-        saga_id: &str,
-        input: Input,
-        input_bytes: usize,
-        kind: &str,
-        work: &mut Batch,
-    ) -> Result<(), String> {
-        let Some(entry) = part.sagas.get_mut(saga_id) else {
-            debug!(
-                saga.id = saga_id,
-                input = kind,
-                "input for a saga this partition does not hold"
-            );
-            self.metrics
-                .inputs
-                .with_label_values(&[kind, "unmatched"])
-                .inc();
-            return Ok(());
-        };
-        let was_terminal = entry.state.status.is_terminal();
-        let now = now_ms();
-        let before = (entry.stored_bytes + input_bytes >= self.record_limit / 8)
-            .then(|| entry.state.clone());
-        let mut applied = self.engine.apply(&mut entry.state, input, Timestamp(now));
-        let mut refused = None;
-        if let Some(before) = before
-            && let Some(size) = self.oversized(&entry.state, &applied.effects, usize::MAX)
-        {
-            let reason = format!(
-                "saga `{saga_id}`: this {kind} would grow its state to {size} bytes, over the record limit of {} bytes; the saga is aborted",
-                self.record_limit
-            );
-            entry.state = before;
-            let request_id = format!("{saga_id}/oversized/{}", entry.state.seq);
-            applied = self.engine.apply(
-                &mut entry.state,
-                Input::Abort {
-                    request_id,
-                    reason: reason.clone(),
-                },
-                Timestamp(now),
-            );
-            refused = Some(reason);
-        }
-        entry.stored_bytes += input_bytes.min(self.record_limit);
-        let outcome = match &applied.outcome {
-            Outcome::Applied => "applied",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Stale(_) => "stale",
-            Outcome::Rejected(_) => "rejected",
-        };
-        self.metrics
-            .inputs
-            .with_label_values(&[kind, outcome])
-            .inc();
-        if let Outcome::Rejected(e) = &applied.outcome {
-            warn!(saga.id = saga_id, input = kind, error = %e, "input rejected");
-        }
-        if applied.outcome == Outcome::Applied {
-            note_issued(entry, &applied.effects, now);
-            self.after_apply(&mut part.timers, saga_id, entry, was_terminal);
-            work.owe(p, saga_id, applied.effects);
-        }
-        refused.map_or(Ok(()), Err)
-    }
-
-    /// Re-syncs a saga's timers with its state and counts its end.
-    fn after_apply(
-        &self,
-        timers: &mut BTreeSet<(u64, String, String)>,
-        saga_id: &str,
-        entry: &mut Entry,
-        was_terminal: bool,
-    ) {
-        rearm(timers, saga_id, entry, self.completed_retention);
-        if !was_terminal && entry.state.status.is_terminal() {
-            let t = entry.state.saga_type.clone();
-            let outcome = entry.state.status.to_string();
-            self.metrics
-                .sagas_ended
-                .with_label_values(&[&t, &outcome])
-                .inc();
-            self.metrics.sagas_in_flight.with_label_values(&[&t]).dec();
-            let secs = entry
-                .state
-                .updated_at
-                .0
-                .saturating_sub(entry.state.started_at.0) as f64
-                / 1e3;
-            self.metrics
-                .saga_duration
-                .with_label_values(&[&t, &outcome])
-                .observe(secs);
-        } else if was_terminal && !entry.state.status.is_terminal() {
-            // An operator retry brought a failed saga back.
-            self.metrics
-                .sagas_in_flight
-                .with_label_values(&[&entry.state.saga_type])
-                .inc();
-        }
-    }
-
-    fn fire_due(&self, p: i32, part: &mut Partition, now: u64, work: &mut Batch) {
-        if now.saturating_sub(part.swept_at) > 60_000 {
-            part.swept_at = now;
-            part.ended.retain(|hash, until| {
-                let keep = *until > now;
-                if !keep {
-                    work.tombstones.push((p, changelog::ended_key(*hash)));
-                }
-                keep
-            });
-        }
-        while let Some(first) = part.timers.first().cloned() {
-            if first.0 > now {
-                break;
-            }
-            part.timers.remove(&first);
-            let (_, saga_id, timer_id) = first;
-            if timer_id == EARLY_EXPIRE {
-                if !part.sagas.contains_key(&saga_id)
-                    && let Some(events) = part.early.remove(&saga_id)
-                {
-                    warn!(saga.id = %saga_id, events = events.len(), "awaited events expired before their saga started; dropped");
-                    self.metrics
-                        .inputs
-                        .with_label_values(&["event", "expired"])
-                        .inc_by(events.len() as u64);
-                    for (key, _) in events {
-                        work.tombstones.push((p, key));
-                    }
-                }
-                continue;
-            }
-            if timer_id == EXPIRE {
-                if let Some(e) = part.sagas.get(&saga_id)
-                    && e.state.status.is_terminal()
-                {
-                    // The state goes; the id is remembered, compactly, for
-                    // `dedup-window`, so a replayed trigger is refused.
-                    part.sagas.remove(&saga_id);
-                    let hash = changelog::saga_hash(&saga_id);
-                    let until = now + self.dedup_window.as_millis() as u64;
-                    part.ended.insert(hash, until);
-                    work.ended.push((p, hash, until));
-                    work.tombstones.push((p, saga_id));
-                }
-                continue;
-            }
-            let purpose = part
-                .sagas
-                .get(&saga_id)
-                .and_then(|e| e.state.timers.get(&timer_id))
-                .map(|t| format!("{:?}", t.purpose))
-                .unwrap_or_else(|| "unknown".to_owned());
-            self.metrics
-                .timers_fired
-                .with_label_values(&[&purpose])
-                .inc();
-            if let Some(entry) = part.sagas.get_mut(&saga_id) {
-                entry.armed.retain(|(_, id)| id != &timer_id);
-            }
-            let _ = self.apply(
-                part,
-                p,
-                &saga_id,
-                Input::TimerFired { timer_id },
-                0,
-                "timer",
-                work,
-            );
-        }
-    }
-
-    /// Persists the batch's sagas with their outboxes, then sends every
+    /// Persists what the cores changed (each touched saga with its
+    /// outbox, parked events, ended markers, tombstones), then sends every
     /// effect and record, each step waiting for the broker's acks. The
     /// state write carries the delivery marks of earlier batches, so a
     /// restore knows which outboxes were delivered at no extra round trip.
     ///
-    /// Returns the partitions found taken over by a newer owner: their
-    /// effects are not sent, and the caller lets them go.
+    /// Partitions found taken over by a newer owner are let go: their
+    /// effects are not sent, and they are returned so that their inputs
+    /// are not committed either.
     async fn flush(
         &self,
         producer: &FutureProducer,
-        owned: &mut HashMap<i32, Partition>,
-        mut work: Batch,
-    ) -> Result<Vec<i32>, String> {
+        owned: &mut Owned,
+        work: Batch,
+    ) -> Result<Vec<i32>, RunError> {
         let topic = self.names.saga_state();
-        let epoch = |owned: &HashMap<i32, Partition>, p: i32| owned.get(&p).map_or(-1, |x| x.epoch);
-        let mut states = Vec::with_capacity(work.order.len() + work.tombstones.len());
+        let mut states = Vec::new();
         let mut effects: Vec<(Option<i32>, Outgoing)> = Vec::new();
-        for (p, saga_id) in &work.order {
-            let e = epoch(owned, *p);
-            let Some(entry) = owned
-                .get_mut(p)
-                .and_then(|part| part.sagas.get_mut(saga_id))
-            else {
+        let mut touched = BTreeSet::new();
+        for (&p, part) in owned.parts.iter_mut() {
+            let drained = part.core.drain();
+            if drained.is_empty() {
                 continue;
-            };
-            let outbox = work.outbox.remove(saga_id).unwrap_or_default();
-            let stored = StoredSaga {
-                state: entry.state.clone(),
-                outbox,
-                traceparent: entry.traceparent.clone(),
-                trigger_traceparent: entry.trigger_traceparent.clone(),
-            };
-            let payload = serde_json::to_vec(&stored).ok();
-            entry.stored_bytes = payload.as_ref().map_or(0, Vec::len);
-            states.push(state_record(&topic, *p, e, saga_id.clone(), payload));
-            for eff in &stored.outbox {
-                if let Some(r) = self
-                    .effect_record(
-                        saga_id,
-                        &entry.state,
-                        (
-                            entry.traceparent.as_deref(),
-                            entry.trigger_traceparent.as_deref(),
-                        ),
-                        eff,
-                    )
-                    .await
-                {
-                    effects.push((Some(*p), r));
+            }
+            touched.insert(p);
+            let e = part.epoch;
+            for (saga_id, stored) in drained.sagas {
+                let payload = serde_json::to_vec(&stored).ok();
+                part.core
+                    .written(&saga_id, payload.as_ref().map_or(0, Vec::len));
+                for eff in &stored.outbox {
+                    if let Some(r) = self
+                        .effect_record(
+                            &saga_id,
+                            &stored.state,
+                            (
+                                stored.traceparent.as_deref(),
+                                stored.trigger_traceparent.as_deref(),
+                            ),
+                            eff,
+                        )
+                        .await
+                        .map_err(|Stopping| {
+                            RunError::Kafka(
+                                "stopped while the schema registry was unreachable".to_owned(),
+                            )
+                        })?
+                    {
+                        effects.push((Some(p), r));
+                    }
                 }
+                states.push(state_record(&topic, p, e, saga_id, payload));
+            }
+            for (key, parked) in drained.parked {
+                states.push(state_record(
+                    &topic,
+                    p,
+                    e,
+                    key,
+                    serde_json::to_vec(&parked).ok(),
+                ));
+            }
+            for (hash, until) in drained.ended {
+                let payload = serde_json::to_vec(&Ended { until }).ok();
+                states.push(state_record(
+                    &topic,
+                    p,
+                    e,
+                    changelog::ended_key(hash),
+                    payload,
+                ));
+            }
+            for key in drained.tombstones {
+                states.push(state_record(&topic, p, e, key, None));
             }
         }
-        for (p, key, parked) in work.parked {
-            let payload = serde_json::to_vec(&parked).ok();
-            states.push(state_record(&topic, p, epoch(owned, p), key, payload));
-        }
-        for (p, hash, until) in work.ended {
-            let payload = serde_json::to_vec(&Ended { until }).ok();
-            states.push(state_record(
-                &topic,
-                p,
-                epoch(owned, p),
-                changelog::ended_key(hash),
-                payload,
-            ));
-        }
-        for (p, key) in work.tombstones {
-            states.push(state_record(&topic, p, epoch(owned, p), key, None));
-        }
-        effects.extend(work.records.drain(..).map(|r| (None, r)));
+        effects.extend(work.records.into_iter().map(|r| (None, r)));
         let mut lost = Vec::new();
         if !states.is_empty() {
-            let touched: BTreeSet<i32> = states.iter().filter_map(|s| s.partition).collect();
-            for (&p, part) in owned.iter_mut() {
+            for (&p, part) in owned.parts.iter_mut() {
                 if let Some(through) = part.delivered.take() {
                     states.push(delivered_mark(&topic, p, part.epoch, through));
                 }
             }
-            let written = produce_all(producer, states, self.record_limit).await?;
+            let written = produce_all(producer, states, self.record_limit)
+                .await
+                .map_err(RunError::Kafka)?;
             let mut by_partition: HashMap<i32, Vec<i64>> = HashMap::new();
             for (p, offset) in written {
                 by_partition.entry(p).or_default().push(offset);
             }
             for (p, mut offsets) in by_partition {
-                let Some(part) = owned.get_mut(&p) else {
+                let Some(part) = owned.parts.get_mut(&p) else {
                     continue;
                 };
                 offsets.sort_unstable();
@@ -1584,7 +954,12 @@ impl Driver {
                     .iter()
                     .enumerate()
                     .all(|(i, o)| *o == part.next_offset + i as i64);
-                if !contiguous && self.taken_over(p, part, last).await? {
+                if !contiguous
+                    && self
+                        .taken_over(p, part, last)
+                        .await
+                        .map_err(RunError::Kafka)?
+                {
                     lost.push(p);
                     continue;
                 }
@@ -1596,25 +971,28 @@ impl Driver {
                 }
             }
         }
-        if !lost.is_empty() {
-            for p in &lost {
-                self.metrics
-                    .fencing
-                    .with_label_values(&["partition-lost"])
-                    .inc();
-                warn!(
-                    messaging.kafka.partition = p,
-                    "another instance has taken this partition over (a newer ownership marker in the changelog); letting it go without sending this batch's effects"
-                );
+        for p in &lost {
+            self.metrics
+                .fencing
+                .with_label_values(&["partition-lost"])
+                .inc();
+            warn!(
+                messaging.kafka.partition = p,
+                "another instance has taken this partition over (a newer ownership marker in the changelog); letting it go without sending this batch's effects"
+            );
+            if let Some(part) = owned.parts.remove(p) {
+                part.core.release();
             }
-            effects.retain(|(p, _)| p.is_none_or(|p| !lost.contains(&p)));
+            owned.lost.insert(*p);
         }
+        effects.retain(|(p, _)| p.is_none_or(|p| !lost.contains(&p)));
         produce_all(
             producer,
             effects.into_iter().map(|(_, r)| r).collect(),
             self.record_limit,
         )
-        .await?;
+        .await
+        .map_err(RunError::Kafka)?;
         Ok(lost)
     }
 
@@ -1698,7 +1076,36 @@ impl Driver {
         state: &SagaState,
         (saga_span, trigger_span): (Option<&str>, Option<&str>),
         e: &Effect,
-    ) -> Option<Outgoing> {
+    ) -> Result<Option<Outgoing>, Stopping> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .try_effect_record(saga_id, state, (saga_span, trigger_span), e)
+                .await
+            {
+                Err(err) if err.is_retriable() => {
+                    self.backoff(&mut attempt, "registry", &err).await?;
+                }
+                Err(err) => {
+                    tracing::error!(code = "SF-ORCH-016", saga.id = saga_id, effect = effect_kind(e), error = %err, "effect cannot be encoded and is not sent; fix the schema or definition");
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&["SF-ORCH-016"])
+                        .inc();
+                    return Ok(None);
+                }
+                Ok(r) => return Ok(r),
+            }
+        }
+    }
+
+    async fn try_effect_record(
+        &self,
+        saga_id: &str,
+        state: &SagaState,
+        (saga_span, trigger_span): (Option<&str>, Option<&str>),
+        e: &Effect,
+    ) -> Result<Option<Outgoing>, sagaflow_codec::EncodeError> {
         // Every record is a hop of its own: a child span of the saga's.
         let saga = TraceContext::continue_or_start(saga_span);
         let hop = saga.child();
@@ -1774,10 +1181,10 @@ impl Driver {
                     encoded,
                 )
             }
-            Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => return None,
+            Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => return Ok(None),
         };
-        match encoded {
-            Ok(bytes) => Some(Outgoing {
+        encoded.map(|bytes| {
+            Some(Outgoing {
                 topic,
                 partition: None,
                 key: Some(key),
@@ -1790,136 +1197,7 @@ impl Driver {
                     tracestate: None,
                 }
                 .to_owned_headers(),
-            }),
-            Err(err) => {
-                warn!(saga.id = saga_id, effect = effect_kind(e), error = %err, "effect cannot be encoded; the saga's lifecycle shows it");
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&["SF-ORCH-016"])
-                    .inc();
-                None
-            }
-        }
+            })
+        })
     }
-}
-
-/// Exports the span of one record the saga sends (and, with its result,
-/// the saga's own span, from its start to its end) over OTLP.
-fn export_spans(
-    state: &SagaState,
-    saga: &TraceContext,
-    trigger: Option<TraceContext>,
-    hop: &TraceContext,
-    e: &Effect,
-    names: &TopicNames,
-) {
-    use sagaflow_telemetry::{Attribute, HopKind};
-    let now = SystemTime::now();
-    let mut attrs = vec![
-        Attribute::new("saga.id", state.saga_id.clone()),
-        Attribute::new("saga.type", state.saga_type.clone()),
-        Attribute::new("messaging.system", "kafka"),
-        Attribute::new("messaging.operation.type", "send"),
-    ];
-    let name = match e {
-        Effect::Command(c) => {
-            attrs.push(Attribute::new("saga.step", c.step.clone()));
-            attrs.push(Attribute::new("sagaflow.attempt", i64::from(c.attempt)));
-            attrs.push(Attribute::new(
-                "messaging.destination.name",
-                names.commands(&c.service),
-            ));
-            format!("send {}.{}", c.service, c.operation)
-        }
-        Effect::Lifecycle(l) => {
-            if let Some(step) = &l.step {
-                attrs.push(Attribute::new("saga.step", step.clone()));
-            }
-            attrs.push(Attribute::new(
-                "messaging.destination.name",
-                names.saga_events(),
-            ));
-            format!("{:?}", l.kind).to_lowercase()
-        }
-        Effect::Result(r) => {
-            let ms = |t: u64| UNIX_EPOCH + std::time::Duration::from_millis(t);
-            sagaflow_telemetry::hop(
-                format!("saga {}", state.saga_type),
-                HopKind::Internal,
-                saga,
-                trigger.as_ref(),
-                ms(state.started_at.0),
-                ms(state.updated_at.0).max(ms(state.started_at.0)),
-                vec![
-                    Attribute::new("saga.id", state.saga_id.clone()),
-                    Attribute::new("saga.type", state.saga_type.clone()),
-                    Attribute::new("saga.status", format!("{:?}", r.status).to_lowercase()),
-                ],
-            );
-            attrs.push(Attribute::new(
-                "messaging.destination.name",
-                names.saga_events(),
-            ));
-            "send result".to_owned()
-        }
-        Effect::Emit(d) => {
-            attrs.push(Attribute::new(
-                "messaging.destination.name",
-                d.topic.clone(),
-            ));
-            format!("send {}", d.event_type)
-        }
-        Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => return,
-    };
-    sagaflow_telemetry::hop(name, HopKind::Producer, hop, Some(saga), now, now, attrs);
-}
-
-fn note_issued(entry: &mut Entry, effects: &[Effect], now: u64) {
-    for e in effects {
-        if let Effect::Command(c) = e {
-            entry.issued.insert(c.command_id.clone(), now);
-        }
-    }
-    if entry.state.status.is_terminal() {
-        entry.issued.clear();
-    }
-}
-
-fn effect_kind(e: &Effect) -> &'static str {
-    match e {
-        Effect::Command(_) => "command",
-        Effect::Lifecycle(_) => "lifecycle",
-        Effect::ArmTimer { .. } => "arm-timer",
-        Effect::CancelTimer { .. } => "cancel-timer",
-        Effect::Emit(_) => "emit",
-        Effect::Result(_) => "result",
-    }
-}
-
-/// Makes the partition's timer set hold exactly this saga's armed timers,
-/// plus its expiry once it has ended.
-fn rearm(
-    timers: &mut BTreeSet<(u64, String, String)>,
-    saga_id: &str,
-    entry: &mut Entry,
-    retention: Duration,
-) {
-    for (due, id) in entry.armed.drain(..) {
-        timers.remove(&(due, saga_id.to_owned(), id));
-    }
-    let mut armed: Vec<(u64, String)> = entry
-        .state
-        .timers()
-        .map(|(id, at)| (at.0, id.to_owned()))
-        .collect();
-    if entry.state.status.is_terminal() {
-        armed.push((
-            entry.state.updated_at.0 + retention.as_millis() as u64,
-            EXPIRE.to_owned(),
-        ));
-    }
-    for (due, id) in &armed {
-        timers.insert((*due, saga_id.to_owned(), id.clone()));
-    }
-    entry.armed = armed;
 }

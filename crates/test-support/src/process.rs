@@ -132,6 +132,33 @@ impl ChildGuard {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its exit
+    /// status, or None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child

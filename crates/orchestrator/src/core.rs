@@ -1,0 +1,702 @@
+//! The partition core: everything one owned partition knows and decides,
+//! with no I/O. Inputs in (`handle_input`, `handle_reply`,
+//! `handle_timeout(now)`), writes and effects out as data (`drain`), the
+//! next due time from `poll_timeout`. No Kafka, no clock, no randomness:
+//! the driver feeds it records and the time, and carries out what it
+//! drains; the simulation feeds it schedules.
+//!
+//! The core holds its partition's sagas, their durable timers (one source
+//! of truth: the timers each saga's state says are armed, plus the
+//! partition's own housekeeping timers), parked early events (bounded) and
+//! the ids of ended sagas (for `dedup-window`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sagaflow_engine::{AwaitedEvent, Effect, Engine, Input, Outcome, Reply, SagaState, Timestamp};
+use tracing::{debug, warn};
+
+use crate::changelog::{self, Parked, Replay};
+use crate::metrics::Metrics;
+use crate::runtime::StoredSaga;
+use crate::wire::Envelope;
+
+/// Timer id that removes a finished saga after `completed-retention`.
+const EXPIRE: &str = "@expire";
+/// Timer id that drops a saga id's parked early events if the saga has not
+/// started by then.
+const EARLY_EXPIRE: &str = "@early-expire";
+/// Ended markers are swept for expiry at most this often (ms).
+const SWEEP_EVERY_MS: u64 = 60_000;
+/// What a record carries beyond its value, at most: key, headers (ids,
+/// trace context, epoch) and framing.
+pub const RECORD_OVERHEAD: usize = 1024;
+
+/// The limits and retentions a core works with.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub completed_retention: Duration,
+    pub early_event_retention: Duration,
+    /// The largest record the driver may produce, in bytes.
+    pub record_limit: usize,
+    pub max_parked_per_saga: usize,
+    pub max_parked_per_partition: usize,
+    pub dedup_window: Duration,
+}
+
+/// An input the core will not take, with the code and reason the driver
+/// dead-letters it with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, reason: String) -> Self {
+        Self { code, reason }
+    }
+}
+
+/// One saga held in memory.
+#[derive(Debug)]
+pub struct Entry {
+    pub state: SagaState,
+    pub traceparent: Option<String>,
+    pub trigger_traceparent: Option<String>,
+    /// The timers of this saga currently in the core's timer set.
+    armed: Vec<(u64, String)>,
+    /// When each in-flight command was issued (for step latency; not
+    /// persisted, so replies to commands issued before a restore are not timed).
+    issued: HashMap<String, u64>,
+    /// Size of the saga's last changelog record (estimated between
+    /// writes): inputs that could push it over the record limit are
+    /// measured before they are accepted.
+    stored_bytes: usize,
+}
+
+/// What a batch of inputs changed, to be written (and then sent) by the
+/// driver, in first-touched order.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Sagas to write, each with the effects it now owes (its outbox).
+    pub sagas: Vec<(String, StoredSaga)>,
+    /// Newly parked events: (record key, record).
+    pub parked: Vec<(String, Parked)>,
+    /// Ended markers: (saga id hash, remembered until).
+    pub ended: Vec<(u64, u64)>,
+    /// Keys to delete (tombstones).
+    pub tombstones: Vec<String>,
+}
+
+impl Drained {
+    pub fn is_empty(&self) -> bool {
+        self.sagas.is_empty()
+            && self.parked.is_empty()
+            && self.ended.is_empty()
+            && self.tombstones.is_empty()
+    }
+}
+
+/// The sagas of one partition and what they owe.
+pub struct PartitionCore {
+    partition: i32,
+    engine: Arc<Engine>,
+    metrics: Metrics,
+    limits: Limits,
+    sagas: HashMap<String, Entry>,
+    /// (due, saga id, timer id).
+    timers: BTreeSet<(u64, String, String)>,
+    /// Awaited events that arrived before their saga's trigger, by saga
+    /// id, each with its changelog key.
+    early: HashMap<String, Vec<(String, AwaitedEvent)>>,
+    /// Ended saga ids (hashes) and until when a trigger for them is a
+    /// replay.
+    ended: HashMap<u64, u64>,
+    swept_at: u64,
+    /// Sagas touched since the last drain, in order, and their new effects.
+    order: Vec<String>,
+    outbox: HashMap<String, Vec<Effect>>,
+    parked: Vec<(String, Parked)>,
+    ended_new: Vec<(u64, u64)>,
+    tombstones: Vec<String>,
+}
+
+/// What a restored partition still owes: the outboxes written but not
+/// known to be delivered, per saga.
+pub type Owed = Vec<(String, StoredSaga)>;
+
+impl PartitionCore {
+    /// A core with nothing in it (a partition never written).
+    pub fn new(partition: i32, engine: Arc<Engine>, metrics: Metrics, limits: Limits) -> Self {
+        Self {
+            partition,
+            engine,
+            metrics,
+            limits,
+            sagas: HashMap::new(),
+            timers: BTreeSet::new(),
+            early: HashMap::new(),
+            ended: HashMap::new(),
+            swept_at: 0,
+            order: Vec::new(),
+            outbox: HashMap::new(),
+            parked: Vec::new(),
+            ended_new: Vec::new(),
+            tombstones: Vec::new(),
+        }
+    }
+
+    /// Rebuilds the core from a replayed changelog at `now`: sagas, their
+    /// timers, parked events (with a full retention from now: parking
+    /// times are not stored) and ended ids. Returns what is owed: the
+    /// outboxes written after the last delivery mark.
+    pub fn restore(mut self, replay: Replay, now: u64) -> (Self, Owed) {
+        self.swept_at = now;
+        self.ended = replay.ended;
+        self.early = replay.early;
+        let expire_at = now + self.limits.early_event_retention.as_millis() as u64;
+        for saga_id in self.early.keys() {
+            self.timers
+                .insert((expire_at, saga_id.clone(), EARLY_EXPIRE.to_owned()));
+        }
+        let mut owed = Vec::new();
+        for (saga_id, (offset, stored)) in replay.sagas {
+            if !stored.outbox.is_empty() && offset > replay.delivered_through {
+                owed.push((saga_id.clone(), stored.clone()));
+            }
+            if !stored.state.status.is_terminal() {
+                self.metrics
+                    .sagas_in_flight
+                    .with_label_values(&[&stored.state.saga_type])
+                    .inc();
+            }
+            let mut entry = Entry {
+                state: stored.state,
+                traceparent: stored.traceparent,
+                trigger_traceparent: stored.trigger_traceparent,
+                armed: Vec::new(),
+                issued: HashMap::new(),
+                stored_bytes: 0,
+            };
+            rearm(
+                &mut self.timers,
+                &saga_id,
+                &mut entry,
+                self.limits.completed_retention,
+            );
+            self.sagas.insert(saga_id, entry);
+        }
+        (self, owed)
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn saga(&self, saga_id: &str) -> Option<&Entry> {
+        self.sagas.get(saga_id)
+    }
+
+    pub fn sagas(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.sagas.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sagas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sagas.is_empty()
+    }
+
+    /// Parked early events held.
+    pub fn parked(&self) -> usize {
+        self.early.values().map(Vec::len).sum()
+    }
+
+    /// Ended saga ids remembered.
+    pub fn ended(&self) -> usize {
+        self.ended.len()
+    }
+
+    /// When the next timer is due (ms since the epoch).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|t| t.0)
+    }
+
+    /// Lets go of the partition: its sagas are no longer counted here.
+    pub fn release(&self) {
+        for e in self.sagas.values() {
+            if !e.state.status.is_terminal() {
+                self.metrics
+                    .sagas_in_flight
+                    .with_label_values(&[&e.state.saga_type])
+                    .dec();
+            }
+        }
+    }
+
+    /// Everything changed since the last drain, with the outboxes.
+    pub fn drain(&mut self) -> Drained {
+        let mut out = Drained {
+            parked: std::mem::take(&mut self.parked),
+            ended: std::mem::take(&mut self.ended_new),
+            tombstones: std::mem::take(&mut self.tombstones),
+            ..Drained::default()
+        };
+        for saga_id in std::mem::take(&mut self.order) {
+            let outbox = self.outbox.remove(&saga_id).unwrap_or_default();
+            let Some(entry) = self.sagas.get(&saga_id) else {
+                continue;
+            };
+            out.sagas.push((
+                saga_id,
+                StoredSaga {
+                    state: entry.state.clone(),
+                    outbox,
+                    traceparent: entry.traceparent.clone(),
+                    trigger_traceparent: entry.trigger_traceparent.clone(),
+                },
+            ));
+        }
+        out
+    }
+
+    /// Records the size a saga's record was written with.
+    pub fn written(&mut self, saga_id: &str, bytes: usize) {
+        if let Some(e) = self.sagas.get_mut(saga_id) {
+            e.stored_bytes = bytes;
+        }
+    }
+
+    fn owe(&mut self, saga_id: &str, effects: Vec<Effect>) {
+        let slot = self.outbox.entry(saga_id.to_owned()).or_insert_with(|| {
+            self.order.push(saga_id.to_owned());
+            Vec::new()
+        });
+        slot.extend(effects);
+    }
+
+    /// An input envelope (`sagaflow.inputs`) of `input_bytes` bytes,
+    /// carrying the trigger's `traceparent` if any. `new_trace` makes the
+    /// trace context of a saga that starts without one (the driver's
+    /// randomness, kept out of the core).
+    pub fn handle_input(
+        &mut self,
+        env: Envelope,
+        traceparent: Option<&str>,
+        input_bytes: usize,
+        now: u64,
+        new_trace: impl FnOnce(Option<&str>) -> (String, Option<String>),
+    ) -> Result<(), Refusal> {
+        match env {
+            Envelope::Trigger {
+                saga_type,
+                saga_id,
+                event,
+            } => {
+                if self.sagas.contains_key(&saga_id) {
+                    // A redelivered trigger never starts a second saga.
+                    self.count("trigger", "duplicate");
+                    return Ok(());
+                }
+                if self
+                    .ended
+                    .get(&changelog::saga_hash(&saga_id))
+                    .is_some_and(|until| *until > now)
+                {
+                    // The saga ended and its state is gone, but its id is
+                    // remembered for `dedup-window`: a replayed trigger.
+                    self.count("trigger", "replayed");
+                    return Ok(());
+                }
+                let (state, effects) = self
+                    .engine
+                    .start(&saga_type, &event, Timestamp(now))
+                    .map_err(|e| {
+                        Refusal::new("SF-ORCH-015", format!("starting saga `{saga_type}`: {e}"))
+                    })?;
+                if let Some(size) = self.oversized(&state, &effects, input_bytes) {
+                    return Err(Refusal::new(
+                        "SF-ORCH-022",
+                        format!(
+                            "saga `{saga_id}`: its state would be {size} bytes, over the record limit of {} bytes (max-record-bytes / message.max.bytes); the trigger is refused",
+                            self.limits.record_limit
+                        ),
+                    ));
+                }
+                self.count("trigger", "applied");
+                self.metrics
+                    .sagas_started
+                    .with_label_values(&[&state.saga_type])
+                    .inc();
+                self.metrics
+                    .sagas_in_flight
+                    .with_label_values(&[&state.saga_type])
+                    .inc();
+                let id = state.saga_id.clone();
+                let (trace, parent) = new_trace(traceparent);
+                let mut entry = Entry {
+                    state,
+                    traceparent: Some(trace),
+                    trigger_traceparent: parent,
+                    armed: Vec::new(),
+                    issued: HashMap::new(),
+                    stored_bytes: input_bytes,
+                };
+                note_issued(&mut entry, &effects, now);
+                self.after_apply(&id, &mut entry, false);
+                self.sagas.insert(id.clone(), entry);
+                self.owe(&id, effects);
+                if let Some(early) = self.early.remove(&id) {
+                    for (key, event) in early {
+                        self.tombstones.push(key);
+                        let size = serde_json::to_vec(&event.payload).map_or(0, |b| b.len());
+                        if let Err(refused) =
+                            self.apply(&id, Input::Event(event), size, "event", now)
+                        {
+                            // The parked event has no record of its own any
+                            // more: its refusal is logged and counted.
+                            warn!(saga.id = %id, reason = %refused.reason, "parked event refused");
+                            self.metrics
+                                .dead_letters
+                                .with_label_values(&[refused.code])
+                                .inc();
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Envelope::Event { saga_id, event } => {
+                if self.sagas.contains_key(&saga_id) {
+                    self.apply(&saga_id, Input::Event(event), input_bytes, "event", now)
+                } else {
+                    self.park(saga_id, event, now)
+                }
+            }
+            Envelope::Retry {
+                saga_id,
+                request_id,
+            } => self.apply(&saga_id, Input::Retry { request_id }, 0, "retry", now),
+            Envelope::Abort {
+                saga_id,
+                request_id,
+                reason,
+            } => self.apply(
+                &saga_id,
+                Input::Abort { request_id, reason },
+                0,
+                "abort",
+                now,
+            ),
+        }
+    }
+
+    /// A service's reply to a command (`step` names it for the latency
+    /// metric).
+    pub fn handle_reply(
+        &mut self,
+        saga_id: &str,
+        step: &str,
+        reply: Reply,
+        input_bytes: usize,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let outcome = format!("{:?}", reply.outcome).to_lowercase();
+        if let Some(entry) = self.sagas.get_mut(saga_id)
+            && let Some(issued) = entry.issued.remove(&reply.command_id)
+        {
+            let latency = now.saturating_sub(issued) as f64 / 1e3;
+            self.metrics
+                .step_latency
+                .with_label_values(&[&entry.state.saga_type, step, &outcome])
+                .observe(latency);
+        }
+        self.apply(saga_id, Input::Reply(reply), input_bytes, "reply", now)
+    }
+
+    /// Fires every timer due at `now`: step timeouts and backoffs (the
+    /// engine decides), finished sagas' expiry, parked events' expiry, and
+    /// the sweep of ended ids past `dedup-window`.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if now.saturating_sub(self.swept_at) > SWEEP_EVERY_MS {
+            self.swept_at = now;
+            let tombstones = &mut self.tombstones;
+            self.ended.retain(|hash, until| {
+                let keep = *until > now;
+                if !keep {
+                    tombstones.push(changelog::ended_key(*hash));
+                }
+                keep
+            });
+        }
+        while let Some(first) = self.timers.first().cloned() {
+            if first.0 > now {
+                break;
+            }
+            self.timers.remove(&first);
+            let (_, saga_id, timer_id) = first;
+            if timer_id == EARLY_EXPIRE {
+                if !self.sagas.contains_key(&saga_id)
+                    && let Some(events) = self.early.remove(&saga_id)
+                {
+                    warn!(saga.id = %saga_id, events = events.len(), "awaited events expired before their saga started; dropped");
+                    self.metrics
+                        .inputs
+                        .with_label_values(&["event", "expired"])
+                        .inc_by(events.len() as u64);
+                    self.tombstones.extend(events.into_iter().map(|(k, _)| k));
+                }
+                continue;
+            }
+            if timer_id == EXPIRE {
+                if self
+                    .sagas
+                    .get(&saga_id)
+                    .is_some_and(|e| e.state.status.is_terminal())
+                {
+                    // The state goes; the id is remembered, compactly, for
+                    // `dedup-window`, so a replayed trigger is refused.
+                    debug!(saga.id = %saga_id, "saga state expired after completed-retention; its id is remembered");
+                    self.sagas.remove(&saga_id);
+                    let hash = changelog::saga_hash(&saga_id);
+                    let until = now + self.limits.dedup_window.as_millis() as u64;
+                    self.ended.insert(hash, until);
+                    self.ended_new.push((hash, until));
+                    self.tombstones.push(saga_id);
+                }
+                continue;
+            }
+            let purpose = self
+                .sagas
+                .get(&saga_id)
+                .and_then(|e| e.state.timers.get(&timer_id))
+                .map(|t| format!("{:?}", t.purpose))
+                .unwrap_or_else(|| "unknown".to_owned());
+            self.metrics
+                .timers_fired
+                .with_label_values(&[&purpose])
+                .inc();
+            if let Some(entry) = self.sagas.get_mut(&saga_id) {
+                entry.armed.retain(|(_, id)| id != &timer_id);
+            }
+            // Timer inputs carry nothing that could grow a saga.
+            let _ = self.apply(&saga_id, Input::TimerFired { timer_id }, 0, "timer", now);
+        }
+    }
+
+    fn count(&self, input: &str, outcome: &str) {
+        self.metrics
+            .inputs
+            .with_label_values(&[input, outcome])
+            .inc();
+    }
+
+    /// Parks an awaited event whose saga has not started yet (another
+    /// topic, read in another order): one changelog record per event, for
+    /// `early-event-retention` at most, within the per-saga and
+    /// per-partition bounds.
+    fn park(&mut self, saga_id: String, event: AwaitedEvent, now: u64) -> Result<(), Refusal> {
+        let key = changelog::parked_key(&saga_id, &event.message_id);
+        let held = self.early.get(&saga_id).map_or(0, Vec::len);
+        if self
+            .early
+            .get(&saga_id)
+            .is_some_and(|v| v.iter().any(|(k, _)| *k == key))
+        {
+            self.count("event", "duplicate");
+            return Ok(());
+        }
+        if held >= self.limits.max_parked_per_saga {
+            return Err(Refusal::new(
+                "SF-ORCH-023",
+                format!(
+                    "saga `{saga_id}` has not started and already has {held} parked events (max-parked-per-saga)"
+                ),
+            ));
+        }
+        let total = self.parked();
+        if total >= self.limits.max_parked_per_partition {
+            return Err(Refusal::new(
+                "SF-ORCH-023",
+                format!(
+                    "partition {} already holds {total} parked events for sagas that have not started (max-parked-per-partition)",
+                    self.partition
+                ),
+            ));
+        }
+        if held == 0 {
+            self.timers.insert((
+                now + self.limits.early_event_retention.as_millis() as u64,
+                saga_id.clone(),
+                EARLY_EXPIRE.to_owned(),
+            ));
+        }
+        self.parked.push((
+            key.clone(),
+            Parked {
+                saga_id: saga_id.clone(),
+                event: event.clone(),
+            },
+        ));
+        self.early.entry(saga_id).or_default().push((key, event));
+        self.count("event", "parked");
+        Ok(())
+    }
+
+    /// The size a saga's changelog record would have, if over the limit.
+    /// Small inputs cannot push a small saga over: it measures only when
+    /// they might (`input_bytes` of `usize::MAX` always measures).
+    fn oversized(&self, state: &SagaState, outbox: &[Effect], input_bytes: usize) -> Option<usize> {
+        if input_bytes < self.limits.record_limit / 8 {
+            return None;
+        }
+        let size =
+            serde_json::to_vec(&(state, outbox)).map_or(usize::MAX, |b| b.len()) + RECORD_OVERHEAD;
+        (size > self.limits.record_limit).then_some(size)
+    }
+
+    /// Applies one input to a saga. An input that would grow the saga's
+    /// state over the record limit is not applied: the saga is aborted
+    /// (compensating what succeeded) with the reason, which is returned
+    /// for the driver to dead-letter the input with.
+    fn apply(
+        &mut self,
+        saga_id: &str,
+        input: Input,
+        input_bytes: usize,
+        kind: &str,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let record_limit = self.limits.record_limit;
+        let Some(mut entry) = self.sagas.remove(saga_id) else {
+            debug!(
+                saga.id = saga_id,
+                input = kind,
+                "input for a saga this partition does not hold"
+            );
+            self.count(kind, "unmatched");
+            return Ok(());
+        };
+        let was_terminal = entry.state.status.is_terminal();
+        let before =
+            (entry.stored_bytes + input_bytes >= record_limit / 8).then(|| entry.state.clone());
+        let mut applied = self.engine.apply(&mut entry.state, input, Timestamp(now));
+        let mut refused = None;
+        if let Some(before) = before
+            && let Some(size) = self.oversized(&entry.state, &applied.effects, usize::MAX)
+        {
+            let reason = format!(
+                "saga `{saga_id}`: this {kind} would grow its state to {size} bytes, over the record limit of {record_limit} bytes; the saga is aborted"
+            );
+            entry.state = before;
+            let request_id = format!("{saga_id}/oversized/{}", entry.state.seq);
+            applied = self.engine.apply(
+                &mut entry.state,
+                Input::Abort {
+                    request_id,
+                    reason: reason.clone(),
+                },
+                Timestamp(now),
+            );
+            refused = Some(Refusal::new("SF-ORCH-022", reason));
+        }
+        entry.stored_bytes += input_bytes.min(record_limit);
+        let outcome = match &applied.outcome {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale(_) => "stale",
+            Outcome::Rejected(_) => "rejected",
+        };
+        self.count(kind, outcome);
+        if let Outcome::Rejected(e) = &applied.outcome {
+            warn!(saga.id = saga_id, input = kind, error = %e, "input rejected");
+        }
+        if applied.outcome == Outcome::Applied {
+            note_issued(&mut entry, &applied.effects, now);
+            self.after_apply(saga_id, &mut entry, was_terminal);
+            self.sagas.insert(saga_id.to_owned(), entry);
+            self.owe(saga_id, applied.effects);
+        } else {
+            self.sagas.insert(saga_id.to_owned(), entry);
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Re-syncs a saga's timers with its state and counts its end.
+    fn after_apply(&mut self, saga_id: &str, entry: &mut Entry, was_terminal: bool) {
+        rearm(
+            &mut self.timers,
+            saga_id,
+            entry,
+            self.limits.completed_retention,
+        );
+        if !was_terminal && entry.state.status.is_terminal() {
+            let t = entry.state.saga_type.clone();
+            let outcome = entry.state.status.to_string();
+            self.metrics
+                .sagas_ended
+                .with_label_values(&[&t, &outcome])
+                .inc();
+            self.metrics.sagas_in_flight.with_label_values(&[&t]).dec();
+            let secs = entry
+                .state
+                .updated_at
+                .0
+                .saturating_sub(entry.state.started_at.0) as f64
+                / 1e3;
+            self.metrics
+                .saga_duration
+                .with_label_values(&[&t, &outcome])
+                .observe(secs);
+        } else if was_terminal && !entry.state.status.is_terminal() {
+            // An operator retry brought a failed saga back.
+            self.metrics
+                .sagas_in_flight
+                .with_label_values(&[&entry.state.saga_type])
+                .inc();
+        }
+    }
+}
+
+fn note_issued(entry: &mut Entry, effects: &[Effect], now: u64) {
+    for e in effects {
+        if let Effect::Command(c) = e {
+            entry.issued.insert(c.command_id.clone(), now);
+        }
+    }
+    if entry.state.status.is_terminal() {
+        entry.issued.clear();
+    }
+}
+
+/// Makes the timer set hold exactly this saga's armed timers, plus its
+/// expiry once it has ended. The saga's state is the source of truth; the
+/// engine's `ArmTimer`/`CancelTimer` effects describe the same changes.
+fn rearm(
+    timers: &mut BTreeSet<(u64, String, String)>,
+    saga_id: &str,
+    entry: &mut Entry,
+    retention: Duration,
+) {
+    for (due, id) in entry.armed.drain(..) {
+        timers.remove(&(due, saga_id.to_owned(), id));
+    }
+    let mut armed: Vec<(u64, String)> = entry
+        .state
+        .timers()
+        .map(|(id, at)| (at.0, id.to_owned()))
+        .collect();
+    if entry.state.status.is_terminal() {
+        armed.push((
+            entry.state.updated_at.0 + retention.as_millis() as u64,
+            EXPIRE.to_owned(),
+        ));
+    }
+    for (due, id) in &armed {
+        timers.insert((*due, saga_id.to_owned(), id.clone()));
+    }
+    entry.armed = armed;
+}
