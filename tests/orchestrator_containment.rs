@@ -143,7 +143,7 @@ async fn a_failed_driver_stops_the_process() {
     // timeout needs a write.
     let cfg = std::fs::read_to_string(stack.path("orchestrator.yaml"))
         .unwrap()
-        .replace(support::bootstrap_servers().as_str(), &private)
+        .replace(support::bootstrap_servers(), &private)
         .replacen(
             "  properties:\n",
             "  properties:\n    message.timeout.ms: \"3000\"\n    session.timeout.ms: \"45000\"\n",
