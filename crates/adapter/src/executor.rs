@@ -83,6 +83,10 @@ impl ExecutorSettings {
     }
 }
 
+/// The longest time budget a command may ask for (`timeout_ms` is outside
+/// input); longer budgets are clamped to this.
+pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 type Inflight = Mutex<HashMap<String, Arc<OnceCell<AdapterOutcome>>>>;
 
 /// Runs commands through a handler with retries, breaker, limits,
@@ -225,9 +229,10 @@ impl Executor {
         let timeout = if cmd.timeout_ms == 0 {
             self.settings.default_command_timeout
         } else {
-            Duration::from_millis(cmd.timeout_ms)
+            Duration::from_millis(cmd.timeout_ms).min(MAX_COMMAND_TIMEOUT)
         };
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now);
 
         if let Some(stored) = self.store.get(&cmd.command_id).await {
             self.metrics
@@ -329,7 +334,10 @@ impl Executor {
             if let Some(after) = outcome.retry_after {
                 delay = delay.max(after);
             }
-            if Instant::now() + delay >= deadline {
+            if Instant::now()
+                .checked_add(delay)
+                .is_none_or(|at| at >= deadline)
+            {
                 tracing::debug!(
                     service,
                     operation = op_label,

@@ -45,7 +45,7 @@ pub use command::{AdapterCommand, AdapterOutcome, OutcomeKind, ReplyError};
 pub use config::{ServiceConfig, load_file};
 pub use declarative::DeclarativeHandler;
 pub use error::AdapterError;
-pub use executor::{Executor, ExecutorSettings};
+pub use executor::{Executor, ExecutorSettings, MAX_COMMAND_TIMEOUT};
 pub use handler::{CacheKey, CallContext, CommandHandler};
 pub use metrics::{AdapterMetrics, RuntimeMetrics};
 pub use process::ProcessConfig;

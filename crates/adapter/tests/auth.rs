@@ -330,3 +330,33 @@ fn base64_encode(input: &[u8]) -> String {
     }
     out
 }
+
+/// A token server answering `expires_in: 10000000000000000000` used to
+/// overflow `Instant + Duration` and panic the task. The lifetime is clamped
+/// (to 24 h): the call succeeds and the token is cached.
+#[tokio::test]
+async fn oauth2_absurd_expires_in_is_clamped_not_a_panic() {
+    let client_secret = secret_file("oauthhuge", SECRET);
+    let backend = Backend::start(move |_, seen| {
+        if seen.path == "/oauth/token" {
+            Reply::status(200)
+                .header("content-type", "application/json")
+                .body(r#"{"access_token":"tok","expires_in":10000000000000000000}"#)
+        } else {
+            Reply::json(200, json!({"ok": true}))
+        }
+    })
+    .await;
+    let auth = format!(
+        "  type: oauth2-client-credentials\n  token-url: {}/oauth/token\n  client-id: sagaflow\n  client-secret: {{ file: {} }}",
+        backend.url(),
+        client_secret.display()
+    );
+    let (exec, _) = executor(&config(&backend.url(), &auth));
+    for id in ["o-1", "o-2"] {
+        let out = exec.execute(&get(id)).await;
+        assert_eq!(out.kind, OutcomeKind::Success, "{out:?}");
+    }
+    assert_eq!(backend.count("/oauth/token"), 1, "the token is cached");
+    std::fs::remove_dir_all(client_secret.parent().unwrap()).unwrap();
+}
