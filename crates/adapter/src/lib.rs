@@ -27,6 +27,7 @@ mod cache;
 mod command;
 pub mod config;
 mod declarative;
+mod durable;
 mod error;
 mod executor;
 mod handler;
