@@ -8,11 +8,13 @@
 //! completed before a crash (even a `kill -9`) is answered from the store
 //! and never reaches the backend twice.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sagaflow_bus::{KafkaConfig, TopicNames};
 use serde::{Deserialize, Serialize};
@@ -55,56 +57,55 @@ fn now_ms() -> i64 {
 /// How long one restore may take before it is retried.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Reads `partitions` of `topic` from the beginning to their current end
-/// into `store`; returns how many outcomes were restored. Entries older
-/// than the store's TTL are skipped.
+/// Key of the marker records a restore writes to find the log's end.
+pub(crate) const MARKER_KEY: &str = "__sagaflow.restore-marker";
+
+/// Reads `partitions` of `topic` from the beginning into `store`; returns
+/// how many outcomes were restored. Entries older than the store's TTL are
+/// skipped.
+///
+/// The end is found without trusting the broker's high watermark (the
+/// embedded test broker's lags behind acknowledged records): a marker record
+/// is written to each partition first, and the partition is read until
+/// that marker's acknowledged offset. Every outcome acknowledged before the
+/// restore started lies before the marker.
 pub(crate) async fn restore(
     kafka: &KafkaConfig,
+    producer: &FutureProducer,
     group_id: &str,
     topic: &str,
     partitions: &[i32],
     store: Arc<dyn IdempotencyStore>,
     ttl: Duration,
 ) -> Result<u64, String> {
-    // A consumer outside any group (it only `assign`s and never commits).
-    let consumer: Arc<StreamConsumer> = Arc::new(
-        kafka
-            .clone()
-            .with("enable.partition.eof", "true")
-            .consumer(&format!("{group_id}.idempotency-restore"))
-            .map_err(|e| e.to_string())?,
+    let marker = format!(
+        "{{\"marker\":\"{group_id}\",\"at\":{}}}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
     );
-    // Ends to read up to, per partition (blocking calls, off the executor).
-    let ends = {
-        let consumer = Arc::clone(&consumer);
-        let t = topic.to_owned();
-        let partitions = partitions.to_vec();
-        tokio::task::spawn_blocking(move || {
-            partitions
-                .iter()
-                .map(|&p| {
-                    consumer
-                        .fetch_watermarks(&t, p, Duration::from_secs(10))
-                        .map(|(low, high)| (p, low, high))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading the watermarks of `{topic}`: {e}"))?
-    };
-    let mut pending: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    let mut pending: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
-    for (p, low, high) in ends {
-        if high > low {
-            pending.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .map_err(|e| e.to_string())?;
-        }
+    for &p in partitions {
+        let record = FutureRecord::<str, str>::to(topic)
+            .key(MARKER_KEY)
+            .payload(&marker)
+            .partition(p);
+        let delivered = producer
+            .send(record, Timeout::After(Duration::from_secs(10)))
+            .await
+            .map_err(|(e, _)| format!("writing the restore marker to `{topic}` [{p}]: {e}"))?;
+        pending.insert(p, delivered.offset);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
     }
     if pending.is_empty() {
         return Ok(0);
     }
+    // A consumer outside any group (it only `assign`s and never commits).
+    let consumer: StreamConsumer = kafka
+        .consumer(&format!("{group_id}.idempotency-restore"))
+        .map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + RESTORE_TIMEOUT;
     let now = now_ms();
@@ -119,16 +120,13 @@ pub(crate) async fn restore(
         }
         let m = match tokio::time::timeout(left, consumer.recv()).await {
             Err(_) => continue,
-            Ok(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-                continue;
-            }
             Ok(Err(e)) => return Err(format!("reading `{topic}`: {e}")),
             Ok(Ok(m)) => m,
         };
         let p = m.partition();
-        if let (Some(key), Some(value)) = (m.key(), m.payload()) {
-            match serde_json::from_slice::<Completed>(value) {
+        match (m.key(), m.payload()) {
+            (Some(key), _) if key == MARKER_KEY.as_bytes() => {}
+            (Some(key), Some(value)) => match serde_json::from_slice::<Completed>(value) {
                 Ok(c) => {
                     let age = Duration::from_millis(
                         u64::try_from(now.saturating_sub(c.completed_at)).unwrap_or(0),
@@ -146,9 +144,10 @@ pub(crate) async fn restore(
                     error = %e,
                     "skipping an unreadable idempotency record"
                 ),
-            }
+            },
+            _ => {}
         }
-        if pending.get(&p).is_some_and(|high| m.offset() + 1 >= *high) {
+        if pending.get(&p).is_some_and(|end| m.offset() >= *end) {
             pending.remove(&p);
         }
     }

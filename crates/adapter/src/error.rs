@@ -67,6 +67,15 @@ pub enum AdapterError {
         overhead: u64,
         fits: u64,
     },
+    #[error(
+        "SF-ADAPTER-024: the idempotency topic `{topic}` has {partitions} partitions but `{commands_topic}` has {command_partitions}; they must match (recreate the idempotency topic with {command_partitions} partitions)"
+    )]
+    IdempotencyTopic {
+        topic: String,
+        partitions: usize,
+        commands_topic: String,
+        command_partitions: usize,
+    },
 }
 
 impl AdapterError {
@@ -90,6 +99,7 @@ impl AdapterError {
             Self::Metrics { .. } => "SF-ADAPTER-015",
             Self::RateLimited { .. } => "SF-ADAPTER-016",
             Self::MessageLimit { .. } => "SF-ADAPTER-023",
+            Self::IdempotencyTopic { .. } => "SF-ADAPTER-024",
         }
     }
 
@@ -99,7 +109,8 @@ impl AdapterError {
             Self::ConfigRead { .. }
             | Self::ConfigParse { .. }
             | Self::ConfigInvalid { .. }
-            | Self::MessageLimit { .. } => "config_error",
+            | Self::MessageLimit { .. }
+            | Self::IdempotencyTopic { .. } => "config_error",
             Self::SecretUnavailable { .. } => "secret_unavailable",
             Self::TemplateRender { .. } => "invalid_command",
             Self::BaseUrlEscape { .. } => "base_url_escape",
@@ -135,7 +146,8 @@ impl AdapterError {
             | Self::ConfigRead { .. }
             | Self::ConfigParse { .. }
             | Self::ConfigInvalid { .. }
-            | Self::MessageLimit { .. } => AdapterOutcome::business_failure(code, msg),
+            | Self::MessageLimit { .. }
+            | Self::IdempotencyTopic { .. } => AdapterOutcome::business_failure(code, msg),
             Self::InvalidResponse { .. }
             | Self::ResponseTooLarge { .. }
             | Self::UnsafeXml { .. }

@@ -78,15 +78,6 @@ pub enum RuntimeError {
     Unreachable { bootstrap: String, message: String },
     #[error("SF-ADAPTER-019: cannot serve HTTP on {listen}: {message}")]
     Listen { listen: SocketAddr, message: String },
-    #[error(
-        "SF-ADAPTER-024: the idempotency topic `{topic}` has {partitions} partitions but `{commands_topic}` has {command_partitions}; they must match (recreate the idempotency topic with {command_partitions} partitions)"
-    )]
-    IdempotencyTopic {
-        topic: String,
-        partitions: usize,
-        commands_topic: String,
-        command_partitions: usize,
-    },
 }
 
 impl RuntimeError {
@@ -97,7 +88,6 @@ impl RuntimeError {
             Self::Kafka { .. } => "SF-ADAPTER-017",
             Self::Unreachable { .. } => "SF-ADAPTER-018",
             Self::Listen { .. } => "SF-ADAPTER-019",
-            Self::IdempotencyTopic { .. } => "SF-ADAPTER-024",
         }
     }
 }
@@ -198,12 +188,13 @@ impl AdapterRuntime {
         .map_err(kafka_err)?;
         let partitions = partition_count(&producer, &idempotency_topic).await?;
         if partitions != command_partitions {
-            return Err(RuntimeError::IdempotencyTopic {
+            return Err(AdapterError::IdempotencyTopic {
                 topic: idempotency_topic,
                 partitions,
                 commands_topic: topic,
                 command_partitions,
-            });
+            }
+            .into());
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let consumer = config
@@ -595,6 +586,7 @@ impl Driver {
             tokio::time::sleep(delay).await;
             let result = durable::restore(
                 &shared.kafka,
+                &shared.producer,
                 &shared.group_id,
                 &shared.idempotency_topic,
                 &partitions,
