@@ -74,6 +74,10 @@ fn token_lifetime(expires_in: Option<u64>) -> Duration {
 /// Tokens without `expires_in` are refreshed after this long.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
+/// The largest token response the adapter reads; a token server streaming
+/// more is an `auth_failed` error, not an unbounded allocation.
+pub(crate) const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// The longest token lifetime the adapter believes: a token server's
 /// `expires_in` is outside input (`10000000000000000000` must not overflow
 /// the clock), and a token is re-fetched at least this often.
@@ -209,12 +213,31 @@ impl OAuth2 {
                 status.as_u16()
             )));
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| {
+        let mut resp = resp;
+        if resp
+            .content_length()
+            .is_some_and(|len| len > MAX_TOKEN_RESPONSE_BYTES as u64)
+        {
+            return Err(err(format!(
+                "token response is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+            )));
+        }
+        let mut raw = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
             err(format!(
-                "token response is not valid JSON: {}",
+                "cannot read the token response: {}",
                 e.without_url()
             ))
-        })?;
+        })? {
+            if raw.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
+                return Err(err(format!(
+                    "token response is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+                )));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        let body: TokenResponse = serde_json::from_slice(&raw)
+            .map_err(|e| err(format!("token response is not valid JSON: {e}")))?;
         let lifetime = token_lifetime(body.expires_in);
         tracing::debug!(
             service = %self.service,
