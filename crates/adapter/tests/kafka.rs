@@ -812,9 +812,10 @@ async fn completed_commands_are_restored_from_the_idempotency_log() {
     };
     assert_eq!(outcomes(&first), outcomes(&again), "the same replies");
     let (_, text) = http_get(running.http_addr(), "/metrics").await;
-    assert_eq!(
-        sample(&text, "sagaflow_adapter_idempotency_restored_total", &[]),
-        Some(6.0),
+    // At least once per partition assignment (a second rebalance restores
+    // again).
+    assert!(
+        sample(&text, "sagaflow_adapter_idempotency_restored_total", &[]).is_some_and(|n| n >= 6.0),
         "{text}"
     );
     assert_eq!(
