@@ -45,12 +45,43 @@ struct CachedToken {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_seconds")]
     expires_in: Option<u64>,
+}
+
+/// `expires_in` as a non-negative integer of any size (saturating at
+/// `u64::MAX`) or a float; anything else (negative, string) means "unknown".
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|v| match v {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                // Saturating float-to-int conversion.
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    }))
+}
+
+/// The lifetime to assume for a token with `expires_in`.
+fn token_lifetime(expires_in: Option<u64>) -> Duration {
+    expires_in
+        .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+        .min(MAX_TOKEN_LIFETIME)
 }
 
 /// Tokens without `expires_in` are refreshed after this long.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The largest token response the adapter reads; a token server streaming
+/// more is an `auth_failed` error, not an unbounded allocation.
+pub(crate) const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The longest token lifetime the adapter believes: a token server's
+/// `expires_in` is outside input (`10000000000000000000` must not overflow
+/// the clock), and a token is re-fetched at least this often.
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl Auth {
     pub(crate) fn from_config(
@@ -182,15 +213,32 @@ impl OAuth2 {
                 status.as_u16()
             )));
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| {
+        let mut resp = resp;
+        if resp
+            .content_length()
+            .is_some_and(|len| len > MAX_TOKEN_RESPONSE_BYTES as u64)
+        {
+            return Err(err(format!(
+                "token response is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+            )));
+        }
+        let mut raw = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
             err(format!(
-                "token response is not valid JSON: {}",
+                "cannot read the token response: {}",
                 e.without_url()
             ))
-        })?;
-        let lifetime = body
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        })? {
+            if raw.len() + chunk.len() > MAX_TOKEN_RESPONSE_BYTES {
+                return Err(err(format!(
+                    "token response is larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+                )));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        let body: TokenResponse = serde_json::from_slice(&raw)
+            .map_err(|e| err(format!("token response is not valid JSON: {e}")))?;
+        let lifetime = token_lifetime(body.expires_in);
         tracing::debug!(
             service = %self.service,
             lifetime_s = lifetime.as_secs(),
@@ -198,7 +246,35 @@ impl OAuth2 {
         );
         Ok(CachedToken {
             token: Secret::new(body.access_token),
-            refresh_at: started + lifetime.saturating_sub(self.margin),
+            refresh_at: started
+                .checked_add(lifetime.saturating_sub(self.margin))
+                .unwrap_or(started),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_expires_in_is_clamped() {
+        let parse = |json: &str| {
+            let body: TokenResponse = serde_json::from_str(json).unwrap();
+            token_lifetime(body.expires_in)
+        };
+        assert_eq!(
+            parse(r#"{"access_token":"t","expires_in":60}"#),
+            Duration::from_secs(60)
+        );
+        assert_eq!(parse(r#"{"access_token":"t"}"#), DEFAULT_TOKEN_LIFETIME);
+        for huge in ["10000000000000000000", "1e300", "99999999999999999999999"] {
+            let json = format!(r#"{{"access_token":"t","expires_in":{huge}}}"#);
+            assert_eq!(parse(&json), MAX_TOKEN_LIFETIME, "{huge}");
+        }
+        for odd in ["-5", "\"3600\"", "null"] {
+            let json = format!(r#"{{"access_token":"t","expires_in":{odd}}}"#);
+            assert_eq!(parse(&json), DEFAULT_TOKEN_LIFETIME, "{odd}");
+        }
     }
 }

@@ -93,12 +93,18 @@ pub struct RawProtection {
     pub circuit_breaker: RawCircuitBreaker,
 }
 
+/// Default `protection.max-response-bytes`: with the reply envelope
+/// ([`crate::process::REPLY_ENVELOPE_OVERHEAD`]) it stays under librdkafka's
+/// default `message.max.bytes` of 1,000,000, so a default adapter can always
+/// relay a body it accepted.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 900_000;
+
 impl Default for RawProtection {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(10),
             default_command_timeout: Duration::from_secs(30),
-            max_response_bytes: 1024 * 1024,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_concurrency: 32,
             rate_limit: None,
             circuit_breaker: RawCircuitBreaker::default(),
@@ -158,6 +164,8 @@ impl Default for RawRetry {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RawIdempotency {
     pub capacity: usize,
+    /// Bound of the in-memory store in bytes (serialized outcomes and keys).
+    pub max_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
 }
@@ -166,6 +174,7 @@ impl Default for RawIdempotency {
     fn default() -> Self {
         Self {
             capacity: 10_000,
+            max_bytes: 64 * 1024 * 1024,
             ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -175,11 +184,16 @@ impl Default for RawIdempotency {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RawCache {
     pub capacity: usize,
+    /// Bound of the response cache in bytes (serialized outcomes and keys).
+    pub max_bytes: usize,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
-        Self { capacity: 1000 }
+        Self {
+            capacity: 1000,
+            max_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -278,6 +292,7 @@ pub struct ServiceConfig {
     pub retry: RetryPolicy,
     pub idempotency: IdempotencySettings,
     pub cache_capacity: NonZeroUsize,
+    pub cache_max_bytes: NonZeroUsize,
     pub operations: BTreeMap<String, Operation>,
 }
 
@@ -314,6 +329,7 @@ pub struct RetryPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdempotencySettings {
     pub capacity: NonZeroUsize,
+    pub max_bytes: NonZeroUsize,
     pub ttl: Duration,
 }
 
@@ -605,9 +621,14 @@ impl RawServiceConfig {
         };
         let idempotency = IdempotencySettings {
             capacity: nz_usize(&ctx, "idempotency.capacity", self.idempotency.capacity)?,
+            max_bytes: nz_usize(&ctx, "idempotency.max-bytes", self.idempotency.max_bytes)?,
             ttl: self.idempotency.ttl,
         };
+        if idempotency.ttl.is_zero() {
+            return Err(ctx.err("idempotency.ttl", "must be longer than 0s"));
+        }
         let cache_capacity = nz_usize(&ctx, "cache.capacity", self.cache.capacity)?;
+        let cache_max_bytes = nz_usize(&ctx, "cache.max-bytes", self.cache.max_bytes)?;
         if self.operations.is_empty() {
             return Err(ctx.err("operations", "at least one operation is required"));
         }
@@ -643,6 +664,7 @@ impl RawServiceConfig {
             retry,
             idempotency,
             cache_capacity,
+            cache_max_bytes,
             operations,
         })
     }

@@ -411,14 +411,27 @@ async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>
     Ok(body)
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date.
+/// The longest `Retry-After` the adapter honours. A backend's hint is
+/// outside input: `Retry-After: 10000000000000000000` must not overflow the
+/// clock arithmetic of the retry loop. Longer hints are clamped to this (and
+/// a hint past the command's deadline means "no retry in the adapter"
+/// anyway).
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delay-seconds or an HTTP-date, clamped to
+/// [`MAX_RETRY_AFTER`]. Digits too large for a `u64` also clamp.
 pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 fn status_failure(op: &Operation, kind: OutcomeKind, status: u16) -> AdapterOutcome {
@@ -578,6 +591,18 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        // Hostile hints are clamped, never overflow.
+        for huge in [
+            "10000000000000000000",
+            "99999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(huge, now),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,25 @@ pub enum AdapterError {
         "SF-ADAPTER-016: service `{service}`: rate limit would delay the call past the command deadline"
     )]
     RateLimited { service: String },
+    #[error(
+        "SF-ADAPTER-023: {file}: `protection.max-response-bytes` ({max_response_bytes}) plus the reply envelope ({overhead} bytes) exceeds the Kafka producer's `message.max.bytes` ({message_max_bytes}): a body the adapter accepts could make a reply that can never be sent; lower max-response-bytes to at most {fits} or raise message.max.bytes (and the broker's and topic's limits)"
+    )]
+    MessageLimit {
+        file: String,
+        max_response_bytes: u64,
+        message_max_bytes: u64,
+        overhead: u64,
+        fits: u64,
+    },
+    #[error(
+        "SF-ADAPTER-024: the idempotency topic `{topic}` has {partitions} partitions but `{commands_topic}` has {command_partitions}; they must match (recreate the idempotency topic with {command_partitions} partitions)"
+    )]
+    IdempotencyTopic {
+        topic: String,
+        partitions: usize,
+        commands_topic: String,
+        command_partitions: usize,
+    },
 }
 
 impl AdapterError {
@@ -79,15 +98,19 @@ impl AdapterError {
             Self::UnsafeXml { .. } => "SF-ADAPTER-014",
             Self::Metrics { .. } => "SF-ADAPTER-015",
             Self::RateLimited { .. } => "SF-ADAPTER-016",
+            Self::MessageLimit { .. } => "SF-ADAPTER-023",
+            Self::IdempotencyTopic { .. } => "SF-ADAPTER-024",
         }
     }
 
     /// Short code put into `ReplyError::code`.
     pub fn reply_code(&self) -> &'static str {
         match self {
-            Self::ConfigRead { .. } | Self::ConfigParse { .. } | Self::ConfigInvalid { .. } => {
-                "config_error"
-            }
+            Self::ConfigRead { .. }
+            | Self::ConfigParse { .. }
+            | Self::ConfigInvalid { .. }
+            | Self::MessageLimit { .. }
+            | Self::IdempotencyTopic { .. } => "config_error",
             Self::SecretUnavailable { .. } => "secret_unavailable",
             Self::TemplateRender { .. } => "invalid_command",
             Self::BaseUrlEscape { .. } => "base_url_escape",
@@ -122,7 +145,9 @@ impl AdapterError {
             | Self::UnknownOperation { .. }
             | Self::ConfigRead { .. }
             | Self::ConfigParse { .. }
-            | Self::ConfigInvalid { .. } => AdapterOutcome::business_failure(code, msg),
+            | Self::ConfigInvalid { .. }
+            | Self::MessageLimit { .. }
+            | Self::IdempotencyTopic { .. } => AdapterOutcome::business_failure(code, msg),
             Self::InvalidResponse { .. }
             | Self::ResponseTooLarge { .. }
             | Self::UnsafeXml { .. }

@@ -17,7 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
-use crate::cache::{IdempotencyStore, InMemoryIdempotencyStore, TtlLru};
+use crate::cache::{CacheGauges, IdempotencyStore, InMemoryIdempotencyStore, TtlLru, outcome_size};
 use crate::command::{AdapterCommand, AdapterOutcome, OutcomeKind};
 use crate::config::{
     CircuitBreakerSettings, IdempotencySettings, RateLimit, RetryPolicy, ServiceConfig,
@@ -40,6 +40,7 @@ pub struct ExecutorSettings {
     pub circuit_breaker: CircuitBreakerSettings,
     pub idempotency: IdempotencySettings,
     pub cache_capacity: NonZeroUsize,
+    pub cache_max_bytes: NonZeroUsize,
 }
 
 impl ExecutorSettings {
@@ -62,9 +63,11 @@ impl ExecutorSettings {
             },
             idempotency: IdempotencySettings {
                 capacity: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+                max_bytes: NonZeroUsize::new(64 * 1024 * 1024).unwrap_or(NonZeroUsize::MIN),
                 ttl: Duration::from_secs(24 * 3600),
             },
             cache_capacity: NonZeroUsize::new(1000).unwrap_or(NonZeroUsize::MIN),
+            cache_max_bytes: NonZeroUsize::new(16 * 1024 * 1024).unwrap_or(NonZeroUsize::MIN),
         }
     }
 
@@ -79,9 +82,14 @@ impl ExecutorSettings {
             circuit_breaker: cfg.protection.circuit_breaker,
             idempotency: cfg.idempotency,
             cache_capacity: cfg.cache_capacity,
+            cache_max_bytes: cfg.cache_max_bytes,
         }
     }
 }
+
+/// The longest time budget a command may ask for (`timeout_ms` is outside
+/// input); longer budgets are clamped to this.
+pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 type Inflight = Mutex<HashMap<String, Arc<OnceCell<AdapterOutcome>>>>;
 
@@ -118,8 +126,10 @@ struct InflightGuard<'a> {
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
         // Only a finished execution leaves the map: a cancelled waiter must
-        // not let the next duplicate start a second backend call.
-        if !self.cell.initialized() {
+        // not let the next duplicate start a second backend call. A handler
+        // that panicked leaves too (the runtime answers it), else its entry
+        // would stay for ever.
+        if !self.cell.initialized() && !std::thread::panicking() {
             return;
         }
         let mut map = self
@@ -142,10 +152,22 @@ impl Executor {
         handler: Arc<dyn CommandHandler>,
         metrics: AdapterMetrics,
     ) -> Self {
-        let store = Arc::new(InMemoryIdempotencyStore::new(
-            settings.idempotency.capacity,
-            settings.idempotency.ttl,
+        let gauges = |cache: &str| {
+            let labels = [settings.service.as_str(), cache];
+            CacheGauges {
+                entries: metrics.cache_entries.with_label_values(&labels),
+                bytes: metrics.cache_bytes.with_label_values(&labels),
+            }
+        };
+        let store = Arc::new(InMemoryIdempotencyStore::with_gauges(
+            settings.idempotency,
+            Some(gauges("idempotency")),
         ));
+        let cache = TtlLru::new(
+            settings.cache_capacity,
+            settings.cache_max_bytes.get(),
+            Some(gauges("response")),
+        );
         let limiter = settings
             .rate_limit
             .map(|r| RateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst)));
@@ -160,7 +182,7 @@ impl Executor {
         tracing::info!(service = %settings.service, "adapter executor ready");
         Self {
             semaphore: Semaphore::new(settings.max_concurrency.get()),
-            cache: TtlLru::new(settings.cache_capacity),
+            cache,
             settings,
             handler,
             metrics,
@@ -185,6 +207,16 @@ impl Executor {
     pub fn with_idempotency_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
         self.store = store;
         self
+    }
+
+    /// The idempotency store (the runtime restores durable entries into it).
+    pub(crate) fn idempotency_store(&self) -> &Arc<dyn IdempotencyStore> {
+        &self.store
+    }
+
+    /// How long completed outcomes are remembered.
+    pub fn idempotency_ttl(&self) -> Duration {
+        self.settings.idempotency.ttl
     }
 
     /// Service name.
@@ -225,9 +257,10 @@ impl Executor {
         let timeout = if cmd.timeout_ms == 0 {
             self.settings.default_command_timeout
         } else {
-            Duration::from_millis(cmd.timeout_ms)
+            Duration::from_millis(cmd.timeout_ms).min(MAX_COMMAND_TIMEOUT)
         };
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now);
 
         if let Some(stored) = self.store.get(&cmd.command_id).await {
             self.metrics
@@ -319,7 +352,8 @@ impl Executor {
                 if outcome.kind == OutcomeKind::Success
                     && let Some(key) = cache_key
                 {
-                    self.cache.put(key.key, outcome.clone(), key.ttl);
+                    let size = outcome_size(&key.key, &outcome);
+                    self.cache.put(key.key, outcome.clone(), size, key.ttl);
                 }
                 return outcome;
             }
@@ -329,7 +363,10 @@ impl Executor {
             if let Some(after) = outcome.retry_after {
                 delay = delay.max(after);
             }
-            if Instant::now() + delay >= deadline {
+            if Instant::now()
+                .checked_add(delay)
+                .is_none_or(|at| at >= deadline)
+            {
                 tracing::debug!(
                     service,
                     operation = op_label,

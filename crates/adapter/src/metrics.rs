@@ -13,12 +13,18 @@ pub const CIRCUIT_STATE: &str = "sagaflow_adapter_circuit_state";
 pub const RATE_LIMIT_WAITS_TOTAL: &str = "sagaflow_adapter_rate_limit_waits_total";
 pub const IDEMPOTENT_HITS_TOTAL: &str = "sagaflow_adapter_idempotent_hits_total";
 pub const CACHE_HITS_TOTAL: &str = "sagaflow_adapter_cache_hits_total";
+pub const CACHE_ENTRIES: &str = "sagaflow_adapter_cache_entries";
+pub const CACHE_BYTES: &str = "sagaflow_adapter_cache_bytes";
 // The Kafka loop (`runtime`).
 pub const COMMANDS_TOTAL: &str = "sagaflow_adapter_commands_total";
 pub const DEAD_LETTERS_TOTAL: &str = "sagaflow_adapter_dead_letters_total";
 pub const COMMANDS_IN_FLIGHT: &str = "sagaflow_adapter_commands_in_flight";
 pub const COMMAND_DURATION_SECONDS: &str = "sagaflow_adapter_command_duration_seconds";
 pub const PRODUCE_RETRIES_TOTAL: &str = "sagaflow_adapter_produce_retries_total";
+pub const PRODUCE_FAILURES_TOTAL: &str = "sagaflow_adapter_produce_failures_total";
+pub const HANDLER_PANICS_TOTAL: &str = "sagaflow_adapter_handler_panics_total";
+pub const IDEMPOTENCY_RESTORED_TOTAL: &str = "sagaflow_adapter_idempotency_restored_total";
+pub const IDEMPOTENCY_WRITES_TOTAL: &str = "sagaflow_adapter_idempotency_writes_total";
 
 /// Metric handles; cheap to clone, register once per registry.
 #[derive(Clone, Debug)]
@@ -30,6 +36,10 @@ pub struct AdapterMetrics {
     pub(crate) rate_limit_waits_total: IntCounterVec,
     pub(crate) idempotent_hits_total: IntCounterVec,
     pub(crate) cache_hits_total: IntCounterVec,
+    /// Entries of the `cache` (`response`, `idempotency`).
+    pub(crate) cache_entries: IntGaugeVec,
+    /// Bytes the entries of the `cache` are counted for.
+    pub(crate) cache_bytes: IntGaugeVec,
 }
 
 fn reg_err(e: prometheus::Error) -> AdapterError {
@@ -112,6 +122,28 @@ impl AdapterMetrics {
         registry
             .register(Box::new(cache_hits_total.clone()))
             .map_err(reg_err)?;
+        let cache_entries = IntGaugeVec::new(
+            Opts::new(
+                CACHE_ENTRIES,
+                "Entries held by the adapter's in-memory caches",
+            ),
+            &["service", "cache"],
+        )
+        .map_err(reg_err)?;
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                CACHE_BYTES,
+                "Bytes held by the adapter's in-memory caches (keys and serialized outcomes)",
+            ),
+            &["service", "cache"],
+        )
+        .map_err(reg_err)?;
+        registry
+            .register(Box::new(cache_entries.clone()))
+            .map_err(reg_err)?;
+        registry
+            .register(Box::new(cache_bytes.clone()))
+            .map_err(reg_err)?;
         Ok(Self {
             calls_total,
             call_duration,
@@ -120,13 +152,16 @@ impl AdapterMetrics {
             rate_limit_waits_total,
             idempotent_hits_total,
             cache_hits_total,
+            cache_entries,
+            cache_bytes,
         })
     }
 }
 
 /// Metrics of the Kafka loop. Labels: `service`, the reply `outcome`
 /// (`success`, `business_failure`, `transient_failure`) and the dead-letter
-/// `reason` (`undecodable`, `wrong_service`, `unencodable_reply`).
+/// `reason` (`undecodable`, `wrong_service`, `unencodable_reply`,
+/// `handler_panic`, `unproducible_reply`).
 #[derive(Clone, Debug)]
 pub struct RuntimeMetrics {
     pub(crate) commands_total: IntCounterVec,
@@ -134,6 +169,11 @@ pub struct RuntimeMetrics {
     pub(crate) in_flight: IntGaugeVec,
     pub(crate) duration: HistogramVec,
     pub(crate) produce_retries_total: IntCounterVec,
+    /// Permanent produce failures by `destination` and `reason`.
+    pub(crate) produce_failures_total: IntCounterVec,
+    pub(crate) handler_panics_total: IntCounterVec,
+    pub(crate) idempotency_restored_total: IntCounterVec,
+    pub(crate) idempotency_writes_total: IntCounterVec,
     /// `sagaflow_consumer_lag_messages` of the commands consumer.
     pub(crate) consumer_lag: prometheus::IntGaugeVec,
 }
@@ -178,6 +218,38 @@ impl RuntimeMetrics {
             &["service"],
         )
         .map_err(reg_err)?;
+        let produce_failures_total = IntCounterVec::new(
+            Opts::new(
+                PRODUCE_FAILURES_TOTAL,
+                "Records that can never be produced (permanent error, not retried), by destination and reason",
+            ),
+            &["service", "destination", "reason"],
+        )
+        .map_err(reg_err)?;
+        let handler_panics_total = IntCounterVec::new(
+            Opts::new(
+                HANDLER_PANICS_TOTAL,
+                "Commands whose handling panicked (answered with a failure reply and dead-lettered)",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        let idempotency_restored_total = IntCounterVec::new(
+            Opts::new(
+                IDEMPOTENCY_RESTORED_TOTAL,
+                "Completed outcomes restored from the idempotency topic on partition assignment",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
+        let idempotency_writes_total = IntCounterVec::new(
+            Opts::new(
+                IDEMPOTENCY_WRITES_TOTAL,
+                "Completed outcomes written to the idempotency topic",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
         let consumer_lag = sagaflow_bus::lag::consumer_lag_gauge();
         for c in [
             Box::new(commands_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -185,6 +257,10 @@ impl RuntimeMetrics {
             Box::new(in_flight.clone()),
             Box::new(duration.clone()),
             Box::new(produce_retries_total.clone()),
+            Box::new(produce_failures_total.clone()),
+            Box::new(handler_panics_total.clone()),
+            Box::new(idempotency_restored_total.clone()),
+            Box::new(idempotency_writes_total.clone()),
             Box::new(consumer_lag.clone()),
         ] {
             registry.register(c).map_err(reg_err)?;
@@ -195,6 +271,10 @@ impl RuntimeMetrics {
             in_flight,
             duration,
             produce_retries_total,
+            produce_failures_total,
+            handler_panics_total,
+            idempotency_restored_total,
+            idempotency_writes_total,
             consumer_lag,
         })
     }
@@ -243,6 +323,8 @@ mod tests {
         m.rate_limit_waits_total.with_label_values(&["s"]).inc();
         m.idempotent_hits_total.with_label_values(&["s"]).inc();
         m.cache_hits_total.with_label_values(&["s", "op"]).inc();
+        m.cache_entries.with_label_values(&["s", "response"]).set(1);
+        m.cache_bytes.with_label_values(&["s", "response"]).set(1);
         let names: Vec<String> = r.gather().iter().map(|f| f.name().to_owned()).collect();
         for n in [
             CALLS_TOTAL,
@@ -252,6 +334,8 @@ mod tests {
             RATE_LIMIT_WAITS_TOTAL,
             IDEMPOTENT_HITS_TOTAL,
             CACHE_HITS_TOTAL,
+            CACHE_ENTRIES,
+            CACHE_BYTES,
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing in {names:?}");
         }

@@ -28,6 +28,15 @@ use serde::Deserialize;
 use crate::config::{ServiceConfig, from_yaml_overridden};
 use crate::error::AdapterError;
 
+/// Bytes a reply may add around the backend's body: its other fields (ids
+/// echoed from the command, an error message), headers, key and Kafka's
+/// per-record overhead. `max-response-bytes` plus this must fit in the
+/// producer's `message.max.bytes`.
+pub const REPLY_ENVELOPE_OVERHEAD: u64 = 64 * 1024;
+
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
 /// The top-level keys of the process config file; only variables naming
 /// one are overrides.
 const PROCESS_KEYS: &[&str] = &[
@@ -103,6 +112,9 @@ pub struct ProcessConfig {
     pub http_listen: SocketAddr,
     pub max_in_flight: NonZeroUsize,
     pub shutdown_timeout: Duration,
+    /// The producer's `message.max.bytes` (from `kafka.properties`, else
+    /// librdkafka's default).
+    pub message_max_bytes: u64,
 }
 
 impl ProcessConfig {
@@ -177,6 +189,25 @@ impl RawProcessConfig {
         if self.shutdown_timeout.is_zero() {
             return Err(invalid("shutdown-timeout", "must be longer than 0s".into()));
         }
+        let message_max_bytes = match self.kafka.properties.get("message.max.bytes") {
+            None => DEFAULT_MESSAGE_MAX_BYTES,
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                invalid(
+                    "kafka.properties.message.max.bytes",
+                    format!("`{v}` is not a number of bytes"),
+                )
+            })?,
+        };
+        let max_response_bytes = service.protection.max_response_bytes;
+        if max_response_bytes.saturating_add(REPLY_ENVELOPE_OVERHEAD) > message_max_bytes {
+            return Err(AdapterError::MessageLimit {
+                file: service_file.display().to_string(),
+                max_response_bytes,
+                message_max_bytes,
+                overhead: REPLY_ENVELOPE_OVERHEAD,
+                fits: message_max_bytes.saturating_sub(REPLY_ENVELOPE_OVERHEAD),
+            });
+        }
         Ok(ProcessConfig {
             kafka: self.kafka,
             topics: self.topics,
@@ -187,6 +218,7 @@ impl RawProcessConfig {
             http_listen: self.http.listen,
             max_in_flight: self.max_in_flight,
             shutdown_timeout: self.shutdown_timeout,
+            message_max_bytes,
         })
     }
 }
@@ -293,6 +325,45 @@ mod tests {
         assert_eq!(cfg.group_id, "sagaflow-adapter-legacy-bank");
         assert_eq!(cfg.kafka.properties["sasl.mechanism"], "SCRAM-SHA-512");
         assert_eq!(cfg.commands_topic(), "sagaflow.commands.legacy-bank");
+    }
+
+    #[test]
+    fn response_limit_must_fit_the_message_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), PROCESS);
+        // Defaults agree: 900,000 + 65,536 <= 1,000,000.
+        let cfg = ProcessConfig::load(&p).unwrap();
+        assert_eq!(cfg.message_max_bytes, 1_000_000);
+        assert_eq!(
+            cfg.service.protection.max_response_bytes,
+            crate::config::DEFAULT_MAX_RESPONSE_BYTES
+        );
+        // The old default (1 MiB) does not.
+        let svc = dir.path().join("svc/payments.yaml");
+        std::fs::write(
+            &svc,
+            format!("{SERVICE}protection: {{ max-response-bytes: 1048576 }}\n"),
+        )
+        .unwrap();
+        let err = ProcessConfig::load(&p).unwrap_err();
+        assert_eq!(err.code(), "SF-ADAPTER-023");
+        let msg = err.to_string();
+        for part in ["1048576", "1000000", "934464", "payments.yaml"] {
+            assert!(msg.contains(part), "{part} in {msg}");
+        }
+        // Raising message.max.bytes makes it fit.
+        let vars = [(
+            "SAGAFLOW_KAFKA__PROPERTIES__MESSAGE_MAX_BYTES".to_owned(),
+            "2000000".to_owned(),
+        )];
+        let cfg = ProcessConfig::load_with_env(&p, vars).unwrap();
+        assert_eq!(cfg.message_max_bytes, 2_000_000);
+        let vars = [(
+            "SAGAFLOW_KAFKA__PROPERTIES__MESSAGE_MAX_BYTES".to_owned(),
+            "lots".to_owned(),
+        )];
+        let err = ProcessConfig::load_with_env(&p, vars).unwrap_err();
+        assert!(err.to_string().contains("message.max.bytes"), "{err}");
     }
 
     #[test]

@@ -9,30 +9,42 @@
 //! idempotency store without a second backend call.
 //!
 //! Records that can never be handled (undecodable, for another service, a
-//! reply that cannot be encoded) go to the dead-letter topic with their
-//! original bytes and headers plus `sagaflow-dlq-*` headers.
+//! reply that cannot be encoded or produced, a handler that panicked) go to
+//! the dead-letter topic with their original bytes and headers plus
+//! `sagaflow-dlq-*` headers.
+//!
+//! Final outcomes are also written to the durable idempotency log
+//! ([`crate::durable`]) before the reply; a partition's part of that log is
+//! read back into the idempotency store when the partition is assigned,
+//! before any of its commands is handled.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt as _;
 use rdkafka::Message;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sagaflow_bus::{SagaHeaders, TopicNames};
+use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
 use sagaflow_codec::Codec;
 use sagaflow_codec::messages::{Command, Reply, ReplyError as WireReplyError, ReplyOutcome};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::command::{AdapterCommand, AdapterOutcome, OutcomeKind};
+use crate::durable;
 use crate::error::AdapterError;
 use crate::executor::Executor;
 use crate::metrics::{AdapterMetrics, RuntimeMetrics};
@@ -44,6 +56,15 @@ pub use sagaflow_bus::dead_letter as dlq_headers;
 
 /// Code in `sagaflow-dlq-code` for a command addressed to another service.
 pub const WRONG_SERVICE_CODE: &str = "SF-ADAPTER-020";
+
+/// Code of a command whose handling panicked: in the failure reply's
+/// message and in `sagaflow-dlq-code`.
+pub const HANDLER_PANIC_CODE: &str = "SF-ADAPTER-021";
+
+/// Code of a reply (or dead letter) the broker refuses for good (too large,
+/// invalid record, not authorized …): in the smaller failure reply that
+/// replaces it and in `sagaflow-dlq-code`.
+pub const UNPRODUCIBLE_CODE: &str = "SF-ADAPTER-022";
 
 /// Why the adapter process could not start or stopped.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,6 +173,29 @@ impl AdapterRuntime {
         sagaflow_bus::ensure_topics(&config.kafka, &[sagaflow_bus::TopicSpec::new(&topic, 6)])
             .await
             .map_err(kafka_err)?;
+        // The durable idempotency log, partitioned like the commands.
+        let idempotency_topic = durable::topic(&config.topics, &service);
+        let command_partitions = partition_count(&producer, &topic).await?;
+        sagaflow_bus::ensure_topics(
+            &config.kafka,
+            &[sagaflow_bus::TopicSpec::new(
+                &idempotency_topic,
+                i32::try_from(command_partitions).unwrap_or(i32::MAX),
+            )
+            .compacted()],
+        )
+        .await
+        .map_err(kafka_err)?;
+        let partitions = partition_count(&producer, &idempotency_topic).await?;
+        if partitions != command_partitions {
+            return Err(AdapterError::IdempotencyTopic {
+                topic: idempotency_topic,
+                partitions,
+                commands_topic: topic,
+                command_partitions,
+            }
+            .into());
+        }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let consumer = config
             .kafka
@@ -209,12 +253,22 @@ impl AdapterRuntime {
             names: config.topics.clone(),
             service,
             topic,
+            idempotency_topic,
+            kafka: config.kafka.clone(),
+            group_id: config.group_id.clone(),
+            message_max_bytes: config.message_max_bytes,
         });
         let driver = Driver {
             consumer: Arc::new(consumer),
             shared,
             tracker: OffsetTracker::default(),
             tasks: JoinSet::new(),
+            positions: HashMap::new(),
+            restored: HashSet::new(),
+            restoring: HashMap::new(),
+            generation: 0,
+            held: Vec::new(),
+            restores: JoinSet::new(),
             events: events_rx,
             max_in_flight: config.max_in_flight.get(),
             shutdown_timeout: config.shutdown_timeout,
@@ -293,9 +347,15 @@ pub async fn run_until(
 
 // ------------------------------------------------------------------ rebalance
 
-/// Hands partition revocations to the loop; returns at once.
+/// Partition ownership changes, as the rebalance callbacks report them.
+enum Ownership {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Hands partition assignments and revocations to the loop; returns at once.
 struct RebalanceEvents {
-    events: mpsc::UnboundedSender<Vec<i32>>,
+    events: mpsc::UnboundedSender<Ownership>,
     lag: sagaflow_bus::lag::LagGauge,
 }
 
@@ -315,9 +375,52 @@ impl ConsumerContext for RebalanceEvents {
                 debug!(error = %e, "commit before revocation");
             }
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let _ = self.events.send(partitions);
+            let _ = self.events.send(Ownership::Revoked(partitions));
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            if !partitions.is_empty() {
+                let _ = self.events.send(Ownership::Assigned(partitions));
+            }
+        }
+    }
+}
+
+/// Partitions of `topic` (retried briefly: a topic just created may not be
+/// in the metadata yet).
+async fn partition_count(producer: &FutureProducer, topic: &str) -> Result<usize, RuntimeError> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let producer = producer.clone();
+        let t = topic.to_owned();
+        let got = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&t), Duration::from_secs(10))
+                .map(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|mt| mt.name() == t && mt.error().is_none())
+                        .map_or(0, |mt| mt.partitions().len())
+                })
+        })
+        .await
+        .map_err(|e| RuntimeError::Kafka {
+            message: e.to_string(),
+        })?;
+        match got {
+            Ok(n) if n > 0 => return Ok(n),
+            Ok(_) => last = "no partitions in the metadata yet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(RuntimeError::Kafka {
+        message: format!("reading the partitions of `{topic}`: {last}"),
+    })
 }
 
 // ------------------------------------------------------------------- driver
@@ -330,6 +433,10 @@ struct Shared {
     names: TopicNames,
     service: String,
     topic: String,
+    idempotency_topic: String,
+    kafka: KafkaConfig,
+    group_id: String,
+    message_max_bytes: u64,
 }
 
 /// A record the loop handed to a task, and whether it is done (its reply or
@@ -339,12 +446,30 @@ struct Finished {
     offset: i64,
 }
 
+/// A finished restore of the idempotency log for some partitions, each
+/// with the restore generation it was started under.
+struct Restored {
+    partitions: Vec<(i32, u64)>,
+    result: Result<u64, String>,
+}
+
 struct Driver {
     consumer: Arc<StreamConsumer<RebalanceEvents>>,
     shared: Arc<Shared>,
     tracker: OffsetTracker,
     tasks: JoinSet<Finished>,
-    events: mpsc::UnboundedReceiver<Vec<i32>>,
+    /// The record each running task handles.
+    positions: HashMap<tokio::task::Id, (i32, i64)>,
+    /// Owned partitions whose idempotency log is in the store.
+    restored: HashSet<i32>,
+    /// Partitions being restored, with the generation of their restore (a
+    /// revocation meanwhile makes that restore's result stale).
+    restoring: HashMap<i32, u64>,
+    generation: u64,
+    /// Records received for partitions still being restored, in order.
+    held: Vec<OwnedMessage>,
+    restores: JoinSet<Restored>,
+    events: mpsc::UnboundedReceiver<Ownership>,
     max_in_flight: usize,
     shutdown_timeout: Duration,
     /// Offsets were stored since the last commit.
@@ -360,29 +485,26 @@ impl Driver {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = Arc::clone(&self.consumer);
         loop {
-            let room = self.tasks.len() < self.max_in_flight;
+            let room = self.tasks.len() + self.held.len() < self.max_in_flight;
             tokio::select! {
                 biased;
                 () = stop_requested(&mut shutdown) => break,
-                Some(revoked) = self.events.recv() => {
-                    for p in revoked {
-                        self.tracker.forget(p);
-                    }
+                Some(event) = self.events.recv() => self.ownership(event),
+                Some(done) = self.restores.join_next(), if !self.restores.is_empty() => {
+                    self.restore_finished(done);
                 }
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.finished(joined);
                 }
                 _ = commit_tick.tick() => self.commit(CommitMode::Async),
                 received = consumer.recv(), if room => match received.map(|m| m.detach()) {
                     Ok(m) => {
-                        self.tracker.begin(m.partition(), m.offset());
-                        self.shared
-                            .metrics
-                            .in_flight
-                            .with_label_values(&[&self.shared.service])
-                            .inc();
-                        let shared = Arc::clone(&self.shared);
-                        self.tasks.spawn(handle_record(shared, m));
+                        // The rebalance callback that assigned this record's
+                        // partition ran inside this `recv`: see it first.
+                        while let Ok(event) = self.events.try_recv() {
+                            self.ownership(event);
+                        }
+                        self.received(m);
                     }
                     Err(e) => {
                         warn!(error = %e, "Kafka consumer error");
@@ -395,15 +517,176 @@ impl Driver {
         Ok(())
     }
 
-    fn finished(&mut self, joined: Result<Finished, tokio::task::JoinError>) {
+    fn in_flight(&self) -> prometheus::IntGauge {
         self.shared
             .metrics
             .in_flight
             .with_label_values(&[&self.shared.service])
-            .dec();
-        let Ok(done) = joined else {
-            // Aborted at shutdown: not done, will be redelivered.
+    }
+
+    /// A record arrived: handle it now if its partition's idempotency log
+    /// is restored, else hold it until it is.
+    fn received(&mut self, m: OwnedMessage) {
+        self.tracker.begin(m.partition(), m.offset());
+        self.in_flight().inc();
+        let p = m.partition();
+        if self.restored.contains(&p) {
+            self.spawn(m);
+        } else {
+            if !self.restoring.contains_key(&p) {
+                self.start_restore(vec![p], Duration::ZERO);
+            }
+            self.held.push(m);
+        }
+    }
+
+    fn spawn(&mut self, m: OwnedMessage) {
+        let position = (m.partition(), m.offset());
+        let shared = Arc::clone(&self.shared);
+        let handle = self.tasks.spawn(handle_record(shared, m));
+        self.positions.insert(handle.id(), position);
+    }
+
+    fn ownership(&mut self, event: Ownership) {
+        match event {
+            Ownership::Assigned(partitions) => {
+                let new: Vec<i32> = partitions
+                    .into_iter()
+                    .filter(|p| !self.restored.contains(p) && !self.restoring.contains_key(p))
+                    .collect();
+                if !new.is_empty() {
+                    self.start_restore(new, Duration::ZERO);
+                }
+            }
+            Ownership::Revoked(partitions) => {
+                for p in partitions {
+                    self.tracker.forget(p);
+                    self.restored.remove(&p);
+                    self.restoring.remove(&p);
+                    let before = self.held.len();
+                    self.held.retain(|m| m.partition() != p);
+                    let dropped = before - self.held.len();
+                    self.in_flight()
+                        .sub(i64::try_from(dropped).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+
+    /// Reads the idempotency log of `partitions` into the store (after
+    /// `delay`, when retrying a failed restore).
+    fn start_restore(&mut self, partitions: Vec<i32>, delay: Duration) {
+        self.generation += 1;
+        let generation = self.generation;
+        for p in &partitions {
+            self.restoring.insert(*p, generation);
+        }
+        let shared = Arc::clone(&self.shared);
+        self.restores.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let result = durable::restore(
+                &shared.kafka,
+                &shared.producer,
+                &shared.group_id,
+                &shared.idempotency_topic,
+                &partitions,
+                Arc::clone(shared.executor.idempotency_store()),
+                shared.executor.idempotency_ttl(),
+            )
+            .await;
+            Restored {
+                partitions: partitions.into_iter().map(|p| (p, generation)).collect(),
+                result,
+            }
+        });
+    }
+
+    fn restore_finished(&mut self, done: Result<Restored, tokio::task::JoinError>) {
+        let Ok(done) = done else {
+            // Only at shutdown (aborted); a panic is not expected here, but
+            // would leave the partitions held: retry those.
+            let stuck: Vec<i32> = self.restoring.keys().copied().collect();
+            if !stuck.is_empty() && self.restores.is_empty() {
+                self.start_restore(stuck, Duration::from_secs(1));
+            }
             return;
+        };
+        let current: Vec<i32> = done
+            .partitions
+            .iter()
+            .filter(|(p, g)| self.restoring.get(p) == Some(g))
+            .map(|(p, _)| *p)
+            .collect();
+        match done.result {
+            Ok(n) => {
+                self.shared
+                    .metrics
+                    .idempotency_restored_total
+                    .with_label_values(&[&self.shared.service])
+                    .inc_by(n);
+                info!(
+                    partitions = ?current,
+                    restored = n,
+                    topic = %self.shared.idempotency_topic,
+                    "idempotency log restored"
+                );
+                for p in &current {
+                    self.restoring.remove(p);
+                    self.restored.insert(*p);
+                }
+                let held = std::mem::take(&mut self.held);
+                for m in held {
+                    if self.restored.contains(&m.partition()) {
+                        self.spawn(m);
+                    } else {
+                        self.held.push(m);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(
+                    partitions = ?current,
+                    error = %e,
+                    "cannot restore the idempotency log; its commands wait, retrying"
+                );
+                if !current.is_empty() {
+                    self.start_restore(current, Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, joined: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
+        self.in_flight().dec();
+        let done = match joined {
+            Ok((id, done)) => {
+                self.positions.remove(&id);
+                done
+            }
+            Err(e) => {
+                let position = self.positions.remove(&e.id());
+                match (e.is_panic(), position) {
+                    // `handle_record` catches panics; one escaping it (from
+                    // the dead-lettering itself) must not stall the
+                    // partition either: the record counts as done.
+                    (true, Some((partition, offset))) => {
+                        error!(
+                            messaging.kafka.partition = partition,
+                            messaging.kafka.offset = offset,
+                            code = HANDLER_PANIC_CODE,
+                            "a command task panicked outside the handler; skipping the record"
+                        );
+                        self.shared
+                            .metrics
+                            .handler_panics_total
+                            .with_label_values(&[&self.shared.service])
+                            .inc();
+                        Finished { partition, offset }
+                    }
+                    // Aborted at shutdown: not done, will be redelivered.
+                    _ => return,
+                }
+            }
         };
         if let Some(next) = self.tracker.complete(done.partition, done.offset) {
             let mut tpl = TopicPartitionList::new();
@@ -439,9 +722,14 @@ impl Driver {
             in_flight = self.tasks.len(),
             "adapter stopping; finishing in-flight commands"
         );
+        // Held records were never started: not done, redelivered.
+        let held = std::mem::take(&mut self.held);
+        self.in_flight()
+            .sub(i64::try_from(held.len()).unwrap_or(i64::MAX));
+        self.restores.abort_all();
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         while !self.tasks.is_empty() {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
                 Ok(Some(joined)) => self.finished(joined),
                 Ok(None) => break,
                 Err(_) => {
@@ -450,7 +738,7 @@ impl Driver {
                         "shutdown timeout: abandoning in-flight commands; they will be redelivered"
                     );
                     self.tasks.abort_all();
-                    while let Some(joined) = self.tasks.join_next().await {
+                    while let Some(joined) = self.tasks.join_next_with_id().await {
                         self.finished(joined);
                     }
                 }
@@ -504,8 +792,83 @@ async fn handle_record(shared: Arc<Shared>, m: OwnedMessage) -> Finished {
         partition: m.partition(),
         offset: m.offset(),
     };
-    process(&shared, &m).instrument(span).await;
+    // Defence in depth: whatever panics while handling this record (the
+    // handler's own panics are answered inside `process`), the record is
+    // dead-lettered and done, so its partition keeps moving.
+    let handled = AssertUnwindSafe(process(&shared, &m).instrument(span.clone()))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = handled {
+        let what = panic_message(panic.as_ref());
+        error!(parent: &span, code = HANDLER_PANIC_CODE, panic = %what, "handling the record panicked; dead-lettering it");
+        shared
+            .metrics
+            .handler_panics_total
+            .with_label_values(&[&shared.service])
+            .inc();
+        let reason = format!("handling the command record panicked: {what}");
+        dead_letter(&shared, &m, "handler_panic", HANDLER_PANIC_CODE, &reason)
+            .instrument(span)
+            .await;
+    }
     finished
+}
+
+/// The panic's message, cut to 500 bytes.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    let mut end = text.len().min(500);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Runs the executor; a panicking handler becomes a transient failure (not
+/// retried in the adapter) and a dead letter of the command.
+async fn execute_contained(
+    shared: &Shared,
+    m: &OwnedMessage,
+    cmd: &Command,
+    traceparent: Option<String>,
+) -> AdapterOutcome {
+    let acmd = adapter_command(cmd, traceparent);
+    match AssertUnwindSafe(shared.executor.execute(&acmd))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            error!(
+                code = HANDLER_PANIC_CODE,
+                panic = %what,
+                "the handler panicked; answering with a failure reply and dead-lettering the command"
+            );
+            shared
+                .metrics
+                .handler_panics_total
+                .with_label_values(&[&shared.service])
+                .inc();
+            let reason = format!(
+                "the handler of operation `{}` panicked: {what}",
+                cmd.operation
+            );
+            dead_letter(shared, m, "handler_panic", HANDLER_PANIC_CODE, &reason).await;
+            AdapterOutcome::transient(
+                "handler_panic",
+                format!(
+                    "{HANDLER_PANIC_CODE}: the adapter's handler of operation `{}` panicked; the command was dead-lettered with the details",
+                    cmd.operation
+                ),
+            )
+            .not_retryable()
+        }
+    }
 }
 
 /// Handles one record until its reply or dead letter is acknowledged.
@@ -555,46 +918,18 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
     span.record("trace.id", hop.trace_id_hex().as_str());
     span.record("span.id", hop.span_id_hex().as_str());
     let traceparent = Some(hop.header());
-    let outcome = shared
-        .executor
-        .execute(&adapter_command(&cmd, traceparent.clone()))
-        .await;
-    let reply = wire_reply(&cmd, &outcome, now_ms());
-    let replies = shared.names.replies();
-    let bytes = loop {
-        match shared.codec.encode_reply(&replies, &reply).await {
-            Ok(bytes) => break bytes,
-            Err(e) if e.is_retriable() => {
-                warn!(error = %e, "cannot encode the reply yet; retrying");
-                backoff.wait().await;
-            }
-            Err(e) => {
-                warn!(code = e.code(), error = %e, "reply cannot be encoded; dead-lettering the command");
-                dead_letter(shared, m, "unencodable_reply", e.code(), &e.to_string()).await;
-                return;
-            }
-        }
-    };
-    let headers = SagaHeaders {
-        saga_id: Some(cmd.saga_id.clone()),
-        message_id: Some(format!("{}/reply", cmd.command_id)),
-        message_type: Some("Reply".to_owned()),
-        traceparent,
-        tracestate: None,
+    let outcome = execute_contained(shared, m, &cmd, traceparent.clone()).await;
+    if outcome.is_final() {
+        remember(shared, m, &cmd, &outcome).await;
     }
-    .to_owned_headers();
-    produce(
-        shared,
-        &replies,
-        Some(cmd.saga_id.as_bytes()),
-        &bytes,
-        headers,
-    )
-    .await;
+    let Some(replied) = send_reply(shared, m, &cmd, &outcome, traceparent, &mut backoff).await
+    else {
+        return;
+    };
     shared
         .metrics
         .commands_total
-        .with_label_values(&[&shared.service, outcome.kind.as_str()])
+        .with_label_values(&[&shared.service, replied.as_str()])
         .inc();
     shared
         .metrics
@@ -617,11 +952,11 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
                 Attribute::new("messaging.system", "kafka"),
                 Attribute::new("messaging.operation.type", "process"),
                 Attribute::new("messaging.destination.name", shared.topic.clone()),
-                Attribute::new("sagaflow.outcome", outcome.kind.as_str()),
+                Attribute::new("sagaflow.outcome", replied.as_str()),
             ],
         );
     }
-    info!(outcome = outcome.kind.as_str(), "replied");
+    info!(outcome = replied.as_str(), "replied");
 }
 
 /// The executor's view of a wire command.
@@ -664,17 +999,158 @@ pub(crate) fn wire_reply(cmd: &Command, outcome: &AdapterOutcome, completed_at: 
     }
 }
 
+/// Writes a final outcome to the durable idempotency log, to the partition
+/// of its command, and waits for the acknowledgement.
+async fn remember(shared: &Shared, m: &OwnedMessage, cmd: &Command, outcome: &AdapterOutcome) {
+    let value = durable::Completed::encode(outcome, now_ms());
+    let written = produce(
+        shared,
+        "idempotency",
+        &shared.idempotency_topic,
+        Some(cmd.command_id.as_bytes()),
+        &value,
+        OwnedHeaders::new(),
+        Some(m.partition()),
+    )
+    .await;
+    match written {
+        Ok(()) => shared
+            .metrics
+            .idempotency_writes_total
+            .with_label_values(&[&shared.service])
+            .inc(),
+        Err(e) => warn!(
+            reason = e.reason,
+            error = %e.message,
+            "the outcome cannot be written to the idempotency log; after a restart a redelivery would reach the backend again"
+        ),
+    }
+}
+
+/// Encodes and produces the reply to `outcome`. A reply the broker refuses
+/// for good is replaced by a small business-failure reply saying why; if
+/// even that cannot be produced (or the reply cannot be encoded), the
+/// command is dead-lettered. Returns the outcome kind replied, if any.
+async fn send_reply(
+    shared: &Shared,
+    m: &OwnedMessage,
+    cmd: &Command,
+    outcome: &AdapterOutcome,
+    traceparent: Option<String>,
+    backoff: &mut Backoff,
+) -> Option<OutcomeKind> {
+    let replies = shared.names.replies();
+    let headers = SagaHeaders {
+        saga_id: Some(cmd.saga_id.clone()),
+        message_id: Some(format!("{}/reply", cmd.command_id)),
+        message_type: Some("Reply".to_owned()),
+        traceparent,
+        tracestate: None,
+    }
+    .to_owned_headers();
+    let bytes = encode_reply(shared, m, &wire_reply(cmd, outcome, now_ms()), backoff).await?;
+    let key = Some(cmd.saga_id.as_bytes());
+    let refused = match produce(
+        shared,
+        "reply",
+        &replies,
+        key,
+        &bytes,
+        headers.clone(),
+        None,
+    )
+    .await
+    {
+        Ok(()) => return Some(outcome.kind),
+        Err(refused) => refused,
+    };
+    let why = if refused.reason == "message_too_large" {
+        format!(
+            "the reply ({} bytes) is larger than the producer's message.max.bytes ({}): the backend's response is too large to relay",
+            bytes.len(),
+            shared.message_max_bytes
+        )
+    } else {
+        format!(
+            "the broker refused the reply ({} bytes) for good: {} ({})",
+            bytes.len(),
+            refused.message,
+            refused.reason
+        )
+    };
+    warn!(
+        code = UNPRODUCIBLE_CODE,
+        reason = refused.reason,
+        "{why}; replying with a failure instead"
+    );
+    let mut small = AdapterOutcome::business_failure(
+        "reply_unproducible",
+        format!("{UNPRODUCIBLE_CODE}: operation `{}`: {why}", cmd.operation),
+    );
+    small.http_status = outcome.http_status;
+    let small_bytes = encode_reply(shared, m, &wire_reply(cmd, &small, now_ms()), backoff).await?;
+    match produce(shared, "reply", &replies, key, &small_bytes, headers, None).await {
+        Ok(()) => Some(small.kind),
+        Err(again) => {
+            let reason = format!(
+                "{why}; the failure reply was refused too: {}",
+                again.message
+            );
+            dead_letter(shared, m, "unproducible_reply", UNPRODUCIBLE_CODE, &reason).await;
+            None
+        }
+    }
+}
+
+/// The encoded reply, retrying while the registry is away; `None` when it
+/// can never be encoded (the command is then dead-lettered).
+async fn encode_reply(
+    shared: &Shared,
+    m: &OwnedMessage,
+    reply: &Reply,
+    backoff: &mut Backoff,
+) -> Option<Vec<u8>> {
+    let replies = shared.names.replies();
+    loop {
+        match shared.codec.encode_reply(&replies, reply).await {
+            Ok(bytes) => return Some(bytes),
+            Err(e) if e.is_retriable() => {
+                warn!(error = %e, "cannot encode the reply yet; retrying");
+                backoff.wait().await;
+            }
+            Err(e) => {
+                warn!(code = e.code(), error = %e, "reply cannot be encoded; dead-lettering the command");
+                dead_letter(shared, m, "unencodable_reply", e.code(), &e.to_string()).await;
+                return None;
+            }
+        }
+    }
+}
+
 async fn dead_letter(shared: &Shared, m: &OwnedMessage, reason: &str, code: &str, message: &str) {
     let headers = sagaflow_bus::dead_letter::headers(m, code, message);
     let topic = shared.names.dead_letter();
-    produce(
+    let produced = produce(
         shared,
+        "dead_letter",
         &topic,
         m.key(),
         m.payload().unwrap_or_default(),
         headers,
+        None,
     )
     .await;
+    if let Err(e) = produced {
+        // Counted in the produce failures; the record is done regardless,
+        // so its partition moves on.
+        error!(
+            code,
+            reason = e.reason,
+            error = %e.message,
+            "the dead letter cannot be produced either; the record is dropped"
+        );
+        return;
+    }
     shared
         .metrics
         .dead_letters_total
@@ -682,15 +1158,43 @@ async fn dead_letter(shared: &Shared, m: &OwnedMessage, reason: &str, code: &str
         .inc();
 }
 
-/// Produces until the broker acknowledges (the idempotent producer keeps
-/// retries free of duplicates); gives up only when the task is aborted.
+/// A produce the broker (or librdkafka) refuses for good.
+#[derive(Debug)]
+struct Unproducible {
+    /// Bounded metric label, e.g. `message_too_large`.
+    reason: &'static str,
+    message: String,
+}
+
+/// Whether a produce error is permanent (retrying the same record can never
+/// succeed), and its label.
+fn permanent_reason(e: &KafkaError) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    Some(match e.rdkafka_error_code()? {
+        C::MessageSizeTooLarge | C::InvalidMessageSize => "message_too_large",
+        C::InvalidMessage | C::InvalidRecord => "invalid_record",
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => "not_authorized",
+        C::InvalidTopic => "invalid_topic",
+        C::PolicyViolation => "policy_violation",
+        C::UnsupportedForMessageFormat => "unsupported",
+        C::InvalidRequiredAcks => "invalid_config",
+        _ => return None,
+    })
+}
+
+/// Produces until the broker acknowledges. Transient errors are retried
+/// with backoff (the idempotent producer keeps retries free of duplicates)
+/// until the task is aborted; permanent ones ([`permanent_reason`]) are
+/// counted and returned.
 async fn produce(
     shared: &Shared,
+    destination: &'static str,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],
     headers: OwnedHeaders,
-) {
+    partition: Option<i32>,
+) -> Result<(), Unproducible> {
     let mut backoff = Backoff::new();
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
@@ -699,13 +1203,28 @@ async fn produce(
         if let Some(key) = key {
             record = record.key(key);
         }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         match shared
             .producer
             .send(record, Timeout::After(Duration::from_secs(30)))
             .await
         {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
             Err((e, _)) => {
+                if let Some(reason) = permanent_reason(&e) {
+                    warn!(topic, reason, error = %e, "produce refused for good; not retrying");
+                    shared
+                        .metrics
+                        .produce_failures_total
+                        .with_label_values(&[&shared.service, destination, reason])
+                        .inc();
+                    return Err(Unproducible {
+                        reason,
+                        message: e.to_string(),
+                    });
+                }
                 warn!(topic, error = %e, "produce failed; retrying");
                 shared
                     .metrics

@@ -330,3 +330,65 @@ fn base64_encode(input: &[u8]) -> String {
     }
     out
 }
+
+/// A token server answering `expires_in: 10000000000000000000` used to
+/// overflow `Instant + Duration` and panic the task. The lifetime is clamped
+/// (to 24 h): the call succeeds and the token is cached.
+#[tokio::test]
+async fn oauth2_absurd_expires_in_is_clamped_not_a_panic() {
+    let client_secret = secret_file("oauthhuge", SECRET);
+    let backend = Backend::start(move |_, seen| {
+        if seen.path == "/oauth/token" {
+            Reply::status(200)
+                .header("content-type", "application/json")
+                .body(r#"{"access_token":"tok","expires_in":10000000000000000000}"#)
+        } else {
+            Reply::json(200, json!({"ok": true}))
+        }
+    })
+    .await;
+    let auth = format!(
+        "  type: oauth2-client-credentials\n  token-url: {}/oauth/token\n  client-id: sagaflow\n  client-secret: {{ file: {} }}",
+        backend.url(),
+        client_secret.display()
+    );
+    let (exec, _) = executor(&config(&backend.url(), &auth));
+    for id in ["o-1", "o-2"] {
+        let out = exec.execute(&get(id)).await;
+        assert_eq!(out.kind, OutcomeKind::Success, "{out:?}");
+    }
+    assert_eq!(backend.count("/oauth/token"), 1, "the token is cached");
+    std::fs::remove_dir_all(client_secret.parent().unwrap()).unwrap();
+}
+
+/// A token server streaming an endless body used to be read whole into
+/// memory; it is cut at 64 KiB and reported as `auth_failed`.
+#[tokio::test]
+async fn oauth2_huge_token_response_is_refused_not_buffered() {
+    let client_secret = secret_file("oauthbig", SECRET);
+    let backend = Backend::start(move |_, seen| {
+        if seen.path == "/oauth/token" {
+            let token = "a".repeat(4 * 1024 * 1024);
+            Reply::status(200)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"access_token":"{token}","expires_in":60}}"#))
+                .chunked()
+        } else {
+            Reply::json(200, json!({"ok": true}))
+        }
+    })
+    .await;
+    let auth = format!(
+        "  type: oauth2-client-credentials\n  token-url: {}/oauth/token\n  client-id: sagaflow\n  client-secret: {{ file: {} }}",
+        backend.url(),
+        client_secret.display()
+    );
+    let (exec, _) = executor(&config(&backend.url(), &auth));
+    let out = exec.execute(&get("o-1")).await;
+    assert_eq!(out.kind, OutcomeKind::TransientFailure, "{out:?}");
+    assert_eq!(out.error_code(), Some("auth_failed"));
+    let msg = out.error.unwrap().message;
+    assert!(msg.contains("larger than 65536 bytes"), "{msg}");
+    assert_eq!(backend.count("/v1/customers/c-1"), 0);
+    std::fs::remove_dir_all(client_secret.parent().unwrap()).unwrap();
+}

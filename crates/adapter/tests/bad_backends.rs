@@ -474,3 +474,38 @@ async fn early_eof_mid_body_is_a_transport_failure() {
     );
     assert_eq!(server.accepted(), 3);
 }
+
+/// `Retry-After: 10000000000000000000` used to overflow `Instant + Duration`
+/// in the retry loop ("overflow when adding duration to instant") and panic
+/// the task. Now the hint is clamped: the answer is a transient failure
+/// within the command's deadline.
+#[tokio::test]
+async fn absurd_retry_after_and_timeout_are_clamped_not_a_panic() {
+    for retry_after in [
+        "10000000000000000000",
+        "99999999999999999999999999",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+    ] {
+        let backend =
+            Backend::start(move |_, _| Reply::status(503).header("retry-after", retry_after)).await;
+        let (exec, _) = executor(&config(&backend.url(), "2s"));
+        let c = charge("o-retry-after");
+        let started = Instant::now();
+        let out = tokio::time::timeout(Duration::from_secs(30), exec.execute(&c))
+            .await
+            .expect("answers");
+        assert_eq!(out.kind, OutcomeKind::TransientFailure, "{out:?}");
+        assert_eq!(out.error_code(), Some("http_503"), "{out:?}");
+        assert_eq!(
+            backend.count("/api/charges"),
+            1,
+            "a retry-after past the deadline leaves no time to retry ({retry_after})"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            out.retry_after
+                .is_some_and(|d| d <= Duration::from_secs(3600)),
+            "{out:?}"
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Reply as BackendReply};
@@ -12,7 +13,10 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagaflow_adapter::{AdapterRuntime, ProcessConfig, RunningAdapter};
+use sagaflow_adapter::{
+    AdapterCommand, AdapterMetrics, AdapterOutcome, AdapterRuntime, CallContext, CommandHandler,
+    Executor, ExecutorSettings, ProcessConfig, RunningAdapter,
+};
 use sagaflow_bus::{SagaHeaders, TopicNames, TopicSpec, header_names};
 use sagaflow_codec::messages::{Command, CommandKind, Reply, ReplyOutcome};
 use sagaflow_codec::{Codec, CodecConfig};
@@ -134,6 +138,18 @@ impl Env {
 
     async fn start(&self) -> RunningAdapter {
         AdapterRuntime::new(self.config())
+            .unwrap()
+            .start()
+            .await
+            .unwrap()
+    }
+
+    /// Starts the runtime around a custom handler (the SDK path).
+    async fn start_with(&self, handler: Arc<dyn CommandHandler>) -> RunningAdapter {
+        let registry = prometheus::Registry::new();
+        let metrics = AdapterMetrics::register(&registry).unwrap();
+        let executor = Executor::new(ExecutorSettings::new("payments"), handler, metrics);
+        AdapterRuntime::with_executor(self.config(), executor, registry)
             .unwrap()
             .start()
             .await
@@ -586,6 +602,244 @@ async fn commands_run_concurrently_up_to_max_in_flight() {
         backend.max_in_flight(),
         2,
         "concurrent, and bounded by max-in-flight"
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// A handler that panics on orders starting with `boom` (the injected
+/// panic), and succeeds otherwise.
+struct Panicky;
+
+#[async_trait::async_trait]
+impl CommandHandler for Panicky {
+    async fn handle(&self, cmd: &AdapterCommand, _ctx: &CallContext) -> AdapterOutcome {
+        let order = cmd.input["order_id"].as_str().unwrap_or_default();
+        if order.starts_with("boom") {
+            panic!("injected panic for {order}");
+        }
+        AdapterOutcome::success(json!({"payment_id": format!("p-{order}")}))
+    }
+}
+
+/// A panicking handler used to kill the command's task: no reply, no dead
+/// letter, the partition's commit stuck behind it for ever. Now the saga
+/// gets a coded failure reply, the command is dead-lettered with the panic,
+/// the next command on the same partition runs, the offset is committed,
+/// and the panic is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_gets_a_failure_reply_and_a_dead_letter_and_the_partition_moves_on() {
+    let backend = backend().await;
+    let env = Env::new(&Wire::Json, &backend, 1).await;
+    let running = env.start_with(Arc::new(Panicky)).await;
+    let replies = env.reader(&env.names.replies());
+    let dead = env.reader(&env.names.dead_letter());
+    let boom = command("order-checkout:o-30", "boom-30", 1);
+    let next = command("order-checkout:o-31", "ok-31", 1);
+    env.send(&boom).await;
+    env.send(&next).await;
+
+    let got = env.replies(&replies, 2).await;
+    let by_id: HashMap<String, Reply> = got
+        .into_iter()
+        .map(|(r, _)| (r.command_id.clone(), r))
+        .collect();
+    let failed = &by_id[&boom.command_id];
+    assert_eq!(failed.outcome, ReplyOutcome::TransientFailure, "{failed:?}");
+    let err = failed.error.as_ref().expect("an error");
+    assert_eq!(err.code, "handler_panic");
+    assert!(err.message.contains("SF-ADAPTER-021"), "{}", err.message);
+    assert!(err.message.contains("`charge`"), "{}", err.message);
+    assert_eq!(by_id[&next.command_id].outcome, ReplyOutcome::Success);
+
+    let letters = ts::consume(&dead, 1, WAIT).await;
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let l = &letters[0];
+    assert_eq!(
+        header(l, "sagaflow-dlq-code").as_deref(),
+        Some("SF-ADAPTER-021")
+    );
+    let reason = header(l, "sagaflow-dlq-reason").unwrap();
+    assert!(reason.contains("injected panic for boom-30"), "{reason}");
+    assert_eq!(
+        header(l, "sagaflow-dlq-source-offset").as_deref(),
+        Some("0")
+    );
+
+    let (_, text) = http_get(running.http_addr(), "/metrics").await;
+    assert_eq!(
+        sample(&text, "sagaflow_adapter_handler_panics_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sagaflow_adapter_dead_letters_total",
+            &["reason=\"handler_panic\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sagaflow_adapter_commands_in_flight", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    let (status, _) = http_get(running.http_addr(), "/readyz").await;
+    assert_eq!(status, 200);
+    running.shutdown().await.unwrap();
+
+    // Both offsets were committed: the group sees nothing again.
+    let probe: StreamConsumer = ts::kafka().consumer(&env.group).unwrap();
+    probe.subscribe(&[env.commands_topic().as_str()]).unwrap();
+    let mut seen = ts::await_assignment(&probe, 1, WAIT).await.unwrap();
+    seen.extend(ts::consume(&probe, 1, Duration::from_secs(3)).await);
+    assert!(seen.is_empty(), "records redelivered: {}", seen.len());
+}
+
+/// A backend body under `max-response-bytes` can still make a reply over
+/// the producer's `message.max.bytes` (here: `1e9` grows to
+/// `1000000000.0` when the reply is encoded). Such a reply used to be
+/// retried for ever, holding its slot and the partition's commit. Now it is
+/// replaced by a small failure reply that says why, and the next command
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_to_produce_is_replaced_by_a_failure_reply() {
+    let backend = Backend::start(|_, seen| {
+        let order = seen.path.rsplit('/').next().unwrap_or_default();
+        if order.starts_with("huge") {
+            let mut body = String::from("{\"id\":[");
+            while body.len() < 500_000 {
+                body.push_str("1e9,");
+            }
+            body.push_str("1e9]}");
+            BackendReply::status(201)
+                .header("content-type", "application/json")
+                .body(body)
+        } else {
+            BackendReply::json(201, json!({"id": format!("p-{order}")}))
+        }
+    })
+    .await;
+    let env = Env::new(&Wire::Json, &backend, 1).await;
+    let running = env.start().await;
+    let replies = env.reader(&env.names.replies());
+    let huge = command("order-checkout:o-40", "huge-40", 1);
+    let next = command("order-checkout:o-41", "ok-41", 1);
+    env.send(&huge).await;
+    env.send(&next).await;
+
+    let got = env.replies(&replies, 2).await;
+    let by_id: HashMap<String, Reply> = got
+        .into_iter()
+        .map(|(r, _)| (r.command_id.clone(), r))
+        .collect();
+    let replaced = &by_id[&huge.command_id];
+    assert_eq!(
+        replaced.outcome,
+        ReplyOutcome::BusinessFailure,
+        "{replaced:?}"
+    );
+    assert_eq!(replaced.backend_status, Some(201));
+    let err = replaced.error.as_ref().expect("an error");
+    assert_eq!(err.code, "reply_unproducible");
+    for part in [
+        "SF-ADAPTER-022",
+        "message.max.bytes",
+        "1000000",
+        "too large",
+    ] {
+        assert!(err.message.contains(part), "{part} in {}", err.message);
+    }
+    assert_eq!(by_id[&next.command_id].outcome, ReplyOutcome::Success);
+    let (_, text) = http_get(running.http_addr(), "/metrics").await;
+    assert_eq!(
+        sample(
+            &text,
+            "sagaflow_adapter_produce_failures_total",
+            &["destination=\"reply\"", "reason=\"message_too_large\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sagaflow_adapter_commands_in_flight", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    running.shutdown().await.unwrap();
+}
+
+/// Completed commands are written to the idempotency log and restored on
+/// assignment: an adapter that reads every command again with an empty
+/// memory (a new group, as after losing all state) answers them from the
+/// log without calling the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_commands_are_restored_from_the_idempotency_log() {
+    let backend = backend().await;
+    let env = Env::new(&Wire::Json, &backend, 2).await;
+    let running = env.start().await;
+    let replies = env.reader(&env.names.replies());
+    let commands: Vec<Command> = (0..6)
+        .map(|i| {
+            let order = if i == 5 {
+                "taken-55".to_owned()
+            } else {
+                format!("ok-5{i}")
+            };
+            command(&format!("order-checkout:o-5{i}"), &order, 1)
+        })
+        .collect();
+    for c in &commands {
+        env.send(c).await;
+    }
+    let first = env.replies(&replies, 6).await;
+    assert_eq!(backend.total(), 6);
+    running.shutdown().await.unwrap();
+
+    let mut config = env.config();
+    config.group_id = ts::unique("adapter-group-fresh");
+    let running = AdapterRuntime::new(config).unwrap().start().await.unwrap();
+    let again = env.replies(&replies, 6).await;
+    assert_eq!(backend.total(), 6, "no command reached the backend twice");
+    let outcomes = |rs: &[(Reply, OwnedMessage)]| {
+        let mut v: Vec<(String, ReplyOutcome, serde_json::Value)> = rs
+            .iter()
+            .map(|(r, _)| (r.command_id.clone(), r.outcome, r.data.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(outcomes(&first), outcomes(&again), "the same replies");
+    let (_, text) = http_get(running.http_addr(), "/metrics").await;
+    // At least once per partition assignment (a second rebalance restores
+    // again).
+    assert!(
+        sample(&text, "sagaflow_adapter_idempotency_restored_total", &[]).is_some_and(|n| n >= 6.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "sagaflow_adapter_idempotent_hits_total", &[]),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sagaflow_adapter_cache_entries",
+            &["cache=\"idempotency\""]
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "sagaflow_adapter_cache_bytes",
+            &["cache=\"idempotency\""]
+        )
+        .is_some_and(|b| b > 0.0),
+        "{text}"
     );
     running.shutdown().await.unwrap();
 }

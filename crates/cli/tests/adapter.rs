@@ -159,3 +159,204 @@ async fn a_bad_config_exits_2_with_the_position() {
     assert!(stderr.contains("adapter.yaml:5:1"), "{stderr}");
     assert!(stderr.contains("max-in-flite"), "{stderr}");
 }
+
+/// A backend that does NOT de-duplicate: it counts calls per
+/// `Idempotency-Key` and applies every one. Orders starting with `slow`
+/// hang for a minute on their first call.
+async fn counting_backend() -> (
+    String,
+    Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    use axum::http::HeaderMap;
+    let calls: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let seen = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/api/charges/{order}",
+        axum::routing::post(
+            move |axum::extract::Path(order): axum::extract::Path<String>, headers: HeaderMap| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    let n = {
+                        let mut calls = seen.lock().unwrap();
+                        let n = calls.entry(key).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    if order.starts_with("slow") && n == 1 {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    (
+                        axum::http::StatusCode::CREATED,
+                        axum::Json(serde_json::json!({"id": format!("p-{order}-{n}")})),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+fn charge(i: usize, order: &str) -> (String, String) {
+    let saga = format!("order-checkout:k-{i}");
+    let command = serde_json::json!({
+        "command_id": format!("{saga}/charge/1"),
+        "saga_id": saga,
+        "saga_type": "order-checkout",
+        "saga_version": 1,
+        "step": "charge",
+        "service": "payments",
+        "operation": "charge",
+        "attempt": 1,
+        "kind": "ACTION",
+        "input": {"order_id": order},
+        "timeout_ms": 120000,
+        "issued_at": 1
+    });
+    (saga, command.to_string())
+}
+
+/// Replies read so far, by command id.
+fn reply_ids(records: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
+    records
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_str(&ts::text(m)).unwrap();
+            v["command_id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// The real `sagaflow adapter` binary is kill -9'd after it completed 20
+/// commands whose offsets could not be committed yet (a slow command at the
+/// head of the partition holds the commit), then restarted under the same
+/// `group.instance.id`. All 21 commands are delivered again; the 20
+/// completed ones are answered from the durable idempotency log, so the
+/// backend — which does not de-duplicate — saw each of their keys once, and
+/// every command still gets its reply. (The slow one never completed before
+/// the kill, so it is called again: at-least-once, as documented.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
+    const WAIT_LONG: Duration = Duration::from_secs(120);
+    const N: usize = 20;
+    let (url, calls) = counting_backend().await;
+    let names = TopicNames::with_prefix(format!("{}.", ts::unique("kill9")));
+    ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
+    ts::create(TopicSpec::new(names.replies(), 1)).await;
+    ts::create(TopicSpec::new(names.dead_letter(), 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_configs(dir.path(), &url, &names);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "properties: { fetch.wait.max.ms: \"1\" }",
+        "properties: { fetch.wait.max.ms: \"1\", group.instance.id: payments-0 }",
+    );
+    let text = format!("{text}group-id: {}\n", ts::unique("kill9-group"));
+    std::fs::write(&config, text).unwrap();
+    let args = [
+        "adapter",
+        "--config",
+        config.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ];
+    let start = |n: usize| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"));
+        cmd.args(args).env("RUST_LOG", "info");
+        ts::process::ChildGuard::command(
+            &format!("adapter-{n}"),
+            cmd,
+            dir.path().join(format!("adapter-{n}.log")),
+        )
+    };
+
+    let mut first = start(1);
+    let producer = ts::kafka().producer().unwrap();
+    let topic = names.commands("payments");
+    let mut commands = vec![charge(0, "slow-0")];
+    commands.extend((1..=N).map(|i| charge(i, &format!("ok-{i}"))));
+    for (saga, payload) in &commands {
+        producer
+            .send(
+                FutureRecord::to(&topic).key(saga).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let reader = ts::kafka().consumer(&ts::unique("kill9-reader")).unwrap();
+    reader.subscribe(&[names.replies().as_str()]).unwrap();
+    let before = ts::consume(&reader, N, WAIT_LONG).await;
+    assert_eq!(
+        before.len(),
+        N,
+        "replies of the fast commands\n{}",
+        first.output()
+    );
+    assert!(first.running(), "{}", first.output());
+    // Completed and replied, offsets held back by `slow-0`: kill -9 now.
+    first.kill9();
+    {
+        let calls = calls.lock().unwrap();
+        for i in 1..=N {
+            assert_eq!(calls.get(&format!("order-checkout:k-{i}/charge")), Some(&1));
+        }
+    }
+
+    let mut second = start(2);
+    let after = ts::consume(&reader, N + 1, WAIT_LONG).await;
+    let mut ids = reply_ids(&after);
+    ids.sort();
+    let mut expected: Vec<String> = (0..=N)
+        .map(|i| format!("order-checkout:k-{i}/charge/1"))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        ids,
+        expected,
+        "every command answered after the restart\n{}",
+        second.output()
+    );
+    let calls = calls.lock().unwrap().clone();
+    for i in 1..=N {
+        assert_eq!(
+            calls.get(&format!("order-checkout:k-{i}/charge")),
+            Some(&1),
+            "the backend saw k-{i} twice: {calls:?}\n{}",
+            second
+                .output()
+                .lines()
+                .filter(|l| l.contains("restored") || l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert_eq!(
+        calls.get("order-checkout:k-0/charge"),
+        Some(&2),
+        "{calls:?}"
+    );
+    // The replayed replies are the same as the first ones.
+    for m in &after {
+        let v: serde_json::Value = serde_json::from_str(&ts::text(m)).unwrap();
+        assert_eq!(v["outcome"], "SUCCESS", "{v}");
+        let id = v["data"]["payment_id"].as_str().unwrap();
+        if v["command_id"] != "order-checkout:k-0/charge/1" {
+            assert!(id.ends_with("-1"), "a first call's result: {v}");
+        }
+    }
+    assert!(
+        second.output().contains("idempotency log restored"),
+        "{}",
+        second.output()
+    );
+    let status = second.terminate(WAIT_LONG).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", second.output());
+}
