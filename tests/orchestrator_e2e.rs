@@ -463,3 +463,61 @@ async fn a_third_instance_takes_partitions_over_mid_run() {
         results.len()
     );
 }
+
+/// A paused orchestrator is replaced while it lives (SIGSTOP, as a long GC
+/// pause or a network partition would), then resumes (SIGCONT) with its
+/// stale state and whatever batch it was in. The replacement's ownership
+/// marker fences it: every saga still ends exactly once and every backend
+/// effect happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owner_resuming_after_its_replacement_changes_nothing() {
+    let _alone = GROUP_CHAOS.lock().await;
+    let mut stack = Stack::start("zombie", 6).await;
+    stack.start_adapters();
+    let zombie = stack.start_orchestrator_in(0);
+    stack.start_orchestrator_in(1);
+    let reader = stack.results_reader();
+    let orders = orders(600);
+    let records = encoded_orders(&stack, &orders).await;
+    let mut results = BTreeMap::new();
+    let mut copies = 0;
+    let publishing = stack.publish_paced(&stack.topic("orders.events"), records, 150);
+    stack
+        .collect_results(&reader, &mut results, &mut copies, 20, WAIT)
+        .await;
+    stack.orchestrators[zombie].signal("STOP");
+    let replacement = stack.start_orchestrator_in(0);
+    let r = &stack.orchestrators[replacement];
+    support::process::wait_until("the replacement to restore its partitions", WAIT, || {
+        r.output().contains("partition restored").then_some(())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.orchestrators[zombie].signal("CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let zombie_log = stack.orchestrators[zombie].output();
+    stack.orchestrators[zombie].kill9();
+    publishing.await.unwrap();
+    stack
+        .collect_results(
+            &reader,
+            &mut results,
+            &mut copies,
+            orders.len(),
+            Duration::from_secs(300),
+        )
+        .await;
+    stack
+        .drain_saga_events(&reader, &mut results, &mut copies, Duration::from_secs(2))
+        .await;
+    eprintln!(
+        "zombie test: {} sagas, {} result records; the resumed owner {}",
+        results.len(),
+        copies,
+        if zombie_log.contains("another instance has taken this partition over") {
+            "found itself replaced and let its partitions go"
+        } else {
+            "wrote nothing after its replacement"
+        }
+    );
+    check_exactly_once(&stack, &orders, &results);
+}
