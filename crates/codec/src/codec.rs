@@ -71,8 +71,8 @@ struct AvroParts {
     /// `(schema id, record full name)` → whether the writer schema is exactly
     /// the compiled-in reader schema (then resolution is skipped).
     same_as_reader: RwLock<HashMap<(u32, &'static str), bool>>,
-    /// Schema id → the writer schema checked against the limits, with its
-    /// named types resolved, or why it was refused.
+    /// Schema id → the named types of the writer schema once it passed the
+    /// limits, or why it was refused.
     checked: RwLock<HashMap<u32, Result<Arc<Writer>, DecodeError>>>,
 }
 
@@ -416,13 +416,13 @@ impl Codec {
             message: e.to_string(),
         })
         .and_then(|()| {
-            Writer::new(schema.parsed.clone())
-                .map(Arc::new)
-                .map_err(|e| DecodeError::WriterSchemaRefused {
+            Writer::new(&schema.parsed).map(Arc::new).map_err(|e| {
+                DecodeError::WriterSchemaRefused {
                     schema_id,
                     limit: "names",
                     message: format!("its named types do not resolve: {e}"),
-                })
+                }
+            })
         });
         let mut cache = parts.checked.write().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CHECKED_SCHEMAS_CAP {
@@ -468,7 +468,7 @@ impl Codec {
         // Before apache-avro sees the body: lengths must fit the bytes that
         // are left, and the work is bounded (see `scan`).
         scan(
-            &writer.schema,
+            &schema.parsed,
             &writer.names,
             body,
             &self.config.limits.value,

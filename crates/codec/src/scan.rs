@@ -33,21 +33,20 @@ pub(crate) enum ScanError {
     OverLimit(String),
 }
 
-/// A writer schema that passed the limits, with its named types by full
-/// name (what a `Schema::Ref` points at).
+/// The named types of a writer schema that passed the limits, by full name
+/// (what a `Schema::Ref` points at).
 #[derive(Debug)]
 pub(crate) struct Writer {
-    pub(crate) schema: Schema,
     pub(crate) names: HashMap<Name, Schema>,
 }
 
 impl Writer {
     /// Collects the named types of `schema` as `apache-avro` resolves them;
     /// fails on a name defined twice or a reference to an undefined name.
-    pub(crate) fn new(schema: Schema) -> Result<Self, String> {
+    pub(crate) fn new(schema: &Schema) -> Result<Self, String> {
         let mut names = HashMap::new();
-        collect_names(&schema, None, &mut names)?;
-        Ok(Self { schema, names })
+        collect_names(schema, None, &mut names)?;
+        Ok(Self { names })
     }
 }
 
