@@ -226,6 +226,7 @@ fn codec(args: &PublishArgs) -> CliResult<Codec> {
             subject_strategy,
             auto_register: true,
         }),
+        limits: Default::default(),
     })
     .map_err(|e| Failure::Usage(e.to_string()))
 }

@@ -79,6 +79,7 @@ fn bench(c: &mut Criterion) {
             }),
             topics,
             default_format: None,
+            limits: Default::default(),
         };
         (Codec::new(config).expect("codec"), handle)
     });

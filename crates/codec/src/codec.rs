@@ -19,7 +19,13 @@ use crate::config::{
     CodecConfig, RegistryAuth, SubjectStrategy, TopicFormat, ValidatedCodecConfig,
 };
 use crate::error::{ConfigError, DecodeError, EncodeError};
+use crate::guard::no_panic;
 use crate::messages::{Command, Reply, SagaLifecycleEvent, SagaResult};
+use crate::scan::{ScanError, Writer, scan};
+
+/// Writer schemas whose check result is kept; past this the cache starts
+/// over (ids are few in practice; this only bounds a hostile registry).
+const CHECKED_SCHEMAS_CAP: usize = 4096;
 
 /// Magic byte of the Confluent wire format.
 pub const MAGIC_BYTE: u8 = 0;
@@ -65,6 +71,9 @@ struct AvroParts {
     /// `(schema id, record full name)` → whether the writer schema is exactly
     /// the compiled-in reader schema (then resolution is skipped).
     same_as_reader: RwLock<HashMap<(u32, &'static str), bool>>,
+    /// Schema id → the named types of the writer schema once it passed the
+    /// limits, or why it was refused.
+    checked: RwLock<HashMap<u32, Result<Arc<Writer>, DecodeError>>>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -129,6 +138,7 @@ impl Codec {
             decoder: AvroDecoder::new(settings),
             warm_subjects: RwLock::new(HashSet::new()),
             same_as_reader: RwLock::new(HashMap::new()),
+            checked: RwLock::new(HashMap::new()),
         });
         Ok(Self { config, avro })
     }
@@ -308,8 +318,17 @@ impl Codec {
         same
     }
 
-    /// Decodes a value of `topic` as `M`.
+    /// Decodes a value of `topic` as `M`. Never panics: a panic inside is
+    /// caught and returned as SF-CODEC-013.
     pub async fn decode<M: AvroMessage>(
+        &self,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Result<M, DecodeError> {
+        no_panic(self.decode_unguarded(topic, bytes)).await
+    }
+
+    async fn decode_unguarded<M: AvroMessage>(
         &self,
         topic: &str,
         bytes: &[u8],
@@ -365,9 +384,52 @@ impl Codec {
         topic: &str,
         bytes: &[u8],
     ) -> Result<DecodedValue, DecodeError> {
-        self.decode_avro(topic, bytes)
+        no_panic(self.decode_avro(topic, bytes))
             .await
             .map(|(decoded, _)| decoded)
+    }
+
+    /// The writer schema `schema_id`, checked against `limits.schema` (once
+    /// per id) with its named types resolved.
+    fn checked_writer(
+        &self,
+        parts: &AvroParts,
+        schema_id: u32,
+        schema: &AvroSchema,
+    ) -> Result<Arc<Writer>, DecodeError> {
+        if let Some(found) = parts
+            .checked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&schema_id)
+        {
+            return found.clone();
+        }
+        let checked = sagaflow_avro_limits::check_schema(
+            schema.raw.len(),
+            &schema.parsed,
+            &self.config.limits.schema,
+        )
+        .map_err(|e| DecodeError::WriterSchemaRefused {
+            schema_id,
+            limit: e.limit,
+            message: e.to_string(),
+        })
+        .and_then(|()| {
+            Writer::new(&schema.parsed).map(Arc::new).map_err(|e| {
+                DecodeError::WriterSchemaRefused {
+                    schema_id,
+                    limit: "names",
+                    message: format!("its named types do not resolve: {e}"),
+                }
+            })
+        });
+        let mut cache = parts.checked.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CHECKED_SCHEMAS_CAP {
+            cache.clear();
+        }
+        cache.insert(schema_id, checked.clone());
+        checked
     }
 
     async fn decode_avro(
@@ -380,7 +442,7 @@ impl Codec {
             .ok_or_else(|| DecodeError::TopicNotConfigured {
                 topic: topic.to_string(),
             })?;
-        let (schema_id, _) = split_header(bytes)?;
+        let (schema_id, body) = split_header(bytes)?;
         let schema = parts.decoder.get_schema(schema_id).await.map_err(|e| {
             let not_found =
                 registry_answer(&e).is_some_and(|raw| matches!(raw.error_code, 40403 | 404));
@@ -401,6 +463,19 @@ impl Codec {
                     message: format!("schema {schema_id}: {}", describe(&e)),
                 }
             }
+        })?;
+        let writer = self.checked_writer(parts, schema_id, &schema)?;
+        // Before apache-avro sees the body: lengths must fit the bytes that
+        // are left, and the work is bounded (see `scan`).
+        scan(
+            &schema.parsed,
+            &writer.names,
+            body,
+            &self.config.limits.value,
+        )
+        .map_err(|e| match e {
+            ScanError::Malformed(message) => DecodeError::BodyMismatch { schema_id, message },
+            ScanError::OverLimit(message) => DecodeError::ValueOverLimit { schema_id, message },
         })?;
         let full_name = match &schema.parsed {
             Schema::Record(r) => Some(r.name.fullname(None)),

@@ -10,6 +10,10 @@
 //!   sagaflow.commands.*: { format: avro, subject-strategy: record-name }
 //!   legacy.events: { format: json }
 //! default-format: { format: avro }
+//! limits:                       # optional; these are the defaults
+//!   schema: { max-schema-bytes: 524288, max-depth: 32, max-fields: 1024, max-symbols: 10000,
+//!             max-union-branches: 128, max-fixed-bytes: 65536, max-types: 100000 }
+//!   value: { max-depth: 64, max-values: 1000000 }
 //! ```
 
 use std::collections::BTreeMap;
@@ -18,6 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+pub use sagaflow_avro_limits::SchemaLimits;
 
 /// Raw codec configuration, as deserialized.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -33,6 +38,44 @@ pub struct CodecConfig {
     /// Format of topics not matched by `topics`; without it they are an error.
     #[serde(default)]
     pub default_format: Option<TopicFormat>,
+    /// What a writer schema and a value may cost to decode.
+    #[serde(default)]
+    pub limits: DecodeLimits,
+}
+
+/// Limits on what the decoder accepts from a writer: every writer schema is
+/// checked against `schema` before use, every Avro body against `value`
+/// before `apache-avro` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct DecodeLimits {
+    /// Size and complexity of writer schemas (refused with SF-CODEC-011).
+    pub schema: SchemaLimits,
+    /// Work one value may cost (refused with SF-CODEC-012).
+    pub value: ValueLimits,
+}
+
+/// How much work decoding one value may take. Lengths in the data (strings,
+/// bytes, fixed) are always checked against the bytes that are left; these
+/// bound what costs no bytes: nesting of recursive types, and values that
+/// take zero bytes each (an array of a million nulls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ValueLimits {
+    /// Nesting of values inside each other (default 64).
+    pub max_depth: usize,
+    /// Values in one message, every record field, array item, map entry and
+    /// union branch counted (default 1,000,000).
+    pub max_values: usize,
+}
+
+impl Default for ValueLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 64,
+            max_values: 1_000_000,
+        }
+    }
 }
 
 /// How values on a topic are encoded.
@@ -146,6 +189,7 @@ pub struct ValidatedCodecConfig {
     pub(crate) registry: Option<ValidatedRegistry>,
     pub(crate) topics: BTreeMap<String, TopicFormat>,
     pub(crate) default_format: Option<TopicFormat>,
+    pub(crate) limits: DecodeLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +230,7 @@ impl CodecConfig {
             }),
             topics: BTreeMap::new(),
             default_format: Some(TopicFormat::avro()),
+            limits: DecodeLimits::default(),
         }
     }
 
@@ -234,15 +279,35 @@ impl CodecConfig {
                 })
             }
         };
+        let limits = self.limits;
+        for (name, value) in [
+            ("schema.max-schema-bytes", limits.schema.max_schema_bytes),
+            ("schema.max-depth", limits.schema.max_depth),
+            ("schema.max-types", limits.schema.max_types),
+            ("value.max-depth", limits.value.max_depth),
+            ("value.max-values", limits.value.max_values),
+        ] {
+            if value == 0 {
+                return Err(err(format!(
+                    "limits.{name} must be at least 1 (leave it out for the default)"
+                )));
+            }
+        }
         Ok(ValidatedCodecConfig {
             registry,
             topics: self.topics,
             default_format: self.default_format,
+            limits,
         })
     }
 }
 
 impl ValidatedCodecConfig {
+    /// The decode limits in force.
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.limits
+    }
+
     /// The format of `topic`, if configured.
     pub fn format(&self, topic: &str) -> Option<&TopicFormat> {
         if let Some(exact) = self.topics.get(topic) {
@@ -319,6 +384,30 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.message.contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_can_be_set() {
+        let config = parse(
+            r#"{"limits": {"schema": {"max-fixed-bytes": 16}, "value": {"max-values": 10}}}"#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(config.limits().schema.max_fixed_bytes, 16);
+        assert_eq!(config.limits().schema.max_depth, 32);
+        assert_eq!(config.limits().value.max_values, 10);
+        assert_eq!(config.limits().value.max_depth, 64);
+        assert_eq!(
+            parse("{}").unwrap().validate().unwrap().limits(),
+            &DecodeLimits::default()
+        );
+        assert!(parse(r#"{"limits": {"value": {"max-valus": 10}}}"#).is_err());
+        let err = parse(r#"{"limits": {"value": {"max-depth": 0}}}"#)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.message.contains("value.max-depth"), "{err}");
     }
 
     #[test]

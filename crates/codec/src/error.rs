@@ -68,6 +68,35 @@ pub enum DecodeError {
         /// Full name (or schema kind) found.
         found: String,
     },
+    /// The writer schema is over a configured size or complexity limit
+    /// (`limits.schema`), or its named types do not resolve. No value of it
+    /// is read.
+    #[error("SF-CODEC-011: writer schema {schema_id} refused: {message}")]
+    WriterSchemaRefused {
+        /// The writer schema id.
+        schema_id: u32,
+        /// The limit's name (e.g. `max-fixed-bytes`), or `names` when a
+        /// named type does not resolve.
+        limit: &'static str,
+        /// Which limit, its value, what the schema has and where.
+        message: String,
+    },
+    /// Decoding the value would take more work than `limits.value` allows
+    /// (nesting, or values that cost no bytes, such as a huge array of nulls).
+    #[error("SF-CODEC-012: value of schema {schema_id} over a decode limit: {message}")]
+    ValueOverLimit {
+        /// The writer schema id.
+        schema_id: u32,
+        /// Which limit, and where in the body.
+        message: String,
+    },
+    /// The decoder panicked on this value. Caught and turned into this error
+    /// as a last defence: report it, it is a bug in the codec or a library.
+    #[error("SF-CODEC-013: the decoder panicked on this value: {message}")]
+    DecoderPanicked {
+        /// The panic's message (first 200 characters).
+        message: String,
+    },
 }
 
 impl DecodeError {
@@ -83,6 +112,9 @@ impl DecodeError {
             Self::Registry { .. } => "SF-CODEC-007",
             Self::TopicNotConfigured { .. } => "SF-CODEC-008",
             Self::WrongRecordType { .. } => "SF-CODEC-009",
+            Self::WriterSchemaRefused { .. } => "SF-CODEC-011",
+            Self::ValueOverLimit { .. } => "SF-CODEC-012",
+            Self::DecoderPanicked { .. } => "SF-CODEC-013",
         }
     }
 

@@ -9,6 +9,12 @@
 //!   JSON, as [`CodecConfig`] says.
 //! * [`schema_set`]: the `schemas/` directory and its subject mapping.
 //!
+//! Decoding never panics and never trusts the writer: each writer schema is
+//! checked against [`SchemaLimits`] before use (SF-CODEC-011), each Avro body
+//! is walked before `apache-avro` reads it so lengths must fit the bytes left
+//! and [`ValueLimits`] bound the work (SF-CODEC-005/012), and a panic inside
+//! the decode call becomes SF-CODEC-013.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use sagaflow_codec::{Codec, CodecConfig};
@@ -24,8 +30,10 @@ mod avro;
 mod codec;
 pub mod config;
 pub mod error;
+mod guard;
 pub mod json;
 pub mod messages;
+mod scan;
 pub mod schema_set;
 
 pub use avro::{AvroMessage, FieldError};
@@ -33,7 +41,8 @@ pub use codec::{
     Codec, DecodedValue, HEADER_LEN, MAGIC_BYTE, SagaEvent, SharedCodec, split_header,
 };
 pub use config::{
-    CodecConfig, RegistryAuth, RegistryConfig, SubjectStrategy, TopicFormat, ValidatedCodecConfig,
+    CodecConfig, DecodeLimits, RegistryAuth, RegistryConfig, SchemaLimits, SubjectStrategy,
+    TopicFormat, ValidatedCodecConfig, ValueLimits,
 };
 pub use error::{ConfigError, DecodeError, EncodeError};
 

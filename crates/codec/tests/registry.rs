@@ -37,6 +37,7 @@ fn config(url: String) -> CodecConfig {
         }),
         topics,
         default_format: None,
+        limits: Default::default(),
     }
 }
 
@@ -360,6 +361,7 @@ async fn json_decode_of_arbitrary_text_never_panics() {
         registry: None,
         topics: [("json.x".to_string(), TopicFormat::Json)].into(),
         default_format: None,
+        limits: Default::default(),
     })
     .unwrap();
     for bytes in [

@@ -87,6 +87,7 @@ fn mixed_config(url: String) -> CodecConfig {
         }),
         topics,
         default_format: None,
+        limits: Default::default(),
     }
 }
 

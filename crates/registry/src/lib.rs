@@ -20,6 +20,7 @@ pub mod storage;
 
 pub use compat::CompatibilityLevel;
 pub use registry::{ApiError, CompatibilityResult, Registry, SubjectSchema, Submitted, VersionRef};
+pub use sagaflow_avro_limits::SchemaLimits;
 pub use server::{Auth, CONTENT_TYPE, ServeHandle, router};
 pub use storage::{FileLog, LogRecord, MemoryLog, SchemaLog, StorageError};
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use apache_avro::Schema;
 use axum::http::StatusCode;
+use sagaflow_avro_limits::{SchemaLimits, check_schema};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -297,11 +298,13 @@ impl State {
     }
 }
 
-/// Parses a schema submitted by a client.
+/// Parses a schema submitted by a client and checks it against `limits`
+/// (the same checker the codec applies to every writer schema it reads).
 fn parse_submitted(
     schema_type: Option<&str>,
     text: &str,
     has_references: bool,
+    limits: &SchemaLimits,
 ) -> Result<(String, Schema), ApiError> {
     let schema_type = schema_type.unwrap_or(AVRO).to_ascii_uppercase();
     if schema_type != AVRO {
@@ -314,8 +317,14 @@ fn parse_submitted(
             "Invalid schema: schema references are not supported by this registry",
         ));
     }
+    let over = |e: sagaflow_avro_limits::LimitExceeded| {
+        ApiError::invalid_schema(format!("Invalid schema: {e}"))
+    };
+    // The text size first, before parsing spends anything on it.
+    check_schema(text.len(), &Schema::Null, limits).map_err(over)?;
     let parsed = Schema::parse_str(text)
         .map_err(|e| ApiError::invalid_schema(format!("Invalid schema: {e}")))?;
+    check_schema(text.len(), &parsed, limits).map_err(over)?;
     Ok((schema_type, parsed))
 }
 
@@ -359,6 +368,7 @@ pub struct Registry {
 struct Inner {
     state: Mutex<State>,
     log: Box<dyn SchemaLog>,
+    limits: SchemaLimits,
 }
 
 impl std::fmt::Debug for Registry {
@@ -368,8 +378,20 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Opens a registry on `log`, replaying it.
+    /// Opens a registry on `log`, replaying it, with the default
+    /// [`SchemaLimits`] for new schemas.
     pub async fn open(log: impl SchemaLog) -> Result<Self, StorageError> {
+        Self::open_with_limits(log, SchemaLimits::default()).await
+    }
+
+    /// Opens a registry on `log`, replaying it. Schemas submitted from now
+    /// on (register, lookup, compatibility check) over `limits` are refused
+    /// with 422 / 42201 naming the limit; schemas already in the log are
+    /// kept as they are, so a lowered limit never loses data.
+    pub async fn open_with_limits(
+        log: impl SchemaLog,
+        limits: SchemaLimits,
+    ) -> Result<Self, StorageError> {
         let mut state = State::default();
         for (index, record) in log.replay().await?.iter().enumerate() {
             state
@@ -384,6 +406,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 log: Box::new(log),
+                limits,
             }),
         })
     }
@@ -412,6 +435,7 @@ impl Registry {
             submitted.schema_type,
             submitted.schema,
             submitted.has_references,
+            &self.inner.limits,
         )?;
         let key = schema_key(&schema_type, submitted.schema);
         let mut state = self.inner.state.lock().await;
@@ -462,6 +486,7 @@ impl Registry {
             submitted.schema_type,
             submitted.schema,
             submitted.has_references,
+            &self.inner.limits,
         )?;
         let key = schema_key(&schema_type, submitted.schema);
         let state = self.inner.state.lock().await;
@@ -532,6 +557,7 @@ impl Registry {
             submitted.schema_type,
             submitted.schema,
             submitted.has_references,
+            &self.inner.limits,
         )?;
         let state = self.inner.state.lock().await;
         let level = state.level(subject);
@@ -711,5 +737,96 @@ mod tests {
         assert_eq!(VersionRef::parse("0").unwrap_err().error_code, 42202);
         assert_eq!(VersionRef::parse("x").unwrap_err().error_code, 42202);
         assert_eq!(r.schema_by_id(7).await.unwrap_err().error_code, 40403);
+    }
+
+    const HUGE_FIXED: &str = r#"{"type":"record","name":"Evil","fields":[{"name":"blob","type":{"type":"fixed","name":"Huge","size":18446744073709551615}}]}"#;
+
+    #[tokio::test]
+    async fn schemas_over_the_limits_are_refused_with_42201_naming_the_limit() {
+        let r = Registry::open(MemoryLog::new()).await.unwrap();
+        for (text, limit) in [
+            (HUGE_FIXED.to_string(), "max-fixed-bytes"),
+            (
+                format!(
+                    "{}\"int\"{}",
+                    r#"{"type":"array","items":"#.repeat(40),
+                    "}".repeat(40)
+                ),
+                "max-depth",
+            ),
+            (
+                format!(
+                    r#"{{"type":"enum","name":"E","symbols":[{}]}}"#,
+                    (0..10_001)
+                        .map(|i| format!("\"S{i}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                "max-symbols",
+            ),
+            (
+                format!(
+                    r#"{{"type":"record","name":"R","doc":"{}","fields":[]}}"#,
+                    "x".repeat(600 * 1024)
+                ),
+                "max-schema-bytes",
+            ),
+        ] {
+            let err = r.register("s", Submitted::avro(&text)).await.unwrap_err();
+            assert_eq!(
+                (err.status, err.error_code),
+                (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+                "{err}"
+            );
+            assert!(err.message.contains(limit), "{limit}: {err}");
+            let err = r.lookup("s", Submitted::avro(&text)).await.unwrap_err();
+            assert_eq!(err.error_code, 42201, "{err}");
+            let err = r
+                .check_compatibility("s", None, Submitted::avro(&text))
+                .await
+                .unwrap_err();
+            assert_eq!(err.error_code, 42201, "{err}");
+        }
+        assert!(r.subjects(true).await.is_empty(), "nothing was stored");
+        // A schema within the limits still registers.
+        r.register("s", Submitted::avro(V1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn limits_are_configurable_and_the_log_is_replayed_whatever_they_are() {
+        let log = MemoryLog::new();
+        let open = Registry::open_with_limits(
+            log.clone(),
+            SchemaLimits {
+                max_fixed_bytes: usize::MAX,
+                ..SchemaLimits::default()
+            },
+        )
+        .await
+        .unwrap();
+        let id = open
+            .register("s", Submitted::avro(HUGE_FIXED))
+            .await
+            .unwrap();
+        // Reopened with the default limits: the stored schema is still
+        // served (a lowered limit never loses data), new ones are refused.
+        let strict = Registry::open(log).await.unwrap();
+        assert_eq!(strict.schema_by_id(id).await.unwrap().1, HUGE_FIXED);
+        let err = strict
+            .register("t", Submitted::avro(HUGE_FIXED))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_code, 42201);
+        let tight = Registry::open_with_limits(
+            MemoryLog::new(),
+            SchemaLimits {
+                max_fields: 0,
+                ..SchemaLimits::default()
+            },
+        )
+        .await
+        .unwrap();
+        let err = tight.register("s", Submitted::avro(V1)).await.unwrap_err();
+        assert!(err.message.contains("max-fields"), "{err}");
     }
 }
