@@ -63,12 +63,16 @@ async fn start(raw: RawServerConfig, router: Router) -> Running {
     }
 }
 
-/// One request on its own connection; returns status and body.
+/// One request on its own connection; returns status and body once the
+/// server closed the connection (within 30 s, else the test fails).
 async fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(raw.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .expect("the server answered and closed the connection within 30 s")
+        .unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split(' ')
