@@ -1271,10 +1271,9 @@ fn spawn_http(
         .with_state(state);
     tokio::spawn(async move {
         let stop = async move { stop_requested(&mut shutdown).await };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+        // Timeouts and a connection cap: no slow client holds the server.
+        let server = sagaflow_http::Server::new(sagaflow_http::ServerConfig::default());
+        if let Err(e) = server.serve(listener, app, stop).await {
             warn!(error = %e, "HTTP server");
         }
     })

@@ -28,7 +28,8 @@ pub(crate) async fn run(args: OrchestratorArgs) -> CliResult {
         AppError::Definitions(_)
         | AppError::Codec(_)
         | AppError::Token(_)
-        | AppError::Http { .. } => Failure::Usage(e.to_string()),
+        | AppError::Http { .. }
+        | AppError::HttpConfig(_) => Failure::Usage(e.to_string()),
         AppError::Topics(_) | AppError::Run(_) | AppError::Stalled { .. } => {
             Failure::Unreachable(e.to_string())
         }

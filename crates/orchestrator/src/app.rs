@@ -31,7 +31,9 @@ pub enum AppError {
     Http { addr: String, message: String },
     #[error("[SF-ORCH-006] {0}")]
     Run(String),
-    #[error("[SF-ORCH-007] bearer token: environment variable `{0}` is not set or empty")]
+    #[error(
+        "[SF-ORCH-007] bearer token: environment variable `{0}` is not set, empty, or not a token of visible ASCII characters"
+    )]
     Token(String),
     #[error(
         "[SF-ORCH-021] the driver has made no progress for {quiet:?} \
@@ -41,6 +43,8 @@ pub enum AppError {
         quiet: std::time::Duration,
         limit: std::time::Duration,
     },
+    #[error(transparent)]
+    HttpConfig(#[from] crate::config::HttpConfigError),
 }
 
 /// Reads the services catalogue and every `*.yaml` definition in `dir`,
@@ -85,11 +89,11 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         Some(dir) => EventSchemas::load(dir).map_err(|e| AppError::Codec(e.to_string()))?,
         None => EventSchemas::default(),
     };
+    let server_limits = cfg.http.validate(&cfg.kafka)?;
     let token = match &cfg.http.token_env {
-        Some(var) => match std::env::var(var) {
-            Ok(t) if !t.is_empty() => Some(Arc::<str>::from(t)),
-            _ => return Err(AppError::Token(var.clone())),
-        },
+        Some(var) => Some(
+            sagaflow_http::BearerToken::from_env(var).map_err(|_| AppError::Token(var.clone()))?,
+        ),
         None => None,
     };
     let names = cfg.topics.clone();
@@ -134,7 +138,10 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
 
     let metrics = Metrics::default();
     let health = Health::default();
-    let view = SagaView::default();
+    let view = SagaView::new(
+        crate::view::MAX_SAGAS,
+        crate::view::ViewMetrics::new(&metrics.registry),
+    );
     let view_task = tokio::spawn(view.clone().follow(
         cfg.kafka.clone(),
         names.saga_events(),
@@ -183,17 +190,15 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         let _ = stop_tx.send(true);
     });
     let mut http_shutdown = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, api)
-            .with_graceful_shutdown(async move {
-                while !*http_shutdown.borrow() {
-                    if http_shutdown.changed().await.is_err() {
-                        break;
-                    }
-                }
-            })
-            .await
-    });
+    let server =
+        sagaflow_http::Server::new(server_limits).render_refusals(crate::http::render_refusal);
+    let http_task = tokio::spawn(server.serve(listener, api, async move {
+        while !*http_shutdown.borrow() {
+            if http_shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    }));
 
     let driver = Driver {
         engine,

@@ -114,6 +114,13 @@ pub struct HttpConfig {
     /// request except `/healthz`, `/readyz` and `/metrics` must present.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Serve `/v1` without a token on a non-loopback address, on purpose.
+    /// Without a token and without this, such an address is refused.
+    #[serde(default)]
+    pub open: bool,
+    /// Timeouts, connection cap and body limit of the HTTP server.
+    #[serde(default)]
+    pub limits: sagaflow_http::RawServerConfig,
 }
 
 impl Default for HttpConfig {
@@ -121,7 +128,77 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             token_env: None,
+            open: false,
+            limits: sagaflow_http::RawServerConfig::default(),
         }
+    }
+}
+
+/// Room a record needs beyond the request body: envelope fields, headers,
+/// key and record overhead.
+pub const BODY_HEADROOM: usize = 64 * 1024;
+
+/// Why the HTTP settings cannot start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpConfigError {
+    /// `/v1` would be reachable from other hosts without a token.
+    #[error(
+        "[SF-API-001] http.listen {listen} is not a loopback address and no token is configured: set http.token-env to a variable holding a token, or set http.open: true to serve /v1 without authentication on purpose"
+    )]
+    OpenApi { listen: SocketAddr },
+    /// `open` and a token contradict each other.
+    #[error("[SF-API-002] http.open: true and http.token-env are both set; keep one")]
+    OpenWithToken,
+    /// A request body at the limit could not be produced to Kafka.
+    #[error(
+        "[SF-API-003] http.limits.max-body-bytes is {limit}, not safely below the producer's message.max.bytes {message_max}: keep it at most {allowed} (the limit plus {BODY_HEADROOM} bytes of headroom), or raise message.max.bytes in kafka.properties and on the broker"
+    )]
+    BodyLimit {
+        limit: usize,
+        message_max: usize,
+        allowed: usize,
+    },
+    /// A limit cannot work, or `message.max.bytes` is not a number.
+    #[error("[SF-API-004] http.limits: {0}")]
+    Limits(String),
+}
+
+impl HttpConfig {
+    /// Checks the HTTP settings against each other and against the Kafka
+    /// producer's `message.max.bytes`; pure.
+    pub fn validate(
+        &self,
+        kafka: &sagaflow_bus::KafkaConfig,
+    ) -> Result<sagaflow_http::ServerConfig, HttpConfigError> {
+        if self.open && self.token_env.is_some() {
+            return Err(HttpConfigError::OpenWithToken);
+        }
+        if !self.listen.ip().is_loopback() && self.token_env.is_none() && !self.open {
+            return Err(HttpConfigError::OpenApi {
+                listen: self.listen,
+            });
+        }
+        let server = self
+            .limits
+            .validate()
+            .map_err(|e| HttpConfigError::Limits(e.to_string()))?;
+        let message_max = match kafka.properties.get("message.max.bytes") {
+            None => DEFAULT_MESSAGE_MAX_BYTES,
+            Some(v) => v.trim().parse().map_err(|_| {
+                HttpConfigError::Limits(format!(
+                    "kafka.properties message.max.bytes `{v}` is not a number of bytes"
+                ))
+            })?,
+        };
+        let allowed = message_max.saturating_sub(BODY_HEADROOM);
+        if server.max_body_bytes() > allowed {
+            return Err(HttpConfigError::BodyLimit {
+                limit: server.max_body_bytes(),
+                message_max,
+                allowed,
+            });
+        }
+        Ok(server)
     }
 }
 
@@ -323,6 +400,9 @@ mod tests {
         assert_eq!(cfg.http.listen, default_listen());
         assert_eq!(cfg.completed_retention, Duration::from_secs(3600));
         assert_eq!(cfg.sagas.dir, Path::new("/etc/sagaflow/sagas"));
+        let server = cfg.http.validate(&cfg.kafka).unwrap();
+        assert_eq!(server.max_body_bytes(), 256 * 1024);
+        assert_eq!(server.header_timeout(), Duration::from_secs(10));
         assert_eq!(cfg.stall_timeout, Duration::from_secs(60));
         assert_eq!(cfg.dedup_window, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(cfg.record_limit(), DEFAULT_MESSAGE_MAX_BYTES);
@@ -342,6 +422,64 @@ mod tests {
         );
         let cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap();
         assert_eq!(cfg.record_limit(), 300_000);
+    }
+
+    #[test]
+    fn a_non_loopback_api_needs_a_token_or_an_explicit_open() {
+        let at = |extra: &str| {
+            let src = format!("{MIN}http:\n  listen: 0.0.0.0:8080\n{extra}");
+            let cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap();
+            cfg.http.validate(&cfg.kafka)
+        };
+        let e = at("").unwrap_err();
+        assert!(matches!(e, HttpConfigError::OpenApi { .. }), "{e}");
+        assert!(e.to_string().starts_with("[SF-API-001]"), "{e}");
+        assert!(at("  token-env: T\n").is_ok());
+        assert!(at("  open: true\n").is_ok());
+        assert_eq!(
+            at("  open: true\n  token-env: T\n").unwrap_err(),
+            HttpConfigError::OpenWithToken
+        );
+        let cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), MIN).unwrap();
+        assert!(
+            cfg.http.validate(&cfg.kafka).is_ok(),
+            "loopback needs no token"
+        );
+    }
+
+    #[test]
+    fn the_body_limit_stays_safely_below_message_max_bytes() {
+        let with = |limit: usize, max: Option<&str>| {
+            let mut cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), MIN).unwrap();
+            cfg.http.limits.max_body_bytes = limit;
+            if let Some(m) = max {
+                cfg.kafka
+                    .properties
+                    .insert("message.max.bytes".into(), m.into());
+            }
+            cfg.http.validate(&cfg.kafka)
+        };
+        assert!(with(256 * 1024, None).is_ok());
+        let e = with(1_000_000, None).unwrap_err();
+        assert_eq!(
+            e,
+            HttpConfigError::BodyLimit {
+                limit: 1_000_000,
+                message_max: 1_000_000,
+                allowed: 1_000_000 - BODY_HEADROOM
+            }
+        );
+        assert!(e.to_string().starts_with("[SF-API-003]"), "{e}");
+        assert!(with(256 * 1024, Some("200000")).is_err());
+        assert!(with(1_000_000, Some("2000000")).is_ok());
+        assert!(matches!(
+            with(1000, Some("lots")),
+            Err(HttpConfigError::Limits(_))
+        ));
+        let src = format!("{MIN}http:\n  limits:\n    header-timeout: 0s\n");
+        let cfg = OrchestratorConfig::from_yaml(Path::new("o.yaml"), &src).unwrap();
+        let e = cfg.http.validate(&cfg.kafka).unwrap_err();
+        assert!(e.to_string().contains("header-timeout"), "{e}");
     }
 
     #[test]

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_bus::TopicNames;
 use sagaflow_codec::Codec;
 use sagaflow_engine::{Engine, TriggerEvent};
+use sagaflow_http::{BearerToken, Refusal};
 use serde_json::{Value, json};
 
 use crate::events::EventSchemas;
@@ -39,9 +39,9 @@ pub struct ApiState {
     pub producer: FutureProducer,
     pub names: TopicNames,
     pub ready: Arc<AtomicBool>,
-    /// Bearer token required on `/v1/*`; `None` leaves the API open (it
-    /// binds to loopback by default).
-    pub token: Option<Arc<str>>,
+    /// Bearer token required on `/v1/*`; `None` leaves the API open (only
+    /// on loopback, or with `http.open: true`).
+    pub token: Option<BearerToken>,
     /// Encodes ingested events.
     pub codec: Arc<Codec>,
     /// Schemas of domain events, by type.
@@ -51,13 +51,15 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/v1/sagas", get(list))
         .route("/v1/sagas/{id_or_type}", get(show).post(start))
         .route("/v1/sagas/{id}/retry", post(retry))
         .route("/v1/sagas/{id}/abort", post(abort))
-        .route("/v1/events/{topic}", post(ingest_events))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route("/v1/events/{topic}", post(ingest_events));
+    if let Some(token) = state.token.clone() {
+        api = sagaflow_http::require_bearer(api, token, render_refusal);
+    }
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -74,30 +76,58 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        // Compare without early exit on the first differing byte.
-        let ok = presented.is_some_and(|p| {
-            p.len() == token.len()
-                && p.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
-        if !ok {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "SF-API-401",
-                "a valid bearer token is required",
-            );
+/// The API's answer to a request the server layer refuses (no token, a
+/// body too large or too slow).
+pub fn render_refusal(refusal: &Refusal) -> Response {
+    let code = match refusal {
+        Refusal::Unauthorized => "SF-API-401",
+        Refusal::BodyTimeout(_) => "SF-API-408",
+        Refusal::TooLarge { .. } => "SF-API-413",
+        Refusal::BodyUnreadable => "SF-API-400",
+    };
+    error(refusal.status(), code, refusal.to_string())
+}
+
+/// Refuses a request that carries a `sagaflow-*` header: Sagaflow sets
+/// those itself (see [`ingest::is_reserved_header`]).
+fn reserved_header(headers: &HeaderMap) -> Option<Response> {
+    let name = headers
+        .keys()
+        .find(|k| ingest::is_reserved_header(k.as_str()))?;
+    let e = IngestError::ReservedHeader(name.as_str().to_owned());
+    Some(error(StatusCode::BAD_REQUEST, e.code(), e.to_string()))
+}
+
+/// An error message fit for a caller: URLs (the registry's, a broker's)
+/// are replaced by `<internal>`; the full message goes to the log.
+fn without_addresses(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|w| {
+            if w.contains("://") || looks_like_host_port(w) {
+                "<internal>"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `10.0.0.5:8081`, `(127.0.0.1:9092)`, `registry:8081`.
+fn looks_like_host_port(word: &str) -> bool {
+    let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    match w.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         }
+        None => false,
     }
-    next.run(req).await
 }
 
 async fn ready(State(s): State<ApiState>) -> Response {
@@ -167,7 +197,10 @@ async fn operator(s: &ApiState, id: &str, abort: Option<String>) -> Response {
             Json(json!({ "saga_id": id, "request_id": request_id, "status_url": format!("/v1/sagas/{id}") })),
         )
             .into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "SF-API-503", format!("could not queue the request: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "an operator request was not acknowledged by the broker");
+            error(StatusCode::SERVICE_UNAVAILABLE, "SF-API-503", format!("could not queue the request: {}", without_addresses(&e)))
+        }
     }
 }
 
@@ -196,6 +229,9 @@ async fn start(
     headers: HeaderMap,
     body: Option<Json<Value>>,
 ) -> Response {
+    if let Some(refused) = reserved_header(&headers) {
+        return refused;
+    }
     let Some(Json(payload)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -232,11 +268,28 @@ async fn start(
         .and_then(|v| v.to_str().ok())
         .map(|k| format!("http/{saga_type}/{k}"))
         .unwrap_or_else(|| format!("http/{}", uuid::Uuid::new_v4()));
+    // The trigger is checked against its schema exactly as the ingest
+    // checks an event for the trigger's topic.
+    let event = IngestEvent {
+        event_type: def.trigger.event_type.clone(),
+        key: None,
+        headers: BTreeMap::new(),
+        payload,
+    };
+    let full = s.names.prefix.clone() + &def.trigger.topic;
+    if let Err(e) = ingest::validate(&s.codec, &s.schemas, &full, &event) {
+        let status = match e {
+            IngestError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::UnknownType { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        return error(status, e.code(), e.to_string());
+    }
     let trigger = TriggerEvent {
         message_id,
         topic: def.trigger.topic.clone(),
         event_type: def.trigger.event_type.clone(),
-        payload,
+        payload: event.payload,
     };
     let saga_id = match s.engine.identify(&saga_type, &trigger) {
         Ok((id, _)) => id,
@@ -253,16 +306,19 @@ async fn start(
         saga_id: saga_id.clone(),
         event: trigger,
     };
-    // A caller's trace context continues into the saga.
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // A caller's trace context continues into the saga; an invalid one is
+    // replaced by a fresh trace.
+    let traceparent = ingest::caller_traceparent(
+        headers
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap_or_default()),
+    );
     if let Err(e) = send_envelope(&s.producer, &s.names, &env, traceparent).await {
+        tracing::warn!(error = %e, "a saga start was not acknowledged by the broker");
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "SF-API-503",
-            format!("could not start the saga: {e}"),
+            format!("could not start the saga: {}", without_addresses(&e)),
         );
     }
     let status_url = format!("/v1/sagas/{saga_id}");
@@ -297,6 +353,9 @@ async fn ingest_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = reserved_header(&headers) {
+        return refused;
+    }
     // Definitions name topics without the deployment's prefix; accept both.
     let bare = topic
         .strip_prefix(s.names.prefix.as_str())
@@ -362,7 +421,9 @@ async fn ingest_events(
     };
     let mut encoded: Vec<(IngestEvent, Vec<u8>)> = Vec::with_capacity(n);
     for (i, item) in items.into_iter().enumerate() {
-        let result = match ingest::parse_event(item, None, None) {
+        let result = match ingest::parse_event(item, None, None)
+            .and_then(|e| ingest::check_headers(&e).map(|()| e))
+        {
             Ok(event) if !known.contains(&event.event_type) => Err(IngestError::UnknownType {
                 event_type: event.event_type,
                 topic: bare.clone(),
@@ -393,23 +454,34 @@ async fn ingest_events(
                         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                     }
                     IngestError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "invalid"),
-                    IngestError::Envelope(_) | IngestError::Mismatch { .. } => {
-                        (StatusCode::BAD_REQUEST, "invalid")
-                    }
+                    IngestError::Envelope(_)
+                    | IngestError::Mismatch { .. }
+                    | IngestError::ReservedHeader(_) => (StatusCode::BAD_REQUEST, "invalid"),
                 };
                 count(&bare, outcome, n);
-                return error(status, e.code(), format!("{}{e}", at(i)));
+                if matches!(
+                    e,
+                    IngestError::RegistryUnreachable(_) | IngestError::Encode(_)
+                ) {
+                    tracing::warn!(topic = %full, error = %e, "ingested event not encoded");
+                }
+                return error(
+                    status,
+                    e.code(),
+                    format!("{}{}", at(i), without_addresses(&e.to_string())),
+                );
             }
         }
     }
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
+    let traceparent = ingest::caller_traceparent(
+        headers
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap_or_default()),
+    );
     let sends = encoded.iter().map(|(event, bytes)| {
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&full)
             .payload(bytes.as_slice())
-            .headers(ingest::record_headers(event, traceparent));
+            .headers(ingest::record_headers(event, traceparent.as_deref()));
         if let Some(k) = event.key.as_deref() {
             record = record.key(k);
         }
@@ -438,9 +510,10 @@ async fn ingest_events(
             StatusCode::SERVICE_UNAVAILABLE,
             "SF-API-503",
             format!(
-                "{}{} of {n} events not acknowledged by the broker: {e}",
+                "{}{} of {n} events not acknowledged by the broker: {}",
                 at(i),
-                n - delivered.len()
+                n - delivered.len(),
+                without_addresses(&e.to_string())
             ),
         );
     }
@@ -453,4 +526,31 @@ async fn ingest_events(
         one
     };
     (StatusCode::ACCEPTED, Json(answer)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_errors_show_no_internal_addresses() {
+        let m = "SF-CODEC-004: schema registry unreachable: error sending request for url (http://10.1.2.3:8081/subjects/x/versions)";
+        let shown = without_addresses(m);
+        assert!(!shown.contains("10.1.2.3"), "{shown}");
+        assert!(shown.contains("schema registry unreachable"), "{shown}");
+        let shown = without_addresses("broker schema-registry:8081 and (127.0.0.1:9092) down");
+        assert_eq!(shown, "broker <internal> and <internal> down");
+        assert_eq!(
+            without_addresses("event [1]: `type` must be a string"),
+            "event [1]: `type` must be a string"
+        );
+    }
+
+    #[test]
+    fn refusals_carry_api_codes_and_no_token() {
+        let r = render_refusal(&Refusal::TooLarge { limit: 10 });
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let r = render_refusal(&Refusal::Unauthorized);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
 }

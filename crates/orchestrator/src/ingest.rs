@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use sagaflow_bus::header_names;
+use sagaflow_bus::{TraceContext, header_names};
 use sagaflow_codec::schema_set::SchemaFile;
 use sagaflow_codec::{Codec, EncodeError, TopicFormat};
 use sagaflow_engine::DefinitionRegistry;
@@ -60,6 +60,11 @@ pub enum IngestError {
     /// The registry refused, or the topic has no format.
     #[error("[SF-INGEST-005] {0}")]
     Encode(String),
+    /// A caller supplied a header Sagaflow sets itself.
+    #[error(
+        "[SF-INGEST-006] header `{0}` is reserved: Sagaflow sets `sagaflow-*` headers itself (the message id, saga id, type); remove or rename it"
+    )]
+    ReservedHeader(String),
 }
 
 impl IngestError {
@@ -70,7 +75,26 @@ impl IngestError {
             Self::Mismatch { .. } => "SF-INGEST-003",
             Self::RegistryUnreachable(_) => "SF-INGEST-004",
             Self::Encode(_) => "SF-INGEST-005",
+            Self::ReservedHeader(_) => "SF-INGEST-006",
         }
+    }
+}
+
+/// Whether `name` is one of the `sagaflow-*` headers Sagaflow sets itself
+/// (any case): a caller who sets `sagaflow-message-id` could make the
+/// orchestrator drop another event as a duplicate.
+pub fn is_reserved_header(name: &str) -> bool {
+    name.get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+}
+
+const RESERVED_PREFIX: &str = "sagaflow-";
+
+/// Refuses an event that carries a reserved header (HTTP ingest).
+pub fn check_headers(event: &IngestEvent) -> Result<(), IngestError> {
+    match event.headers.keys().find(|k| is_reserved_header(k)) {
+        Some(k) => Err(IngestError::ReservedHeader(k.clone())),
+        None => Ok(()),
     }
 }
 
@@ -185,13 +209,18 @@ fn short(v: &Value) -> String {
 }
 
 /// The Kafka headers of an event: its own headers, `sagaflow-type`, and
-/// the W3C `traceparent` (which wins over one among the event's headers).
+/// the W3C `traceparent`. `traceparent` (the HTTP request's) wins over one
+/// among the event's headers; an event's own `traceparent` that is not a
+/// valid W3C trace context is replaced by a fresh one, never forwarded.
 pub fn record_headers(event: &IngestEvent, traceparent: Option<&str>) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(event.headers.len() + 2);
+    let own = event.headers.get(header_names::TRACEPARENT).map(|tp| {
+        TraceContext::parse(tp)
+            .unwrap_or_else(TraceContext::new_root)
+            .header()
+    });
     for (k, v) in &event.headers {
-        if k == header_names::MESSAGE_TYPE
-            || (traceparent.is_some() && k == header_names::TRACEPARENT)
-        {
+        if k == header_names::MESSAGE_TYPE || k == header_names::TRACEPARENT {
             continue;
         }
         out = out.insert(Header {
@@ -203,13 +232,24 @@ pub fn record_headers(event: &IngestEvent, traceparent: Option<&str>) -> OwnedHe
         key: header_names::MESSAGE_TYPE,
         value: Some(event.event_type.as_bytes()),
     });
-    if let Some(tp) = traceparent {
+    if let Some(tp) = traceparent.map(str::to_owned).or(own) {
         out = out.insert(Header {
             key: header_names::TRACEPARENT,
             value: Some(tp.as_bytes()),
         });
     }
     out
+}
+
+/// The trace context to forward for a caller's `traceparent` header: the
+/// same when it is valid W3C trace context, a fresh one when it is not,
+/// none when there is none.
+pub fn caller_traceparent(header: Option<&str>) -> Option<String> {
+    header.map(|h| {
+        TraceContext::parse(h)
+            .unwrap_or_else(TraceContext::new_root)
+            .header()
+    })
 }
 
 /// Whether `topic` (maybe prefixed) is one of the topics `subjects.json`
@@ -236,20 +276,7 @@ pub async fn encode(
             serde_json::to_vec(&event.payload).map_err(|e| IngestError::Encode(e.to_string()))
         }
         Some(TopicFormat::Avro { .. }) => {
-            let file = schemas
-                .get(&event.event_type)
-                .filter(|f| schema_fits_topic(f, topic))
-                .ok_or_else(|| IngestError::UnknownType {
-                    event_type: event.event_type.clone(),
-                    topic: topic.to_owned(),
-                    known: known_list(schemas.types_for(topic)),
-                })?;
-            let value = sagaflow_codec::json::json_to_avro(&event.payload, &file.schema).map_err(
-                |message| IngestError::Mismatch {
-                    event_type: event.event_type.clone(),
-                    message,
-                },
-            )?;
+            let (file, value) = avro_value(schemas, topic, event)?;
             codec
                 .encode_avro_value(topic, &file.full_name, &file.text, value)
                 .await
@@ -260,6 +287,55 @@ pub async fn encode(
                     other => IngestError::Encode(other.to_string()),
                 })
         }
+        None => Err(IngestError::Encode(format!(
+            "no format is configured for topic `{topic}`"
+        ))),
+    }
+}
+
+/// Checks `event` against its type's schema for an Avro `topic`; returns
+/// the schema file and the Avro value. No registry is asked.
+pub fn avro_value<'s>(
+    schemas: &'s EventSchemas,
+    topic: &str,
+    event: &IngestEvent,
+) -> Result<(&'s SchemaFile, sagaflow_codec::apache_avro::types::Value), IngestError> {
+    let file = schemas
+        .get(&event.event_type)
+        .filter(|f| schema_fits_topic(f, topic))
+        .ok_or_else(|| IngestError::UnknownType {
+            event_type: event.event_type.clone(),
+            topic: topic.to_owned(),
+            known: known_list(schemas.types_for(topic)),
+        })?;
+    let value =
+        sagaflow_codec::json::json_to_avro(&event.payload, &file.schema).map_err(|message| {
+            IngestError::Mismatch {
+                event_type: event.event_type.clone(),
+                message,
+            }
+        })?;
+    Ok((file, value))
+}
+
+/// Checks `event` for `topic` (prefixed) exactly as [`encode`] does before
+/// it asks the registry: JSON topics take any object, Avro topics the
+/// type's schema.
+pub fn validate(
+    codec: &Codec,
+    schemas: &EventSchemas,
+    topic: &str,
+    event: &IngestEvent,
+) -> Result<(), IngestError> {
+    match codec.config().format(topic) {
+        Some(TopicFormat::Json) => Ok(()),
+        Some(TopicFormat::Avro { .. }) if schemas.get(&event.event_type).is_none() => {
+            Err(IngestError::Encode(format!(
+                "no Avro schema for `{}`: set `schemas:` in the orchestrator config to a directory holding it",
+                event.event_type
+            )))
+        }
+        Some(TopicFormat::Avro { .. }) => avro_value(schemas, topic, event).map(|_| ()),
         None => Err(IngestError::Encode(format!(
             "no format is configured for topic `{topic}`"
         ))),
@@ -404,5 +480,49 @@ mod tests {
                 ("traceparent".into(), "00-abc-def-01".into())
             ]
         );
+    }
+
+    #[test]
+    fn sagaflow_headers_are_reserved_in_any_case() {
+        for name in ["sagaflow-message-id", "Sagaflow-Saga-Id", "SAGAFLOW-TYPE"] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        for name in ["sagaflow", "x-sagaflow-id", "traceparent", "s"] {
+            assert!(!is_reserved_header(name), "{name}");
+        }
+        let forged = parse_event(
+            json!({"type": "T", "headers": {"x": "1", "sagaflow-message-id": "m-1"}, "payload": {}}),
+            None,
+            None,
+        )
+        .unwrap();
+        let e = check_headers(&forged).unwrap_err();
+        assert_eq!(e, IngestError::ReservedHeader("sagaflow-message-id".into()));
+        assert_eq!(e.code(), "SF-INGEST-006");
+    }
+
+    #[test]
+    fn a_malformed_traceparent_is_replaced_never_forwarded() {
+        let bad = "00-not-a-trace-01";
+        let fresh = caller_traceparent(Some(bad)).unwrap();
+        assert_ne!(fresh, bad);
+        assert!(TraceContext::parse(&fresh).is_some(), "{fresh}");
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(caller_traceparent(Some(good)).as_deref(), Some(good));
+        assert_eq!(caller_traceparent(None), None);
+        let e = parse_event(
+            json!({"type": "T", "headers": {"traceparent": bad}, "payload": {}}),
+            None,
+            None,
+        )
+        .unwrap();
+        let sent: Vec<String> = record_headers(&e, None)
+            .iter()
+            .filter(|h| h.key == "traceparent")
+            .map(|h| String::from_utf8_lossy(h.value.unwrap()).into_owned())
+            .collect();
+        assert_eq!(sent.len(), 1);
+        assert_ne!(sent[0], bad);
+        assert!(TraceContext::parse(&sent[0]).is_some());
     }
 }

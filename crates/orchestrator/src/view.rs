@@ -3,7 +3,8 @@
 //! any instance answers `GET /v1/sagas/...` and the synchronous facade,
 //! whichever instance owns the saga. Eventually consistent by a few ms.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +20,49 @@ use tracing::{debug, warn};
 
 /// Lifecycle events kept per saga.
 const HISTORY: usize = 200;
-/// Sagas kept in the view; the oldest finished ones are dropped first.
-const MAX_SAGAS: usize = 100_000;
+/// Sagas kept in the view. Beyond it the oldest finished saga is dropped;
+/// when none has finished, the saga first seen longest ago, running or not
+/// (its state stays in the orchestrator; only this query model forgets it).
+pub const MAX_SAGAS: usize = 100_000;
+
+/// The view's own metrics.
+#[derive(Clone)]
+pub struct ViewMetrics {
+    /// `sagaflow_view_sagas`: sagas held in the view.
+    pub sagas: prometheus::IntGauge,
+    /// `sagaflow_view_evictions_total{status}`: sagas dropped to keep the
+    /// view within its cap, by whether they had finished (`finished`,
+    /// `running`).
+    pub evictions: prometheus::IntCounterVec,
+}
+
+impl ViewMetrics {
+    /// Registers the view's metrics in `registry`.
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let sagas = prometheus::IntGauge::new(
+            "sagaflow_view_sagas",
+            "Sagas held in the instance's saga view (GET /v1/sagas)",
+        )
+        .expect("valid metric");
+        let evictions = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "sagaflow_view_evictions_total",
+                "Sagas dropped from the saga view to keep it within its cap",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(sagas.clone()));
+        let _ = registry.register(Box::new(evictions.clone()));
+        Self { sagas, evictions }
+    }
+}
+
+impl Default for ViewMetrics {
+    fn default() -> Self {
+        Self::new(&prometheus::Registry::new())
+    }
+}
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SagaSummary {
@@ -40,7 +82,54 @@ pub struct SagaSummary {
 struct Inner {
     sagas: BTreeMap<String, SagaSummary>,
     seen: HashSet<String>,
+    /// Saga ids by the order they ended (may name sagas already dropped).
     finished: VecDeque<String>,
+    /// Saga ids by the order they were first seen (may name sagas already
+    /// dropped).
+    arrived: VecDeque<String>,
+}
+
+impl Inner {
+    fn forget(&mut self, saga_id: &str) -> bool {
+        match self.sagas.remove(saga_id) {
+            Some(s) => {
+                for e in s.history {
+                    self.seen.remove(&e.event_id);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops sagas beyond `cap`: finished ones first, oldest first.
+    fn evict(&mut self, cap: usize, metrics: &ViewMetrics) {
+        while self.sagas.len() > cap {
+            if let Some(old) = self.finished.pop_front() {
+                if self.forget(&old) {
+                    metrics.evictions.with_label_values(&["finished"]).inc();
+                }
+            } else if let Some(old) = self.arrived.pop_front() {
+                if self.forget(&old) {
+                    metrics.evictions.with_label_values(&["running"]).inc();
+                }
+            } else {
+                break;
+            }
+        }
+        // The queues may name dropped sagas; keep them within twice the cap.
+        let bound = cap.saturating_mul(2).max(16);
+        if self.arrived.len() > bound {
+            let sagas = &self.sagas;
+            self.arrived.retain(|id| sagas.contains_key(id));
+        }
+        if self.finished.len() > bound {
+            let sagas = &self.sagas;
+            let mut kept = HashSet::new();
+            self.finished
+                .retain(|id| sagas.contains_key(id) && kept.insert(id.clone()));
+        }
+    }
 }
 
 /// Shared, cheap to clone.
@@ -48,14 +137,13 @@ struct Inner {
 pub struct SagaView {
     inner: Arc<Mutex<Inner>>,
     ended: broadcast::Sender<String>,
+    cap: usize,
+    metrics: ViewMetrics,
 }
 
 impl Default for SagaView {
     fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            ended: broadcast::channel(1024).0,
-        }
+        Self::new(MAX_SAGAS, ViewMetrics::default())
     }
 }
 
@@ -72,6 +160,26 @@ fn status_after(kind: LifecycleKind, current: &str) -> String {
 }
 
 impl SagaView {
+    /// A view holding at most `cap` sagas.
+    pub fn new(cap: usize, metrics: ViewMetrics) -> Self {
+        Self {
+            inner: Arc::default(),
+            ended: broadcast::channel(1024).0,
+            cap: cap.max(1),
+            metrics,
+        }
+    }
+
+    /// Sagas held now.
+    pub fn len(&self) -> usize {
+        self.lock().sagas.len()
+    }
+
+    /// Whether the view holds no saga.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data; keep serving it.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -83,6 +191,9 @@ impl SagaView {
             SagaEvent::Lifecycle(e) => {
                 if !inner.seen.insert(e.event_id.clone()) {
                     return;
+                }
+                if !inner.sagas.contains_key(&e.saga_id) {
+                    inner.arrived.push_back(e.saga_id.clone());
                 }
                 let s = inner
                     .sagas
@@ -106,16 +217,24 @@ impl SagaView {
                     s.current_step = e.step.clone();
                 }
                 s.updated_at = s.updated_at.max(e.at);
-                if s.history.len() == HISTORY {
-                    s.history.pop_front();
-                }
+                let dropped = if s.history.len() == HISTORY {
+                    s.history.pop_front()
+                } else {
+                    None
+                };
                 s.history.push_back(e);
+                if let Some(old) = dropped {
+                    inner.seen.remove(&old.event_id);
+                }
+                inner.evict(self.cap, &self.metrics);
+                self.metrics.sagas.set(inner.sagas.len() as i64);
             }
             SagaEvent::Result(r) => {
                 let id = r.saga_id.clone();
                 if let Some(s) = inner.sagas.get_mut(&id) {
                     s.result = Some(r);
                 } else {
+                    inner.arrived.push_back(id.clone());
                     inner.sagas.insert(
                         id.clone(),
                         SagaSummary {
@@ -132,16 +251,8 @@ impl SagaView {
                     );
                 }
                 inner.finished.push_back(id.clone());
-                while inner.sagas.len() > MAX_SAGAS {
-                    let Some(old) = inner.finished.pop_front() else {
-                        break;
-                    };
-                    if let Some(s) = inner.sagas.remove(&old) {
-                        for e in s.history {
-                            inner.seen.remove(&e.event_id);
-                        }
-                    }
-                }
+                inner.evict(self.cap, &self.metrics);
+                self.metrics.sagas.set(inner.sagas.len() as i64);
                 drop(inner);
                 let _ = self.ended.send(id);
             }
@@ -153,30 +264,51 @@ impl SagaView {
     }
 
     /// Sagas filtered by type and status, newest first, without history.
+    /// Holds the lock for one pass over the view and clones only the
+    /// `limit` sagas it returns.
     pub fn list(
         &self,
         saga_type: Option<&str>,
         status: Option<&str>,
         limit: usize,
     ) -> Vec<SagaSummary> {
+        if limit == 0 {
+            return Vec::new();
+        }
         let inner = self.lock();
-        let mut out: Vec<SagaSummary> = inner
-            .sagas
-            .values()
-            .filter(|s| saga_type.is_none_or(|t| s.saga_type == t))
-            .filter(|s| status.is_none_or(|st| s.status == st))
+        // The worst of the best `limit` so far on top: oldest, then the
+        // largest id.
+        let mut best: BinaryHeap<(Reverse<i64>, &str)> = BinaryHeap::with_capacity(limit + 1);
+        for s in inner.sagas.values() {
+            if saga_type.is_some_and(|t| s.saga_type != t)
+                || status.is_some_and(|st| s.status != st)
+            {
+                continue;
+            }
+            let key = (Reverse(s.updated_at), s.saga_id.as_str());
+            if best.len() == limit && best.peek().is_some_and(|worst| key >= *worst) {
+                continue;
+            }
+            best.push(key);
+            if best.len() > limit {
+                best.pop();
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .filter_map(|(_, id)| inner.sagas.get(id))
             .map(|s| SagaSummary {
+                saga_id: s.saga_id.clone(),
+                saga_type: s.saga_type.clone(),
+                saga_version: s.saga_version,
+                status: s.status.clone(),
+                current_step: s.current_step.clone(),
+                started_at: s.started_at,
+                updated_at: s.updated_at,
+                result: s.result.clone(),
                 history: VecDeque::new(),
-                ..s.clone()
             })
-            .collect();
-        out.sort_by(|a, b| {
-            b.updated_at
-                .cmp(&a.updated_at)
-                .then(a.saga_id.cmp(&b.saga_id))
-        });
-        out.truncate(limit);
-        out
+            .collect()
     }
 
     /// Waits until the saga has a result, or `timeout` passes.
@@ -262,6 +394,86 @@ mod tests {
             detail: None,
             at: i64::from(seq),
         })
+    }
+
+    fn result(id: &str, at: i64) -> SagaEvent {
+        SagaEvent::Result(SagaResult {
+            saga_id: id.into(),
+            saga_type: "order-checkout".into(),
+            saga_version: 1,
+            status: SagaStatus::Completed,
+            output: serde_json::json!({}),
+            error: None,
+            started_at: 1,
+            ended_at: at,
+        })
+    }
+
+    #[test]
+    fn running_sagas_are_bounded_too_finished_ones_go_first() {
+        let registry = prometheus::Registry::new();
+        let view = SagaView::new(100, ViewMetrics::new(&registry));
+        // Far more running sagas than the cap: the view stays at the cap.
+        for i in 0..1_000u32 {
+            view.apply(ev(&format!("r{i}"), 1, LifecycleKind::Started, None));
+        }
+        assert_eq!(view.len(), 100);
+        assert!(view.get("r0").is_none(), "the oldest went first");
+        assert!(view.get("r999").is_some());
+        // A finished saga is dropped before any running one.
+        view.apply(ev("f", 1, LifecycleKind::Started, None));
+        view.apply(result("f", 2));
+        view.apply(ev("new", 1, LifecycleKind::Started, None));
+        assert!(view.get("f").is_none(), "the finished saga was dropped");
+        assert!(view.get("r999").is_some() && view.get("new").is_some());
+        assert_eq!(view.len(), 100);
+        let text = {
+            let mut out = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &registry.gather(),
+                &mut out,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(text.contains("sagaflow_view_sagas 100"), "{text}");
+        assert!(
+            text.contains("sagaflow_view_evictions_total{status=\"running\"} 901"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sagaflow_view_evictions_total{status=\"finished\"} 1"),
+            "{text}"
+        );
+        // The bookkeeping queues stay bounded as well.
+        for i in 0..10_000u32 {
+            view.apply(ev(&format!("x{i}"), 1, LifecycleKind::Started, None));
+        }
+        let inner = view.lock();
+        assert!(inner.arrived.len() <= 200 && inner.seen.len() <= 200);
+    }
+
+    #[test]
+    fn list_keeps_the_newest_within_the_limit_in_order() {
+        let view = SagaView::default();
+        for i in 0..50u32 {
+            view.apply(ev(&format!("s{i:02}"), i, LifecycleKind::Started, None));
+        }
+        view.apply(ev("t", 7, LifecycleKind::Started, None));
+        let ids = |v: Vec<SagaSummary>| v.into_iter().map(|s| s.saga_id).collect::<Vec<_>>();
+        assert_eq!(ids(view.list(None, None, 3)), ["s49", "s48", "s47"]);
+        assert_eq!(
+            ids(view.list(None, Some("running"), 100)).len(),
+            51,
+            "all of them when fewer than the limit"
+        );
+        let around_7 = ids(view.list(None, None, 51));
+        let at = around_7.iter().position(|i| i == "s07").unwrap();
+        assert_eq!(around_7[at + 1], "t", "ties by updated_at go by id");
+        assert!(view.list(Some("other"), None, 10).is_empty());
+        assert!(view.list(None, None, 0).is_empty());
+        assert!(view.list(None, None, 1)[0].history.is_empty());
     }
 
     #[tokio::test]

@@ -396,11 +396,22 @@ impl Drop for ServeHandle {
     }
 }
 
+/// Confluent-shaped answer to a request the server layer refuses (a body
+/// too large or too slow): `{"error_code": <status>, "message": …}`.
+fn render_refusal(refusal: &sagaflow_http::Refusal) -> Response {
+    ApiError {
+        status: refusal.status(),
+        error_code: u32::from(refusal.status().as_u16()),
+        message: format!("[{}] {refusal}", refusal.code()),
+    }
+    .into_response()
+}
+
 impl Registry {
     /// Serves the REST API on `listener` in a background task, open to
-    /// anyone who can connect.
+    /// anyone who can connect, with the default server limits.
     pub fn serve(&self, listener: TcpListener) -> std::io::Result<ServeHandle> {
-        self.serve_with_auth(listener, None)
+        self.serve_with(listener, None, sagaflow_http::ServerConfig::default())
     }
 
     /// Serves the REST API, requiring `auth` (when given) on every request;
@@ -410,6 +421,18 @@ impl Registry {
         listener: TcpListener,
         auth: Option<Auth>,
     ) -> std::io::Result<ServeHandle> {
+        self.serve_with(listener, auth, sagaflow_http::ServerConfig::default())
+    }
+
+    /// Serves the REST API with `auth` (when given) and the server `limits`:
+    /// header, body and idle timeouts, a connection cap and a request body
+    /// limit (larger bodies get 413, slower ones 408).
+    pub fn serve_with(
+        &self,
+        listener: TcpListener,
+        auth: Option<Auth>,
+        limits: sagaflow_http::ServerConfig,
+    ) -> std::io::Result<ServeHandle> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let mut app = router(self.clone());
@@ -417,13 +440,10 @@ impl Registry {
             let expected = Arc::new(auth.expected_header());
             app = app.layer(axum::middleware::from_fn_with_state(expected, require_auth));
         }
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let server = sagaflow_http::Server::new(limits).render_refusals(render_refusal);
+        let task = tokio::spawn(server.serve(listener, app, async move {
+            let _ = stopped.await;
+        }));
         tracing::info!(%addr, "schema registry listening");
         Ok(ServeHandle {
             addr,

@@ -63,6 +63,14 @@ pub enum StorageError {
         /// The underlying error.
         message: String,
     },
+    /// The log holds as many records as it may; nothing more is accepted.
+    #[error(
+        "schema log is full: it holds its limit of {limit} records; delete subjects permanently and compact it, or raise the limit"
+    )]
+    Full {
+        /// The most records the log holds.
+        limit: usize,
+    },
     /// A complete line of the log does not parse.
     #[error("schema log {path}, line {line}: {message}")]
     Corrupt {
@@ -86,10 +94,24 @@ pub trait SchemaLog: Send + Sync + 'static {
     fn replay(&self) -> StorageFuture<'_, Vec<LogRecord>>;
 }
 
+/// Most records a log holds by default: every registration, delete and
+/// config change is one, and the registry keeps them all in memory.
+pub const MAX_LOG_RECORDS: usize = 100_000;
+
 /// In-memory log, for tests: durable only as long as the value lives.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct MemoryLog {
     records: Arc<Mutex<Vec<LogRecord>>>,
+    limit: usize,
+}
+
+impl Default for MemoryLog {
+    fn default() -> Self {
+        Self {
+            records: Arc::default(),
+            limit: MAX_LOG_RECORDS,
+        }
+    }
 }
 
 impl MemoryLog {
@@ -97,15 +119,25 @@ impl MemoryLog {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The same log, holding at most `limit` records.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
 }
 
 impl SchemaLog for MemoryLog {
     fn append<'a>(&'a self, record: &'a LogRecord) -> StorageFuture<'a, ()> {
         Box::pin(async move {
-            self.records
+            let mut records = self
+                .records
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(record.clone());
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if records.len() >= self.limit {
+                return Err(StorageError::Full { limit: self.limit });
+            }
+            records.push(record.clone());
             Ok(())
         })
     }
@@ -132,6 +164,9 @@ pub const LOG_FILE_NAME: &str = "schemas.jsonl";
 pub struct FileLog {
     path: PathBuf,
     file: Arc<Mutex<File>>,
+    /// Records in the file.
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
 }
 
 impl FileLog {
@@ -160,10 +195,23 @@ impl FileLog {
             file.set_len(keep as u64).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
+        let count = contents
+            .split(|b| *b == b'\n')
+            .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
+            .count();
         Ok(Self {
             path,
             file: Arc::new(Mutex::new(file)),
+            count: Arc::new(std::sync::atomic::AtomicUsize::new(count)),
+            limit: MAX_LOG_RECORDS,
         })
+    }
+
+    /// The same log, accepting appends only while it holds fewer than
+    /// `limit` records (a longer existing log is still replayed).
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Path of the log file.
@@ -186,9 +234,17 @@ impl SchemaLog for FileLog {
                 path: path.clone(),
                 message: e.to_string(),
             };
+            let count = Arc::clone(&self.count);
+            let limit = self.limit;
             tokio::task::spawn_blocking(move || {
                 let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                // Counted under the file's lock, so concurrent appends
+                // cannot pass the limit together.
+                if count.load(std::sync::atomic::Ordering::SeqCst) >= limit {
+                    return Err(StorageError::Full { limit });
+                }
                 file.write_all(&line).map_err(&io)?;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 file.sync_data().map_err(&io)
             })
             .await
@@ -261,6 +317,28 @@ mod tests {
             log.append(record).await.unwrap();
         }
         assert_eq!(log.replay().await.unwrap(), records());
+    }
+
+    async fn refuses_beyond_its_limit(log: &dyn SchemaLog) {
+        for record in &records()[..2] {
+            log.append(record).await.unwrap();
+        }
+        let e = log.append(&records()[2]).await.unwrap_err();
+        assert!(matches!(e, StorageError::Full { limit: 2 }), "{e}");
+        assert_eq!(log.replay().await.unwrap(), records()[..2].to_vec());
+    }
+
+    #[tokio::test]
+    async fn logs_are_bounded() {
+        refuses_beyond_its_limit(&MemoryLog::new().with_limit(2)).await;
+        let dir = tempfile::tempdir().unwrap();
+        refuses_beyond_its_limit(&FileLog::open(dir.path()).unwrap().with_limit(2)).await;
+        // Reopened, the file's records count toward the limit.
+        let reopened = FileLog::open(dir.path()).unwrap().with_limit(2);
+        assert!(matches!(
+            reopened.append(&records()[2]).await,
+            Err(StorageError::Full { .. })
+        ));
     }
 
     #[tokio::test]

@@ -1,0 +1,246 @@
+//! Hostile callers at the orchestrator's HTTP API, against a real
+//! `sagaflow orchestrator` process, the embedded broker and a real
+//! registry: forged `sagaflow-*` headers, a malformed `traceparent`, a
+//! facade trigger that does not fit its schema, an oversized body, slow
+//! clients, and a non-loopback API without a token.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Headers;
+use sagaflow_test_support::process::ChildGuard;
+use sagaflow_test_support::{self as support};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::Stack;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// Starts an orchestrator with `http` as its `http:` section.
+fn start_with_http(stack: &mut Stack, name: &str, http: &str) -> ChildGuard {
+    let base = std::fs::read_to_string(stack.path("orchestrator.yaml")).unwrap();
+    let with = base.replacen("http:\n  listen: 127.0.0.1:0\n", http, 1);
+    assert_ne!(base, with, "orchestrator.yaml has an http section");
+    let cfg = stack.path(&format!("orchestrator-{name}.yaml"));
+    std::fs::write(&cfg, with).unwrap();
+    let log = stack.path(&format!("orchestrator-{name}.log"));
+    ChildGuard::sagaflow(
+        name,
+        &["orchestrator", "--config", cfg.to_str().unwrap()],
+        log,
+        &[],
+    )
+}
+
+fn order(id: &str) -> Value {
+    sagaflow_demo::samples::order_placed(id, "c-1", 1_000, 1_700_000_000_000)
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, String, String) {
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or_default();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_callers_get_coded_refusals_and_nothing_forged_reaches_kafka() {
+    let mut stack = Stack::start("edges", 1).await;
+    let orchestrator = start_with_http(
+        &mut stack,
+        "edges",
+        "http:\n  listen: 127.0.0.1:0\n  limits:\n    header-timeout: 1s\n    max-body-bytes: 65536\n",
+    );
+    let base = format!("http://{}", orchestrator.http_addr(WAIT));
+    let client = reqwest::Client::new();
+    let events = format!("{base}/v1/events/orders.events");
+
+    // A forged de-duplication id, in the envelope or as an HTTP header.
+    let forged = client
+        .post(&events)
+        .json(&json!({"type": "OrderPlaced", "key": "forged-1",
+            "headers": {"sagaflow-message-id": "forged"}, "payload": order("forged-1")}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(forged).await;
+    assert_eq!((status, code.as_str()), (400, "SF-INGEST-006"), "{message}");
+    assert!(message.contains("sagaflow-message-id"), "{message}");
+    let forged = client
+        .post(&events)
+        .header("Sagaflow-Message-Id", "forged")
+        .json(&json!({"type": "OrderPlaced", "key": "forged-2", "payload": order("forged-2")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(forged).await.1, "SF-INGEST-006");
+
+    // A malformed trace context is replaced, not forwarded.
+    let bad_trace = "00-zzzz-01";
+    let ok = client
+        .post(&events)
+        .header("traceparent", bad_trace)
+        .json(&json!({"type": "OrderPlaced", "key": "edge-1",
+            "headers": {"x-source": "crm"}, "payload": order("edge-1")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+
+    // The facade checks the trigger against its schema, as ingest does.
+    let facade = format!("{base}/v1/sagas/order-checkout?wait=0s");
+    let r = client
+        .post(&facade)
+        .json(&json!({"order_id": {"a": 1}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(r).await;
+    assert_eq!((status, code.as_str()), (400, "SF-INGEST-003"), "{message}");
+    assert!(message.contains("/order_id"), "{message}");
+    let r = client
+        .post(&facade)
+        .header("sagaflow-saga-id", "order-checkout:someone-else")
+        .json(&order("facade-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1, "SF-INGEST-006");
+
+    // A body above the limit: 413 before it is read.
+    let big = json!({"type": "OrderPlaced", "payload": {"pad": "x".repeat(100_000)}});
+    let r = client.post(&events).json(&big).send().await.unwrap();
+    let (status, code, _) = error_of(r).await;
+    assert_eq!((status, code.as_str()), (413, "SF-API-413"));
+
+    // Exactly the accepted event reached Kafka, with its own headers, no
+    // forged ones, and a valid fresh trace context.
+    let reader = support::kafka()
+        .consumer(&support::unique("edges"))
+        .unwrap();
+    reader.subscribe(&[&stack.topic("orders.events")]).unwrap();
+    let records = support::consume(&reader, 3, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 1, "only the accepted event was published");
+    let headers: Vec<(String, String)> = records[0]
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|x| {
+                    (
+                        x.key.to_owned(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!headers.iter().any(|(_, v)| v == "forged"), "{headers:?}");
+    assert!(headers.contains(&("x-source".into(), "crm".into())));
+    let trace = headers
+        .iter()
+        .find(|(k, _)| k == "traceparent")
+        .map(|(_, v)| v.clone())
+        .expect("a trace context");
+    assert_ne!(trace, bad_trace);
+    assert!(
+        sagaflow_bus::TraceContext::parse(&trace).is_some(),
+        "{trace}"
+    );
+    // The refused facade requests started nothing.
+    let inputs = support::kafka()
+        .consumer(&support::unique("edges-inputs"))
+        .unwrap();
+    inputs
+        .subscribe(&[&stack.topic("sagaflow.inputs")])
+        .unwrap();
+    // (The accepted `edge-1` event is repartitioned there by the
+    // orchestrator; nothing of the refused requests may be.)
+    let started = support::consume(&inputs, 10, Duration::from_secs(5)).await;
+    for m in &started {
+        let text = format!(
+            "{} {}",
+            String::from_utf8_lossy(m.key().unwrap_or_default()),
+            support::text(m)
+        );
+        assert!(
+            !text.contains("facade-1") && !text.contains("someone-else") && !text.contains("\"a\""),
+            "a refused facade request reached the inputs topic: {text}"
+        );
+    }
+
+    // Slow clients: half-sent requests are cut at the header timeout while
+    // a normal client is served at once.
+    let addr = base.trim_start_matches("http://").to_owned();
+    let began = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /v1/events/orders.events HTTP/1.1\r\nhost: x\r\ncontent-")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let served_after = began.elapsed();
+    assert!(served_after < Duration::from_secs(1), "served meanwhile");
+    for s in &mut slow {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a half-sent request was still held");
+    }
+    let held = began.elapsed();
+    assert!(
+        held >= Duration::from_secs(1),
+        "cut by the timeout: {held:?}"
+    );
+    eprintln!(
+        "slow clients: 50 half-sent requests all closed after {held:?} (header timeout 1s); /healthz answered after {served_after:?}"
+    );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sagaflow_view_sagas"),
+        "view size exported"
+    );
+    drop(orchestrator);
+
+    // A non-loopback API without a token does not start.
+    let mut open = start_with_http(&mut stack, "open", "http:\n  listen: 0.0.0.0:0\n");
+    sagaflow_test_support::process::wait_until(
+        "the open orchestrator to exit on its own",
+        Duration::from_secs(60),
+        || (!open.running()).then_some(()),
+    );
+    let log = open.output();
+    assert!(log.contains("SF-API-001"), "{log}");
+    assert!(!log.contains("HTTP API listening"), "{log}");
+}
