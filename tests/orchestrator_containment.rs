@@ -372,17 +372,37 @@ async fn a_registry_outage_delays_sagas_and_loses_none() {
 async fn a_restore_finds_every_saga_in_flight() {
     let mut stack = Stack::start("restore", 2).await;
     stack.start_orchestrator_in(0);
-    let api = stack.orchestrators[0].http_addr(WAIT);
     // No adapters: every saga waits at its first step.
     let n = 60;
     let orders: Vec<String> = (0..n).map(|i| format!("ok-{i}")).collect();
     for o in &orders {
         stack.place_order(o, "c-1", 4_200).await;
     }
-    until(&stack, &api, "all sagas started", |t| {
-        metric(t, "sagaflow_sagas_started_total", &[]) >= n as f64
-    })
-    .await;
+    // Started is not yet persisted: wait until every saga's first
+    // lifecycle event is out, which is sent after its state is written.
+    let events = support::kafka()
+        .consumer(&support::unique("events"))
+        .unwrap();
+    events
+        .subscribe(&[&stack.topic("sagaflow.saga-events")])
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < n {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(m)) => {
+                if let Some(k) = m.key() {
+                    seen.insert(k.to_vec());
+                }
+            }
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => panic!(
+                "{} of {n} sagas persisted within {WAIT:?}\n{}",
+                seen.len(),
+                stack.logs()
+            ),
+        }
+    }
     stack.orchestrators[0].kill9();
     stack.start_orchestrator_in(0);
     let api = stack.orchestrators[1].http_addr(WAIT);

@@ -42,6 +42,9 @@ pub struct Ledger {
     pub traceparents: Vec<(String, String)>,
     /// Orders `flaky-*` whose `schedule` already failed once with a 503.
     flaked: std::collections::HashSet<String>,
+    /// Successful calls per Idempotency-Key, repeats included: what a
+    /// backend that does not de-duplicate would have applied.
+    pub raw_calls: BTreeMap<String, u32>,
 }
 
 pub type Shared = Arc<Mutex<Ledger>>;
@@ -80,7 +83,11 @@ async fn handle(
             .into_response();
     };
     if let Some((status, v)) = l.answered.get(&key) {
-        return (StatusCode::from_u16(*status).unwrap(), Json(v.clone())).into_response();
+        let (status, v) = (*status, v.clone());
+        if status < 300 {
+            *l.raw_calls.entry(key).or_default() += 1;
+        }
+        return (StatusCode::from_u16(status).unwrap(), Json(v)).into_response();
     }
     let order = field(&body, "order_id");
     // A flaky shipping backend: the first `schedule` of a `flaky-*` order
@@ -124,6 +131,7 @@ async fn handle(
                 .to_owned()
         };
         *l.effects.entry((op.clone(), subject)).or_default() += 1;
+        *l.raw_calls.entry(key.clone()).or_default() += 1;
     }
     l.answered.insert(key, (status, answer.clone()));
     (StatusCode::from_u16(status).unwrap(), Json(answer)).into_response()
@@ -338,15 +346,33 @@ impl Stack {
 
     pub fn start_adapters(&mut self) {
         for service in SERVICES {
-            let cfg = self.path(&format!("{service}.adapter.yaml"));
-            let log = self.path(&format!("adapter-{service}-{}.log", support::unique("run")));
-            self.adapters.push(ChildGuard::sagaflow(
-                service,
-                &["adapter", "--config", cfg.to_str().unwrap()],
-                log,
-                &self.env_refs(),
-            ));
+            self.start_adapter(service);
         }
+    }
+
+    /// Starts (or restarts) the adapter of `service` under a stable
+    /// `group.instance.id`, so a restart takes its partitions back at once
+    /// (tansu never expires a dead member). Returns its index.
+    pub fn start_adapter(&mut self, service: &str) -> usize {
+        let base = std::fs::read_to_string(self.path(&format!("{service}.adapter.yaml"))).unwrap();
+        let cfg = self.path(&format!("{service}.adapter-static.yaml"));
+        let with_instance = base.replacen(
+            "  properties:\n",
+            &format!(
+                "  properties:\n    group.instance.id: \"{}adapter-{service}\"\n",
+                self.prefix
+            ),
+            1,
+        );
+        std::fs::write(&cfg, with_instance).unwrap();
+        let log = self.path(&format!("adapter-{service}-{}.log", support::unique("run")));
+        self.adapters.push(ChildGuard::sagaflow(
+            service,
+            &["adapter", "--config", cfg.to_str().unwrap()],
+            log,
+            &self.env_refs(),
+        ));
+        self.adapters.len() - 1
     }
 
     pub fn topic(&self, t: &str) -> String {

@@ -124,7 +124,7 @@ impl<V: Clone> TtlLru<V> {
     }
 }
 
-/// Remembers final outcomes of recently completed commands by command id.
+/// Remembers final outcomes of recently completed commands by Idempotency-Key.
 /// Small on purpose so that a persistent backend can implement it.
 #[async_trait::async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {

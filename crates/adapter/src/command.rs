@@ -34,14 +34,20 @@ impl AdapterCommand {
     /// orchestrator declared, a redelivery after a crash) is one operation
     /// to the backend, which applies it at most once.
     pub fn idempotency_key(&self) -> &str {
-        match self.command_id.rsplit_once('/') {
-            Some((operation, attempt))
-                if attempt.bytes().all(|b| b.is_ascii_digit()) && !attempt.is_empty() =>
-            {
-                operation
-            }
-            _ => &self.command_id,
+        idempotency_key(&self.command_id)
+    }
+}
+
+/// The `Idempotency-Key` of a command id: the id without its attempt
+/// number (`<saga>/<step>/<attempt>` → `<saga>/<step>`).
+pub(crate) fn idempotency_key(command_id: &str) -> &str {
+    match command_id.rsplit_once('/') {
+        Some((operation, attempt))
+            if attempt.bytes().all(|b| b.is_ascii_digit()) && !attempt.is_empty() =>
+        {
+            operation
         }
+        _ => command_id,
     }
 }
 

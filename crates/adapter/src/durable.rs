@@ -1,6 +1,6 @@
 //! The durable idempotency log: `sagaflow.idempotency.<service>`, a
 //! compacted topic with the commands topic's partition count. Each
-//! completed (final) outcome is written there, keyed by command id, to the
+//! completed (final) outcome is written there, keyed by the command's Idempotency-Key, to the
 //! partition of the command it answers, and acknowledged before the
 //! command's offset can be committed. When a partition is assigned, the
 //! adapter reads that partition of the log into its in-memory idempotency

@@ -2,7 +2,7 @@
 //! reply outcome", around any [`CommandHandler`].
 //!
 //! Order per command: idempotency store (redelivery → stored reply) →
-//! single-flight per command id → response cache → retry loop. Per attempt:
+//! single-flight per Idempotency-Key → response cache → retry loop. Per attempt:
 //! circuit breaker → concurrency limit → rate limit → handler, all bounded by
 //! the command's deadline.
 
@@ -262,7 +262,7 @@ impl Executor {
         let now = Instant::now();
         let deadline = now.checked_add(timeout).unwrap_or(now);
 
-        if let Some(stored) = self.store.get(&cmd.command_id).await {
+        if let Some(stored) = self.store.get(cmd.idempotency_key()).await {
             self.metrics
                 .idempotent_hits_total
                 .with_label_values(&[service])
@@ -278,18 +278,18 @@ impl Executor {
                 .inflight
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(map.entry(cmd.command_id.clone()).or_default())
+            Arc::clone(map.entry(cmd.idempotency_key().to_owned()).or_default())
         };
         let _guard = InflightGuard {
             map: &self.inflight,
-            key: &cmd.command_id,
+            key: cmd.idempotency_key(),
             cell: Arc::clone(&cell),
         };
         let ran = AtomicBool::new(false);
         let outcome = cell
             .get_or_init(|| async {
                 ran.store(true, Ordering::Relaxed);
-                if let Some(stored) = self.store.get(&cmd.command_id).await {
+                if let Some(stored) = self.store.get(cmd.idempotency_key()).await {
                     self.metrics
                         .idempotent_hits_total
                         .with_label_values(&[service])
@@ -298,7 +298,7 @@ impl Executor {
                 }
                 let outcome = self.execute_uncached(cmd, deadline).await;
                 if outcome.is_final() {
-                    self.store.put(&cmd.command_id, &outcome).await;
+                    self.store.put(cmd.idempotency_key(), &outcome).await;
                 }
                 outcome
             })

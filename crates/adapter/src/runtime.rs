@@ -1007,7 +1007,7 @@ async fn remember(shared: &Shared, m: &OwnedMessage, cmd: &Command, outcome: &Ad
         shared,
         "idempotency",
         &shared.idempotency_topic,
-        Some(cmd.command_id.as_bytes()),
+        Some(crate::command::idempotency_key(&cmd.command_id).as_bytes()),
         &value,
         OwnedHeaders::new(),
         Some(m.partition()),
