@@ -174,6 +174,7 @@ async fn persistent_store_can_replace_the_in_memory_one() {
     e.execute(&cmd("do", "a", json!({}))).await;
     assert_eq!(
         *store.0.lock().unwrap(),
-        vec!["order-checkout:a/do/1".to_owned()]
+        vec!["order-checkout:a/do".to_owned()],
+        "stored under the Idempotency-Key: every attempt of the step shares it"
     );
 }
