@@ -128,8 +128,8 @@ fn a_killed_dev_stack_restarted_on_its_data_dir_ends_every_saga_once() {
     assert!(summary.ends_with(" 0 failed"), "{out}");
     let last = out
         .lines()
-        .filter_map(progress)
-        .last()
+        .rev()
+        .find_map(progress)
         .unwrap_or_else(|| panic!("no progress line\n{out}"));
     assert!(
         last.0 < 60,
