@@ -774,7 +774,7 @@ async fn durable_log_high_watermark_is_exact() {
 /// tansu 0.6.0's memory engine raises the watermark before storing a batch:
 /// a live consumer can skip a record. Kept to show it; see docs/broker.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: tansu 0.6.0 memory storage skips records (docs/broker.md)"]
+#[ignore = "tansu 0.6.0 memory storage skips records, intermittently (docs/broker.md)"]
 async fn tansu_memory_skips_no_acknowledged_record() {
     no_acknowledged_record_is_skipped("tansu-memory").await;
 }
@@ -788,13 +788,13 @@ async fn tansu_memory_high_watermark_is_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 sqlite storage: run to see its result (docs/broker.md)"]
+#[ignore = "tansu 0.6.0 sqlite storage: passes, slowly (docs/broker.md)"]
 async fn tansu_sqlite_skips_no_acknowledged_record() {
     no_acknowledged_record_is_skipped("tansu-sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 sqlite storage: run to see its result (docs/broker.md)"]
+#[ignore = "tansu 0.6.0 sqlite storage: passes, slowly (docs/broker.md)"]
 async fn tansu_sqlite_high_watermark_is_exact() {
     high_watermark_is_exact_after_acks("tansu-sqlite").await;
 }
@@ -869,13 +869,13 @@ async fn durable_log_resumes_inside_a_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 memory storage: run to see its result (docs/broker.md)"]
+#[ignore = "fails: tansu 0.6.0 memory storage fetches from the next batch (docs/broker.md)"]
 async fn tansu_memory_resumes_inside_a_batch() {
     resuming_inside_a_batch_reads_the_rest_of_it("tansu-memory").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 sqlite storage: run to see its result (docs/broker.md)"]
+#[ignore = "tansu 0.6.0 sqlite storage: passes, slowly (docs/broker.md)"]
 async fn tansu_sqlite_resumes_inside_a_batch() {
     resuming_inside_a_batch_reads_the_rest_of_it("tansu-sqlite").await;
 }
