@@ -13,7 +13,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sagaflow_bus::{SagaHeaders, TopicSpec};
-use sagaflow_test_support::{self as support, BrokerConfig, EmbeddedBroker};
+use sagaflow_test_support::{self as support, BrokerConfig, EmbeddedBroker, Storage};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -523,4 +523,474 @@ async fn static_member_rejoining_with_its_instance_id_takes_its_partitions_back(
         got.len() == 1,
         || "nothing read".into(),
     );
+}
+
+// ---------------------------------------------------------------------------
+// The log itself, per storage engine: no acknowledged record is ever skipped
+// by a consumer reading while producers write, and the high watermark is
+// never below an acknowledged offset. Each engine gets its own broker, so
+// these run against the embedded broker only (an external broker is covered
+// by the shared-broker tests above).
+
+/// The storages the log contract runs against: Sagaflow's own log (memory
+/// and durable) must pass; tansu's engines are kept selectable so the suite
+/// shows how they fail (`cargo test --test broker_contract -- --ignored`).
+fn engine(name: &str) -> (EmbeddedBroker, Option<tempfile::TempDir>) {
+    let (storage, dir) = match name {
+        "memory" => (Storage::Memory, None),
+        "durable" => {
+            let dir = tempfile::tempdir().unwrap();
+            (Storage::durable(dir.path()), Some(dir))
+        }
+        "tansu-memory" => (Storage::TansuMemory, None),
+        "tansu-sqlite" => {
+            let dir = tempfile::Builder::new()
+                .prefix(".tmp-broker")
+                .tempdir_in(".")
+                .unwrap();
+            (Storage::Sqlite(dir.path().join("broker.db")), Some(dir))
+        }
+        other => panic!("unknown storage {other}"),
+    };
+    let broker = EmbeddedBroker::start(BrokerConfig {
+        storage,
+        ..BrokerConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{name} broker starts: {e}"));
+    (broker, dir)
+}
+
+fn engine_kafka(broker: &EmbeddedBroker) -> sagaflow_bus::KafkaConfig {
+    sagaflow_bus::KafkaConfig::new(broker.bootstrap_servers()).with("fetch.wait.max.ms", "1")
+}
+
+/// Several idempotent producers write multi-record batches to ONE partition
+/// for many rounds while a consumer reads it live. Every acknowledged record
+/// must reach the consumer, at its acknowledged offset, in offset order,
+/// with no offset skipped.
+async fn no_acknowledged_record_is_skipped(name: &str) {
+    const PRODUCERS: usize = 4;
+    const ROUNDS: usize = 250;
+    const PER_ROUND: usize = 8;
+    let (broker, _dir) = engine(name);
+    let kafka = engine_kafka(&broker);
+    let topic = support::unique("contract-skip");
+    contract_ok(
+        "create a one-partition topic",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+    );
+    let reader = contract_ok(
+        "group-less reader",
+        kafka.consumer(&support::unique("live")),
+    );
+    let mut tpl = TopicPartitionList::new();
+    contract_ok(
+        "assign from beginning",
+        tpl.add_partition_offset(&topic, 0, Offset::Beginning),
+    );
+    contract_ok("manual partition assignment", reader.assign(&tpl));
+    let total = PRODUCERS * ROUNDS * PER_ROUND;
+
+    // The reader polls while the producers write.
+    let read = tokio::spawn(async move {
+        let mut seen: Vec<(i64, String)> = Vec::with_capacity(total);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while seen.len() < total && std::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(500), reader.recv()).await {
+                Ok(Ok(m)) => {
+                    let value = m
+                        .payload()
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .unwrap_or_default();
+                    seen.push((m.offset(), value));
+                }
+                Ok(Err(e)) => panic!("consumer error while reading: {e}"),
+                Err(_) => {}
+            }
+        }
+        seen
+    });
+
+    let producers: Vec<FutureProducer> = (0..PRODUCERS)
+        .map(|_| contract_ok("producer", kafka.clone().with("linger.ms", "0").producer()))
+        .collect();
+    let mut acked: BTreeMap<i64, String> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        let sends = producers.iter().enumerate().flat_map(|(p, producer)| {
+            let topic = &topic;
+            (0..PER_ROUND).map(move |i| {
+                let value = format!("p{p}-r{round}-{i}");
+                async move {
+                    let r = producer
+                        .send(
+                            FutureRecord::to(topic)
+                                .partition(0)
+                                .key("k")
+                                .payload(&value),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map_err(|(e, _)| e);
+                    (value, r)
+                }
+            })
+        });
+        for (value, r) in futures::future::join_all(sends).await {
+            let delivery = contract_ok("concurrent produce is acknowledged", r);
+            contract(
+                "each acknowledged offset is given once",
+                acked.insert(delivery.offset, value.clone()).is_none(),
+                || format!("offset {} acknowledged twice", delivery.offset),
+            );
+        }
+    }
+    let seen = contract_ok("reader task", read.await);
+    let first_gap = seen
+        .iter()
+        .enumerate()
+        .find(|(i, (offset, _))| *offset != *i as i64);
+    contract(
+        "a live consumer skips no offset under concurrent producers",
+        first_gap.is_none(),
+        || {
+            let (i, (offset, _)) = first_gap.unwrap();
+            format!(
+                "{name}: record {i} read at offset {offset}; {} acknowledged, {} read",
+                acked.len(),
+                seen.len()
+            )
+        },
+    );
+    let read: BTreeMap<i64, String> = seen.into_iter().collect();
+    let missing: Vec<i64> = acked
+        .keys()
+        .filter(|o| !read.contains_key(o))
+        .copied()
+        .collect();
+    contract(
+        "every acknowledged record is read back",
+        missing.is_empty() && read.len() == total,
+        || {
+            format!(
+                "{name}: {} of {total} read; acknowledged offsets never read: {:?}",
+                read.len(),
+                &missing[..missing.len().min(10)]
+            )
+        },
+    );
+    contract(
+        "each record is read at its acknowledged offset",
+        acked == read,
+        || format!("{name}: values differ from the acknowledged ones"),
+    );
+    drop(broker);
+}
+
+/// On an idle partition, right after a multi-record produce is acknowledged,
+/// ListOffsets (fetch_watermarks) reports exactly the next offset.
+async fn high_watermark_is_exact_after_acks(name: &str) {
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 30;
+    let (broker, _dir) = engine(name);
+    let kafka = engine_kafka(&broker);
+    let topic = support::unique("contract-watermark");
+    contract_ok(
+        "create a one-partition topic",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+    );
+    let producer = contract_ok("producer", kafka.clone().with("linger.ms", "5").producer());
+    let mut acknowledged = 0i64;
+    for round in 0..ROUNDS {
+        let sends = (0..PER_ROUND).map(|i| {
+            let value = format!("r{round}-{i}");
+            let producer = &producer;
+            let topic = &topic;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic)
+                            .partition(0)
+                            .key("k")
+                            .payload(&value),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        let mut last = -1;
+        for r in futures::future::join_all(sends).await {
+            last = last.max(contract_ok("produce is acknowledged", r).offset);
+        }
+        acknowledged += PER_ROUND as i64;
+        let (low, high) = contract_ok(
+            "watermarks (ListOffsets)",
+            producer
+                .client()
+                .fetch_watermarks(&topic, 0, Duration::from_secs(10)),
+        );
+        contract(
+            "the high watermark is never below an acknowledged offset + 1",
+            high > last,
+            || {
+                format!(
+                    "{name}: round {round}: last acknowledged offset {last}, high watermark {high}"
+                )
+            },
+        );
+        contract(
+            "the high watermark counts exactly the acknowledged records",
+            high == acknowledged && low == 0,
+            || {
+                format!(
+                    "{name}: round {round}: {acknowledged} acknowledged, watermarks {low}..{high}"
+                )
+            },
+        );
+    }
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_log_skips_no_acknowledged_record() {
+    no_acknowledged_record_is_skipped("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_log_skips_no_acknowledged_record() {
+    no_acknowledged_record_is_skipped("durable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_log_high_watermark_is_exact() {
+    high_watermark_is_exact_after_acks("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_log_high_watermark_is_exact() {
+    high_watermark_is_exact_after_acks("durable").await;
+}
+
+/// tansu 0.6.0's memory engine raises the watermark before storing a batch:
+/// a live consumer can skip a record. Kept to show it; see docs/broker.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 memory storage skips records, intermittently (docs/broker.md)"]
+async fn tansu_memory_skips_no_acknowledged_record() {
+    no_acknowledged_record_is_skipped("tansu-memory").await;
+}
+
+/// tansu 0.6.0's memory engine answers ListOffsets(latest) with the last
+/// batch's base offset + 1: the watermark lags after multi-record batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: tansu 0.6.0 memory storage's watermark lags (docs/broker.md)"]
+async fn tansu_memory_high_watermark_is_exact() {
+    high_watermark_is_exact_after_acks("tansu-memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 sqlite storage: passes, slowly (docs/broker.md)"]
+async fn tansu_sqlite_skips_no_acknowledged_record() {
+    no_acknowledged_record_is_skipped("tansu-sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 sqlite storage: passes, slowly (docs/broker.md)"]
+async fn tansu_sqlite_high_watermark_is_exact() {
+    high_watermark_is_exact_after_acks("tansu-sqlite").await;
+}
+
+/// A member resuming at a committed offset that lies inside a batch reads
+/// the rest of that batch (Sagaflow commits after each record it processes,
+/// so after a restart or rebalance this is the common case).
+async fn resuming_inside_a_batch_reads_the_rest_of_it(name: &str) {
+    let (broker, _dir) = engine(name);
+    let kafka = engine_kafka(&broker);
+    let topic = support::unique("contract-mid-batch");
+    contract_ok(
+        "create a one-partition topic",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+    );
+    // Ten records sent at once with a long linger go out as one batch.
+    let producer = contract_ok(
+        "producer",
+        kafka.clone().with("linger.ms", "100").producer(),
+    );
+    let sends = (0..10).map(|i| {
+        let value = i.to_string();
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .partition(0)
+                        .key("k")
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        contract_ok("produce is acknowledged", r);
+    }
+    let group = support::unique("contract-mid-batch");
+    {
+        let c = contract_ok("consumer", kafka.consumer(&group));
+        let mut tpl = TopicPartitionList::new();
+        contract_ok(
+            "offset list",
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(4)),
+        );
+        contract_ok("assign", c.assign(&tpl));
+        contract_ok("commit offset 4", c.commit(&tpl, CommitMode::Sync));
+    }
+    let c = contract_ok("consumer", kafka.consumer(&group));
+    contract_ok("subscribe", c.subscribe(&[&topic]));
+    let got = support::consume(&c, 6, WAIT).await;
+    let offsets: Vec<i64> = got.iter().map(|m| m.offset()).collect();
+    contract(
+        "a member resuming inside a batch reads the rest of it",
+        offsets == (4..10).collect::<Vec<_>>(),
+        || format!("{name}: read offsets {offsets:?}, expected 4..10"),
+    );
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_log_resumes_inside_a_batch() {
+    resuming_inside_a_batch_reads_the_rest_of_it("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_log_resumes_inside_a_batch() {
+    resuming_inside_a_batch_reads_the_rest_of_it("durable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: tansu 0.6.0 memory storage fetches from the next batch (docs/broker.md)"]
+async fn tansu_memory_resumes_inside_a_batch() {
+    resuming_inside_a_batch_reads_the_rest_of_it("tansu-memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 sqlite storage: passes, slowly (docs/broker.md)"]
+async fn tansu_sqlite_resumes_inside_a_batch() {
+    resuming_inside_a_batch_reads_the_rest_of_it("tansu-sqlite").await;
+}
+
+/// The durable log keeps topics, records, watermarks and committed offsets
+/// across a broker restart; a torn write at the end of a segment (a crash
+/// mid-append) is cut off at start and the log goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_log_survives_a_restart_and_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || BrokerConfig {
+        storage: Storage::Durable(sagaflow_test_support::Durable {
+            fsync: sagaflow_test_support::Fsync::Always,
+            ..sagaflow_test_support::Durable::new(dir.path())
+        }),
+        ..BrokerConfig::default()
+    };
+    let topic = support::unique("contract-durable");
+    let group = support::unique("contract-durable");
+    let broker = contract_ok("durable broker starts", EmbeddedBroker::start(config()));
+    let kafka = engine_kafka(&broker);
+    contract_ok(
+        "create topic on durable storage",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 2)]).await,
+    );
+    {
+        let producer = contract_ok("producer", kafka.clone().with("linger.ms", "5").producer());
+        let sends = (0..40).map(|i| {
+            let value = format!("before-{i}");
+            let producer = &producer;
+            let topic = &topic;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic)
+                            .partition(i % 2)
+                            .key("k")
+                            .payload(&value),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            contract_ok("produce is acknowledged", r);
+        }
+        let c = contract_ok("consumer", kafka.consumer(&group));
+        let mut tpl = TopicPartitionList::new();
+        contract_ok(
+            "offset list",
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(15)),
+        );
+        contract_ok("assign", c.assign(&tpl));
+        contract_ok("commit offset 15", c.commit(&tpl, CommitMode::Sync));
+    }
+    drop(broker);
+
+    // A crash mid-append: half a frame at the end of partition 0's segment.
+    let partition0 = dir.path().join("log").join(&topic).join("0");
+    let segment = std::fs::read_dir(&partition0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("a segment file for partition 0");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap();
+        f.write_all(&[0, 0, 1, 0, 9, 9, 9]).unwrap();
+    }
+
+    let broker = contract_ok("durable broker restarts", EmbeddedBroker::start(config()));
+    let kafka = engine_kafka(&broker);
+    let producer = contract_ok("producer after restart", kafka.producer());
+    for p in 0..2 {
+        let (low, high) = contract_ok(
+            "watermarks after restart",
+            producer
+                .client()
+                .fetch_watermarks(&topic, p, Duration::from_secs(10)),
+        );
+        contract(
+            "records and watermarks survive a restart (durable storage)",
+            (low, high) == (0, 20),
+            || format!("partition {p}: watermarks {low}..{high}, expected 0..20"),
+        );
+    }
+    send(&producer, &topic, Some(0), "k", Some("after")).await;
+    let c = contract_ok("consumer after restart", kafka.consumer(&group));
+    contract_ok("subscribe", c.subscribe(&[&topic]));
+    let got = support::consume(&c, 25 + 1, Duration::from_secs(20)).await;
+    let mut p0: Vec<(i64, String)> = got
+        .iter()
+        .filter(|m| m.partition() == 0)
+        .map(|m| (m.offset(), support::text(m)))
+        .collect();
+    p0.sort();
+    contract(
+        "a committed offset survives a restart (durable storage)",
+        p0.first().map(|(o, _)| *o) == Some(15) && p0.len() == 6,
+        || format!("partition 0 read {p0:?}"),
+    );
+    contract(
+        "appends after a torn tail continue the offsets",
+        p0.last() == Some(&(20, "after".to_owned())),
+        || format!("partition 0 read {p0:?}"),
+    );
+    let p1 = got.iter().filter(|m| m.partition() == 1).count();
+    contract(
+        "an uncommitted partition is read from the start after a restart",
+        p1 == 20,
+        || format!("partition 1: {p1} records read, expected 20"),
+    );
+    drop(broker);
 }

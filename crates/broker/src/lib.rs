@@ -8,32 +8,68 @@
 //! other. What it does not support is recorded in `docs/broker.md` and checked
 //! by `tests/broker_contract.rs`.
 
+mod log;
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
-use tansu_broker::broker::Broker;
+use rama::Service as _;
 use tansu_broker::coordinator::group::administrator::Controller;
-use tansu_storage::StorageContainer;
+use tansu_storage::{BrokerRegistrationRequest, StorageContainer};
 use tokio::sync::oneshot;
 use url::Url;
+
+pub use log::{Durable, Fsync, LogStorage};
 
 /// Where the broker keeps its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Storage {
-    /// In memory: fast (tens of thousands of messages per second), gone
-    /// when the broker stops.
+    /// Sagaflow's own log engine ([`LogStorage`]) in memory: passes the log
+    /// contract (no skipped records, an exact high watermark); gone when
+    /// the broker stops. The default.
     Memory,
-    /// A SQLite database file: survives a broker restart, consumes slowly.
+    /// Sagaflow's own log engine with an append-only segment log per
+    /// partition and a metadata journal under a directory, fsynced by a
+    /// policy: topics, records and committed offsets survive a restart.
+    Durable(Durable),
+    /// tansu 0.6.0's own memory engine (dynostore). Kept selectable so the
+    /// contract suite can show its defects: a consumer racing a produce can
+    /// skip a record, and ListOffsets lags after multi-record batches.
+    TansuMemory,
+    /// tansu 0.6.0's SQLite engine: survives a restart, consumes slowly.
     Sqlite(PathBuf),
 }
 
 impl Storage {
+    /// The durable log under `dir` with the default fsync policy.
+    pub fn durable(dir: impl AsRef<Path>) -> Self {
+        Self::Durable(Durable::new(dir.as_ref()))
+    }
+
+    /// What this storage is, for start-up lines and benchmark reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Memory => "sagaflow log, memory".to_owned(),
+            Self::Durable(d) => format!(
+                "sagaflow log, durable at {}, fsync {}",
+                d.dir.display(),
+                d.fsync
+            ),
+            Self::TansuMemory => "tansu 0.6.0 memory (dynostore)".to_owned(),
+            Self::Sqlite(p) => format!("tansu 0.6.0 sqlite at {}", p.display()),
+        }
+    }
+
+    /// The URL of the tansu engine behind this storage: tansu's memory
+    /// engine also keeps the metadata of Sagaflow's log.
     fn url(&self) -> Result<Url, Error> {
         match self {
-            Self::Memory => Url::parse("memory://tansu/").map_err(|e| Error::Config(e.to_string())),
+            Self::Memory | Self::Durable(_) | Self::TansuMemory => {
+                Url::parse("memory://tansu/").map_err(|e| Error::Config(e.to_string()))
+            }
             Self::Sqlite(path) => {
                 // tansu resolves the file against the current directory
                 // (`cwd/<host>/<path>`), so an absolute path must lie inside it.
@@ -95,6 +131,15 @@ impl BrokerConfig {
         }
     }
 
+    /// A broker whose log, topics and committed offsets live under `dir`
+    /// and survive a restart (Sagaflow's durable log, default fsync policy).
+    pub fn durable(dir: impl AsRef<Path>) -> Self {
+        Self {
+            storage: Storage::durable(dir),
+            ..Self::default()
+        }
+    }
+
     /// Listen on this exact address (for a restart on the same port).
     pub fn with_listen(mut self, listen: SocketAddr) -> Self {
         self.listen = listen;
@@ -102,23 +147,37 @@ impl BrokerConfig {
     }
 }
 
+/// Errors of the embedded broker; `code()` is its stable code
+/// (docs/errors.md, `SF-BROKER`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("broker configuration: {0}")]
+    #[error("[SF-BROKER-001] broker configuration: {0}")]
     Config(String),
     #[error(
-        "broker address {0} is not a loopback address; the embedded broker only serves loopback"
+        "[SF-BROKER-002] broker address {0} is not a loopback address; the embedded broker only serves loopback"
     )]
     NotLoopback(SocketAddr),
-    #[error("could not reserve a port on {addr}: {source}")]
+    #[error("[SF-BROKER-003] could not listen on {addr}: {source}")]
     Port {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("broker failed to start: {0}")]
+    #[error("[SF-BROKER-004] broker failed to start: {0}")]
     Start(String),
-    #[error("broker did not accept connections on {addr} within {waited:?}")]
+    #[error("[SF-BROKER-005] broker did not accept connections on {addr} within {waited:?}")]
     NotReady { addr: SocketAddr, waited: Duration },
+}
+
+impl Error {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "SF-BROKER-001",
+            Self::NotLoopback(_) => "SF-BROKER-002",
+            Self::Port { .. } => "SF-BROKER-003",
+            Self::Start(_) => "SF-BROKER-004",
+            Self::NotReady { .. } => "SF-BROKER-005",
+        }
+    }
 }
 
 /// A running in-process broker. Dropping it stops the broker.
@@ -148,27 +207,26 @@ impl EmbeddedBroker {
         }
         install_crypto_provider();
         let storage_url = config.storage.url()?;
-        // tansu binds its own listener, so a free port is found by binding
-        // and releasing it. Another process could take the port in between;
-        // that shows up as a start failure and we try another port.
-        let attempts = if config.listen.port() == 0 { 5 } else { 1 };
-        let mut last = None;
-        for _ in 0..attempts {
-            let addr = reserve(config.listen)?;
-            match Self::start_on(addr, &config, storage_url.clone()) {
-                Ok(broker) => return Ok(broker),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::Start("no attempt made".to_owned())))
-    }
-
-    fn start_on(addr: SocketAddr, config: &BrokerConfig, storage: Url) -> Result<Self, Error> {
-        let url = Url::parse(&format!("tcp://{addr}")).map_err(|e| Error::Config(e.to_string()))?;
+        // The listener is bound here, before the broker starts, so port 0
+        // gives a port nobody else can take in between.
+        let listener = TcpListener::bind(config.listen).map_err(|source| Error::Port {
+            addr: config.listen,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| Error::Port {
+            addr: config.listen,
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::Port { addr, source })?;
+        let advertised =
+            Url::parse(&format!("tcp://{addr}")).map_err(|e| Error::Config(e.to_string()))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (failed_tx, mut failed_rx) = oneshot::channel::<String>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let cluster_id = config.cluster_id.clone();
         let node_id = config.node_id;
+        let storage = config.storage.clone();
         let thread = std::thread::Builder::new()
             .name(format!("tansu-{}", addr.port()))
             .spawn(move || {
@@ -180,38 +238,28 @@ impl EmbeddedBroker {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = failed_tx.send(format!("tokio runtime: {e}"));
+                        let _ = ready_tx.send(Err(format!("tokio runtime: {e}")));
                         return;
                     }
                 };
                 runtime.block_on(async move {
-                    let built = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
-                        .node_id(node_id)
-                        .cluster_id(cluster_id)
-                        .incarnation_id(uuid::Uuid::new_v4())
-                        .advertised_listener(url.clone())
-                        .storage(storage)
-                        .listener(url)
-                        .silent(true)
-                        .build()
-                        .await;
-                    let mut broker = match built {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let _ = failed_tx.send(format!("{e:?}"));
-                            return;
+                    let node = Node {
+                        cluster_id,
+                        node_id,
+                        advertised,
+                    };
+                    let served = match open(&storage, storage_url, &node).await {
+                        Err(e) => Err(e),
+                        Ok(Opened::Log(s)) => {
+                            node.serve(listener, s, ready_tx.clone(), stop_rx).await
+                        }
+                        Ok(Opened::Tansu(s)) => {
+                            node.serve(listener, s, ready_tx.clone(), stop_rx).await
                         }
                     };
-                    tokio::select! {
-                        served = broker.serve(tokio::time::Instant::now()) => {
-                            let msg = match served {
-                                Ok(()) => "broker stopped serving".to_owned(),
-                                Err(e) => format!("{e:?}"),
-                            };
-                            tracing::error!(error = %msg, "embedded broker stopped");
-                            let _ = failed_tx.send(msg);
-                        }
-                        _ = stop_rx => {}
+                    if let Err(msg) = served {
+                        tracing::error!(error = %msg, "embedded broker stopped");
+                        let _ = ready_tx.send(Err(msg));
                     }
                 });
                 // Connections still open are dropped with the runtime.
@@ -225,24 +273,28 @@ impl EmbeddedBroker {
             stop: Some(stop_tx),
             thread: Some(thread),
         };
-        let started = Instant::now();
-        loop {
-            if let Ok(msg) = failed_rx.try_recv() {
+        match ready_rx.recv_timeout(config.ready_timeout) {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => {
                 broker.stop();
                 return Err(Error::Start(msg));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(broker);
-            }
-            if started.elapsed() > config.ready_timeout {
+            Err(_) => {
                 broker.stop();
                 return Err(Error::NotReady {
                     addr,
                     waited: config.ready_timeout,
                 });
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+            broker.stop();
+            return Err(Error::NotReady {
+                addr,
+                waited: config.ready_timeout,
+            });
+        }
+        Ok(broker)
     }
 
     /// The `bootstrap.servers` value for clients.
@@ -275,19 +327,117 @@ impl Drop for EmbeddedBroker {
     }
 }
 
-fn reserve(addr: SocketAddr) -> Result<SocketAddr, Error> {
-    if addr.port() != 0 {
-        return Ok(addr);
+enum Opened {
+    Log(LogStorage),
+    Tansu(StorageContainer),
+}
+
+/// Builds the storage `storage` names; tansu's engine at `url` keeps the
+/// metadata (and, for tansu's storages, the records too).
+async fn open(storage: &Storage, url: Url, node: &Node) -> Result<Opened, String> {
+    let tansu = StorageContainer::builder()
+        .cluster_id(node.cluster_id.clone())
+        .node_id(node.node_id)
+        .advertised_listener(node.advertised.clone())
+        .storage(url)
+        .silent(true)
+        .build()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(match storage {
+        Storage::Memory => Opened::Log(LogStorage::memory(tansu)),
+        Storage::Durable(durable) => {
+            let (log, repairs) = LogStorage::open(tansu, durable).await.map_err(|e| {
+                format!(
+                    "opening the durable log at {}: {e:?}",
+                    durable.dir.display()
+                )
+            })?;
+            for repair in repairs {
+                tracing::warn!(repair = %repair, "durable log repaired at start");
+            }
+            Opened::Log(log)
+        }
+        Storage::TansuMemory | Storage::Sqlite(_) => Opened::Tansu(tansu),
+    })
+}
+
+struct Node {
+    cluster_id: String,
+    node_id: i32,
+    advertised: Url,
+}
+
+impl Node {
+    /// Serves the Kafka protocol on `listener` with tansu's request router,
+    /// group coordinator and `storage`, until `stop` fires. tansu's own
+    /// `Broker` is not used: it draws progress spinners on a terminal and
+    /// binds its own listener.
+    async fn serve<S: tansu_storage::Storage>(
+        &self,
+        listener: TcpListener,
+        storage: S,
+        ready: std::sync::mpsc::Sender<Result<(), String>>,
+        mut stop: oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        storage
+            .register_broker(BrokerRegistrationRequest {
+                broker_id: self.node_id,
+                cluster_id: self.cluster_id.clone(),
+                incarnation_id: uuid::Uuid::new_v4(),
+                rack: None,
+            })
+            .await
+            .map_err(|e| format!("registering the broker: {e:?}"))?;
+        let groups =
+            Controller::with_storage(storage.clone()).map_err(|e| format!("coordinator: {e:?}"))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
+        let _ = ready.send(Ok(()));
+        // tansu's engines compact and expire in `maintain`; tansu's broker
+        // calls it every 10 minutes.
+        let mut maintenance = tokio::time::interval(Duration::from_secs(600));
+        maintenance.tick().await;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "embedded broker: accept failed");
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let service = tansu_broker::service::services(
+                        &self.cluster_id,
+                        groups.clone(),
+                        storage.clone(),
+                        None,
+                    )
+                    .map_err(|e| format!("request router: {e:?}"))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = service.serve(rama::Context::default(), stream).await {
+                            tracing::debug!(error = ?e, "embedded broker connection ended");
+                        }
+                    });
+                }
+                _ = maintenance.tick() => {
+                    let storage = storage.clone();
+                    tokio::spawn(async move {
+                        let _ = storage.maintain(SystemTime::now()).await;
+                    });
+                }
+                _ = &mut stop => return Ok(()),
+            }
+        }
     }
-    let listener = TcpListener::bind(addr).map_err(|source| Error::Port { addr, source })?;
-    listener
-        .local_addr()
-        .map_err(|source| Error::Port { addr, source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn refuses_non_loopback_addresses() {

@@ -42,7 +42,8 @@ pub(crate) struct DevArgs {
     /// The repository root (topology/ and schemas/ are read from it).
     #[arg(long, default_value = ".")]
     root: PathBuf,
-    /// Where the stack keeps its files (configs, registry data).
+    /// Where the stack keeps its files (configs, registry data, the
+    /// broker's durable log): a restart with the same directory resumes.
     #[arg(long, default_value = ".sagaflow/dev")]
     data_dir: PathBuf,
     /// The orchestrator's HTTP API and metrics (port 0 picks a free port).
@@ -80,7 +81,9 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
     let dir = std::fs::canonicalize(&args.data_dir).map_err(|e| Failure::Usage(e.to_string()))?;
     let http = concrete(args.http)?;
 
-    let broker = EmbeddedBroker::start(BrokerConfig::default())
+    // The broker's log, topics and committed offsets live under the data
+    // directory, so sagas in flight survive a restart of the whole stack.
+    let broker = EmbeddedBroker::start(BrokerConfig::durable(dir.join("broker")))
         .map_err(|e| Failure::Unreachable(format!("starting the broker: {e}")))?;
     let bootstrap = broker.bootstrap_servers();
     let registry = sagaflow_registry::Registry::open_dir(&dir.join("registry"))

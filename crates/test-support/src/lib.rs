@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-pub use sagaflow_broker::{BrokerConfig, EmbeddedBroker, Storage};
+pub use sagaflow_broker::{BrokerConfig, Durable, EmbeddedBroker, Fsync, Storage};
 use sagaflow_bus::{KafkaConfig, TopicSpec, ensure_topics};
 
 /// Environment variable naming an external broker to test against.
