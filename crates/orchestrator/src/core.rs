@@ -700,3 +700,174 @@ fn rearm(
     }
     entry.armed = armed;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sagaflow_engine::TriggerEvent;
+    use serde_json::json;
+    use std::path::Path;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn engine() -> Arc<Engine> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
+        let (_, registry) =
+            crate::app::load_definitions(&root.join("sagas"), &root.join("services.yaml"))
+                .expect("the worked sagas load");
+        Arc::new(Engine::new(registry))
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            completed_retention: Duration::from_secs(60),
+            early_event_retention: Duration::from_secs(60),
+            record_limit: 100_000,
+            max_parked_per_saga: 2,
+            max_parked_per_partition: 3,
+            dedup_window: Duration::from_secs(3600),
+        }
+    }
+
+    fn core() -> PartitionCore {
+        PartitionCore::new(0, engine(), Metrics::default(), limits())
+    }
+
+    fn trace(_: Option<&str>) -> (String, Option<String>) {
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            None,
+        )
+    }
+
+    fn trigger(order: &str, customer: &str) -> Envelope {
+        Envelope::Trigger {
+            saga_type: "order-checkout".to_owned(),
+            saga_id: format!("order-checkout:{order}"),
+            event: TriggerEvent {
+                message_id: format!("m-{order}"),
+                topic: "orders.events".to_owned(),
+                event_type: "OrderPlaced".to_owned(),
+                payload: json!({
+                    "order_id": order, "customer_id": customer,
+                    "items": [{"sku": "S", "quantity": 1, "unit_price_cents": 100}],
+                    "total_cents": 100, "currency": "EUR",
+                    "shipping_address": {"line1": "1", "postal_code": "1", "city": "B", "country": "DE"},
+                    "placed_at": T0
+                }),
+            },
+        }
+    }
+
+    fn event(saga: &str, id: &str) -> Envelope {
+        Envelope::Event {
+            saga_id: saga.to_owned(),
+            event: AwaitedEvent {
+                message_id: id.to_owned(),
+                topic: "identity.events".to_owned(),
+                event_type: "EmailVerified".to_owned(),
+                payload: json!({}),
+            },
+        }
+    }
+
+    #[test]
+    fn a_trigger_starts_a_saga_once_and_owes_its_first_command() {
+        let mut c = core();
+        c.handle_input(trigger("o-1", "c"), None, 100, T0, trace)
+            .unwrap();
+        c.handle_input(trigger("o-1", "c"), None, 100, T0, trace)
+            .unwrap();
+        let d = c.drain();
+        assert_eq!(d.sagas.len(), 1);
+        let commands = d.sagas[0]
+            .1
+            .outbox
+            .iter()
+            .filter(|e| matches!(e, Effect::Command(_)))
+            .count();
+        assert_eq!(commands, 1);
+        assert!(c.poll_timeout().is_some(), "the step's timeout is armed");
+        assert!(c.drain().is_empty(), "drained once");
+    }
+
+    #[test]
+    fn parked_events_are_bounded_per_saga_and_per_partition() {
+        let mut c = core();
+        c.handle_input(event("s-1", "a"), None, 10, T0, trace)
+            .unwrap();
+        c.handle_input(event("s-1", "a"), None, 10, T0, trace)
+            .unwrap();
+        c.handle_input(event("s-1", "b"), None, 10, T0, trace)
+            .unwrap();
+        let refused = c
+            .handle_input(event("s-1", "c"), None, 10, T0, trace)
+            .unwrap_err();
+        assert_eq!(refused.code, "SF-ORCH-023");
+        assert!(refused.reason.contains("max-parked-per-saga"));
+        c.handle_input(event("s-2", "a"), None, 10, T0, trace)
+            .unwrap();
+        let refused = c
+            .handle_input(event("s-3", "a"), None, 10, T0, trace)
+            .unwrap_err();
+        assert!(refused.reason.contains("max-parked-per-partition"));
+        assert_eq!(c.parked(), 3);
+        assert_eq!(c.drain().parked.len(), 3, "one record per event");
+        // They expire with a tombstone each.
+        c.handle_timeout(T0 + 61_000);
+        assert_eq!(c.parked(), 0);
+        assert_eq!(c.drain().tombstones.len(), 3);
+    }
+
+    #[test]
+    fn an_oversized_trigger_is_refused() {
+        let mut c = core();
+        let mut env = trigger("o-big", "c");
+        if let Envelope::Trigger { event, .. } = &mut env {
+            event.payload["customer_id"] = json!("x".repeat(120_000));
+        }
+        let refused = c.handle_input(env, None, 120_500, T0, trace).unwrap_err();
+        assert_eq!(refused.code, "SF-ORCH-022");
+        assert!(c.is_empty());
+        assert!(c.drain().is_empty());
+    }
+
+    #[test]
+    fn an_expired_saga_is_remembered_and_a_replayed_trigger_refused() {
+        let mut c = core();
+        c.handle_input(trigger("o-2", "c"), None, 100, T0, trace)
+            .unwrap();
+        let saga = "order-checkout:o-2";
+        // Abort it: it ends (nothing succeeded, nothing to compensate).
+        c.handle_input(
+            Envelope::Abort {
+                saga_id: saga.to_owned(),
+                request_id: "r-1".to_owned(),
+                reason: "test".to_owned(),
+            },
+            None,
+            10,
+            T0 + 1,
+            trace,
+        )
+        .unwrap();
+        let _ = c.drain();
+        let mut now = T0 + 1;
+        for _ in 0..50 {
+            if c.saga(saga).is_none() {
+                break;
+            }
+            now += 10_000;
+            c.handle_timeout(now);
+        }
+        assert!(c.saga(saga).is_none(), "the state expired");
+        assert_eq!(c.ended(), 1);
+        let d = c.drain();
+        assert_eq!(d.ended.len(), 1);
+        assert!(d.tombstones.contains(&saga.to_owned()));
+        c.handle_input(trigger("o-2", "c"), None, 100, now, trace)
+            .unwrap();
+        assert!(c.saga(saga).is_none(), "the replay started nothing");
+        assert!(c.drain().is_empty());
+    }
+}
