@@ -7,7 +7,7 @@
 //! after the sign-up (the choreography half). Live progress per saga type
 //! is printed as sagas start and end.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -189,16 +189,31 @@ struct TypeProgress {
 
 const LATENCY_WINDOW: usize = 1000;
 
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+}
+
 impl TypeProgress {
     fn ended(&self) -> u64 {
         self.completed + self.compensated + self.failed
     }
 }
 
-/// What the terminal shows: fed with every saga event.
+/// What the terminal shows: fed with every saga event. Events are
+/// delivered at least once (a restored orchestrator re-sends what it may
+/// owe), so each saga is counted once by its id: started once, ended once.
+/// A second result for a saga with another outcome is a saga that ended
+/// twice, and is counted as such.
 #[derive(Default)]
 struct Progress {
     types: BTreeMap<String, TypeProgress>,
+    /// Sagas seen starting (a hash of the id: compact for long sessions).
+    started: HashSet<u64>,
+    /// Sagas seen ending, with their outcome.
+    ended: HashMap<u64, SagaStatus>,
+    /// Sagas that ended twice with different outcomes: never expected.
+    ended_twice: u64,
     /// (saga id, step) → when the step's command was issued (ms).
     open_steps: HashMap<(String, String), i64>,
 }
@@ -207,6 +222,14 @@ impl Progress {
     fn apply(&mut self, event: SagaEvent) {
         match event {
             SagaEvent::Result(r) => {
+                let id = id_hash(&r.saga_id);
+                if let Some(first) = self.ended.get(&id) {
+                    if *first != r.status {
+                        self.ended_twice += 1;
+                    }
+                    return;
+                }
+                self.ended.insert(id, r.status);
                 let t = self.types.entry(r.saga_type).or_default();
                 match r.status {
                     SagaStatus::Completed => t.completed += 1,
@@ -218,7 +241,7 @@ impl Progress {
             SagaEvent::Lifecycle(e) => {
                 let step = e.step.clone().unwrap_or_default();
                 match e.kind {
-                    LifecycleKind::Started => {
+                    LifecycleKind::Started if self.started.insert(id_hash(&e.saga_id)) => {
                         self.types.entry(e.saga_type).or_default().started += 1;
                     }
                     LifecycleKind::StepStarted | LifecycleKind::AwaitingEvent => {
@@ -366,6 +389,12 @@ async fn publish_and_watch(
         count(|t| t.compensated),
         count(|t| t.failed),
     );
+    if progress.ended_twice > 0 {
+        println!(
+            "sagaflow dev: {} sagas ended twice with different outcomes",
+            progress.ended_twice
+        );
+    }
     for name in SAGA_TYPES {
         if let Some(t) = progress.types.get(name) {
             println!(
