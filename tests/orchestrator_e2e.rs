@@ -350,16 +350,13 @@ async fn sagas_complete_exactly_once_through_kill_9() {
     }
     publishing.await.unwrap();
     stack
-        .collect_results(
+        .collect_all(
             &reader,
             &mut results,
             &mut copies,
             orders.len(),
             Duration::from_secs(300),
         )
-        .await;
-    stack
-        .drain_saga_events(&reader, &mut results, &mut copies, Duration::from_secs(2))
         .await;
     eprintln!(
         "crash test: kill -9 {}; {} sagas in {:.1}s, {} result records ({} re-sent after restores), {} backend requests",
@@ -498,16 +495,13 @@ async fn a_paused_owner_resuming_after_its_replacement_changes_nothing() {
     stack.orchestrators[zombie].kill9();
     publishing.await.unwrap();
     stack
-        .collect_results(
+        .collect_all(
             &reader,
             &mut results,
             &mut copies,
             orders.len(),
             Duration::from_secs(300),
         )
-        .await;
-    stack
-        .drain_saga_events(&reader, &mut results, &mut copies, Duration::from_secs(2))
         .await;
     eprintln!(
         "zombie test: {} sagas, {} result records; the resumed owner {}",
@@ -597,16 +591,13 @@ async fn chaos_kills_and_a_registry_outage_lose_nothing() {
     stack.restart_registry().await;
     publishing.await.unwrap();
     stack
-        .collect_results(
+        .collect_all(
             &reader,
             &mut results,
             &mut copies,
             orders.len(),
             Duration::from_secs(600),
         )
-        .await;
-    stack
-        .drain_saga_events(&reader, &mut results, &mut copies, Duration::from_secs(2))
         .await;
     let (repeats, requests) = {
         let l = stack.ledger.lock().unwrap();

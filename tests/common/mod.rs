@@ -486,6 +486,23 @@ impl Stack {
         c
     }
 
+    /// Reads results until `n` sagas have one or `timeout` passes, then
+    /// whatever else arrives within 2 s (re-sent copies, events a saga
+    /// should not have), so that checks see everything.
+    pub async fn collect_all(
+        &self,
+        reader: &StreamConsumer,
+        results: &mut BTreeMap<String, SagaResult>,
+        copies: &mut usize,
+        n: usize,
+        timeout: Duration,
+    ) {
+        self.collect_results(reader, results, copies, n, timeout)
+            .await;
+        self.drain_saga_events(reader, results, copies, Duration::from_secs(2))
+            .await;
+    }
+
     /// Reads saga events until `n` distinct sagas have a result or
     /// `timeout` passes. Returns the results by saga id and how many result
     /// records there were in all (re-sent copies included).

@@ -686,17 +686,9 @@ impl Driver {
                         saga_id,
                         event: trigger,
                     };
-                    let record = envelope_record(&self.names, &env, event.traceparent.clone());
-                    if record.size() > self.record_limit {
-                        let reason = format!(
-                            "the event makes a saga input of {} bytes, over the record limit of {} bytes",
-                            record.size(),
-                            self.record_limit
-                        );
-                        self.refuse(m, "SF-ORCH-022", &reason, work);
+                    if !self.route(m, &env, event.traceparent.clone(), work) {
                         return Ok(());
                     }
-                    work.records.push(record);
                     routed += 1;
                 }
                 Err(e) => {
@@ -734,17 +726,9 @@ impl Driver {
                             payload: event.payload.clone(),
                         },
                     };
-                    let record = envelope_record(&self.names, &env, event.traceparent.clone());
-                    if record.size() > self.record_limit {
-                        let reason = format!(
-                            "the event makes a saga input of {} bytes, over the record limit of {} bytes",
-                            record.size(),
-                            self.record_limit
-                        );
-                        self.refuse(m, "SF-ORCH-022", &reason, work);
+                    if !self.route(m, &env, event.traceparent.clone(), work) {
                         return Ok(());
                     }
-                    work.records.push(record);
                     routed += 1;
                 }
                 Err(e) => warn!(error = %e, "awaited event cannot be mapped to a saga id"),
@@ -757,6 +741,30 @@ impl Driver {
                 .inc();
         }
         Ok(())
+    }
+
+    /// Re-keys a domain event's envelope to `sagaflow.inputs`, or refuses
+    /// the event (SF-ORCH-022) when the envelope would exceed the record
+    /// limit. False when refused.
+    fn route(
+        &self,
+        m: &BorrowedMessage<'_>,
+        env: &Envelope,
+        traceparent: Option<String>,
+        work: &mut Batch,
+    ) -> bool {
+        let record = envelope_record(&self.names, env, traceparent);
+        if record.size() > self.record_limit {
+            let reason = format!(
+                "the event makes a saga input of {} bytes, over the record limit of {} bytes",
+                record.size(),
+                self.record_limit
+            );
+            self.refuse(m, "SF-ORCH-022", &reason, work);
+            return false;
+        }
+        work.records.push(record);
+        true
     }
 
     /// Dead-letters an input with a coded reason, counted and logged once.
