@@ -255,6 +255,26 @@ async fn order_checkout_sagas_complete_and_compensate_end_to_end() {
     );
 }
 
+/// SIGKILLs the orchestrator of a random slot, starts its replacement in
+/// the same slot after a random pause (sometimes at once, sometimes later),
+/// and waits until the replacement holds its partitions: a member killed
+/// while still joining stalls its group on tansu (docs/broker.md), the
+/// broker's gap rather than ours to test. Returns the slot.
+async fn replace_orchestrator(stack: &mut Stack, live: &mut [usize; 2], rng: &mut Rng) -> usize {
+    let slot = rng.below(2) as usize;
+    stack.orchestrators[live[slot]].kill9();
+    tokio::time::sleep(Duration::from_millis(rng.below(600))).await;
+    live[slot] = stack.start_orchestrator_in(slot);
+    let replacement = &stack.orchestrators[live[slot]];
+    support::process::wait_until("the replacement to restore its partitions", WAIT, || {
+        replacement
+            .output()
+            .contains("partition restored")
+            .then_some(())
+    });
+    slot
+}
+
 /// The tests that kill or add group members run one at a time: tansu
 /// stalled a forming group while another group on the same broker waited
 /// for a killed member (docs/broker.md).
@@ -328,25 +348,11 @@ async fn sagas_complete_exactly_once_through_kill_9() {
     let mut kills = Vec::new();
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(400 + rng.below(1_100))).await;
-        let slot = rng.below(2) as usize;
-        stack.orchestrators[live[slot]].kill9();
-        // Sometimes the replacement comes back at once, sometimes later.
-        tokio::time::sleep(Duration::from_millis(rng.below(600))).await;
-        live[slot] = stack.start_orchestrator_in(slot);
+        let slot = replace_orchestrator(&mut stack, &mut live, &mut rng).await;
         kills.push(format!(
             "slot {slot} at {:.1}s",
             started.elapsed().as_secs_f64()
         ));
-        // The next kill waits until the replacement holds its partitions: a
-        // member killed while still joining stalls its group on tansu
-        // (docs/broker.md), the broker's gap rather than ours to test.
-        let replacement = &stack.orchestrators[live[slot]];
-        support::process::wait_until("the replacement to restore its partitions", WAIT, || {
-            replacement
-                .output()
-                .contains("partition restored")
-                .then_some(())
-        });
     }
     publishing.await.unwrap();
     stack
@@ -565,21 +571,11 @@ async fn chaos_kills_and_a_registry_outage_lose_nothing() {
                 started.elapsed().as_secs_f64()
             ));
         } else {
-            let slot = rng.below(2) as usize;
-            stack.orchestrators[live[slot]].kill9();
-            tokio::time::sleep(Duration::from_millis(rng.below(600))).await;
-            live[slot] = stack.start_orchestrator_in(slot);
+            let slot = replace_orchestrator(&mut stack, &mut live, &mut rng).await;
             events.push(format!(
                 "orchestrator {slot} at {:.1}s",
                 started.elapsed().as_secs_f64()
             ));
-            let replacement = &stack.orchestrators[live[slot]];
-            support::process::wait_until("the replacement to restore its partitions", WAIT, || {
-                replacement
-                    .output()
-                    .contains("partition restored")
-                    .then_some(())
-            });
         }
     }
     events.push(format!(
