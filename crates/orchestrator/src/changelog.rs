@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use sagaflow_engine::AwaitedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::StoredSaga;
+use crate::core::StoredSaga;
 
 /// Key prefix of ownership markers.
 pub const EPOCH_PREFIX: &str = "@sagaflow/epoch/";
@@ -100,6 +100,43 @@ pub struct Record<'a> {
     pub payload: Option<&'a [u8]>,
     /// The writer's epoch (`sagaflow-epoch`), if stamped.
     pub epoch: Option<i64>,
+}
+
+/// The fencing decision, for an owner that found records of someone else
+/// between its own writes: fed those records in log order, it says
+/// whether a newer owner took the partition over (an epoch marker after
+/// the owner's own) or whether they are only late writes of a replaced
+/// owner, which every restore ignores. Every store calls this one rule.
+#[derive(Debug)]
+pub struct GapScan {
+    epoch: i64,
+    /// Records in the gap not written by this owner.
+    pub foreign: u64,
+    /// A newer owner's marker was found.
+    pub taken_over: bool,
+}
+
+impl GapScan {
+    /// A scan for the owner whose marker is at `epoch`.
+    pub fn new(epoch: i64) -> Self {
+        Self {
+            epoch,
+            foreign: 0,
+            taken_over: false,
+        }
+    }
+
+    /// Looks at one record of the gap; true once the verdict is "taken
+    /// over" (nothing after it can change that).
+    pub fn see(&mut self, r: &Record<'_>) -> bool {
+        let marker = r.key.is_some_and(|k| k.starts_with(EPOCH_PREFIX));
+        if marker && r.offset > self.epoch {
+            self.taken_over = true;
+        } else if r.epoch != Some(self.epoch) {
+            self.foreign += 1;
+        }
+        self.taken_over
+    }
 }
 
 /// Everything a partition's changelog says, folded in log order.

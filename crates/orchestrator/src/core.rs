@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sagaflow_engine::{AwaitedEvent, Effect, Engine, Input, Outcome, Reply, SagaState, Timestamp};
+use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::changelog::{self, Parked, Replay};
+use crate::changelog::{self, Ended, Parked, Replay};
 use crate::metrics::Metrics;
-use crate::runtime::StoredSaga;
+use crate::store::Change;
 use crate::wire::Envelope;
 
 /// Timer id that removes a finished saga after `completed-retention`.
@@ -57,6 +58,23 @@ impl Refusal {
     fn new(code: &'static str, reason: String) -> Self {
         Self { code, reason }
     }
+}
+
+/// What the store holds per saga.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredSaga {
+    pub state: SagaState,
+    /// Effects written with this state and maybe not yet sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Effect>,
+    /// The saga's own span (its trace context; every record it sends is a
+    /// child of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The span the saga continues: the trigger's `traceparent`; none when
+    /// the saga started a new trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_traceparent: Option<String>,
 }
 
 /// One saga held in memory.
@@ -264,11 +282,30 @@ impl PartitionCore {
         out
     }
 
-    /// Records the size a saga's record was written with.
-    pub fn written(&mut self, saga_id: &str, bytes: usize) {
-        if let Some(e) = self.sagas.get_mut(saga_id) {
-            e.stored_bytes = bytes;
+    /// The store writes a drain makes, in order: each saga's record (its
+    /// state with its outbox), parked events, ended markers, tombstones.
+    /// Takes everything but the sagas, which stay for their effects; notes
+    /// each saga's record size for the record-limit checks.
+    pub fn changes(&mut self, drained: &mut Drained) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (saga_id, stored) in &drained.sagas {
+            let payload = serde_json::to_vec(stored).expect("a saga serialises");
+            if let Some(e) = self.sagas.get_mut(saga_id) {
+                e.stored_bytes = payload.len();
+            }
+            changes.push(Change::put(saga_id.clone(), payload));
         }
+        for (key, parked) in std::mem::take(&mut drained.parked) {
+            let payload = serde_json::to_vec(&parked).expect("an event serialises");
+            changes.push(Change::put(key, payload));
+        }
+        for (hash, until) in std::mem::take(&mut drained.ended) {
+            let payload = serde_json::to_vec(&Ended { until }).expect("a marker serialises");
+            changes.push(Change::put(changelog::ended_key(hash), payload));
+        }
+        let tombstones = std::mem::take(&mut drained.tombstones);
+        changes.extend(tombstones.into_iter().map(Change::delete));
+        changes
     }
 
     fn owe(&mut self, saga_id: &str, effects: Vec<Effect>) {

@@ -1,8 +1,11 @@
 //! Deterministic simulation of the orchestrator's exactly-once protocol:
-//! the real partition core and changelog rules, the three worked sagas,
-//! and a simulated log that does what brokers and processes do — redeliver
-//! uncommitted inputs, crash at every step of a batch, let a replaced owner
-//! (a zombie) write after a takeover, deliver replies late and twice.
+//! the real partition core, the real store rules (the in-memory
+//! [`MemoryStore`] backend: epoch markers, the restore fold, the fencing
+//! gap check the Kafka store runs too), the three worked sagas, and a
+//! world that does what brokers and processes do — redeliver uncommitted
+//! inputs, crash at every step of a batch (in the middle of the state
+//! write too), let a replaced owner (a zombie) write after a takeover,
+//! deliver replies late and twice.
 //!
 //! Each schedule is a seed. Invariants, checked after every schedule:
 //! every saga ends, once (one distinct terminal event); no effect is lost
@@ -23,9 +26,9 @@ use sagaflow_demo::samples;
 use sagaflow_engine::{
     AwaitedEvent, CommandKind, Effect, Engine, LifecycleKind, Reply, ReplyOutcome, TriggerEvent,
 };
-use sagaflow_orchestrator::changelog::{self, Record, Replay};
 use sagaflow_orchestrator::core::{Limits, PartitionCore};
 use sagaflow_orchestrator::metrics::Metrics;
+use sagaflow_orchestrator::store::{Lease, MemoryStore, Restored, SagaStore, Written};
 use sagaflow_orchestrator::wire::Envelope;
 use serde_json::{Value, json};
 
@@ -51,6 +54,16 @@ impl Rng {
     }
 }
 
+/// Runs a store call to completion: the in-memory store never waits.
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the in-memory store never waits"),
+    }
+}
+
 fn engine() -> Arc<Engine> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
     let (_, registry) = sagaflow_orchestrator::app::load_definitions(
@@ -61,19 +74,10 @@ fn engine() -> Arc<Engine> {
     Arc::new(Engine::new(registry))
 }
 
-/// One record of the simulated changelog.
-#[derive(Clone)]
-struct LogRecord {
-    key: String,
-    payload: Option<Vec<u8>>,
-    epoch: Option<i64>,
-}
-
 /// An owner of the (one) partition: its core and its place in the log.
 struct Owner {
     core: PartitionCore,
-    epoch: i64,
-    next_offset: i64,
+    lease: Lease,
     /// Positions in the inputs and replies topics (next to read).
     inputs_at: usize,
     replies_at: usize,
@@ -94,7 +98,8 @@ struct World {
     engine: Arc<Engine>,
     limits: Limits,
     now: u64,
-    log: Vec<LogRecord>,
+    /// The changelog: the in-memory store, the driver's fencing rules.
+    store: MemoryStore,
     inputs: Vec<Envelope>,
     replies: Vec<(String, String, Reply)>,
     /// Committed positions (inputs, replies).
@@ -127,7 +132,7 @@ impl World {
                 dedup_window: Duration::from_secs(7 * 24 * 3600),
             },
             now: 1_700_000_000_000,
-            log: Vec::new(),
+            store: MemoryStore::new(),
             inputs: Vec::new(),
             replies: Vec::new(),
             committed: (0, 0),
@@ -181,21 +186,9 @@ impl World {
     /// it, re-sends what is owed, and reads inputs from the committed
     /// positions.
     fn take_over(&mut self) {
-        let epoch = self.log.len() as i64;
-        self.log.push(LogRecord {
-            key: format!("{}0/{epoch}", changelog::EPOCH_PREFIX),
-            payload: Some(b"{}".to_vec()),
-            epoch: None,
-        });
-        let mut replay = Replay::new();
-        for (i, r) in self.log.iter().enumerate() {
-            replay.apply(&Record {
-                offset: i as i64,
-                key: Some(&r.key),
-                payload: r.payload.as_deref(),
-                epoch: r.epoch,
-            });
-        }
+        let Restored {
+            mut lease, replay, ..
+        } = ready(self.store.take_over(0)).expect("a takeover");
         let core = PartitionCore::new(
             0,
             self.engine.clone(),
@@ -203,6 +196,9 @@ impl World {
             self.limits.clone(),
         );
         let (core, owed) = core.restore(replay, self.now);
+        if !owed.is_empty() {
+            lease.sent_before_marker();
+        }
         for (saga_id, stored) in owed {
             for e in stored.outbox {
                 self.send(&saga_id, e);
@@ -210,8 +206,7 @@ impl World {
         }
         self.owner = Some(Owner {
             core,
-            epoch,
-            next_offset: epoch + 1,
+            lease,
             inputs_at: self.committed.0,
             replies_at: self.committed.1,
         });
@@ -265,56 +260,33 @@ impl World {
         }
         o.inputs_at = in_end;
         o.replies_at = re_end;
-        let drained = o.core.drain();
-        // The state write, stamped with the owner's epoch.
-        let first = self.log.len() as i64;
-        let mut effects = Vec::new();
-        for (saga_id, stored) in drained.sagas {
-            for e in &stored.outbox {
-                effects.push((saga_id.clone(), e.clone()));
-            }
-            self.log.push(LogRecord {
-                key: saga_id,
-                payload: Some(serde_json::to_vec(&stored).unwrap()),
-                epoch: Some(o.epoch),
-            });
+        let mut drained = o.core.drain();
+        let mut changes = o.core.changes(&mut drained);
+        // A crash in the middle of the state write: part of it is durable.
+        if !zombie && !changes.is_empty() && self.rng.chance(2) {
+            changes.truncate(self.rng.below(changes.len() as u64) as usize);
+            let _ = ready(self.store.write(vec![(&mut o.lease, changes)]));
+            return;
         }
-        for (key, parked) in drained.parked {
-            self.log.push(LogRecord {
-                key,
-                payload: Some(serde_json::to_vec(&parked).unwrap()),
-                epoch: Some(o.epoch),
-            });
-        }
-        for key in drained.tombstones {
-            self.log.push(LogRecord {
-                key,
-                payload: None,
-                epoch: Some(o.epoch),
-            });
-        }
-        let last = self.log.len() as i64;
+        let written = if changes.is_empty() {
+            Written::default()
+        } else {
+            ready(self.store.write(vec![(&mut o.lease, changes)])).expect("a write")
+        };
         // Crash after the state write, before the effects.
         if !zombie && self.rng.chance(3) {
             return;
         }
-        // The gap check: someone else wrote between this owner's writes.
-        if first != o.next_offset {
-            let replaced = self.log[o.next_offset as usize..first as usize]
-                .iter()
-                .enumerate()
-                .any(|(i, r)| {
-                    r.key.starts_with(changelog::EPOCH_PREFIX) && o.next_offset + i as i64 > o.epoch
-                });
-            if replaced {
-                // Let the partition go: no effects, no commit.
-                return;
+        if written.lost.contains(&0) {
+            // Taken over: let the partition go, no effects, no commit.
+            return;
+        }
+        for (saga_id, stored) in drained.sagas {
+            for e in stored.outbox {
+                self.send(&saga_id, e);
             }
         }
-        o.next_offset = last;
-        for (saga_id, e) in effects {
-            self.send(&saga_id, e);
-        }
+        o.lease.sent();
         // Crash after the effects, before the commit.
         if !zombie && self.rng.chance(3) {
             return;
@@ -449,11 +421,18 @@ impl World {
             }
             o.inputs_at = end_in;
             o.replies_at = end_re;
-            for (saga_id, stored) in o.core.drain().sagas {
+            let mut drained = o.core.drain();
+            let changes = o.core.changes(&mut drained);
+            if !changes.is_empty() {
+                let written = ready(self.store.write(vec![(&mut o.lease, changes)]));
+                assert!(written.expect("a write").lost.is_empty(), "the only owner");
+            }
+            for (saga_id, stored) in drained.sagas {
                 for e in stored.outbox {
                     self.send(&saga_id, e);
                 }
             }
+            o.lease.sent();
             self.committed = (end_in, end_re);
             self.owner = Some(o);
             self.adapters();

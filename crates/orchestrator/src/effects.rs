@@ -1,0 +1,145 @@
+//! Effects out: each effect a saga owes becomes a record — a command to
+//! its service, a lifecycle event or result on `sagaflow.saga-events`, an
+//! emitted domain event — encoded with the topic's schema and carrying a
+//! child span of the saga's trace.
+
+use sagaflow_bus::{SagaHeaders, TraceContext};
+use sagaflow_engine::{Effect, SagaState};
+
+use crate::outbound::{Outgoing, effect_kind, export_spans, now_ms};
+use crate::runtime::{Driver, Stopping};
+use crate::wire;
+
+impl Driver {
+    /// The Kafka record for one effect (timers have none).
+    pub(crate) async fn effect_record(
+        &self,
+        saga_id: &str,
+        state: &SagaState,
+        (saga_span, trigger_span): (Option<&str>, Option<&str>),
+        e: &Effect,
+    ) -> Result<Option<Outgoing>, Stopping> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .try_effect_record(saga_id, state, (saga_span, trigger_span), e)
+                .await
+            {
+                Err(err) if err.is_retriable() => {
+                    self.backoff(&mut attempt, "registry", &err).await?;
+                }
+                Err(err) => {
+                    tracing::error!(code = "SF-ORCH-016", saga.id = saga_id, effect = effect_kind(e), error = %err, "effect cannot be encoded and is not sent; fix the schema or definition");
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&["SF-ORCH-016"])
+                        .inc();
+                    return Ok(None);
+                }
+                Ok(r) => return Ok(r),
+            }
+        }
+    }
+
+    async fn try_effect_record(
+        &self,
+        saga_id: &str,
+        state: &SagaState,
+        (saga_span, trigger_span): (Option<&str>, Option<&str>),
+        e: &Effect,
+    ) -> Result<Option<Outgoing>, sagaflow_codec::EncodeError> {
+        // Every record is a hop of its own: a child span of the saga's.
+        let saga = TraceContext::continue_or_start(saga_span);
+        let hop = saga.child();
+        let traceparent = Some(hop.header());
+        if sagaflow_telemetry::exporting() {
+            export_spans(
+                state,
+                &saga,
+                trigger_span.and_then(TraceContext::parse),
+                &hop,
+                e,
+                &self.names,
+            );
+        }
+        // Each effect: where it goes, its key and message id, and its bytes.
+        let (topic, key, message_id, kind, encoded) = match e {
+            Effect::Command(c) => {
+                let topic = self.names.commands(&c.service);
+                let wire = wire::command(c, now_ms() as i64, traceparent.clone());
+                let encoded = self.codec.encode_command(&topic, &wire).await;
+                if encoded.is_ok() {
+                    let kind = format!("{:?}", c.kind).to_lowercase();
+                    self.metrics
+                        .commands_sent
+                        .with_label_values(&[&c.service, &kind])
+                        .inc();
+                }
+                (
+                    topic,
+                    saga_id.to_owned(),
+                    c.command_id.clone(),
+                    "Command".to_owned(),
+                    encoded,
+                )
+            }
+            Effect::Lifecycle(l) => {
+                let topic = self.names.saga_events();
+                let encoded = self
+                    .codec
+                    .encode_lifecycle_event(&topic, &wire::lifecycle(l))
+                    .await;
+                (
+                    topic,
+                    saga_id.to_owned(),
+                    l.event_id.clone(),
+                    "SagaLifecycleEvent".to_owned(),
+                    encoded,
+                )
+            }
+            Effect::Result(r) => {
+                let topic = self.names.saga_events();
+                let wire = wire::result(r, state, state.updated_at.0 as i64);
+                let encoded = self.codec.encode_saga_result(&topic, &wire).await;
+                (
+                    topic,
+                    saga_id.to_owned(),
+                    format!("{saga_id}/result"),
+                    "SagaResult".to_owned(),
+                    encoded,
+                )
+            }
+            Effect::Emit(d) => {
+                let topic = self.prefixed(&d.topic);
+                let encoded = self
+                    .schemas
+                    .encode(&self.codec, &topic, &d.event_type, &d.payload)
+                    .await;
+                (
+                    topic,
+                    d.key.clone(),
+                    d.event_id.clone(),
+                    d.event_type.clone(),
+                    encoded,
+                )
+            }
+            Effect::ArmTimer { .. } | Effect::CancelTimer { .. } => return Ok(None),
+        };
+        encoded.map(|bytes| {
+            Some(Outgoing {
+                topic,
+                partition: None,
+                key: Some(key),
+                payload: Some(bytes),
+                headers: SagaHeaders {
+                    saga_id: Some(saga_id.to_owned()),
+                    message_id: Some(message_id),
+                    message_type: Some(kind),
+                    traceparent,
+                    tracestate: None,
+                }
+                .to_owned_headers(),
+            })
+        })
+    }
+}
