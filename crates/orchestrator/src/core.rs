@@ -77,7 +77,34 @@ pub struct StoredSaga {
     pub trigger_traceparent: Option<String>,
 }
 
-/// One saga held in memory.
+/// One saga at rest, compactly: its stored form (state and trace context,
+/// no outbox) as JSON bytes, and what the core needs between inputs
+/// without thawing it. A saga is thawed into an [`Entry`] when an input
+/// reaches it and frozen again when its batch is drained: an in-flight
+/// saga costs its JSON, not a tree of values.
+#[derive(Debug)]
+struct Resting {
+    frozen: Box<[u8]>,
+    saga_type: Arc<str>,
+    terminal: bool,
+    /// The timers of this saga currently in the core's timer set.
+    armed: Box<[(u64, Box<str>)]>,
+    /// When each in-flight command was issued (see [`Entry`]).
+    issued: Box<[(Box<str>, u64)]>,
+    stored_bytes: u32,
+}
+
+/// The stored form of a saga at rest (a [`StoredSaga`] without outbox).
+#[derive(Serialize)]
+struct Frozen<'a> {
+    state: &'a SagaState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trigger_traceparent: Option<&'a str>,
+}
+
+/// One saga thawed: while inputs are applied to it, until the next drain.
 #[derive(Debug)]
 pub struct Entry {
     pub state: SagaState,
@@ -123,7 +150,12 @@ pub struct PartitionCore {
     engine: Arc<Engine>,
     metrics: Metrics,
     limits: Limits,
-    sagas: HashMap<String, Entry>,
+    /// Sagas at rest.
+    sagas: HashMap<String, Resting>,
+    /// Sagas thawed since the last drain (never also at rest).
+    hot: HashMap<String, Entry>,
+    /// One name per saga type, shared by its sagas at rest.
+    types: HashMap<String, Arc<str>>,
     /// (due, saga id, timer id).
     timers: BTreeSet<(u64, String, String)>,
     /// Awaited events that arrived before their saga's trigger, by saga
@@ -154,6 +186,8 @@ impl PartitionCore {
             metrics,
             limits,
             sagas: HashMap::new(),
+            hot: HashMap::new(),
+            types: HashMap::new(),
             timers: BTreeSet::new(),
             early: HashMap::new(),
             ended: HashMap::new(),
@@ -204,29 +238,108 @@ impl PartitionCore {
                 &mut entry,
                 self.limits.completed_retention,
             );
-            self.sagas.insert(saga_id, entry);
+            let (resting, _) = self.freeze(entry);
+            self.sagas.insert(saga_id, resting);
         }
         (self, owed)
+    }
+
+    /// A thawed saga put to rest; its state and trace context are handed
+    /// back (with an empty outbox) for the caller to use or drop.
+    fn freeze(&mut self, entry: Entry) -> (Resting, StoredSaga) {
+        let frozen = serde_json::to_vec(&Frozen {
+            state: &entry.state,
+            traceparent: entry.traceparent.as_deref(),
+            trigger_traceparent: entry.trigger_traceparent.as_deref(),
+        })
+        .expect("a saga serialises");
+        let saga_type = match self.types.get(&entry.state.saga_type) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = entry.state.saga_type.as_str().into();
+                self.types.insert(entry.state.saga_type.clone(), t.clone());
+                t
+            }
+        };
+        let resting = Resting {
+            frozen: frozen.into_boxed_slice(),
+            saga_type,
+            terminal: entry.state.status.is_terminal(),
+            armed: entry
+                .armed
+                .into_iter()
+                .map(|(due, id)| (due, id.into_boxed_str()))
+                .collect(),
+            issued: entry
+                .issued
+                .into_iter()
+                .map(|(id, at)| (id.into_boxed_str(), at))
+                .collect(),
+            stored_bytes: u32::try_from(entry.stored_bytes).unwrap_or(u32::MAX),
+        };
+        let stored = StoredSaga {
+            state: entry.state,
+            outbox: Vec::new(),
+            traceparent: entry.traceparent,
+            trigger_traceparent: entry.trigger_traceparent,
+        };
+        (resting, stored)
+    }
+
+    /// Takes a saga out to apply inputs to it: thawed if it was at rest.
+    fn take(&mut self, saga_id: &str) -> Option<Entry> {
+        if let Some(entry) = self.hot.remove(saga_id) {
+            return Some(entry);
+        }
+        let resting = self.sagas.remove(saga_id)?;
+        // The core wrote these bytes itself from a valid state.
+        let stored: StoredSaga =
+            serde_json::from_slice(&resting.frozen).expect("a frozen saga thaws");
+        Some(Entry {
+            state: stored.state,
+            traceparent: stored.traceparent,
+            trigger_traceparent: stored.trigger_traceparent,
+            armed: resting
+                .armed
+                .into_iter()
+                .map(|(due, id)| (due, id.into_string()))
+                .collect(),
+            issued: resting
+                .issued
+                .into_iter()
+                .map(|(id, at)| (id.into_string(), at))
+                .collect(),
+            stored_bytes: resting.stored_bytes as usize,
+        })
+    }
+
+    fn holds(&self, saga_id: &str) -> bool {
+        self.hot.contains_key(saga_id) || self.sagas.contains_key(saga_id)
+    }
+
+    /// Whether the saga ended (and is still held).
+    fn terminal(&self, saga_id: &str) -> Option<bool> {
+        match self.hot.get(saga_id) {
+            Some(e) => Some(e.state.status.is_terminal()),
+            None => self.sagas.get(saga_id).map(|r| r.terminal),
+        }
     }
 
     pub fn partition(&self) -> i32 {
         self.partition
     }
 
-    pub fn saga(&self, saga_id: &str) -> Option<&Entry> {
-        self.sagas.get(saga_id)
-    }
-
-    pub fn sagas(&self) -> impl Iterator<Item = (&String, &Entry)> {
-        self.sagas.iter()
+    /// Whether the core holds this saga's state.
+    pub fn contains(&self, saga_id: &str) -> bool {
+        self.holds(saga_id)
     }
 
     pub fn len(&self) -> usize {
-        self.sagas.len()
+        self.sagas.len() + self.hot.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sagas.is_empty()
+        self.len() == 0
     }
 
     /// Parked early events held.
@@ -246,11 +359,14 @@ impl PartitionCore {
 
     /// Lets go of the partition: its sagas are no longer counted here.
     pub fn release(&self) {
-        for e in self.sagas.values() {
-            if !e.state.status.is_terminal() {
+        let resting = self.sagas.values().map(|r| (r.terminal, &*r.saga_type));
+        let hot = self.hot.values();
+        let hot = hot.map(|e| (e.state.status.is_terminal(), e.state.saga_type.as_str()));
+        for (terminal, saga_type) in resting.chain(hot) {
+            if !terminal {
                 self.metrics
                     .sagas_in_flight
-                    .with_label_values(&[&e.state.saga_type])
+                    .with_label_values(&[saga_type])
                     .dec();
             }
         }
@@ -266,18 +382,18 @@ impl PartitionCore {
         };
         for saga_id in std::mem::take(&mut self.order) {
             let outbox = self.outbox.remove(&saga_id).unwrap_or_default();
-            let Some(entry) = self.sagas.get(&saga_id) else {
+            let Some(entry) = self.hot.remove(&saga_id) else {
                 continue;
             };
-            out.sagas.push((
-                saga_id,
-                StoredSaga {
-                    state: entry.state.clone(),
-                    outbox,
-                    traceparent: entry.traceparent.clone(),
-                    trigger_traceparent: entry.trigger_traceparent.clone(),
-                },
-            ));
+            let (resting, mut stored) = self.freeze(entry);
+            self.sagas.insert(saga_id.clone(), resting);
+            stored.outbox = outbox;
+            out.sagas.push((saga_id, stored));
+        }
+        // Sagas thawed by inputs that changed nothing go back to rest.
+        for (saga_id, entry) in std::mem::take(&mut self.hot) {
+            let (resting, _) = self.freeze(entry);
+            self.sagas.insert(saga_id, resting);
         }
         out
     }
@@ -290,8 +406,8 @@ impl PartitionCore {
         let mut changes = Vec::new();
         for (saga_id, stored) in &drained.sagas {
             let payload = serde_json::to_vec(stored).expect("a saga serialises");
-            if let Some(e) = self.sagas.get_mut(saga_id) {
-                e.stored_bytes = payload.len();
+            if let Some(r) = self.sagas.get_mut(saga_id) {
+                r.stored_bytes = u32::try_from(payload.len()).unwrap_or(u32::MAX);
             }
             changes.push(Change::put(saga_id.clone(), payload));
         }
@@ -334,7 +450,7 @@ impl PartitionCore {
                 saga_id,
                 event,
             } => {
-                if self.sagas.contains_key(&saga_id) {
+                if self.holds(&saga_id) {
                     // A redelivered trigger never starts a second saga.
                     self.count("trigger", "duplicate");
                     return Ok(());
@@ -385,7 +501,7 @@ impl PartitionCore {
                 };
                 note_issued(&mut entry, &effects, now);
                 self.after_apply(&id, &mut entry, false);
-                self.sagas.insert(id.clone(), entry);
+                self.hot.insert(id.clone(), entry);
                 self.owe(&id, effects);
                 if let Some(early) = self.early.remove(&id) {
                     for (key, event) in early {
@@ -407,7 +523,7 @@ impl PartitionCore {
                 Ok(())
             }
             Envelope::Event { saga_id, event } => {
-                if self.sagas.contains_key(&saga_id) {
+                if self.holds(&saga_id) {
                     self.apply(&saga_id, Input::Event(event), input_bytes, "event", now)
                 } else {
                     self.park(saga_id, event, now)
@@ -442,14 +558,15 @@ impl PartitionCore {
         now: u64,
     ) -> Result<(), Refusal> {
         let outcome = format!("{:?}", reply.outcome).to_lowercase();
-        if let Some(entry) = self.sagas.get_mut(saga_id)
-            && let Some(issued) = entry.issued.remove(&reply.command_id)
-        {
-            let latency = now.saturating_sub(issued) as f64 / 1e3;
-            self.metrics
-                .step_latency
-                .with_label_values(&[&entry.state.saga_type, step, &outcome])
-                .observe(latency);
+        if let Some(mut entry) = self.take(saga_id) {
+            if let Some(issued) = entry.issued.remove(&reply.command_id) {
+                let latency = now.saturating_sub(issued) as f64 / 1e3;
+                self.metrics
+                    .step_latency
+                    .with_label_values(&[&entry.state.saga_type, step, &outcome])
+                    .observe(latency);
+            }
+            self.hot.insert(saga_id.to_owned(), entry);
         }
         self.apply(saga_id, Input::Reply(reply), input_bytes, "reply", now)
     }
@@ -476,7 +593,7 @@ impl PartitionCore {
             self.timers.remove(&first);
             let (_, saga_id, timer_id) = first;
             if timer_id == EARLY_EXPIRE {
-                if !self.sagas.contains_key(&saga_id)
+                if !self.holds(&saga_id)
                     && let Some(events) = self.early.remove(&saga_id)
                 {
                     warn!(saga.id = %saga_id, events = events.len(), "awaited events expired before their saga started; dropped");
@@ -489,15 +606,12 @@ impl PartitionCore {
                 continue;
             }
             if timer_id == EXPIRE {
-                if self
-                    .sagas
-                    .get(&saga_id)
-                    .is_some_and(|e| e.state.status.is_terminal())
-                {
+                if self.terminal(&saga_id) == Some(true) {
                     // The state goes; the id is remembered, compactly, for
                     // `dedup-window`, so a replayed trigger is refused.
                     debug!(saga.id = %saga_id, "saga state expired after completed-retention; its id is remembered");
                     self.sagas.remove(&saga_id);
+                    self.hot.remove(&saga_id);
                     let hash = changelog::saga_hash(&saga_id);
                     let until = now + self.limits.dedup_window.as_millis() as u64;
                     self.ended.insert(hash, until);
@@ -506,19 +620,18 @@ impl PartitionCore {
                 }
                 continue;
             }
-            let purpose = self
-                .sagas
-                .get(&saga_id)
-                .and_then(|e| e.state.timers.get(&timer_id))
-                .map(|t| format!("{:?}", t.purpose))
-                .unwrap_or_else(|| "unknown".to_owned());
+            let mut purpose = "unknown".to_owned();
+            if let Some(mut entry) = self.take(&saga_id) {
+                if let Some(t) = entry.state.timers.get(&timer_id) {
+                    purpose = format!("{:?}", t.purpose);
+                }
+                entry.armed.retain(|(_, id)| id != &timer_id);
+                self.hot.insert(saga_id.clone(), entry);
+            }
             self.metrics
                 .timers_fired
                 .with_label_values(&[&purpose])
                 .inc();
-            if let Some(entry) = self.sagas.get_mut(&saga_id) {
-                entry.armed.retain(|(_, id)| id != &timer_id);
-            }
             // Timer inputs carry nothing that could grow a saga.
             let _ = self.apply(&saga_id, Input::TimerFired { timer_id }, 0, "timer", now);
         }
@@ -608,7 +721,7 @@ impl PartitionCore {
         now: u64,
     ) -> Result<(), Refusal> {
         let record_limit = self.limits.record_limit;
-        let Some(mut entry) = self.sagas.remove(saga_id) else {
+        let Some(mut entry) = self.take(saga_id) else {
             debug!(
                 saga.id = saga_id,
                 input = kind,
@@ -654,10 +767,10 @@ impl PartitionCore {
         if applied.outcome == Outcome::Applied {
             note_issued(&mut entry, &applied.effects, now);
             self.after_apply(saga_id, &mut entry, was_terminal);
-            self.sagas.insert(saga_id.to_owned(), entry);
+            self.hot.insert(saga_id.to_owned(), entry);
             self.owe(saga_id, applied.effects);
         } else {
-            self.sagas.insert(saga_id.to_owned(), entry);
+            self.hot.insert(saga_id.to_owned(), entry);
         }
         refused.map_or(Ok(()), Err)
     }
@@ -891,20 +1004,20 @@ mod tests {
         let _ = c.drain();
         let mut now = T0 + 1;
         for _ in 0..50 {
-            if c.saga(saga).is_none() {
+            if !c.contains(saga) {
                 break;
             }
             now += 10_000;
             c.handle_timeout(now);
         }
-        assert!(c.saga(saga).is_none(), "the state expired");
+        assert!(!c.contains(saga), "the state expired");
         assert_eq!(c.ended(), 1);
         let d = c.drain();
         assert_eq!(d.ended.len(), 1);
         assert!(d.tombstones.contains(&saga.to_owned()));
         c.handle_input(trigger("o-2", "c"), None, 100, now, trace)
             .unwrap();
-        assert!(c.saga(saga).is_none(), "the replay started nothing");
+        assert!(!c.contains(saga), "the replay started nothing");
         assert!(c.drain().is_empty());
     }
 }

@@ -20,6 +20,7 @@
 //! [`effects`](crate::effects) (effects out), [`rebalance`](crate::rebalance),
 //! [`store`](crate::store).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -429,9 +430,8 @@ impl Driver {
                 for p in ps {
                     owned.revoked.remove(&p);
                     owned.lost.remove(&p);
-                    if !owned.parts.contains_key(&p) {
-                        let part = self.restore(store, producer, p).await?;
-                        owned.parts.insert(p, part);
+                    if let Entry::Vacant(slot) = owned.parts.entry(p) {
+                        slot.insert(self.restore(store, producer, p).await?);
                     }
                 }
                 self.health.set_ready(true);
