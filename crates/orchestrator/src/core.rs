@@ -203,8 +203,15 @@ impl PartitionCore {
     /// Rebuilds the core from a replayed changelog at `now`: sagas, their
     /// timers, parked events (with a full retention from now: parking
     /// times are not stored) and ended ids. Returns what is owed: the
-    /// outboxes written after the last delivery mark.
-    pub fn restore(mut self, replay: Replay, now: u64) -> (Self, Owed) {
+    /// outboxes written after the last delivery mark. `new_trace` makes a
+    /// trace context for a saga stored without one (the driver's
+    /// randomness, kept out of the core).
+    pub fn restore(
+        mut self,
+        replay: Replay,
+        now: u64,
+        mut new_trace: impl FnMut() -> String,
+    ) -> (Self, Owed) {
         self.swept_at = now;
         self.ended = replay.ended;
         self.early = replay.early;
@@ -214,10 +221,22 @@ impl PartitionCore {
                 .insert((expire_at, saga_id.clone(), EARLY_EXPIRE.to_owned()));
         }
         let mut owed = Vec::new();
-        for (saga_id, (offset, stored)) in replay.sagas {
-            if !stored.outbox.is_empty() && offset > replay.delivered_through {
-                owed.push((saga_id.clone(), stored.clone()));
+        for (saga_id, (offset, bytes)) in replay.sagas {
+            let mut stored = match serde_json::from_slice::<StoredSaga>(&bytes) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    warn!(saga.id = %saga_id, offset, error = %e, "unreadable saga state in the changelog; skipped");
+                    continue;
+                }
+            };
+            drop(bytes);
+            // A saga stored without a trace context (written before sagas
+            // had one) gets one now, so all its records share a trace.
+            if stored.traceparent.is_none() {
+                stored.traceparent = Some(new_trace());
             }
+            let outbox = std::mem::take(&mut stored.outbox);
+            let owes = !outbox.is_empty() && offset > replay.delivered_through;
             if !stored.state.status.is_terminal() {
                 self.metrics
                     .sagas_in_flight
@@ -238,7 +257,11 @@ impl PartitionCore {
                 &mut entry,
                 self.limits.completed_retention,
             );
-            let (resting, _) = self.freeze(entry);
+            let (resting, mut stored) = self.freeze(entry);
+            if owes {
+                stored.outbox = outbox;
+                owed.push((saga_id.clone(), stored));
+            }
             self.sagas.insert(saga_id, resting);
         }
         (self, owed)
@@ -1019,5 +1042,38 @@ mod tests {
             .unwrap();
         assert!(!c.contains(saga), "the replay started nothing");
         assert!(c.drain().is_empty());
+    }
+
+    #[test]
+    fn a_restore_thaws_only_survivors_and_skips_an_unreadable_record() {
+        let mut c = core();
+        c.handle_input(trigger("o-1", "c-1"), None, 300, T0, trace)
+            .expect("starts");
+        let mut d = c.drain();
+        let changes = c.changes(&mut d);
+        let mut replay = Replay::new();
+        for (i, ch) in changes.iter().enumerate() {
+            replay.apply(&changelog::Record {
+                offset: i as i64,
+                key: Some(&ch.key),
+                payload: ch.payload.as_deref(),
+                epoch: None,
+            });
+        }
+        replay.apply(&changelog::Record {
+            offset: 99,
+            key: Some("order-checkout:torn"),
+            payload: Some(b"{\"state\": {\"trunc"),
+            epoch: None,
+        });
+        let (restored, owed) = core().restore(replay, T0, || "unused".to_owned());
+        assert!(restored.contains("order-checkout:o-1"));
+        assert!(
+            !restored.contains("order-checkout:torn"),
+            "skipped, not a panic"
+        );
+        assert_eq!(restored.len(), 1);
+        assert_eq!(owed.len(), 1, "its first command is owed: no delivery mark");
+        assert!(!owed[0].1.outbox.is_empty());
     }
 }

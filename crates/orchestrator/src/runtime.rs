@@ -453,7 +453,7 @@ impl Driver {
         let started = Instant::now();
         let Restored {
             mut lease,
-            mut replay,
+            replay,
             records,
         } = store.take_over(p).await?;
         for (offset, why) in &replay.unreadable {
@@ -470,15 +470,9 @@ impl Driver {
                 .with_label_values(&["stale-record"])
                 .inc_by(replay.fenced);
         }
-        // A saga stored without a trace context (written before sagas had
-        // one) gets one now, so all its records share a trace.
-        for (_, s) in replay.sagas.values_mut() {
-            if s.traceparent.is_none() {
-                s.traceparent = Some(TraceContext::new_root().header());
-            }
-        }
         let core = PartitionCore::new(p, self.engine.clone(), self.metrics.clone(), self.limits());
-        let (core, owed) = core.restore(replay, now_ms());
+        let new_trace = || TraceContext::new_root().header();
+        let (core, owed) = core.restore(replay, now_ms(), new_trace);
         let mut resend = Vec::new();
         for (saga_id, stored) in owed {
             for e in &stored.outbox {

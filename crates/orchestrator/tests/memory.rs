@@ -108,8 +108,11 @@ fn an_in_flight_saga_holds_at_most_2_kib() {
     // Restored: a new owner rebuilds the same sagas from the log.
     let before = heap();
     let restored = ready(store.owner("b").take_over(0)).expect("takeover");
-    let (restored, _owed) =
-        PartitionCore::new(0, engine, Metrics::default(), limits()).restore(restored.replay, now);
+    let (restored, _owed) = PartitionCore::new(0, engine, Metrics::default(), limits()).restore(
+        restored.replay,
+        now,
+        || TRACE.to_owned(),
+    );
     let after_restore = (heap() - before) as f64 / SAGAS as f64;
     assert_eq!(restored.len(), SAGAS);
 

@@ -54,6 +54,8 @@ impl Rng {
     }
 }
 
+const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
 /// Runs a store call to completion: the in-memory store never waits.
 fn ready<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
@@ -195,7 +197,7 @@ impl World {
             Metrics::default(),
             self.limits.clone(),
         );
-        let (core, owed) = core.restore(replay, self.now);
+        let (core, owed) = core.restore(replay, self.now, || TRACE.to_owned());
         if !owed.is_empty() {
             lease.sent_before_marker();
         }
@@ -244,12 +246,9 @@ impl World {
         let re_end = (o.replies_at + n_re).min(self.replies.len());
         for i in o.inputs_at..in_end {
             let env = self.inputs[i].clone();
-            let _ = o.core.handle_input(env, None, 100, self.now, |_| {
-                (
-                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-                    None,
-                )
-            });
+            let _ = o
+                .core
+                .handle_input(env, None, 100, self.now, |_| (TRACE.to_owned(), None));
         }
         for i in o.replies_at..re_end {
             let (saga_id, step, reply) = self.replies[i].clone();
@@ -408,12 +407,9 @@ impl World {
             let end_re = self.replies.len();
             for i in o.inputs_at..end_in {
                 let env = self.inputs[i].clone();
-                let _ = o.core.handle_input(env, None, 100, self.now, |_| {
-                    (
-                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
-                        None,
-                    )
-                });
+                let _ = o
+                    .core
+                    .handle_input(env, None, 100, self.now, |_| (TRACE.to_owned(), None));
             }
             for i in o.replies_at..end_re {
                 let (saga_id, step, reply) = self.replies[i].clone();

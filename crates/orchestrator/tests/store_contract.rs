@@ -27,7 +27,7 @@ fn saga(id: &str, seq: u64) -> Vec<u8> {
 }
 
 fn seq(r: &changelog::Replay, id: &str) -> Option<u64> {
-    r.sagas.get(id).map(|(_, s)| s.state.seq)
+    r.saga(id).map(|s| s.expect("readable").state.seq)
 }
 
 /// Writes `changes` under `lease` and expects the lease to keep its hold.
