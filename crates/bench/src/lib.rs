@@ -19,6 +19,8 @@
 //!   them; wall time, and resident memory per in-flight saga against an
 //!   instance restoring nothing.
 
+pub mod closed;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,10 @@ pub struct Options {
     /// run with nobody scraping and one with every `/metrics` endpoint
     /// scraped every second (0 skips the phase).
     pub metrics_rounds: usize,
+    /// Clients of the closed-loop phases through the synchronous facade,
+    /// one phase per entry (empty skips them), each `closed_seconds` long.
+    pub closed_loop: Vec<usize>,
+    pub closed_seconds: u32,
 }
 
 impl Default for Options {
@@ -82,6 +88,8 @@ impl Default for Options {
             binary: None,
             bootstrap_servers: None,
             metrics_rounds: 2,
+            closed_loop: vec![10, 100],
+            closed_seconds: 10,
         }
     }
 }
@@ -133,6 +141,7 @@ pub struct Report {
     pub throughput: Phase,
     pub offered: Phase,
     pub metrics: Option<MetricsOverhead>,
+    pub closed: Vec<closed::ClosedLoop>,
     pub restore: Option<Restore>,
 }
 
@@ -233,6 +242,37 @@ impl fmt::Display for Report {
             ms(self.baseline.round_trip_p50),
             l.p50.as_secs_f64() / self.baseline.round_trip_p50.as_secs_f64()
         )?;
+        let rtt = self.baseline.round_trip_p50.as_secs_f64() * 1e3;
+        for c in &self.closed {
+            writeln!(
+                f,
+                "closed     {} in flight through the facade for {:.0}s: {:.0} sagas/s, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms ({:.1} broker round trips at p50); {:.2} CPU s per 1,000 sagas (the whole stack, one process)",
+                c.in_flight,
+                c.seconds,
+                c.per_sec(),
+                ms(c.p50),
+                ms(c.p95),
+                ms(c.p99),
+                ms(c.p50) / rtt,
+                c.cpu_seconds * 1000.0 / c.sagas as f64,
+            )?;
+            let b = &c.breakdown;
+            writeln!(
+                f,
+                "           where a saga's {:.1} ms go (mean of {} sagas, from record timestamps):",
+                b.total_ms, b.sagas
+            )?;
+            for (hop, mean_ms, per_saga) in &b.hops {
+                writeln!(
+                    f,
+                    "             {:>6.1} ms × {:.1} = {:>6.1} ms ({:.1} round trips)  {hop}",
+                    mean_ms,
+                    per_saga,
+                    mean_ms * per_saga,
+                    mean_ms * per_saga / rtt
+                )?;
+            }
+        }
         if let Some(m) = &self.metrics {
             let list = |v: &[f64]| {
                 v.iter()
@@ -682,6 +722,26 @@ pub async fn run(options: Options) -> Result<Report> {
             Duration::from_secs(u64::from(options.offered_seconds) + 120),
         )
         .await?;
+    let mut closed = Vec::new();
+    let services: Vec<&str> = SERVICES.iter().map(|(s, _)| *s).collect();
+    for (i, &n) in options.closed_loop.iter().enumerate() {
+        eprintln!(
+            "closed loop: {n} in flight through the facade for {}s…",
+            options.closed_seconds
+        );
+        closed.push(
+            closed::run(
+                api,
+                n,
+                options.closed_seconds,
+                &format!("closed{i}"),
+                &kafka,
+                &names,
+                &services,
+            )
+            .await?,
+        );
+    }
     let metrics = if options.metrics_rounds > 0 {
         let mut endpoints = vec![format!("http://{api}/metrics")];
         endpoints.extend(
@@ -725,6 +785,7 @@ pub async fn run(options: Options) -> Result<Report> {
         throughput,
         offered,
         metrics,
+        closed,
         restore,
     })
 }

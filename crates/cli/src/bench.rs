@@ -42,6 +42,13 @@ pub(crate) struct BenchArgs {
     /// (0 skips it).
     #[arg(long, default_value_t = 2)]
     metrics_rounds: usize,
+    /// Clients of each closed-loop phase through the synchronous facade
+    /// (comma-separated; `0` skips them).
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100])]
+    closed_loop: Vec<usize>,
+    /// How long each closed-loop phase runs, in seconds.
+    #[arg(long, default_value_t = 10)]
+    closed_seconds: u32,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> CliResult {
@@ -68,6 +75,8 @@ pub(crate) async fn run(args: BenchArgs) -> CliResult {
         binary: std::env::current_exe().ok(),
         bootstrap_servers: args.bootstrap_servers,
         metrics_rounds: args.metrics_rounds,
+        closed_loop: args.closed_loop.into_iter().filter(|n| *n > 0).collect(),
+        closed_seconds: args.closed_seconds,
     };
     let report = sagaflow_bench::run(options)
         .await

@@ -1,0 +1,347 @@
+//! The closed loop: N clients, each starting an order-checkout saga through
+//! the synchronous facade (`POST /v1/sagas/order-checkout?wait=…`) and
+//! starting the next as soon as the answer comes, for a fixed time. Its
+//! throughput is N ÷ latency, so it shows what latency costs; and the
+//! per-hop breakdown says where each millisecond of a saga went, read back
+//! from the timestamps of the records the saga left on every topic.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, anyhow, bail};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{Message, Timestamp};
+use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One closed-loop run's figures.
+#[derive(Clone, Debug)]
+pub struct ClosedLoop {
+    pub in_flight: usize,
+    pub sagas: usize,
+    pub seconds: f64,
+    pub p50: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+    /// CPU seconds of the bench process (broker, registry, orchestrator,
+    /// adapters, backend and clients all run in it) over the run.
+    pub cpu_seconds: f64,
+    pub breakdown: Breakdown,
+}
+
+impl ClosedLoop {
+    pub fn per_sec(&self) -> f64 {
+        self.sagas as f64 / self.seconds
+    }
+}
+
+/// Mean milliseconds per hop of a saga, from the record timestamps.
+#[derive(Clone, Debug, Default)]
+pub struct Breakdown {
+    /// Sagas whose every record was found.
+    pub sagas: usize,
+    /// Per hop: name, mean ms, how many times it happened per saga.
+    pub hops: Vec<(&'static str, f64, f64)>,
+    /// Mean end-to-end latency of those sagas (request to answer), ms.
+    pub total_ms: f64,
+}
+
+/// The hops of a saga, in the order they happen.
+const FACADE_IN: &str = "facade: request → trigger produced";
+const TO_ORCHESTRATOR: &str = "trigger/reply produced → orchestrator batch writes state";
+const STATE_ACK: &str = "state write → effects produced (changelog ack)";
+const TO_ADAPTER: &str = "command produced → reply produced (adapter fetch, HTTP, reply)";
+const FACADE_OUT: &str = "result produced → answer received (view, HTTP)";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn cpu_seconds() -> f64 {
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks
+    // (100 per second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// A keep-alive HTTP/1.1 client for one connection: enough for the facade.
+struct Client {
+    stream: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Client {
+    async fn connect(addr: &str) -> Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream: BufReader::new(stream),
+            host: addr.to_owned(),
+        })
+    }
+
+    async fn post(&mut self, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("not an HTTP status line: {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                bail!("connection closed in the headers");
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut out = vec![0; length];
+        self.stream.read_exact(&mut out).await?;
+        Ok((status, out))
+    }
+}
+
+fn order(id: &str) -> Value {
+    json!({
+        "order_id": id, "customer_id": "c-1",
+        "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 4_990}],
+        "total_cents": 4_990, "currency": "EUR",
+        "shipping_address": {"line1": "1 Main St", "line2": null, "postal_code": "10115", "city": "Berlin", "country": "DE"},
+        "placed_at": 1_700_000_000_000i64,
+    })
+}
+
+/// One saga as the client saw it: sent and answered (ms since the epoch).
+struct Seen {
+    saga_id: String,
+    sent: i64,
+    answered: i64,
+}
+
+/// Runs `in_flight` clients against the facade at `api` for `seconds`.
+pub async fn run(
+    api: std::net::SocketAddr,
+    in_flight: usize,
+    seconds: u32,
+    tag: &str,
+    kafka: &KafkaConfig,
+    names: &TopicNames,
+    services: &[&str],
+) -> Result<ClosedLoop> {
+    let addr = api.to_string();
+    let until = Instant::now() + Duration::from_secs(u64::from(seconds));
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(in_flight);
+    for c in 0..in_flight {
+        let addr = addr.clone();
+        let tag = tag.to_owned();
+        clients.push(tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await?;
+            let mut seen = Vec::new();
+            let mut latencies = Vec::new();
+            let mut n = 0usize;
+            while Instant::now() < until {
+                n += 1;
+                let body = serde_json::to_vec(&order(&format!("{tag}-{c}-{n}")))?;
+                let (t0, sent) = (Instant::now(), now_ms());
+                let (status, out) = client
+                    .post("/v1/sagas/order-checkout?wait=30s", &body)
+                    .await?;
+                latencies.push(t0.elapsed());
+                if status != 200 {
+                    bail!(
+                        "the facade answered {status}: {}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+                let v: Value = serde_json::from_slice(&out)?;
+                seen.push(Seen {
+                    saga_id: v["saga_id"].as_str().unwrap_or_default().to_owned(),
+                    sent,
+                    answered: now_ms(),
+                });
+            }
+            Ok::<_, anyhow::Error>((latencies, seen))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut seen = Vec::new();
+    for c in clients {
+        let (l, s) = c.await??;
+        latencies.extend(l);
+        seen.extend(s);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_seconds() - cpu;
+    if latencies.is_empty() {
+        bail!("no saga completed in {seconds} s");
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let breakdown = breakdown(kafka, names, services, &seen).await?;
+    Ok(ClosedLoop {
+        in_flight,
+        sagas: latencies.len(),
+        seconds: elapsed,
+        p50: pct(0.50),
+        p95: pct(0.95),
+        p99: pct(0.99),
+        cpu_seconds,
+        breakdown,
+    })
+}
+
+/// What a record says about a saga: where it was, and when it was made.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Kind {
+    // Declared in causal order: records of one saga stamped in the same
+    // millisecond sort as they must have happened.
+    Trigger,
+    Reply,
+    State,
+    Command,
+    Result,
+}
+
+/// Reads back every record of the run's sagas from the topics they
+/// crossed, and averages the time between consecutive records of each
+/// saga by the kind of hop. Reads until the topics have been quiet for
+/// two seconds (not up to a high watermark, which the embedded broker may
+/// report below acknowledged records).
+async fn breakdown(
+    kafka: &KafkaConfig,
+    names: &TopicNames,
+    services: &[&str],
+    seen: &[Seen],
+) -> Result<Breakdown> {
+    let wanted: HashMap<&str, &Seen> = seen.iter().map(|s| (s.saga_id.as_str(), s)).collect();
+    let mut topics: Vec<(String, Kind)> = vec![
+        (names.inputs(), Kind::Trigger),
+        (names.saga_state(), Kind::State),
+        (names.replies(), Kind::Reply),
+        (names.saga_events(), Kind::Result),
+    ];
+    topics.extend(services.iter().map(|s| (names.commands(s), Kind::Command)));
+    let reader: StreamConsumer = kafka.consumer(&format!("bench-breakdown-{}", now_ms()))?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, _) in &topics {
+        let meta = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in meta.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            }
+        }
+    }
+    reader.assign(&tpl)?;
+    let kinds: HashMap<&str, Kind> = topics.iter().map(|(t, k)| (t.as_str(), *k)).collect();
+    let mut events: HashMap<&str, Vec<(i64, Kind)>> = HashMap::new();
+    while let Ok(m) = tokio::time::timeout(Duration::from_secs(2), reader.recv()).await {
+        let m = m?;
+        let Some(&kind) = kinds.get(m.topic()) else {
+            continue;
+        };
+        let headers = m
+            .headers()
+            .map(SagaHeaders::from_headers)
+            .unwrap_or_default();
+        if kind == Kind::Result && headers.message_type.as_deref() != Some("SagaResult") {
+            continue;
+        }
+        let id = headers
+            .saga_id
+            .or_else(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()));
+        let Some((&id, _)) = id.as_deref().and_then(|id| wanted.get_key_value(id)) else {
+            continue;
+        };
+        let ts = match m.timestamp() {
+            Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => t,
+            Timestamp::NotAvailable => continue,
+        };
+        events.entry(id).or_default().push((ts, kind));
+    }
+    let mut sums: HashMap<&'static str, (f64, usize)> = HashMap::new();
+    let mut add = |hop: &'static str, ms: i64| {
+        let e = sums.entry(hop).or_default();
+        e.0 += ms as f64;
+        e.1 += 1;
+    };
+    let (mut sagas, mut total) = (0usize, 0f64);
+    for (id, mut evs) in events {
+        // Exact copies (re-sent after a restore in the same millisecond)
+        // count once; other repeats make pairs no hop matches.
+        evs.sort();
+        evs.dedup();
+        let s = wanted[id];
+        let (Some(first), Some(result)) = (
+            evs.iter().find(|e| e.1 == Kind::Trigger),
+            evs.iter().find(|e| e.1 == Kind::Result),
+        ) else {
+            continue;
+        };
+        sagas += 1;
+        total += (s.answered - s.sent) as f64;
+        add(FACADE_IN, first.0 - s.sent);
+        add(FACADE_OUT, s.answered - result.0);
+        for w in evs.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let hop = match (a.1, b.1) {
+                (Kind::Trigger | Kind::Reply, Kind::State) => TO_ORCHESTRATOR,
+                (Kind::State, Kind::Command | Kind::Result) => STATE_ACK,
+                (Kind::Command, Kind::Reply) => TO_ADAPTER,
+                _ => continue,
+            };
+            add(hop, b.0 - a.0);
+        }
+    }
+    let order = [
+        FACADE_IN,
+        TO_ORCHESTRATOR,
+        STATE_ACK,
+        TO_ADAPTER,
+        FACADE_OUT,
+    ];
+    let hops = order
+        .iter()
+        .filter_map(|h| {
+            let (sum, n) = sums.get(h)?;
+            Some((*h, sum / *n as f64, *n as f64 / sagas.max(1) as f64))
+        })
+        .collect();
+    Ok(Breakdown {
+        sagas,
+        hops,
+        total_ms: total / sagas.max(1) as f64,
+    })
+}
