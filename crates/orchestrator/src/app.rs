@@ -159,7 +159,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         codec: codec.clone(),
         schemas: Arc::new(schemas.clone()),
         engine: engine.clone(),
-        view,
+        view: view.clone(),
         metrics: metrics.clone(),
         producer,
         names: names.clone(),
@@ -216,6 +216,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         max_parked_per_partition: cfg.max_parked_per_partition.get() as usize,
         dedup_window: cfg.dedup_window,
         health: health.clone(),
+        view: Some(view),
         stop: shutdown.clone(),
     };
     // The driver and its watchdog are tasks of their own: a driver that

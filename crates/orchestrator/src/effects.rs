@@ -4,6 +4,7 @@
 //! child span of the saga's trace.
 
 use sagaflow_bus::{SagaHeaders, TraceContext};
+use sagaflow_codec::SagaEvent;
 use sagaflow_engine::{Effect, SagaState};
 
 use crate::outbound::{Outgoing, effect_kind, export_spans, now_ms};
@@ -11,6 +12,22 @@ use crate::runtime::{Driver, Stopping};
 use crate::wire;
 
 impl Driver {
+    /// What an effect tells this process's saga view, if anything: the
+    /// driver applies it once the effect is acknowledged, so a facade
+    /// waiting here for a saga this instance owns learns its end without
+    /// a trip through the saga-events topic.
+    pub(crate) fn view_event(&self, state: &SagaState, e: &Effect) -> Option<SagaEvent> {
+        match e {
+            Effect::Lifecycle(l) => Some(SagaEvent::Lifecycle(wire::lifecycle(l))),
+            Effect::Result(r) => Some(SagaEvent::Result(wire::result(
+                r,
+                state,
+                state.updated_at.0 as i64,
+            ))),
+            _ => None,
+        }
+    }
+
     /// The Kafka record for one effect (timers have none).
     pub(crate) async fn effect_record(
         &self,

@@ -46,6 +46,7 @@ use crate::outbound::{Outgoing, effect_kind, now_ms, produce_all};
 pub use crate::outbound::{PAYLOAD_OMITTED, send_envelope};
 use crate::rebalance::{RebalanceContext, Rebalanced};
 use crate::store::{KafkaStore, Lease, Restored, SagaStore, StoreError};
+use crate::view::SagaView;
 
 /// Everything the driver needs, fixed at start.
 pub struct Driver {
@@ -67,6 +68,9 @@ pub struct Driver {
     /// How long an ended saga id is remembered after its state is removed.
     pub dedup_window: Duration,
     pub health: Health,
+    /// This process's saga view: fed the lifecycle events and results of
+    /// the sagas this instance owns as soon as they are acknowledged.
+    pub view: Option<SagaView>,
     /// Turns true when the instance is asked to stop: ends waits for a
     /// dependency's outage.
     pub stop: watch::Receiver<bool>,
@@ -535,6 +539,7 @@ impl Driver {
         work: Batch,
     ) -> Result<Vec<i32>, RunError> {
         let mut effects: Vec<(Option<i32>, Outgoing)> = Vec::new();
+        let mut seen = Vec::new();
         let mut batch = Vec::new();
         let mut any = false;
         for (&p, Partition { core, lease }) in owned.parts.iter_mut() {
@@ -549,6 +554,9 @@ impl Driver {
                     let record = self.effect_record(saga_id, &stored.state, spans, eff).await;
                     let record = record.map_err(|Stopping| stopped("sending effects"))?;
                     effects.extend(record.map(|r| (Some(p), r)));
+                    if self.view.is_some() {
+                        seen.extend(self.view_event(&stored.state, eff).map(|ev| (p, ev)));
+                    }
                 }
             }
             any |= !changes.is_empty();
@@ -591,6 +599,11 @@ impl Driver {
             .map_err(RunError::Kafka)?;
         for part in owned.parts.values_mut() {
             part.lease.sent();
+        }
+        if let Some(view) = &self.view {
+            for (_, ev) in seen.into_iter().filter(|(p, _)| !lost.contains(p)) {
+                view.apply(ev);
+            }
         }
         Ok(lost)
     }

@@ -232,6 +232,11 @@ impl SagaView {
             SagaEvent::Result(r) => {
                 let id = r.saga_id.clone();
                 if let Some(s) = inner.sagas.get_mut(&id) {
+                    // The same result twice (applied by the owner in this
+                    // process, then read from the topic) changes nothing.
+                    if s.result.as_ref() == Some(&r) {
+                        return;
+                    }
                     s.result = Some(r);
                 } else {
                     inner.arrived.push_back(id.clone());
@@ -407,6 +412,23 @@ mod tests {
             started_at: 1,
             ended_at: at,
         })
+    }
+
+    #[test]
+    fn an_event_applied_by_the_owner_and_read_from_the_topic_counts_once() {
+        let registry = prometheus::Registry::new();
+        let view = SagaView::new(100, ViewMetrics::new(&registry));
+        for _ in 0..2 {
+            view.apply(ev("s", 1, LifecycleKind::Started, None));
+            view.apply(result("s", 2));
+        }
+        let s = view.get("s").expect("held");
+        assert_eq!(s.history.len(), 1);
+        assert_eq!(
+            view.lock().finished.len(),
+            1,
+            "one place in the eviction queue"
+        );
     }
 
     #[test]
