@@ -974,9 +974,14 @@ async fn restore(
         &[TopicSpec::new(names.saga_state(), options.partitions as i32).compacted()],
     )
     .await?;
+    // The sagas wait for their first reply, as in-flight sagas do: started
+    // an hour ahead, so no step timeout falls due while the instance is
+    // measured (a restore that then retried every saga at once would
+    // measure its producer queue, not the sagas at rest).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
+        .as_millis() as u64
+        + 3_600_000;
     let producer = kafka.producer()?;
     let topic = names.saga_state();
     let mut state_bytes = 0;
