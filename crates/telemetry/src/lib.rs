@@ -90,6 +90,12 @@ fn protocol() -> (Protocol, Option<String>) {
 /// fetch. Quiet unless `RUST_LOG` asks for them.
 const QUIET: &str = "tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn,tansu_schema=warn,libsql=warn,object_store=warn";
 
+/// Colour in logs only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>).
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the log subscriber and, when the environment asks for it, the
 /// OTLP span exporter. `role` names the service when `OTEL_SERVICE_NAME`
 /// is not set; `default_level` applies when `RUST_LOG` is not set.
@@ -99,7 +105,10 @@ pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ));
     match format {
         LogFormat::Pretty => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -198,3 +207,17 @@ pub fn hop(
 }
 
 pub use opentelemetry::KeyValue as Attribute;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(use_colour(true, None));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(true, Some("0".into())), "any non-empty value");
+        assert!(use_colour(true, Some("".into())), "empty means unset");
+    }
+}
