@@ -292,6 +292,22 @@ async fn every_documented_operation_answers_with_a_documented_status() {
         call("GET", "/metrics", "/metrics", false, None).await.0,
         200
     );
+    // Every process serves its build and the standard process metrics.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "sagaflow_build_info{",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} not in /metrics:\n{metrics}");
+    }
 
     // Every /v1 operation without the token.
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -366,6 +382,34 @@ async fn every_documented_operation_answers_with_a_documented_status() {
         assert!(
             Instant::now() < deadline,
             "{saga_id} never in the view: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No adapter runs: the saga waits on its first step, and /metrics shows
+    // how long the oldest such saga has been going.
+    loop {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let age = text
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    "sagaflow_saga_oldest_running_age_seconds{saga_type=\"order-checkout\"}",
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if age.is_some_and(|a| a > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no oldest running age in\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
