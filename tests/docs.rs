@@ -327,3 +327,81 @@ fn demo_doc_says_dev_runs_every_worked_saga() {
         assert!(demo.contains(&saga), "docs/demo.md does not name `{saga}`");
     }
 }
+
+/// Metric names registered in `crates/*/src` (string literals
+/// `"sagaflow_…"` outside `#[cfg(test)]` modules).
+fn metrics_in_source() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for dir in fs::read_dir(root().join("crates")).unwrap() {
+        let src = dir.unwrap().path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        for f in files(&src, &["rs"]) {
+            let text = fs::read_to_string(&f).unwrap();
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let mut rest = text;
+            while let Some(at) = rest.find("\"sagaflow_") {
+                let tail = &rest[at + 1..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(tail.len());
+                if tail[end..].starts_with('"') {
+                    out.insert(tail[..end].to_owned());
+                }
+                rest = &tail[end..];
+            }
+        }
+    }
+    out
+}
+
+/// Metrics that need no panel of their own, and why.
+const NO_PANEL: &[(&str, &str)] = &[];
+
+#[test]
+fn every_exported_metric_has_a_dashboard_panel_and_dashboards_pick_their_data_source() {
+    let metrics = metrics_in_source();
+    assert!(
+        metrics.contains("sagaflow_sagas_started_total")
+            && metrics.contains("sagaflow_adapter_calls_total")
+            && metrics.contains("sagaflow_build_info"),
+        "the metric scan is broken: {metrics:?}"
+    );
+    let mut exprs = String::new();
+    let mut problems = Vec::new();
+    for f in files(&root().join("deploy/grafana/dashboards"), &["json"]) {
+        let d: serde_json::Value = serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
+        let name = f.display();
+        let vars = d["templating"]["list"].as_array().unwrap();
+        if !vars.iter().any(|v| {
+            v["type"] == "datasource" && v["name"] == "datasource" && v["query"] == "prometheus"
+        }) {
+            problems.push(format!(
+                "{name}: no `datasource` variable of type prometheus"
+            ));
+        }
+        let text = d.to_string();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("\"uid\":") {
+            let tail = &rest[at + 6..];
+            let value = tail.split('"').nth(1).unwrap_or_default();
+            if d["uid"] != value && value != "${datasource}" {
+                problems.push(format!("{name}: a data source pinned to uid `{value}`"));
+            }
+            rest = tail;
+        }
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                exprs.push_str(t["expr"].as_str().unwrap());
+                exprs.push('\n');
+            }
+        }
+    }
+    for m in &metrics {
+        if !NO_PANEL.iter().any(|(n, _)| n == m) && !exprs.contains(m.as_str()) {
+            problems.push(format!("no dashboard panel queries `{m}`"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
