@@ -405,3 +405,48 @@ fn every_exported_metric_has_a_dashboard_panel_and_dashboards_pick_their_data_so
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// Compose services without a healthcheck, and why.
+const NO_HEALTHCHECK: &[(&str, &str)] = &[(
+    "demo-events",
+    "a publisher that serves nothing; a check could only restate that its process runs",
+)];
+
+#[test]
+fn every_compose_service_has_a_healthcheck_and_waits_for_healthy_dependencies() {
+    let compose = yaml_docs(&root().join("docker-compose.yml")).remove(0);
+    let services = compose["services"].as_hash().expect("services");
+    assert!(services.len() > 15, "{} services", services.len());
+    let mut problems = Vec::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        // `<<: *adapter` is kept as a key by the parser: look through it.
+        let get = |key: &str| {
+            let own = &service[key];
+            if own.is_badvalue() {
+                &service["<<"][key]
+            } else {
+                own
+            }
+        };
+        let exempt = NO_HEALTHCHECK.iter().any(|(n, _)| *n == name);
+        let check = get("healthcheck");
+        if !exempt && check["test"].as_vec().is_none_or(|t| t.len() < 2) {
+            problems.push(format!("`{name}` has no healthcheck test"));
+        }
+        if let Some(deps) = get("depends_on").as_hash() {
+            for (dep, how) in deps {
+                let dep = dep.as_str().unwrap();
+                let dep_exempt = NO_HEALTHCHECK.iter().any(|(n, _)| *n == dep);
+                if !dep_exempt && how["condition"].as_str() != Some("service_healthy") {
+                    problems.push(format!("`{name}` does not wait for `{dep}` to be healthy"));
+                }
+            }
+        } else if !get("depends_on").is_badvalue() {
+            problems.push(format!(
+                "`{name}`: depends_on as a list (no health condition)"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
