@@ -128,6 +128,7 @@ impl AdapterRuntime {
         registry: prometheus::Registry,
     ) -> Result<Self, RuntimeError> {
         let metrics = RuntimeMetrics::register(&registry)?;
+        sagaflow_telemetry::register_process_metrics(&registry);
         Ok(Self {
             config,
             executor: Arc::new(executor),

@@ -356,6 +356,13 @@ async fn avro_commands_get_replies_keyed_by_saga_id_and_redelivery_is_idempotent
     assert_eq!(status, 200);
     let (status, text) = http_get(running.http_addr(), "/metrics").await;
     assert_eq!(status, 200);
+    // Every process serves its build and the standard process metrics.
+    assert!(
+        text.contains("sagaflow_build_info{git_sha=") && text.contains("} 1"),
+        "{text}"
+    );
+    #[cfg(target_os = "linux")]
+    assert!(sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 0.0));
     let commands = "sagaflow_adapter_commands_total";
     assert_eq!(
         sample(

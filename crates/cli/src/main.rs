@@ -20,7 +20,7 @@ mod schemas;
 mod signals;
 mod topology;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::exit::Failure;
 
@@ -92,10 +92,27 @@ enum Command {
     /// clock and print the path taken; exit 1 if it differs from `expect:`.
     #[command(after_help = AFTER_HELP)]
     Test(scenario::TestArgs),
+    /// Print a shell completion script on stdout, e.g.
+    /// `sagaflow completions bash > ~/.local/share/bash-completion/completions/sagaflow`.
+    #[command(after_help = AFTER_HELP)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "sagaflow",
+            &mut std::io::stdout(),
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
     let role = match &cli.command {
         Command::Schemas(_) => "schemas",
         Command::Registry(_) => "registry",
@@ -109,6 +126,7 @@ fn main() -> std::process::ExitCode {
         Command::Publish(_) => "publish",
         Command::Test(_) => "test",
         Command::Topology(_) => "topology",
+        Command::Completions { .. } => "completions",
     };
     // Logs on stderr, and OTLP span export when OTEL_* asks for it; the
     // guard flushes exported spans when main returns.
@@ -143,6 +161,7 @@ fn main() -> std::process::ExitCode {
             Command::Saga(command) => saga::run(command).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Test(args) => scenario::run_test(args).await,
+            Command::Completions { .. } => Ok(()),
         }
     });
     // A task stuck in a blocking call must not keep the process alive

@@ -211,6 +211,7 @@ async fn every_subcommand_has_help() {
         ("publish", &[]),
         ("test", &[]),
         ("topology", &["validate", "graph", "apply"]),
+        ("completions", &[]),
     ];
     let top = stdout(&sagaflow(&["--help"]).await);
     let listed: Vec<&str> = top
@@ -240,6 +241,34 @@ async fn every_subcommand_has_help() {
         assert!(stdout(&output).contains("Usage: sagaflow"), "{args:?}");
     }
     assert!(top.contains("Exit codes: 0 ok, 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_prints_a_script_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _sagaflow"),
+        ("zsh", "#compdef sagaflow"),
+        ("fish", "complete -c sagaflow"),
+    ] {
+        let output = sagaflow(&["completions", shell]).await;
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        let script = stdout(&output);
+        assert!(
+            script.contains(marker),
+            "{shell}: no `{marker}` in\n{script}"
+        );
+        // Subcommands and their options are completed.
+        assert!(
+            script.contains("orchestrator") && script.contains("config"),
+            "{shell}"
+        );
+    }
+    let output = sagaflow(&["completions", "tcsh"]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
 }
 
 async fn start_binary_registry(data_dir: &Path) -> (tokio::process::Child, String) {

@@ -115,6 +115,50 @@ async fn a_broken_saga_definition_stops_the_orchestrator_naming_the_place() {
     assert!(err.contains("paymnt"), "{err}");
 }
 
+/// What deploy/k8s shipped before it deployed every service: a services
+/// catalogue of four while the sagas call eleven. The orchestrator refuses
+/// to start (before touching the broker) and names every missing service;
+/// it cannot see whether adapters run, so "missing" means "no entry".
+#[tokio::test]
+async fn a_saga_calling_a_service_missing_from_the_catalogue_stops_the_orchestrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = orchestrator_yaml(dir.path(), "127.0.0.1:9", &root().join("topology/sagas"));
+    let catalogue = dir.path().join("four-services.yaml");
+    std::fs::write(
+        &catalogue,
+        "services:\n  - name: inventory\n  - name: fraud\n  - name: payment\n  - name: shipping\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let services = root().join("topology/services.yaml");
+    std::fs::write(
+        &cfg,
+        text.replace(services.to_str().unwrap(), catalogue.to_str().unwrap()),
+    )
+    .unwrap();
+    let (out, _) = run(&["orchestrator", "--config", cfg.to_str().unwrap()], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("SF-ORCH-002") && err.contains("SF-DEF-004"),
+        "{err}"
+    );
+    for missing in [
+        "flights",
+        "hotels",
+        "cars",
+        "notifications",
+        "crm",
+        "billing",
+        "workspaces",
+    ] {
+        assert!(
+            err.contains(&format!("`{missing}`")),
+            "{missing} not named: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn no_broker_reachable_exits_3_for_orchestrator_and_adapter() {
     let dir = tempfile::tempdir().unwrap();

@@ -145,6 +145,8 @@ impl Drop for DemoServices {
 /// The router of all demo services over one ledger.
 pub fn router(ledger: Ledger) -> Router {
     Router::new()
+        // For health checks (compose): answers 200 `ok`, records nothing.
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/billing/soap", post(soap))
         .route("/{service}/{op}", post(rest))
         .with_state(ledger)
@@ -440,6 +442,15 @@ mod tests {
         }
         let resp = r.send().await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_ok_and_records_nothing() {
+        let d = DemoServices::start().await.unwrap();
+        let r = reqwest::get(format!("{}/healthz", d.url())).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+        assert!(d.ledger().requests().is_empty());
     }
 
     #[tokio::test]

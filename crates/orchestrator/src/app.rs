@@ -137,6 +137,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         .map_err(|e| AppError::Topics(e.to_string()))?;
 
     let metrics = Metrics::default();
+    sagaflow_telemetry::register_process_metrics(&metrics.registry);
     let health = Health::default();
     let view = SagaView::new(
         crate::view::MAX_SAGAS,

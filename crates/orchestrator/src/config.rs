@@ -504,6 +504,11 @@ mod tests {
             ("SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS", "env:9093"),
             ("SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
             ("SAGAFLOW_COMPLETED_RETENTION", "5m"),
+            // deploy/k8s sets this one from the pod name.
+            (
+                "SAGAFLOW_KAFKA__PROPERTIES__GROUP_INSTANCE_ID",
+                "orchestrator-2",
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
         let cfg = OrchestratorConfig::from_yaml_with_env(Path::new("o.yaml"), MIN, env).unwrap();
@@ -516,6 +521,13 @@ mod tests {
                 .get("security.protocol")
                 .map(String::as_str),
             Some("SASL_SSL")
+        );
+        assert_eq!(
+            cfg.kafka
+                .properties
+                .get("group.instance.id")
+                .map(String::as_str),
+            Some("orchestrator-2")
         );
         assert_eq!(cfg.completed_retention, Duration::from_secs(300));
     }

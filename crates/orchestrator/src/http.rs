@@ -26,6 +26,10 @@ use crate::runtime::send_envelope;
 use crate::view::SagaView;
 use crate::wire::Envelope;
 
+/// The OpenAPI 3 description of this router (docs/openapi.json), served
+/// at `/v1/openapi.json` under the same token rule as the rest of `/v1`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
 /// Longest wait the synchronous facade accepts.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Most events one ingest request may carry.
@@ -56,7 +60,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/sagas/{id_or_type}", get(show).post(start))
         .route("/v1/sagas/{id}/retry", post(retry))
         .route("/v1/sagas/{id}/abort", post(abort))
-        .route("/v1/events/{topic}", post(ingest_events));
+        .route("/v1/events/{topic}", post(ingest_events))
+        .route("/v1/openapi.json", get(openapi));
     if let Some(token) = state.token.clone() {
         api = sagaflow_http::require_bearer(api, token, render_refusal);
     }
@@ -139,11 +144,19 @@ async fn ready(State(s): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    s.view.update_oldest_age(now_ms);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
         .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn list(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -543,6 +556,55 @@ mod tests {
         assert_eq!(
             without_addresses("event [1]: `type` must be a string"),
             "event [1]: `type` must be a string"
+        );
+    }
+
+    /// `(path, method)` of every `.route(…)` in this file's router.
+    fn routes_in_source() -> BTreeSet<(String, String)> {
+        let source = include_str!("http.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap()];
+        let mut out = BTreeSet::new();
+        for chunk in source.split(".route(\"").skip(1) {
+            let (path, rest) = chunk.split_once('"').unwrap();
+            let rest = &rest[..rest
+                .find(".route(")
+                .or(rest.find(';'))
+                .unwrap_or(rest.len())];
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let found = rest
+                    .match_indices(&format!("{method}("))
+                    .any(|(i, _)| i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric());
+                if found {
+                    out.insert((path.to_owned(), method.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn openapi_document_describes_exactly_the_routes_served() {
+        let served = routes_in_source();
+        assert!(
+            served.contains(&("/healthz".to_owned(), "get".to_owned()))
+                && served.contains(&("/v1/sagas/{id_or_type}".to_owned(), "post".to_owned())),
+            "the route scan is broken: {served:?}"
+        );
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if method != "parameters" && method != "summary" && method != "description" {
+                    documented.insert((path.clone(), method.clone()));
+                }
+            }
+        }
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let not_served: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && not_served.is_empty(),
+            "docs/openapi.json drifted from the router: served but not documented {undocumented:?}, documented but not served {not_served:?}"
         );
     }
 

@@ -4,7 +4,7 @@
 //! whichever instance owns the saga. Eventually consistent by a few ms.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,11 @@ pub struct ViewMetrics {
     /// view within its cap, by whether they had finished (`finished`,
     /// `running`).
     pub evictions: prometheus::IntCounterVec,
+    /// `sagaflow_saga_oldest_running_age_seconds{saga_type}`: how long the
+    /// oldest saga in the view that has not ended (running or
+    /// compensating) has been going; 0 when none. Set on each scrape
+    /// ([`SagaView::update_oldest_age`]).
+    pub oldest_running_age: prometheus::GaugeVec,
 }
 
 impl ViewMetrics {
@@ -52,9 +57,22 @@ impl ViewMetrics {
             &["status"],
         )
         .expect("valid metric");
+        let oldest_running_age = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "sagaflow_saga_oldest_running_age_seconds",
+                "Age of the oldest saga not ended (running or compensating) in the saga view, by saga type",
+            ),
+            &["saga_type"],
+        )
+        .expect("valid metric");
         let _ = registry.register(Box::new(sagas.clone()));
         let _ = registry.register(Box::new(evictions.clone()));
-        Self { sagas, evictions }
+        let _ = registry.register(Box::new(oldest_running_age.clone()));
+        Self {
+            sagas,
+            evictions,
+            oldest_running_age,
+        }
     }
 }
 
@@ -87,10 +105,42 @@ struct Inner {
     /// Saga ids by the order they were first seen (may name sagas already
     /// dropped).
     arrived: VecDeque<String>,
+    /// Sagas not ended, by type then start time: the oldest is the first
+    /// (a type stays as a key once seen, so its gauge can go back to 0).
+    open: BTreeMap<String, BTreeSet<(i64, String)>>,
+}
+
+/// `(saga type, (started at, saga id))` of a saga that has not ended.
+type OpenKey = (String, (i64, String));
+
+fn open_key(s: &SagaSummary) -> Option<OpenKey> {
+    (s.result.is_none() && matches!(s.status.as_str(), "running" | "compensating"))
+        .then(|| (s.saga_type.clone(), (s.started_at, s.saga_id.clone())))
 }
 
 impl Inner {
+    fn key_of(&self, saga_id: &str) -> Option<OpenKey> {
+        self.sagas.get(saga_id).and_then(open_key)
+    }
+
+    /// Moves a saga in the open index from `before` to `after`.
+    fn reindex(&mut self, before: Option<OpenKey>, after: Option<OpenKey>) {
+        if before == after {
+            return;
+        }
+        if let Some((t, k)) = before
+            && let Some(set) = self.open.get_mut(&t)
+        {
+            set.remove(&k);
+        }
+        if let Some((t, k)) = after {
+            self.open.entry(t).or_default().insert(k);
+        }
+    }
+
     fn forget(&mut self, saga_id: &str) -> bool {
+        let key = self.key_of(saga_id);
+        self.reindex(key, None);
         match self.sagas.remove(saga_id) {
             Some(s) => {
                 for e in s.history {
@@ -195,6 +245,8 @@ impl SagaView {
                 if !inner.sagas.contains_key(&e.saga_id) {
                     inner.arrived.push_back(e.saga_id.clone());
                 }
+                let id = e.saga_id.clone();
+                let before = inner.key_of(&id);
                 let s = inner
                     .sagas
                     .entry(e.saga_id.clone())
@@ -226,11 +278,15 @@ impl SagaView {
                 if let Some(old) = dropped {
                     inner.seen.remove(&old.event_id);
                 }
+                let after = inner.key_of(&id);
+                inner.reindex(before, after);
                 inner.evict(self.cap, &self.metrics);
                 self.metrics.sagas.set(inner.sagas.len() as i64);
             }
             SagaEvent::Result(r) => {
                 let id = r.saga_id.clone();
+                let before = inner.key_of(&id);
+                inner.reindex(before, None);
                 if let Some(s) = inner.sagas.get_mut(&id) {
                     // The same result twice (applied by the owner in this
                     // process, then read from the topic) changes nothing.
@@ -261,6 +317,22 @@ impl SagaView {
                 drop(inner);
                 let _ = self.ended.send(id);
             }
+        }
+    }
+
+    /// Sets `sagaflow_saga_oldest_running_age_seconds` for `now_ms`
+    /// (milliseconds since the Unix epoch): one look at the first entry of
+    /// each type's index, not a pass over the view.
+    pub fn update_oldest_age(&self, now_ms: i64) {
+        let inner = self.lock();
+        for (saga_type, open) in &inner.open {
+            let age = open.first().map_or(0.0, |(started, _)| {
+                (now_ms - started).max(0) as f64 / 1000.0
+            });
+            self.metrics
+                .oldest_running_age
+                .with_label_values(&[saga_type.as_str()])
+                .set(age);
         }
     }
 
@@ -412,6 +484,49 @@ mod tests {
             started_at: 1,
             ended_at: at,
         })
+    }
+
+    fn oldest_age(registry: &prometheus::Registry) -> Option<f64> {
+        registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "sagaflow_saga_oldest_running_age_seconds")
+            .map(|f| f.get_metric()[0].get_gauge().get_value())
+    }
+
+    #[test]
+    fn oldest_running_age_follows_starts_ends_and_evictions() {
+        let registry = prometheus::Registry::new();
+        let view = SagaView::new(3, ViewMetrics::new(&registry));
+        view.update_oldest_age(10_000);
+        assert_eq!(oldest_age(&registry), None, "no saga type seen yet");
+        // `at` is the sequence number in ms: a started at 1, b at 2.
+        view.apply(ev("a", 1, LifecycleKind::Started, None));
+        view.apply(ev("b", 2, LifecycleKind::Started, None));
+        view.update_oldest_age(5_001);
+        assert_eq!(oldest_age(&registry), Some(5.0));
+        // Compensating is still not ended.
+        view.apply(ev("a", 3, LifecycleKind::Compensating, None));
+        view.update_oldest_age(5_001);
+        assert_eq!(oldest_age(&registry), Some(5.0));
+        // a ends: b (started at 2) is the oldest.
+        view.apply(ev("a", 4, LifecycleKind::Compensated, None));
+        view.update_oldest_age(5_002);
+        assert_eq!(oldest_age(&registry), Some(5.0));
+        // b's result arrives: nothing open, the gauge goes back to 0.
+        view.apply(result("b", 9));
+        view.update_oldest_age(5_002);
+        assert_eq!(oldest_age(&registry), Some(0.0));
+        // Running sagas evicted from the view leave the index too.
+        for i in 0..5 {
+            view.apply(ev(&format!("r{i}"), 100 + i, LifecycleKind::Started, None));
+        }
+        view.update_oldest_age(1_000_000);
+        let oldest_kept = 1_000_000.0 - 102.0;
+        assert_eq!(oldest_age(&registry), Some(oldest_kept / 1000.0));
+        // A clock behind the start never reads negative.
+        view.update_oldest_age(0);
+        assert_eq!(oldest_age(&registry), Some(0.0));
     }
 
     #[test]

@@ -513,6 +513,43 @@ impl Registry {
             .ok_or_else(ApiError::schema_not_found)
     }
 
+    /// Subjects that hold schema `id` in a live version (or in any version
+    /// with `deleted`); 40403 when no schema has that id.
+    pub async fn subjects_by_id(&self, id: u32, deleted: bool) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .versions_by_id(id, deleted)
+            .await?
+            .into_iter()
+            .map(|(subject, _)| subject)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect())
+    }
+
+    /// `(subject, version)` of every live version holding schema `id` (or
+    /// every version with `deleted`), by subject then version; 40403 when
+    /// no schema has that id.
+    pub async fn versions_by_id(
+        &self,
+        id: u32,
+        deleted: bool,
+    ) -> Result<Vec<(String, u32)>, ApiError> {
+        let state = self.inner.state.lock().await;
+        if !state.schemas.contains_key(&id) {
+            return Err(ApiError::schema_not_found());
+        }
+        Ok(state
+            .subjects
+            .iter()
+            .flat_map(|(name, s)| {
+                s.versions
+                    .iter()
+                    .filter(move |v| v.id == id && (deleted || !v.deleted))
+                    .map(move |v| (name.clone(), v.version))
+            })
+            .collect())
+    }
+
     /// Subjects with at least one live version (or every known subject with `deleted`).
     pub async fn subjects(&self, deleted: bool) -> Vec<String> {
         let state = self.inner.state.lock().await;

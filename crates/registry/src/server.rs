@@ -110,6 +110,46 @@ async fn schema_by_id(
     ok(body)
 }
 
+fn schema_id(id: &str) -> Result<u32, ApiError> {
+    id.parse().map_err(|_| ApiError::schema_not_found())
+}
+
+/// `GET /schemas/ids/{id}/subjects` (Confluent clients'
+/// `get_subjects_by_schema_id`).
+async fn subjects_by_id(
+    State(r): State<Registry>,
+    Path(id): Path<String>,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    ok(json!(
+        r.subjects_by_id(schema_id(&id)?, flag(&p, "deleted"))
+            .await?
+    ))
+}
+
+/// `GET /schemas/ids/{id}/versions` (`get_schema_versions`).
+async fn versions_by_id(
+    State(r): State<Registry>,
+    Path(id): Path<String>,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    let found = r
+        .versions_by_id(schema_id(&id)?, flag(&p, "deleted"))
+        .await?;
+    ok(Value::Array(
+        found
+            .into_iter()
+            .map(|(subject, version)| json!({"subject": subject, "version": version}))
+            .collect(),
+    ))
+}
+
+/// `GET /mode` and `GET /mode/{subject}` (`get_mode`): this registry is
+/// always read-write (no import mode, no read-only subjects).
+async fn mode() -> Response {
+    reply(StatusCode::OK, &json!({"mode": "READWRITE"}))
+}
+
 async fn subjects(State(r): State<Registry>, Query(p): Params) -> Result<Response, ApiError> {
     ok(json!(r.subjects(flag(&p, "deleted")).await))
 }
@@ -249,6 +289,10 @@ pub fn router(registry: Registry) -> Router {
         .route("/", get(root))
         .route("/schemas/types", get(schema_types))
         .route("/schemas/ids/{id}", get(schema_by_id))
+        .route("/schemas/ids/{id}/subjects", get(subjects_by_id))
+        .route("/schemas/ids/{id}/versions", get(versions_by_id))
+        .route("/mode", get(mode))
+        .route("/mode/{subject}", get(mode))
         .route("/subjects", get(subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
         .route("/subjects/{subject}/versions", get(versions).post(register))

@@ -376,3 +376,84 @@ async fn restart_keeps_subjects_ids_and_config() {
         .await;
     assert_eq!(fresh, json!({"id": 3}));
 }
+
+/// The calls Confluent clients make besides register/fetch:
+/// `get_subjects_by_schema_id`, `get_schema_versions` and `get_mode`.
+#[tokio::test]
+async fn schema_id_lookups_and_mode_for_confluent_clients() {
+    let handle = serve(MemoryLog::new()).await;
+    let api = Api::new(&handle);
+    // The same schema under two subjects (a record-name subject and the
+    // topic-name subject a Confluent serializer creates by default).
+    let (_, first) = api
+        .call("POST", "/subjects/t.OrderPlaced/versions", schema(V1))
+        .await;
+    let id = first["id"].as_u64().unwrap();
+    api.call("POST", "/subjects/orders.events-value/versions", schema(V1))
+        .await;
+    let (_, other) = api
+        .call("POST", "/subjects/orders.events-value/versions", schema(V2))
+        .await;
+
+    let (status, body) = api
+        .call("GET", &format!("/schemas/ids/{id}/subjects"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!(["orders.events-value", "t.OrderPlaced"]));
+    let (status, body) = api
+        .call("GET", &format!("/schemas/ids/{id}/versions"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!([
+            {"subject": "orders.events-value", "version": 1},
+            {"subject": "t.OrderPlaced", "version": 1}
+        ])
+    );
+    let other = other["id"].as_u64().unwrap();
+    let (_, body) = api
+        .call("GET", &format!("/schemas/ids/{other}/versions"), None)
+        .await;
+    assert_eq!(
+        body,
+        json!([{"subject": "orders.events-value", "version": 2}])
+    );
+
+    // Soft-deleted versions show only with `deleted=true`.
+    api.call("DELETE", "/subjects/t.OrderPlaced", None).await;
+    let (_, body) = api
+        .call("GET", &format!("/schemas/ids/{id}/subjects"), None)
+        .await;
+    assert_eq!(body, json!(["orders.events-value"]));
+    let (_, body) = api
+        .call(
+            "GET",
+            &format!("/schemas/ids/{id}/subjects?deleted=true"),
+            None,
+        )
+        .await;
+    assert_eq!(body, json!(["orders.events-value", "t.OrderPlaced"]));
+
+    // Unknown ids are Confluent's 40403, on both.
+    for path in [
+        "/schemas/ids/999/subjects",
+        "/schemas/ids/999/versions",
+        "/schemas/ids/x/versions",
+    ] {
+        let (status, body) = api.call("GET", path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["error_code"], 40403, "{path}");
+    }
+
+    for path in [
+        "/mode",
+        "/mode/orders.events-value",
+        "/mode/never-registered",
+    ] {
+        let (status, body) = api.call("GET", path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(body, json!({"mode": "READWRITE"}), "{path}");
+    }
+    handle.shutdown().await.unwrap();
+}

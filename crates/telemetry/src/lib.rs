@@ -90,6 +90,43 @@ fn protocol() -> (Protocol, Option<String>) {
 /// fetch. Quiet unless `RUST_LOG` asks for them.
 const QUIET: &str = "tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn,tansu_schema=warn,libsql=warn,object_store=warn";
 
+/// Registers, in a process's metrics `registry`, the metrics every
+/// Sagaflow process serves: `sagaflow_build_info{version, git_sha}` (always
+/// 1; `git_sha` is `SAGAFLOW_GIT_SHA` at build time, `unknown` without it)
+/// and, on Linux, the standard `process_*` metrics (CPU seconds, resident
+/// and virtual memory, open and max file descriptors, start time, threads).
+/// Registering twice in one registry is harmless.
+pub fn register_process_metrics(registry: &prometheus::Registry) {
+    let build = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "sagaflow_build_info",
+            "Always 1: the version and git commit this process was built from",
+        ),
+        &["version", "git_sha"],
+    )
+    .expect("valid metric");
+    build
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            option_env!("SAGAFLOW_GIT_SHA").unwrap_or("unknown"),
+        ])
+        .set(1);
+    // AlreadyReg: a second runtime sharing the registry registered them.
+    let _ = registry.register(Box::new(build));
+    #[cfg(target_os = "linux")]
+    {
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+    }
+}
+
+/// Colour in logs only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>).
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the log subscriber and, when the environment asks for it, the
 /// OTLP span exporter. `role` names the service when `OTEL_SERVICE_NAME`
 /// is not set; `default_level` applies when `RUST_LOG` is not set.
@@ -99,7 +136,10 @@ pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(use_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ));
     match format {
         LogFormat::Pretty => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -198,3 +238,49 @@ pub fn hop(
 }
 
 pub use opentelemetry::KeyValue as Attribute;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_and_process_metrics_are_registered_once() {
+        let registry = prometheus::Registry::new();
+        register_process_metrics(&registry);
+        register_process_metrics(&registry);
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert!(
+            names.contains(&"sagaflow_build_info".to_owned()),
+            "{names:?}"
+        );
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
+        }
+        let build = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "sagaflow_build_info")
+            .unwrap();
+        assert_eq!(build.get_metric().len(), 1);
+        assert_eq!(build.get_metric()[0].get_gauge().get_value(), 1.0);
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(use_colour(true, None));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(true, Some("0".into())), "any non-empty value");
+        assert!(use_colour(true, Some("".into())), "empty means unset");
+    }
+}
