@@ -27,7 +27,7 @@ fn heap() -> isize {
 }
 
 /// One measurement at a time: the counter is the whole process's.
-static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Sagas measured; the figure is per saga.
 const SAGAS: usize = 20_000;
@@ -82,7 +82,7 @@ const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 #[test]
 fn an_in_flight_saga_holds_at_most_2_kib() {
-    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let _alone = ALONE.blocking_lock();
     let engine = engine();
     let triggers: Vec<Envelope> = (0..SAGAS).map(|i| trigger(&engine, i)).collect();
     let store = MemoryStore::new();
@@ -154,7 +154,7 @@ fn an_in_flight_saga_holds_at_most_2_kib() {
 async fn a_saga_restored_from_kafka_holds_at_most_2_kib() {
     use sagaflow_orchestrator::health::Health;
     use sagaflow_orchestrator::store::KafkaStore;
-    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let _alone = ALONE.lock().await;
     let engine = engine();
     let topic = sagaflow_test_support::topic("memory-restore", 1).await;
     let kafka = sagaflow_test_support::kafka();
