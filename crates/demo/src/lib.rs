@@ -3,7 +3,9 @@
 //!
 //! Every REST/JSON service answers `POST /{service}/{operation}`; the SOAP
 //! 1.1 billing service answers `POST /billing/soap` (`OpenAccount`,
-//! `CloseAccount`). Each behaves like a careful real API:
+//! `CloseAccount`); the workspaces service also speaks GraphQL on
+//! `POST /workspaces/graphql` (see [`graphql`]; its adapter uses that one).
+//! Each behaves like a careful real API:
 //!
 //! * a request without an `Idempotency-Key` header is refused (400);
 //! * a repeated key is answered with the first answer and has no new effect;
@@ -32,6 +34,7 @@
 //! `workspace_id = ws-{subject}`, billing accounts `AccountId = b-{subject}`.
 
 pub mod adapters;
+pub mod graphql;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -146,6 +149,7 @@ impl Drop for DemoServices {
 pub fn router(ledger: Ledger) -> Router {
     Router::new()
         .route("/billing/soap", post(soap))
+        .route("/workspaces/graphql", post(graphql::serve))
         .route("/{service}/{op}", post(rest))
         .with_state(ledger)
 }
@@ -464,6 +468,38 @@ mod tests {
         );
         assert_eq!(d.ledger().effects("hotels", "reserve", "b-5"), 0);
         assert_eq!(d.ledger().requests().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn graphql_refusals_are_errors_inside_a_200() {
+        let d = DemoServices::start().await.unwrap();
+        let url = format!("{}/workspaces/graphql", d.url());
+        let gql = |id: &str| {
+            json!({"query": "mutation($c: ID!) { provisionWorkspace(customerId: $c, billingAccount: \"b\") { id } }",
+                   "variables": {"c": id}})
+            .to_string()
+        };
+        let (s, body) = post(&url, Some("k1"), gql("cust-6"), "application/json").await;
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["data"], Value::Null, "{body}");
+        assert_eq!(
+            v["errors"][0]["extensions"]["code"], "QUOTA_EXCEEDED",
+            "{body}"
+        );
+        let (_, body) = post(&url, None, gql("cust-1"), "application/json").await;
+        assert!(body.contains("IDEMPOTENCY_KEY_REQUIRED"), "{body}");
+        let first = post(&url, Some("k2"), gql("cust-1"), "application/json").await;
+        assert!(first.1.contains("ws-cust-1"), "{}", first.1);
+        assert_eq!(
+            post(&url, Some("k2"), gql("cust-1"), "application/json").await,
+            first
+        );
+        assert_eq!(d.ledger().effects("workspaces", "provision", "cust-1"), 1);
+        assert_eq!(d.ledger().effects("workspaces", "provision", "cust-6"), 0);
+        let (s, _) = post(&url, Some("k3"), "nope".into(), "application/json").await;
+        assert_eq!(s, 400);
+        assert!(graphql::sdl().contains("provisionWorkspace"));
     }
 
     fn open(customer: &str) -> String {
