@@ -28,6 +28,11 @@ pub(crate) enum TopologyCommand {
     ///
     /// Topics that exist already are left as they are.
     Apply(ApplyArgs),
+    /// Write an AsyncAPI 3.0 document of the topics the definitions use:
+    /// triggers and awaited events, commands per service, replies, saga
+    /// events, emitted events and dead letters, with their Avro schemas
+    /// and headers (see docs/protocol.md).
+    Asyncapi(crate::asyncapi::AsyncapiArgs),
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +191,7 @@ pub(crate) async fn run(command: TopologyCommand) -> CliResult {
         TopologyCommand::Validate(args) => validate(&args),
         TopologyCommand::Graph(args) => graph(&args.dir.dir, &args.saga_type),
         TopologyCommand::Apply(args) => apply(args).await,
+        TopologyCommand::Asyncapi(args) => crate::asyncapi::run(&args),
     }
 }
 

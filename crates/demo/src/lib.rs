@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -148,7 +148,7 @@ impl Drop for DemoServices {
 /// The router of all demo services over one ledger.
 pub fn router(ledger: Ledger) -> Router {
     Router::new()
-        .route("/billing/soap", post(soap))
+        .route("/billing/soap", post(soap).get(wsdl))
         .route("/workspaces/graphql", post(graphql::serve))
         .route("/{service}/{op}", post(rest))
         .with_state(ledger)
@@ -324,6 +324,35 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The billing service's WSDL (`crates/demo/src/billing.wsdl`).
+pub const BILLING_WSDL: &str = include_str!("billing.wsdl");
+
+/// `GET /billing/soap?wsdl`: the WSDL, with the address the request came to.
+async fn wsdl(headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    if !query.is_some_and(|q| q.eq_ignore_ascii_case("wsdl")) {
+        return respond((
+            400,
+            "GET /billing/soap?wsdl for the WSDL; calls are POSTs".into(),
+            "text/plain".into(),
+        ));
+    }
+    // Only a plain host[:port] is reflected into the document.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })
+        .unwrap_or("localhost");
+    respond((
+        200,
+        BILLING_WSDL.replace("{address}", &format!("http://{host}")),
+        "text/xml; charset=utf-8".into(),
+    ))
+}
+
 async fn soap(State(ledger): State<Ledger>, headers: HeaderMap, body: Bytes) -> Response {
     const XML: &str = "text/xml; charset=utf-8";
     let text = String::from_utf8_lossy(&body);
@@ -468,6 +497,25 @@ mod tests {
         );
         assert_eq!(d.ledger().effects("hotels", "reserve", "b-5"), 0);
         assert_eq!(d.ledger().requests().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn billing_serves_its_wsdl_with_its_own_address() {
+        let d = DemoServices::start().await.unwrap();
+        let resp = reqwest::get(format!("{}/billing/soap?wsdl", d.url()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains(&format!("location=\"{}/billing/soap\"", d.url())),
+            "{text}"
+        );
+        roxmltree::Document::parse(&text).unwrap();
+        let resp = reqwest::get(format!("{}/billing/soap", d.url()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
     }
 
     #[tokio::test]
