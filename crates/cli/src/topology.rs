@@ -252,7 +252,10 @@ pub(crate) fn load(dir: &Path) -> CliResult<Result<DefinitionRegistry, Vec<Defin
 fn validate(args: &DirArgs) -> CliResult {
     match load(&args.dir)? {
         Ok(registry) => {
+            let sources: std::collections::HashMap<String, String> =
+                saga_files(&args.dir)?.into_iter().collect();
             let mut n = 0;
+            let mut warnings = Vec::new();
             for def in registry.iter() {
                 n += 1;
                 println!(
@@ -262,8 +265,17 @@ fn validate(args: &DirArgs) -> CliResult {
                     def.steps().len(),
                     def.file
                 );
+                if let Some(source) = sources.get(&def.file) {
+                    warnings.extend(def.lint(source));
+                }
             }
-            println!("{n} saga definitions valid");
+            for w in &warnings {
+                println!("{w}");
+            }
+            println!(
+                "{n} saga definitions valid, {} lint warning(s)",
+                warnings.len()
+            );
             Ok(())
         }
         Err(errors) => {
