@@ -75,24 +75,35 @@ class Registry:
         self.by_id = {}
 
     def _call(self, method, path, body=None):
+        """One registry call. An unreachable registry (or a 5xx) is retried
+        with backoff until it answers: it is no reason to dead-letter."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.load(resp)
+        delay = 0.1
+        while True:
+            req = urllib.request.Request(
+                self.url + path,
+                data=data,
+                method=method,
+                headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return json.load(resp)
+            except urllib.error.HTTPError as e:
+                if e.code < 500:
+                    raise
+                LOG.warning("schema registry answered %d; retrying in %.1fs", e.code, delay)
+            except (urllib.error.URLError, OSError) as e:
+                LOG.warning("schema registry unreachable (%s); retrying in %.1fs", e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def writer_schema(self, schema_id):
         if schema_id not in self.by_id:
             try:
                 text = self._call("GET", f"/schemas/ids/{schema_id}")["schema"]
             except urllib.error.HTTPError as e:
-                if e.code == 404:
-                    raise Refused("SF-CODEC-003", f"unknown schema id {schema_id}")
-                raise
+                raise Refused("SF-CODEC-003", f"unknown schema id {schema_id} (registry: HTTP {e.code})")
             self.by_id[schema_id] = fastavro.parse_schema(json.loads(text))
         return self.by_id[schema_id]
 
