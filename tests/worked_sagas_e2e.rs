@@ -113,6 +113,20 @@ async fn travel_and_onboarding_sagas_complete_and_compensate_end_to_end() {
         )
         .await;
     }
+    // q-6's workspace is over quota: the GraphQL API answers an error
+    // inside an HTTP 200, the adapter's `errors` rule makes it a business
+    // failure, and the saga closes the SOAP billing account and deletes
+    // the CRM account. (It never verifies its e-mail.)
+    let over_quota = "q-6";
+    publish(
+        &stack,
+        "customers.events",
+        "io.sagaflow.examples.customers.CustomerSignedUp",
+        "customers/CustomerSignedUp.avsc",
+        over_quota,
+        samples::customer_signed_up(over_quota, "q-6@example.com", at),
+    )
+    .await;
     // Verification arrives whenever the customer clicks; early ones wait.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for c in &customers {
@@ -129,7 +143,7 @@ async fn travel_and_onboarding_sagas_complete_and_compensate_end_to_end() {
 
     let mut results = BTreeMap::new();
     let mut copies = 0;
-    let n = bookings.len() + customers.len();
+    let n = bookings.len() + customers.len() + 1;
     stack
         .collect_results(&reader, &mut results, &mut copies, n, WAIT)
         .await;
@@ -220,6 +234,28 @@ async fn travel_and_onboarding_sagas_complete_and_compensate_end_to_end() {
         );
         assert_eq!(l.effects("workspaces", "provision", c), 1, "{c}: workspace");
     }
+    let id = format!("customer-onboarding:{over_quota}");
+    let r = results
+        .get(&id)
+        .unwrap_or_else(|| panic!("{id} has no result\n{}", demo_log()));
+    assert_eq!(
+        r.status,
+        SagaStatus::Compensated,
+        "{id}: a GraphQL error inside a 200 is not a success: {r:?}\n{}",
+        demo_log()
+    );
+    let l = demo.ledger();
+    assert_eq!(l.effects("workspaces", "provision", over_quota), 0);
+    assert_eq!(
+        l.effects("billing", "CloseAccount", &format!("b-{over_quota}")),
+        1,
+        "{over_quota}: billing account closed"
+    );
+    assert_eq!(
+        l.effects("crm", "delete-account", &format!("crm-{over_quota}")),
+        1,
+        "{over_quota}: CRM account deleted"
+    );
     let faulted = demo
         .ledger()
         .requests()
@@ -245,7 +281,8 @@ async fn travel_and_onboarding_sagas_complete_and_compensate_end_to_end() {
     announced
         .subscribe(&[&stack.topic("customers.events")])
         .unwrap();
-    let records = support::consume(&announced, customers.len() * 2, WAIT).await;
+    // Sign-ups (q-6's too) and announcements share the topic.
+    let records = support::consume(&announced, customers.len() * 2 + 1, WAIT).await;
     let schema = sagaflow_codec::apache_avro::Schema::parse_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))

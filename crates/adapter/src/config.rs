@@ -197,7 +197,7 @@ impl Default for RawCache {
     }
 }
 
-/// One operation: exactly one of `rest` or `soap`.
+/// One operation: exactly one of `rest`, `soap` or `graphql`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RawOperation {
@@ -205,6 +205,8 @@ pub struct RawOperation {
     pub rest: Option<RawRest>,
     #[serde(default)]
     pub soap: Option<RawSoap>,
+    #[serde(default)]
+    pub graphql: Option<RawGraphql>,
     #[serde(default)]
     pub cacheable: Option<RawCacheable>,
 }
@@ -280,6 +282,58 @@ pub struct RawSoap {
     pub transient_faults: Vec<String>,
 }
 
+/// A GraphQL query or mutation sent as `POST {"query", "operationName",
+/// "variables"}` (GraphQL over HTTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawGraphql {
+    pub path: String,
+    /// The GraphQL document, sent verbatim: it is not a template, values
+    /// only enter through `variables`.
+    pub document: String,
+    /// `operationName`, needed when the document holds several operations.
+    #[serde(default)]
+    pub operation_name: Option<String>,
+    /// Variables; every string leaf is a template, as in a REST body.
+    #[serde(default)]
+    pub variables: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub statuses: RawStatuses,
+    /// Reply data field -> JSON pointer into the response's `data`.
+    /// Empty: the whole `data` object becomes the reply data.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// How `errors[]` entries are classified; the first matching rule wins.
+    #[serde(default)]
+    pub errors: Vec<RawGraphqlErrorRule>,
+}
+
+/// One rule for GraphQL `errors[]` entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawGraphqlErrorRule {
+    /// Matches `extensions.code`.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Matches errors at this dotted response path or below
+    /// (`provisionWorkspace.usage`, list indexes as numbers).
+    #[serde(default)]
+    pub path: Option<String>,
+    pub outcome: GraphqlErrorOutcome,
+}
+
+/// What a matched GraphQL error means for the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GraphqlErrorOutcome {
+    BusinessFailure,
+    Transient,
+    /// Success with partial data (only when the response has `data`).
+    Success,
+}
+
 // ---------------------------------------------------------- validated config
 
 /// A validated service configuration.
@@ -344,6 +398,39 @@ pub struct Operation {
 pub enum OperationKind {
     Rest(RestOperation),
     Soap(SoapOperation),
+    Graphql(GraphqlOperation),
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphqlOperation {
+    pub path: String,
+    pub document: String,
+    pub operation_name: Option<String>,
+    pub variables: serde_json::Value,
+    pub headers: BTreeMap<String, String>,
+    pub statuses: StatusRules,
+    pub data: BTreeMap<String, String>,
+    pub errors: Vec<GraphqlErrorRule>,
+}
+
+/// A validated [`RawGraphqlErrorRule`]; `path` is split into segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphqlErrorRule {
+    pub code: Option<String>,
+    pub path: Option<Vec<String>>,
+    pub outcome: GraphqlErrorOutcome,
+}
+
+impl GraphqlErrorRule {
+    /// Whether an error with this `extensions.code` and path matches: every
+    /// part the rule names must match; a path matches at or below it.
+    pub fn matches(&self, code: Option<&str>, path: &[String]) -> bool {
+        self.code.as_deref().is_none_or(|c| code == Some(c))
+            && self
+                .path
+                .as_ref()
+                .is_none_or(|p| path.len() >= p.len() && path[..p.len()] == p[..])
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -635,10 +722,18 @@ impl RawServiceConfig {
         let mut operations = BTreeMap::new();
         for (name, op) in self.operations {
             let key = format!("operations.{name}");
-            let kind = match (op.rest, op.soap) {
-                (Some(rest), None) => OperationKind::Rest(validate_rest(&ctx, &key, rest)?),
-                (None, Some(soap)) => OperationKind::Soap(validate_soap(&ctx, &key, soap)?),
-                _ => return Err(ctx.err(&key, "exactly one of `rest` or `soap` is required")),
+            let kind = match (op.rest, op.soap, op.graphql) {
+                (Some(rest), None, None) => OperationKind::Rest(validate_rest(&ctx, &key, rest)?),
+                (None, Some(soap), None) => OperationKind::Soap(validate_soap(&ctx, &key, soap)?),
+                (None, None, Some(gql)) => {
+                    OperationKind::Graphql(validate_graphql(&ctx, &key, gql)?)
+                }
+                _ => {
+                    return Err(ctx.err(
+                        &key,
+                        "exactly one of `rest`, `soap` or `graphql` is required",
+                    ));
+                }
             };
             let cache_ttl = match op.cacheable {
                 Some(c) if c.ttl.is_zero() => {
@@ -777,6 +872,140 @@ fn status_patterns(
             StatusSpec::Code(c) => Err(ctx.err(key, format!("{c} is not an HTTP status code"))),
         })
         .collect()
+}
+
+fn status_rules(ctx: &Ctx<'_>, key: &str, s: &RawStatuses) -> Result<StatusRules, AdapterError> {
+    Ok(StatusRules {
+        success: status_patterns(ctx, &format!("{key}.statuses.success"), &s.success)?,
+        business_failure: status_patterns(
+            ctx,
+            &format!("{key}.statuses.business-failure"),
+            &s.business_failure,
+        )?,
+        transient: status_patterns(ctx, &format!("{key}.statuses.transient"), &s.transient)?,
+    })
+}
+
+fn check_pointers(
+    ctx: &Ctx<'_>,
+    key: &str,
+    pointers: &BTreeMap<String, String>,
+) -> Result<(), AdapterError> {
+    for (field, pointer) in pointers {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            return Err(ctx.err(
+                format!("{key}.{field}"),
+                "must be a JSON pointer such as `/id` or `/items/0/name`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first keyword of a GraphQL document, skipping whitespace, commas
+/// and `#` comments: `query`, `mutation`, `subscription`, `fragment` or
+/// `{` for the query shorthand.
+fn graphql_first_keyword(document: &str) -> &str {
+    let mut rest = document;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ',' || c == '\u{feff}');
+        if let Some(comment) = rest.strip_prefix('#') {
+            rest = comment.split_once('\n').map_or("", |(_, r)| r);
+            continue;
+        }
+        break;
+    }
+    if rest.starts_with('{') {
+        return "{";
+    }
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+fn validate_graphql(
+    ctx: &Ctx<'_>,
+    key: &str,
+    gql: RawGraphql,
+) -> Result<GraphqlOperation, AdapterError> {
+    let k = format!("{key}.graphql");
+    check_path_template(ctx, &format!("{k}.path"), &gql.path)?;
+    match graphql_first_keyword(&gql.document) {
+        "query" | "mutation" | "{" | "fragment" => {}
+        "subscription" => {
+            return Err(ctx.err(
+                format!("{k}.document"),
+                "subscriptions are not supported; use a query or a mutation",
+            ));
+        }
+        "" => {
+            return Err(ctx.err(
+                format!("{k}.document"),
+                "is empty; write a query or mutation such as `mutation Op($id: ID!) { op(id: $id) { id } }`",
+            ));
+        }
+        other => {
+            return Err(ctx.err(
+                format!("{k}.document"),
+                format!("starts with `{other}`; a GraphQL document starts with `query`, `mutation` or `{{`"),
+            ));
+        }
+    }
+    if let Some(name) = &gql.operation_name
+        && (name.is_empty() || !gql.document.contains(name.as_str()))
+    {
+        return Err(ctx.err(
+            format!("{k}.operation-name"),
+            format!("`{name}` does not name an operation of the document"),
+        ));
+    }
+    let variables = serde_json::Value::Object(gql.variables.into_iter().collect());
+    check_json_templates(ctx, &format!("{k}.variables"), &variables)?;
+    validate_headers(ctx, &format!("{k}.headers"), &gql.headers)?;
+    check_pointers(ctx, &format!("{k}.data"), &gql.data)?;
+    let statuses = status_rules(ctx, &k, &gql.statuses)?;
+    let mut errors = Vec::new();
+    for (i, rule) in gql.errors.into_iter().enumerate() {
+        let rk = format!("{k}.errors[{i}]");
+        if rule.code.is_none() && rule.path.is_none() {
+            return Err(ctx.err(
+                rk,
+                "a rule needs `code` (extensions.code) and/or `path` (e.g. `createUser.email`)",
+            ));
+        }
+        if rule.code.as_deref() == Some("") {
+            return Err(ctx.err(format!("{rk}.code"), "must not be empty"));
+        }
+        let path = match rule.path {
+            None => None,
+            Some(p) => {
+                let segments: Vec<String> = p.split('.').map(str::to_owned).collect();
+                if segments.iter().any(String::is_empty) {
+                    return Err(ctx.err(
+                        format!("{rk}.path"),
+                        format!("`{p}` is not a dotted response path such as `createUser.email` or `items.0.id`"),
+                    ));
+                }
+                Some(segments)
+            }
+        };
+        errors.push(GraphqlErrorRule {
+            code: rule.code,
+            path,
+            outcome: rule.outcome,
+        });
+    }
+    Ok(GraphqlOperation {
+        path: gql.path,
+        document: gql.document,
+        operation_name: gql.operation_name,
+        variables,
+        headers: gql.headers,
+        statuses,
+        data: gql.data,
+        errors,
+    })
 }
 
 fn validate_rest(ctx: &Ctx<'_>, key: &str, rest: RawRest) -> Result<RestOperation, AdapterError> {
@@ -1045,6 +1274,113 @@ operations:
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const GRAPHQL: &str = r#"
+service: workspaces
+base-urls: ["http://127.0.0.1:9"]
+operations:
+  provision:
+    graphql:
+      path: /graphql
+      document: "mutation P($id: ID!) { provision(id: $id) { id } }"
+      variables: { id: "{{ input.id }}" }
+      data: { workspace_id: /provision/id }
+      errors:
+        - { code: QUOTA, outcome: business-failure }
+        - { path: provision.usage, outcome: success }
+"#;
+
+    #[test]
+    fn graphql_operations_validate() {
+        let cfg = parse_str(GRAPHQL, "g.yaml")
+            .unwrap()
+            .validate("g.yaml")
+            .unwrap();
+        let OperationKind::Graphql(g) = &cfg.operations["provision"].kind else {
+            panic!("graphql expected")
+        };
+        assert_eq!(g.errors.len(), 2);
+        assert_eq!(
+            g.errors[1].path,
+            Some(vec!["provision".to_owned(), "usage".to_owned()])
+        );
+        let invalid = |from: &str, to: &str| {
+            let text = GRAPHQL.replace(from, to);
+            parse_str(&text, "g.yaml")
+                .and_then(|raw| raw.validate("g.yaml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = invalid("mutation P", "subscription P");
+        assert!(
+            e.contains("operations.provision.graphql.document") && e.contains("subscriptions"),
+            "{e}"
+        );
+        let e = invalid("mutation P($id: ID!) { provision(id: $id) { id } }", "");
+        assert!(e.contains("is empty"), "{e}");
+        let e = invalid("{ code: QUOTA, outcome", "{ outcome");
+        assert!(e.contains("errors[0]") && e.contains("`code`"), "{e}");
+        let e = invalid("path: provision.usage", "path: provision..usage");
+        assert!(e.contains("errors[1].path"), "{e}");
+        let e = invalid("outcome: success", "outcome: maybe");
+        assert!(e.contains("SF-ADAPTER-002") && e.contains("maybe"), "{e}");
+        let e = invalid("/provision/id", "provision.id");
+        assert!(e.contains("graphql.data.workspace_id"), "{e}");
+        let e = invalid(
+            "      path: /graphql",
+            "      path: /graphql\n      operation-name: Q",
+        );
+        assert!(e.contains("operation-name"), "{e}");
+        let e = invalid(
+            "    graphql:",
+            "    rest: { method: GET, path: /x }\n    graphql:",
+        );
+        assert!(e.contains("exactly one of"), "{e}");
+    }
+
+    #[test]
+    fn documented_graphql_example_is_valid() {
+        let doc = include_str!("../../../docs/adapters.md");
+        let start = doc
+            .find("```yaml\nservice: workspaces")
+            .expect("graphql block")
+            + 8;
+        let len = doc[start..].find("```").expect("end of block");
+        let cfg = parse_str(&doc[start..start + len], "docs/adapters.md")
+            .unwrap()
+            .validate("docs/adapters.md")
+            .unwrap();
+        let OperationKind::Graphql(g) = &cfg.operations["provision"].kind else {
+            panic!("graphql expected")
+        };
+        assert_eq!(g.errors.len(), 3);
+        assert_eq!(g.operation_name.as_deref(), Some("Provision"));
+    }
+
+    #[test]
+    fn graphql_first_keyword_skips_comments() {
+        assert_eq!(graphql_first_keyword("# c\n , query Q { a }"), "query");
+        assert_eq!(graphql_first_keyword("{ a }"), "{");
+        assert_eq!(graphql_first_keyword("  mutation{a}"), "mutation");
+        assert_eq!(graphql_first_keyword("# only a comment"), "");
+    }
+
+    #[test]
+    fn graphql_rules_match_code_and_path_prefix() {
+        let rule = GraphqlErrorRule {
+            code: Some("X".into()),
+            path: Some(vec!["a".into(), "b".into()]),
+            outcome: GraphqlErrorOutcome::Success,
+        };
+        let p = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
+        assert!(rule.matches(Some("X"), &p("a.b")));
+        assert!(rule.matches(Some("X"), &p("a.b.0.c")));
+        assert!(!rule.matches(Some("X"), &p("a")));
+        assert!(!rule.matches(Some("Y"), &p("a.b")));
+        assert!(!rule.matches(None, &p("a.b")));
+        let any_code = GraphqlErrorRule { code: None, ..rule };
+        assert!(any_code.matches(None, &p("a.b")));
     }
 
     #[test]

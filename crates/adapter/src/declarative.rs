@@ -1,5 +1,5 @@
-//! The declarative adapter: REST/JSON and SOAP/XML operations described in
-//! the service's YAML config, run as a [`CommandHandler`].
+//! The declarative adapter: REST/JSON, SOAP/XML and GraphQL operations
+//! described in the service's YAML config, run as a [`CommandHandler`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -11,7 +11,8 @@ use url::Url;
 use crate::auth::Auth;
 use crate::command::{AdapterCommand, AdapterOutcome, OutcomeKind};
 use crate::config::{
-    Operation, OperationKind, RestOperation, ServiceConfig, SoapOperation, SoapVersion, StatusRules,
+    GraphqlErrorOutcome, GraphqlOperation, Operation, OperationKind, RestOperation, ServiceConfig,
+    SoapOperation, SoapVersion, StatusRules,
 };
 use crate::error::AdapterError;
 use crate::handler::{CacheKey, CallContext, CommandHandler};
@@ -121,6 +122,7 @@ impl DeclarativeHandler {
         let (path_src, header_srcs) = match &op.kind {
             OperationKind::Rest(r) => (&r.path, &r.headers),
             OperationKind::Soap(s) => (&s.path, &s.headers),
+            OperationKind::Graphql(g) => (&g.path, &g.headers),
         };
         let path = self
             .renderer
@@ -223,6 +225,32 @@ impl DeclarativeHandler {
                     query: Vec::new(),
                     headers,
                     body: Some(envelope.into_bytes()),
+                })
+            }
+            OperationKind::Graphql(g) => {
+                let variables = self
+                    .renderer
+                    .json(&g.variables, &ctx)
+                    .map_err(|e| render_err("variables", e))?;
+                let mut request = serde_json::Map::new();
+                request.insert("query".into(), g.document.clone().into());
+                if let Some(name) = &g.operation_name {
+                    request.insert("operationName".into(), name.clone().into());
+                }
+                request.insert("variables".into(), variables);
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(
+                    reqwest::header::ACCEPT,
+                    HeaderValue::from_static("application/graphql-response+json, application/json"),
+                );
+                Ok(Prepared {
+                    method: Method::POST,
+                    url,
+                    query: Vec::new(),
+                    headers,
+                    body: Some(
+                        serde_json::to_vec(&serde_json::Value::Object(request)).unwrap_or_default(),
+                    ),
                 })
             }
         }
@@ -340,6 +368,7 @@ impl DeclarativeHandler {
         let outcome = match &op.kind {
             OperationKind::Rest(r) => rest_outcome(op, r, status, &body)?,
             OperationKind::Soap(s) => soap_outcome(op, s, status, &body)?,
+            OperationKind::Graphql(g) => graphql_outcome(op, g, status, &body)?,
         };
         Ok(outcome.with_retry_after(retry_after))
     }
@@ -480,6 +509,186 @@ fn rest_outcome(
         serde_json::Value::Object(map)
     };
     Ok(AdapterOutcome::success(data).with_status(status))
+}
+
+/// Maps reply fields to JSON pointers into `json` (empty: all of it).
+fn map_pointers(
+    json: serde_json::Value,
+    pointers: &BTreeMap<String, String>,
+    what: &str,
+    invalid: impl Fn(String) -> AdapterError,
+) -> Result<serde_json::Value, AdapterError> {
+    if pointers.is_empty() {
+        return Ok(json);
+    }
+    let mut map = serde_json::Map::new();
+    for (field, pointer) in pointers {
+        let v = json.pointer(pointer).ok_or_else(|| {
+            invalid(format!(
+                "{what} has no `{pointer}` (for reply field `{field}`)"
+            ))
+        })?;
+        map.insert(field.clone(), v.clone());
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// The longest backend error message put into a reply.
+const MAX_GRAPHQL_MESSAGE: usize = 500;
+
+/// One entry of a GraphQL response's `errors[]`, as far as rules need it.
+struct GraphqlError {
+    code: Option<String>,
+    path: Vec<String>,
+    message: String,
+}
+
+impl GraphqlError {
+    fn read(v: &serde_json::Value) -> Self {
+        let code = v
+            .pointer("/extensions/code")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        let path = v
+            .get("path")
+            .and_then(serde_json::Value::as_array)
+            .map(|segs| {
+                segs.iter()
+                    .map(|s| match s {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut message: String = v
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("(no message)")
+            .chars()
+            .take(MAX_GRAPHQL_MESSAGE)
+            .collect();
+        message.retain(|c| !c.is_control());
+        Self {
+            code,
+            path,
+            message,
+        }
+    }
+
+    /// The reply's `error.code`: the backend's `extensions.code` when it is
+    /// a short machine-readable token, else `graphql_error`.
+    fn reply_code(&self) -> String {
+        match &self.code {
+            Some(c)
+                if !c.is_empty()
+                    && c.len() <= 64
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.')) =>
+            {
+                c.clone()
+            }
+            _ => "graphql_error".to_owned(),
+        }
+    }
+}
+
+/// GraphQL over HTTP: the HTTP status is classified first (as for REST);
+/// a 2xx body must be a GraphQL response. Each `errors[]` entry is
+/// classified by the first matching rule, unmatched entries are business
+/// failures. A business failure anywhere decides, then a transient one; a
+/// response whose errors are all `success` is a success only if it has
+/// `data` (partial data). So an error inside a 200 is never a success
+/// unless the configuration says so.
+fn graphql_outcome(
+    op: &Operation,
+    gql: &GraphqlOperation,
+    status: u16,
+    body: &[u8],
+) -> Result<AdapterOutcome, AdapterError> {
+    let kind = gql.statuses.classify(status);
+    if kind != OutcomeKind::Success {
+        let data = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+        return Ok(status_failure(op, kind, status).with_data(data));
+    }
+    let invalid = |message: String| AdapterError::InvalidResponse {
+        operation: op.name.clone(),
+        message,
+    };
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("HTTP {status} body is not valid JSON ({e})")))?;
+    let Some(obj) = json.as_object() else {
+        return Err(invalid(format!(
+            "HTTP {status} body is not a GraphQL response (not a JSON object)"
+        )));
+    };
+    let errors = match obj.get("errors") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(list)) => list.iter().map(GraphqlError::read).collect(),
+        Some(_) => {
+            return Err(invalid(format!(
+                "HTTP {status} GraphQL response has an `errors` that is not a list"
+            )));
+        }
+    };
+    let data = obj.get("data").cloned().unwrap_or(serde_json::Value::Null);
+    if data.is_null() && errors.is_empty() {
+        return Err(invalid(format!(
+            "HTTP {status} GraphQL response has neither `data` nor `errors`"
+        )));
+    }
+    let classified: Vec<(GraphqlErrorOutcome, &GraphqlError)> = errors
+        .iter()
+        .map(|e| {
+            let outcome = gql
+                .errors
+                .iter()
+                .find(|r| r.matches(e.code.as_deref(), &e.path))
+                .map_or(GraphqlErrorOutcome::BusinessFailure, |r| r.outcome);
+            (outcome, e)
+        })
+        .collect();
+    let deciding = classified
+        .iter()
+        .find(|(o, _)| *o == GraphqlErrorOutcome::BusinessFailure)
+        .or_else(|| {
+            classified
+                .iter()
+                .find(|(o, _)| *o == GraphqlErrorOutcome::Transient)
+        })
+        .or_else(|| classified.first().filter(|_| data.is_null()));
+    if let Some((outcome, e)) = deciding {
+        let at = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{}`", e.path.join("."))
+        };
+        let more = if errors.len() > 1 {
+            format!(" (and {} more)", errors.len() - 1)
+        } else {
+            String::new()
+        };
+        let message = format!(
+            "GraphQL error `{}`{at} from operation `{}`: {}{more}",
+            e.code.as_deref().unwrap_or("-"),
+            op.name,
+            e.message
+        );
+        let code = e.reply_code();
+        let failure = match outcome {
+            GraphqlErrorOutcome::Transient => AdapterOutcome::transient(code, message),
+            // A business failure, or errors allowed as success but no data.
+            _ => AdapterOutcome::business_failure(code, message),
+        };
+        return Ok(failure.with_status(status).with_data(json));
+    }
+    let mapped = map_pointers(
+        data,
+        &gql.data,
+        &format!("HTTP {status} GraphQL `data`"),
+        invalid,
+    )?;
+    Ok(AdapterOutcome::success(mapped).with_status(status))
 }
 
 fn soap_outcome(

@@ -5,6 +5,7 @@
 //! (schema registry, broker) could not be reached.
 
 mod adapter;
+mod asyncapi;
 mod bench;
 mod demo_events;
 mod demo_services;
@@ -15,6 +16,7 @@ mod publish;
 mod registry;
 mod registry_client;
 mod saga;
+mod scaffold;
 mod scenario;
 mod schemas;
 mod signals;

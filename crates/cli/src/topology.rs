@@ -28,6 +28,11 @@ pub(crate) enum TopologyCommand {
     ///
     /// Topics that exist already are left as they are.
     Apply(ApplyArgs),
+    /// Write an AsyncAPI 3.0 document of the topics the definitions use:
+    /// triggers and awaited events, commands per service, replies, saga
+    /// events, emitted events and dead letters, with their Avro schemas
+    /// and headers (see docs/protocol.md).
+    Asyncapi(crate::asyncapi::AsyncapiArgs),
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +191,7 @@ pub(crate) async fn run(command: TopologyCommand) -> CliResult {
         TopologyCommand::Validate(args) => validate(&args),
         TopologyCommand::Graph(args) => graph(&args.dir.dir, &args.saga_type),
         TopologyCommand::Apply(args) => apply(args).await,
+        TopologyCommand::Asyncapi(args) => crate::asyncapi::run(&args),
     }
 }
 
@@ -246,7 +252,10 @@ pub(crate) fn load(dir: &Path) -> CliResult<Result<DefinitionRegistry, Vec<Defin
 fn validate(args: &DirArgs) -> CliResult {
     match load(&args.dir)? {
         Ok(registry) => {
+            let sources: std::collections::HashMap<String, String> =
+                saga_files(&args.dir)?.into_iter().collect();
             let mut n = 0;
+            let mut warnings = Vec::new();
             for def in registry.iter() {
                 n += 1;
                 println!(
@@ -256,8 +265,17 @@ fn validate(args: &DirArgs) -> CliResult {
                     def.steps().len(),
                     def.file
                 );
+                if let Some(source) = sources.get(&def.file) {
+                    warnings.extend(def.lint(source));
+                }
             }
-            println!("{n} saga definitions valid");
+            for w in &warnings {
+                println!("{w}");
+            }
+            println!(
+                "{n} saga definitions valid, {} lint warning(s)",
+                warnings.len()
+            );
             Ok(())
         }
         Err(errors) => {

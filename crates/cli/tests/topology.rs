@@ -49,7 +49,36 @@ fn checked_in_topology_is_valid() {
     for saga in ["order-checkout", "travel-booking", "customer-onboarding"] {
         assert!(text.contains(&format!("ok {saga} version 1")), "{text}");
     }
-    assert!(text.contains("3 saga definitions valid"), "{text}");
+    assert!(
+        text.contains("3 saga definitions valid, 0 lint warning(s)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn lint_warnings_have_codes_and_places_and_can_be_silenced() {
+    let tmp = copy_topology();
+    let order = tmp.path().join("sagas/order-checkout.yaml");
+    let text = std::fs::read_to_string(&order).unwrap();
+    let unsilenced = text.replace("            lint: { allow: [SF-DEF-W001] }\n", "");
+    assert_ne!(
+        text, unsilenced,
+        "the shipped file silences W001 on purpose"
+    );
+    std::fs::write(&order, unsilenced).unwrap();
+    let out = sagaflow(&[
+        "topology",
+        "validate",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail: {out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("order-checkout.yaml:37:13: warning[SF-DEF-W001]: step `fraud_check`"),
+        "{text}"
+    );
+    assert!(text.contains("1 lint warning(s)"), "{text}");
 }
 
 #[test]

@@ -52,13 +52,7 @@ const REST: [(&str, &[(&str, &str)]); 11] = [
             ("delete-account", ""),
         ],
     ),
-    (
-        "workspaces",
-        &[
-            ("provision", "workspace_id: /workspace_id"),
-            ("deprovision", ""),
-        ],
-    ),
+    ("workspaces", &[]),
     ("billing", &[]),
 ];
 
@@ -96,6 +90,46 @@ operations:
         <CloseAccount xmlns="urn:billing"><AccountId>{{ input.AccountNumber }}</AccountId></CloseAccount>
 "#;
 
+/// Workspaces are provisioned through the service's GraphQL API: a quota
+/// refusal is a GraphQL error inside an HTTP 200, which the `errors` rule
+/// makes a business failure (the saga compensates); it would be one by
+/// default too, the rule says so on purpose.
+const WORKSPACES: &str = r#"service: workspaces
+base-urls:
+  - {url}
+protection:
+  request-timeout: 5s
+retry:
+  max-attempts: 3
+  initial-backoff: 50ms
+  max-backoff: 500ms
+operations:
+  provision:
+    graphql:
+      path: /workspaces/graphql
+      document: |
+        mutation Provision($customerId: ID!, $billingAccount: String!) {
+          provisionWorkspace(customerId: $customerId, billingAccount: $billingAccount) { id }
+        }
+      variables:
+        customerId: "{{ input.customer_id }}"
+        billingAccount: "{{ input.billing_account }}"
+      data:
+        workspace_id: /provisionWorkspace/id
+      errors:
+        - code: QUOTA_EXCEEDED
+          outcome: business-failure
+  deprovision:
+    graphql:
+      path: /workspaces/graphql
+      document: |
+        mutation Deprovision($workspaceId: ID!) {
+          deprovisionWorkspace(workspaceId: $workspaceId)
+        }
+      variables:
+        workspaceId: "{{ input.workspace_id }}"
+"#;
+
 /// Every demo service's name, in the order of [`service_yaml`]'s table.
 pub fn services() -> impl Iterator<Item = &'static str> {
     REST.iter().map(|(s, _)| *s)
@@ -106,6 +140,9 @@ pub fn services() -> impl Iterator<Item = &'static str> {
 pub fn service_yaml(service: &str, base_url: &str) -> Option<String> {
     if service == "billing" {
         return Some(BILLING.replace("{url}", base_url));
+    }
+    if service == "workspaces" {
+        return Some(WORKSPACES.replace("{url}", base_url));
     }
     let (_, ops) = REST.iter().find(|(s, _)| *s == service)?;
     let mut y = format!(

@@ -3,7 +3,9 @@
 //!
 //! Every REST/JSON service answers `POST /{service}/{operation}`; the SOAP
 //! 1.1 billing service answers `POST /billing/soap` (`OpenAccount`,
-//! `CloseAccount`). Each behaves like a careful real API:
+//! `CloseAccount`); the workspaces service also speaks GraphQL on
+//! `POST /workspaces/graphql` (see [`graphql`]; its adapter uses that one).
+//! Each behaves like a careful real API:
 //!
 //! * a request without an `Idempotency-Key` header is refused (400);
 //! * a repeated key is answered with the first answer and has no new effect;
@@ -32,6 +34,7 @@
 //! `workspace_id = ws-{subject}`, billing accounts `AccountId = b-{subject}`.
 
 pub mod adapters;
+pub mod graphql;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,7 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -147,7 +150,8 @@ pub fn router(ledger: Ledger) -> Router {
     Router::new()
         // For health checks (compose): answers 200 `ok`, records nothing.
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/billing/soap", post(soap))
+        .route("/billing/soap", post(soap).get(wsdl))
+        .route("/workspaces/graphql", post(graphql::serve))
         .route("/{service}/{op}", post(rest))
         .with_state(ledger)
 }
@@ -322,6 +326,35 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The billing service's WSDL (`crates/demo/src/billing.wsdl`).
+pub const BILLING_WSDL: &str = include_str!("billing.wsdl");
+
+/// `GET /billing/soap?wsdl`: the WSDL, with the address the request came to.
+async fn wsdl(headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    if !query.is_some_and(|q| q.eq_ignore_ascii_case("wsdl")) {
+        return respond((
+            400,
+            "GET /billing/soap?wsdl for the WSDL; calls are POSTs".into(),
+            "text/plain".into(),
+        ));
+    }
+    // Only a plain host[:port] is reflected into the document.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })
+        .unwrap_or("localhost");
+    respond((
+        200,
+        BILLING_WSDL.replace("{address}", &format!("http://{host}")),
+        "text/xml; charset=utf-8".into(),
+    ))
+}
+
 async fn soap(State(ledger): State<Ledger>, headers: HeaderMap, body: Bytes) -> Response {
     const XML: &str = "text/xml; charset=utf-8";
     let text = String::from_utf8_lossy(&body);
@@ -475,6 +508,57 @@ mod tests {
         );
         assert_eq!(d.ledger().effects("hotels", "reserve", "b-5"), 0);
         assert_eq!(d.ledger().requests().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn billing_serves_its_wsdl_with_its_own_address() {
+        let d = DemoServices::start().await.unwrap();
+        let resp = reqwest::get(format!("{}/billing/soap?wsdl", d.url()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains(&format!("location=\"{}/billing/soap\"", d.url())),
+            "{text}"
+        );
+        roxmltree::Document::parse(&text).unwrap();
+        let resp = reqwest::get(format!("{}/billing/soap", d.url()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn graphql_refusals_are_errors_inside_a_200() {
+        let d = DemoServices::start().await.unwrap();
+        let url = format!("{}/workspaces/graphql", d.url());
+        let gql = |id: &str| {
+            json!({"query": "mutation($c: ID!) { provisionWorkspace(customerId: $c, billingAccount: \"b\") { id } }",
+                   "variables": {"c": id}})
+            .to_string()
+        };
+        let (s, body) = post(&url, Some("k1"), gql("cust-6"), "application/json").await;
+        assert_eq!(s, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["data"], Value::Null, "{body}");
+        assert_eq!(
+            v["errors"][0]["extensions"]["code"], "QUOTA_EXCEEDED",
+            "{body}"
+        );
+        let (_, body) = post(&url, None, gql("cust-1"), "application/json").await;
+        assert!(body.contains("IDEMPOTENCY_KEY_REQUIRED"), "{body}");
+        let first = post(&url, Some("k2"), gql("cust-1"), "application/json").await;
+        assert!(first.1.contains("ws-cust-1"), "{}", first.1);
+        assert_eq!(
+            post(&url, Some("k2"), gql("cust-1"), "application/json").await,
+            first
+        );
+        assert_eq!(d.ledger().effects("workspaces", "provision", "cust-1"), 1);
+        assert_eq!(d.ledger().effects("workspaces", "provision", "cust-6"), 0);
+        let (s, _) = post(&url, Some("k3"), "nope".into(), "application/json").await;
+        assert_eq!(s, 400);
+        assert!(graphql::sdl().contains("provisionWorkspace"));
     }
 
     fn open(customer: &str) -> String {

@@ -100,6 +100,15 @@ struct RawCall {
     bind: Option<String>,
     #[serde(default)]
     compensate: Option<RawCompensate>,
+    #[serde(default)]
+    lint: Option<RawLint>,
+}
+
+/// `lint: {allow: [SF-DEF-W001]}`: warnings silenced on purpose for a step.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawLint {
+    allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +327,11 @@ pub struct Step {
     pub(crate) owner: ListOwner,
     /// Where it is defined.
     pub position: Position,
+    /// Lint warnings silenced for this step (`lint: {allow: […]}`).
+    pub lint_allow: Vec<String>,
+    /// Whether the step names its binding (`bind:`) rather than using its
+    /// own name.
+    pub(crate) explicit_bind: bool,
 }
 
 /// How a saga starts.
@@ -985,6 +999,8 @@ impl Validator<'_> {
             next: None,
             owner,
             position: self.spans.find(path),
+            lint_allow: Vec::new(),
+            explicit_bind: false,
         });
         id
     }
@@ -1177,6 +1193,18 @@ impl Validator<'_> {
                     }
                     Some(_) => return None,
                 };
+                let explicit_bind = raw.bind.is_some();
+                let allow = raw.lint.map(|l| l.allow).unwrap_or_default();
+                for (i, code) in allow.iter().enumerate() {
+                    if !crate::lint::CODES.contains(&code.as_str()) {
+                        self.err(
+                            DefCode::Schema,
+                            &join(path, &format!("lint.allow[{i}]")),
+                            format!("`{code}` is not a lint warning code"),
+                            Some(format!("one of {}", crate::lint::CODES.join(", "))),
+                        );
+                    }
+                }
                 let id = self.push(
                     &raw.call,
                     parent,
@@ -1192,6 +1220,8 @@ impl Validator<'_> {
                     owner,
                     path,
                 );
+                self.steps[id as usize].lint_allow = allow;
+                self.steps[id as usize].explicit_bind = explicit_bind;
                 Some((id, false))
             }
             "parallel" => {

@@ -16,6 +16,7 @@ pub mod definition;
 pub mod engine;
 pub mod error;
 pub mod expr;
+pub mod lint;
 pub mod state;
 pub mod yaml;
 
@@ -29,6 +30,7 @@ pub use engine::{
     command_id,
 };
 pub use error::{DefCode, DefinitionError, DefinitionErrors, EngineError};
+pub use lint::DefinitionWarning;
 pub use state::{Phase, SagaState, SagaStatus, StepRun, Timer, TimerPurpose, Timestamp};
 pub use yaml::Position;
 
