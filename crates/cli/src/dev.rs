@@ -422,6 +422,7 @@ mod tests {
             attempt: Some(1),
             detail: None,
             at,
+            ..Default::default()
         })
     }
 

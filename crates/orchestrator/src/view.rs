@@ -393,6 +393,7 @@ mod tests {
             attempt: None,
             detail: None,
             at: i64::from(seq),
+            ..Default::default()
         })
     }
 
