@@ -641,7 +641,15 @@ impl RawSagaDefinition {
         let mut search_attributes = Vec::new();
         for (name, src) in &top.search_attributes {
             let path = join("search-attributes", name);
-            if !is_ident(name) {
+            if name == crate::engine::KEY_ATTRIBUTE {
+                v.err(
+                    DefCode::BadName,
+                    &path,
+                    "search attribute `key` is reserved: every saga has it (its correlation key)"
+                        .into(),
+                    Some("pick another name".into()),
+                );
+            } else if !is_ident(name) {
                 v.err(
                     DefCode::BadName,
                     &path,

@@ -389,7 +389,8 @@ impl Engine {
             None,
             Some(trigger.message_id.clone()),
         );
-        let attributes = search_attributes(def, &trigger.payload);
+        let mut attributes = search_attributes(def, &trigger.payload);
+        attributes.insert(KEY_ATTRIBUTE.to_string(), run.st.key.clone());
         let input = data::for_event(trigger.payload.clone(), &def.sensitive);
         run.with_last(|e| {
             e.input = Some(input);
@@ -545,6 +546,10 @@ fn identify(def: &SagaDefinition, trigger: &TriggerEvent) -> Result<(String, Str
     let id = saga_id(def, &key)?;
     Ok((id, key))
 }
+
+/// The search attribute every `Started` event carries: the saga's
+/// correlation key (the trigger's `key`). Definitions cannot declare it.
+pub const KEY_ATTRIBUTE: &str = "key";
 
 /// Longest search attribute value kept (characters).
 const MAX_ATTRIBUTE_CHARS: usize = 256;

@@ -1174,12 +1174,17 @@ fn events(fx: &[Effect]) -> Vec<LifecycleEvent> {
 
 /// The order checkout with sensitive paths and search attributes.
 fn order_with_data_keys() -> String {
-    ORDER.replacen(
-        "version: 1\n",
-        "version: 1\nsensitive: [shipping_address, customer.email]\n\
-         search-attributes:\n  customer_id: event.customer_id\n  total_cents: \"{{ event.total_cents }}\"\n  missing: event.nothing.here\n",
-        1,
-    )
+    ORDER
+        .replacen(
+            "sensitive: [shipping_address]\n",
+            "sensitive: [shipping_address, customer.email]\n",
+            1,
+        )
+        .replacen(
+            "search-attributes:\n",
+            "search-attributes:\n  missing: event.nothing.here\n",
+            1,
+        )
 }
 
 #[test]
@@ -1201,6 +1206,7 @@ fn events_carry_step_input_output_and_error_with_sensitive_fields_redacted() {
     assert_eq!(input["customer"]["email"], json!(crate::data::REDACTED));
     assert_eq!(input["order_id"], json!("o1"));
     assert_eq!(ev[0].attributes.get("customer_id").unwrap(), "c1");
+    assert_eq!(ev[0].attributes.get("key").unwrap(), "o1");
     assert_eq!(ev[0].attributes.get("total_cents").unwrap(), "5000.0");
     assert!(!ev[0].attributes.contains_key("missing"));
     // StepStarted: the command's input.
@@ -1262,14 +1268,17 @@ fn a_large_output_is_truncated_with_a_marker() {
 #[test]
 fn bad_sensitive_paths_and_attribute_names_are_definition_errors() {
     let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();
-    let src = ORDER.replacen(
-        "version: 1\n",
-        "version: 1\nsensitive: [\"a..b\"]\nsearch-attributes:\n  Bad-Name: event.order_id\n",
-        1,
-    );
+    let src = ORDER
+        .replacen("sensitive: [shipping_address]", "sensitive: [\"a..b\"]", 1)
+        .replacen(
+            "search-attributes:\n",
+            "search-attributes:\n  Bad-Name: event.order_id\n  key: event.order_id\n",
+            1,
+        );
     let err = SagaDefinition::from_yaml("o.yaml", &src, &services)
         .unwrap_err()
         .to_string();
     assert!(err.contains("`a..b` is not a field path"), "{err}");
     assert!(err.contains("search attribute `Bad-Name`"), "{err}");
+    assert!(err.contains("search attribute `key` is reserved"), "{err}");
 }
