@@ -6,6 +6,7 @@
 
 mod adapter;
 mod bench;
+mod console;
 mod demo_events;
 mod demo_services;
 mod dev;
@@ -77,6 +78,10 @@ enum Command {
     /// and e-mail verifications) to a cluster at a steady rate.
     #[command(after_help = AFTER_HELP)]
     DemoEvents(demo_events::DemoEventsArgs),
+    /// Run the saga console: a durable, searchable history of sagas and
+    /// dead letters (SQLite) and its web UI; `console bench` measures it.
+    #[command(after_help = AFTER_HELP)]
+    Console(console::ConsoleArgs),
     /// Operate on sagas through the orchestrator's HTTP API: list, show,
     /// retry a failed one, abort a running one.
     #[command(subcommand, after_help = AFTER_HELP)]
@@ -106,6 +111,7 @@ fn main() -> std::process::ExitCode {
         Command::DemoServices(_) => "demo-services",
         Command::DemoEvents(_) => "demo-events",
         Command::Saga(_) => "saga",
+        Command::Console(_) => "console",
         Command::Publish(_) => "publish",
         Command::Test(_) => "test",
         Command::Topology(_) => "topology",
@@ -141,6 +147,7 @@ fn main() -> std::process::ExitCode {
             Command::DemoEvents(args) => demo_events::run(args).await,
             Command::Topology(command) => topology::run(command).await,
             Command::Saga(command) => saga::run(command).await,
+            Command::Console(args) => console::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Test(args) => scenario::run_test(args).await,
         }

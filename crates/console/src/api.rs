@@ -153,9 +153,18 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// The console's routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
-        .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
-        .route("/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/whoami", get(whoami))
         .route("/api/overview", get(overview))
@@ -294,11 +303,7 @@ fn who(b: &OperatorBody) -> String {
 impl Orchestrator {
     /// `POST /v1/sagas/{id}/{action}`.
     async fn send(&self, id: &str, action: &str, reason: Option<&str>) -> Result<(), String> {
-        let url = format!(
-            "{}/v1/sagas/{}/{action}",
-            self.url,
-            percent_encode(id)
-        );
+        let url = format!("{}/v1/sagas/{}/{action}", self.url, percent_encode(id));
         let mut req = self
             .client
             .post(url)
@@ -336,7 +341,13 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-async fn one_saga(s: &ApiState, headers: &HeaderMap, id: &str, action: &str, body: &Bytes) -> Response {
+async fn one_saga(
+    s: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    action: &str,
+    body: &Bytes,
+) -> Response {
     if let Err(r) = s.require(headers, Role::Operator) {
         return r;
     }
@@ -375,11 +386,21 @@ async fn one_saga(s: &ApiState, headers: &HeaderMap, id: &str, action: &str, bod
     }
 }
 
-async fn retry(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+async fn retry(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     one_saga(&s, &headers, &id, "retry", &body).await
 }
 
-async fn abort(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+async fn abort(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     one_saga(&s, &headers, &id, "abort", &body).await
 }
 
@@ -417,13 +438,18 @@ async fn bulk(
         Err(e) => return console_error(&e),
     };
     if b.dry_run {
-        return Json(json!({ "action": action, "dry_run": true, "matched": matched, "filter": filter })).into_response();
+        return Json(
+            json!({ "action": action, "dry_run": true, "matched": matched, "filter": filter }),
+        )
+        .into_response();
     }
     if matched > MAX_BULK {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "SF-CON-422",
-            format!("{matched} sagas match; one bulk operation acts on at most {MAX_BULK}: narrow the filter"),
+            format!(
+                "{matched} sagas match; one bulk operation acts on at most {MAX_BULK}: narrow the filter"
+            ),
         );
     }
     let Some(o) = &s.orchestrator else {
@@ -472,7 +498,11 @@ struct DlqQuery {
     limit: Option<i64>,
 }
 
-async fn dead_letters(State(s): State<ApiState>, headers: HeaderMap, Query(q): Query<DlqQuery>) -> Response {
+async fn dead_letters(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<DlqQuery>,
+) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
         return r;
     }
@@ -503,13 +533,24 @@ async fn decode_payload(codec: &Codec, d: &DeadLetter) -> (String, Value) {
         return ("json".into(), v);
     }
     if let Ok(t) = std::str::from_utf8(bytes) {
-        return ("text".into(), Value::String(t.chars().take(16_384).collect()));
+        return (
+            "text".into(),
+            Value::String(t.chars().take(16_384).collect()),
+        );
     }
-    let hex: String = bytes.iter().take(4096).map(|b| format!("{b:02x}")).collect();
+    let hex: String = bytes
+        .iter()
+        .take(4096)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     ("hex".into(), Value::String(hex))
 }
 
-async fn dead_letter(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn dead_letter(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
         return r;
     }
@@ -521,7 +562,11 @@ async fn dead_letter(State(s): State<ApiState>, headers: HeaderMap, Path(id): Pa
             v["payload"] = payload;
             Json(v).into_response()
         }
-        Ok(None) => error(StatusCode::NOT_FOUND, "SF-CON-404", format!("no dead letter {id}")),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "SF-CON-404",
+            format!("no dead letter {id}"),
+        ),
         Err(e) => console_error(&e),
     }
 }
@@ -562,7 +607,10 @@ async fn redrive(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
         let mut h = OwnedHeaders::new();
         for (k, v) in &d.headers {
             if !k.starts_with("sagaflow-dlq-") {
-                h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
             }
         }
         let origin = format!("{}/{}/{}", d.topic, d.partition, d.offset);
@@ -681,7 +729,10 @@ pub fn diagram(d: &crate::store::SagaDetail) -> String {
         let y = 20 + i as i32 * (h + gap);
         let st = state.get(step).copied().unwrap_or(StepState::Running);
         let is_current = current.as_deref() == Some(step.as_str())
-            && matches!(d.saga.status.as_str(), "RUNNING" | "COMPENSATING" | "FAILED");
+            && matches!(
+                d.saga.status.as_str(),
+                "RUNNING" | "COMPENSATING" | "FAILED"
+            );
         svg.push_str(&format!(
             r#"<g class="node {}{}" data-step="{}"><rect x="20" y="{y}" width="{w}" height="{h}" rx="6"/><text x="{}" y="{}" text-anchor="middle">{}</text></g>"#,
             st.class(),
@@ -706,7 +757,11 @@ pub fn diagram(d: &crate::store::SagaDetail) -> String {
         .filter(|(_, s)| {
             matches!(
                 state.get(*s),
-                Some(StepState::Compensated | StepState::Compensating | StepState::CompensationFailed)
+                Some(
+                    StepState::Compensated
+                        | StepState::Compensating
+                        | StepState::CompensationFailed
+                )
             )
         })
         .map(|(i, _)| i)
@@ -773,10 +828,19 @@ mod tests {
             ],
         };
         let svg = diagram(&d);
-        assert!(svg.contains(r#"class="node compensated" data-step="reserve_inventory""#), "{svg}");
-        assert!(svg.contains(r#"class="node failed" data-step="charge_payment""#), "{svg}");
+        assert!(
+            svg.contains(r#"class="node compensated" data-step="reserve_inventory""#),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r#"class="node failed" data-step="charge_payment""#),
+            "{svg}"
+        );
         assert!(svg.contains("compensation-edge"), "{svg}");
-        assert!(!svg.contains("current"), "an ended saga has no current step: {svg}");
+        assert!(
+            !svg.contains("current"),
+            "an ended saga has no current step: {svg}"
+        );
     }
 
     #[test]

@@ -142,9 +142,8 @@ impl ConsoleConfig {
 
     /// Checks the configuration and reads the tokens.
     pub fn validate(self) -> Result<Validated, ConsoleError> {
-        let retention = humantime::parse_duration(&self.retention).map_err(|e| {
-            ConsoleError::Config(format!("`retention: {}`: {e}", self.retention))
-        })?;
+        let retention = humantime::parse_duration(&self.retention)
+            .map_err(|e| ConsoleError::Config(format!("`retention: {}`: {e}", self.retention)))?;
         let token = |var: &Option<String>| -> Result<Option<BearerToken>, ConsoleError> {
             var.as_deref()
                 .map(BearerToken::from_env)
@@ -195,9 +194,8 @@ fn now_ms() -> i64 {
 /// Runs the console until `shutdown` turns true.
 pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), ConsoleError> {
     let cfg = v.cfg;
-    let codec = Arc::new(
-        Codec::new(cfg.codec.clone()).map_err(|e| ConsoleError::Config(e.to_string()))?,
-    );
+    let codec =
+        Arc::new(Codec::new(cfg.codec.clone()).map_err(|e| ConsoleError::Config(e.to_string()))?);
     let store = Arc::new(Store::open(&cfg.database).await?);
     info!(database = %store.path(), "console: history opened");
     let names = cfg.topics.clone();

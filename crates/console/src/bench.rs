@@ -65,7 +65,9 @@ fn saga(n: u64) -> Vec<Item> {
         ("total_cents".to_string(), ((n * 37) % 200_000).to_string()),
     ]
     .into();
-    started.input = Some(json!({"order_id": format!("o-{n:07}"), "customer_id": customer, "total_cents": (n * 37) % 200_000}));
+    started.input = Some(
+        json!({"order_id": format!("o-{n:07}"), "customer_id": customer, "total_cents": (n * 37) % 200_000}),
+    );
     let mut out = vec![Item::Lifecycle(started)];
     let fails = n % 20 == 0;
     let steps = ["reserve_inventory", "charge_payment", "schedule_shipment"];
@@ -81,11 +83,20 @@ fn saga(n: u64) -> Vec<Item> {
         if fails && i == 1 {
             let mut f = life(&id, ty, seq, LifecycleKind::StepFailed, at + 2 + i as i64);
             f.step = Some((*step).into());
-            f.detail = Some(format!("declined: card declined for customer c-{}", n % 50_000));
+            f.detail = Some(format!(
+                "declined: card declined for customer c-{}",
+                n % 50_000
+            ));
             f.error = Some(json!({"message": "declined", "data": {"error": "card declined"}}));
             out.push(Item::Lifecycle(f));
             seq += 1;
-            out.push(Item::Lifecycle(life(&id, ty, seq, LifecycleKind::Compensated, at + 5)));
+            out.push(Item::Lifecycle(life(
+                &id,
+                ty,
+                seq,
+                LifecycleKind::Compensated,
+                at + 5,
+            )));
             out.push(Item::Result(SagaResult {
                 saga_id: id.clone(),
                 saga_type: ty.into(),
@@ -98,14 +109,26 @@ fn saga(n: u64) -> Vec<Item> {
             }));
             return out;
         }
-        let mut s = life(&id, ty, seq, LifecycleKind::StepSucceeded, at + 2 + i as i64);
+        let mut s = life(
+            &id,
+            ty,
+            seq,
+            LifecycleKind::StepSucceeded,
+            at + 2 + i as i64,
+        );
         s.step = Some((*step).into());
         s.attempt = Some(1);
         s.output = Some(json!({"id": format!("x-{n}")}));
         out.push(Item::Lifecycle(s));
     }
     seq += 1;
-    out.push(Item::Lifecycle(life(&id, ty, seq, LifecycleKind::Completed, at + 9)));
+    out.push(Item::Lifecycle(life(
+        &id,
+        ty,
+        seq,
+        LifecycleKind::Completed,
+        at + 9,
+    )));
     out.push(Item::Result(SagaResult {
         saga_id: id.clone(),
         saga_type: ty.into(),
@@ -129,7 +152,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Indexes `sagas` synthetic sagas into a fresh file at `path` (batches of
 /// `batch` records), then runs each search `runs` times.
-pub async fn run(path: &Path, sagas: u64, batch: usize, runs: usize) -> Result<BenchReport, ConsoleError> {
+pub async fn run(
+    path: &Path,
+    sagas: u64,
+    batch: usize,
+    runs: usize,
+) -> Result<BenchReport, ConsoleError> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
@@ -163,13 +191,65 @@ pub async fn run(path: &Path, sagas: u64, batch: usize, runs: usize) -> Result<B
     let mut searches = Vec::new();
     let last = sagas.saturating_sub(1);
     let queries: Vec<(&str, Box<dyn Fn(usize) -> Filter>)> = vec![
-        ("by id", Box::new(move |i| Filter { id: Some(format!("{}:o-{:07}", TYPES[(i as u64 * 7919 % sagas.max(1) % 3) as usize], i as u64 * 7919 % sagas.max(1))), ..Default::default() })),
-        ("by key", Box::new(move |i| Filter { key: Some(format!("o-{:07}", (i as u64 * 104_729) % sagas.max(1))), ..Default::default() })),
-        ("type + status", Box::new(|i| Filter { saga_type: Some(TYPES[i % 3].into()), status: Some("COMPENSATED".into()), ..Default::default() })),
-        ("status + time range", Box::new(move |i| Filter { status: Some("COMPLETED".into()), from: Some(T0 + ((i as i64 * 7_777) % (last as i64 + 1)) * 10), to: Some(T0 + ((i as i64 * 7_777) % (last as i64 + 1)) * 10 + 600_000), ..Default::default() })),
-        ("attribute customer_id", Box::new(|i| Filter { attrs: vec![("customer_id".into(), format!("c-{}", (i * 31) % 50_000))], ..Default::default() })),
-        ("type + attribute + status", Box::new(|i| Filter { saga_type: Some(TYPES[i % 3].into()), status: Some("COMPLETED".into()), attrs: vec![("customer_id".into(), format!("c-{}", (i * 17) % 50_000))], ..Default::default() })),
-        ("error text + type", Box::new(|i| Filter { saga_type: Some(TYPES[i % 3].into()), error: Some(format!("c-{}", (i * 13) % 50_000)), ..Default::default() })),
+        (
+            "by id",
+            Box::new(move |i| Filter {
+                id: Some(format!(
+                    "{}:o-{:07}",
+                    TYPES[(i as u64 * 7919 % sagas.max(1) % 3) as usize],
+                    i as u64 * 7919 % sagas.max(1)
+                )),
+                ..Default::default()
+            }),
+        ),
+        (
+            "by key",
+            Box::new(move |i| Filter {
+                key: Some(format!("o-{:07}", (i as u64 * 104_729) % sagas.max(1))),
+                ..Default::default()
+            }),
+        ),
+        (
+            "type + status",
+            Box::new(|i| Filter {
+                saga_type: Some(TYPES[i % 3].into()),
+                status: Some("COMPENSATED".into()),
+                ..Default::default()
+            }),
+        ),
+        (
+            "status + time range",
+            Box::new(move |i| Filter {
+                status: Some("COMPLETED".into()),
+                from: Some(T0 + ((i as i64 * 7_777) % (last as i64 + 1)) * 10),
+                to: Some(T0 + ((i as i64 * 7_777) % (last as i64 + 1)) * 10 + 600_000),
+                ..Default::default()
+            }),
+        ),
+        (
+            "attribute customer_id",
+            Box::new(|i| Filter {
+                attrs: vec![("customer_id".into(), format!("c-{}", (i * 31) % 50_000))],
+                ..Default::default()
+            }),
+        ),
+        (
+            "type + attribute + status",
+            Box::new(|i| Filter {
+                saga_type: Some(TYPES[i % 3].into()),
+                status: Some("COMPLETED".into()),
+                attrs: vec![("customer_id".into(), format!("c-{}", (i * 17) % 50_000))],
+                ..Default::default()
+            }),
+        ),
+        (
+            "error text + type",
+            Box::new(|i| Filter {
+                saga_type: Some(TYPES[i % 3].into()),
+                error: Some(format!("c-{}", (i * 13) % 50_000)),
+                ..Default::default()
+            }),
+        ),
     ];
     for (name, make) in &queries {
         let mut times = Vec::with_capacity(runs);

@@ -189,12 +189,11 @@ async fn assign(
         // `fetch_metadata` blocks: off the executor.
         let c = consumer.clone();
         let t = topic.clone();
-        let md = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(Some(&t), Duration::from_secs(5))
-        })
-        .await
-        .map_err(|e| ConsoleError::Kafka(e.to_string()))?
-        .map_err(|e| ConsoleError::Kafka(e.to_string()))?;
+        let md =
+            tokio::task::spawn_blocking(move || c.fetch_metadata(Some(&t), Duration::from_secs(5)))
+                .await
+                .map_err(|e| ConsoleError::Kafka(e.to_string()))?
+                .map_err(|e| ConsoleError::Kafka(e.to_string()))?;
         for t in md.topics() {
             if t.error().is_none() && !t.partitions().is_empty() {
                 found.insert(t.name().to_owned(), t.partitions().len() as i32);

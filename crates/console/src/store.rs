@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS attributes (
     PRIMARY KEY (name, value, saga_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS attributes_saga ON attributes (saga_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS error_text USING fts5 (text, saga_id UNINDEXED);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -157,7 +158,13 @@ pub struct Filter {
 }
 
 /// Statuses a saga can have in the history.
-pub const STATUSES: &[&str] = &["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED"];
+pub const STATUSES: &[&str] = &[
+    "RUNNING",
+    "COMPENSATING",
+    "COMPLETED",
+    "COMPENSATED",
+    "FAILED",
+];
 
 impl Filter {
     /// Builds a filter from query parameters (`attr.customer_id=c-1` for
@@ -218,18 +225,30 @@ impl Filter {
     fn sql(&self) -> (String, Vec<Sql>) {
         let mut w: Vec<String> = Vec::new();
         let mut p: Vec<Sql> = Vec::new();
+        // With a selective filter (id, key, attribute, error text), the
+        // broad columns must not drive the query: `+col` keeps SQLite from
+        // picking their index (it has no statistics to know better).
+        let selective = self.id.is_some()
+            || self.key.is_some()
+            || self.error.is_some()
+            || !self.attrs.is_empty();
+        let broad = if selective { "+" } else { "" };
         if let Some(id) = &self.id {
             p.push(Sql::Text(id.clone()));
             p.push(Sql::Text(format!("{id}\u{10FFFF}")));
-            w.push(format!("s.saga_id >= ?{} AND s.saga_id < ?{}", p.len() - 1, p.len()));
+            w.push(format!(
+                "s.saga_id >= ?{} AND s.saga_id < ?{}",
+                p.len() - 1,
+                p.len()
+            ));
         }
         if let Some(t) = &self.saga_type {
             p.push(Sql::Text(t.clone()));
-            w.push(format!("s.saga_type = ?{}", p.len()));
+            w.push(format!("{broad}s.saga_type = ?{}", p.len()));
         }
         if let Some(v) = self.version {
             p.push(Sql::Integer(v));
-            w.push(format!("s.saga_version = ?{}", p.len()));
+            w.push(format!("{broad}s.saga_version = ?{}", p.len()));
         }
         if let Some(s) = &self.status {
             let mut marks = Vec::new();
@@ -237,24 +256,26 @@ impl Filter {
                 p.push(Sql::Text(one.trim().to_owned()));
                 marks.push(format!("?{}", p.len()));
             }
-            w.push(format!("s.status IN ({})", marks.join(", ")));
+            w.push(format!("{broad}s.status IN ({})", marks.join(", ")));
         }
         if let Some(from) = self.from {
             p.push(Sql::Integer(from));
-            w.push(format!("s.started_at >= ?{}", p.len()));
+            w.push(format!("{broad}s.started_at >= ?{}", p.len()));
         }
         if let Some(to) = self.to {
             p.push(Sql::Integer(to));
-            w.push(format!("s.started_at < ?{}", p.len()));
+            w.push(format!("{broad}s.started_at < ?{}", p.len()));
         }
         if let Some(k) = &self.key {
             p.push(Sql::Text(k.clone()));
             w.push(format!("s.trigger_key = ?{}", p.len()));
         }
         if let Some(e) = &self.error {
-            let escaped = e.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            p.push(Sql::Text(format!("%{escaped}%")));
-            w.push(format!("s.error LIKE ?{} ESCAPE '\\'", p.len()));
+            p.push(Sql::Text(fts_phrase(e)));
+            w.push(format!(
+                "s.saga_id IN (SELECT saga_id FROM error_text WHERE error_text MATCH ?{})",
+                p.len()
+            ));
         }
         for (name, value) in &self.attrs {
             p.push(Sql::Text(name.clone()));
@@ -272,6 +293,21 @@ impl Filter {
         };
         (clause, p)
     }
+}
+
+/// Error text as an FTS5 query: the words as one phrase, the last one a
+/// prefix (`card decl` finds "card declined"). Quotes are doubled, so any
+/// text is a valid query.
+fn fts_phrase(text: &str) -> String {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if words.is_empty() {
+        return "\"\"".into();
+    }
+    format!("\"{}\"*", words.join(" ").replace('"', "\"\""))
 }
 
 /// Most rows one search returns.
@@ -576,8 +612,13 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .await?;
+            let insert_error = tx
+                .prepare("INSERT INTO error_text (text, saga_id) VALUES (?1, ?2)")
+                .await?;
             let insert_attr = tx
-                .prepare("INSERT OR IGNORE INTO attributes (name, value, saga_id) VALUES (?1, ?2, ?3)")
+                .prepare(
+                    "INSERT OR IGNORE INTO attributes (name, value, saga_id) VALUES (?1, ?2, ?3)",
+                )
                 .await?;
             let upsert_result = tx
                 .prepare(
@@ -604,6 +645,7 @@ impl Store {
                         let status = status_of(e.kind);
                         let key = e.attributes.get("key").cloned();
                         let is_start = e.kind == LifecycleKind::Started;
+                        let error = error_of(e);
                         upsert_saga
                             .execute(vec![
                                 Sql::Text(e.saga_id.clone()),
@@ -613,7 +655,7 @@ impl Store {
                                 Sql::Integer(e.at),
                                 Sql::Integer(seq),
                                 opt_text(e.step.as_deref()),
-                                opt_text(error_of(e).as_deref()),
+                                opt_text(error.as_deref()),
                                 opt_text(key.as_deref()),
                                 Sql::Integer(i64::from(is_start)),
                             ])
@@ -634,6 +676,19 @@ impl Store {
                             ])
                             .await?;
                         insert_event.reset();
+                        // Once per event: a replayed record is a duplicate
+                        // of an event already there.
+                        if let Some(text) = &error
+                            && tx.changes() > 0
+                        {
+                            insert_error
+                                .execute(vec![
+                                    Sql::Text(text.clone()),
+                                    Sql::Text(e.saga_id.clone()),
+                                ])
+                                .await?;
+                            insert_error.reset();
+                        }
                         for (name, value) in &e.attributes {
                             insert_attr
                                 .execute(vec![
@@ -661,7 +716,12 @@ impl Store {
                         upsert_result.reset();
                     }
                     Item::DeadLetter(d) => {
-                        let h = |k: &str| d.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                        let h = |k: &str| {
+                            d.headers
+                                .iter()
+                                .find(|(n, _)| n == k)
+                                .map(|(_, v)| v.clone())
+                        };
                         let int = |k: &str| h(k).and_then(|v| v.parse::<i64>().ok());
                         insert_dead
                             .execute(vec![
@@ -800,7 +860,10 @@ impl Store {
         drop(rows);
         let mut attributes = BTreeMap::new();
         let mut rows = c
-            .query("SELECT name, value FROM attributes WHERE saga_id = ?1", [id])
+            .query(
+                "SELECT name, value FROM attributes WHERE saga_id = ?1",
+                [id],
+            )
             .await?;
         while let Some(r) = rows.next().await? {
             attributes.insert(r.get(0)?, r.get(1)?);
@@ -846,10 +909,7 @@ impl Store {
         while let Some(r) = rows.next().await? {
             let n: i64 = r.get(2)?;
             o.total += n;
-            o.counts
-                .entry(r.get(0)?)
-                .or_default()
-                .insert(r.get(1)?, n);
+            o.counts.entry(r.get(0)?).or_default().insert(r.get(1)?, n);
         }
         let one = |sql: &'static str, p: Vec<Sql>| {
             let c = &c;
@@ -939,7 +999,11 @@ impl Store {
         for id in ids {
             tx.execute(
                 "UPDATE dead_letters SET redriven_at = ?1, redriven_by = ?2 WHERE id = ?3",
-                vec![Sql::Integer(at), Sql::Text(who.to_owned()), Sql::Integer(*id)],
+                vec![
+                    Sql::Integer(at),
+                    Sql::Text(who.to_owned()),
+                    Sql::Integer(*id),
+                ],
             )
             .await?;
         }
@@ -1010,8 +1074,16 @@ impl Store {
             [cutoff],
         )
         .await?;
+        tx.execute(
+            &format!("DELETE FROM error_text WHERE saga_id IN ({pick})"),
+            [cutoff],
+        )
+        .await?;
         let n = tx
-            .execute(&format!("DELETE FROM sagas WHERE saga_id IN ({pick})"), [cutoff])
+            .execute(
+                &format!("DELETE FROM sagas WHERE saga_id IN ({pick})"),
+                [cutoff],
+            )
             .await?;
         tx.execute("DELETE FROM dead_letters WHERE at < ?1", [cutoff])
             .await?;
@@ -1095,7 +1167,11 @@ mod tests {
         let (_d, s) = store().await;
         let mut started = ev("o:1", 1, LifecycleKind::Started, 10);
         if let Item::Lifecycle(e) = &mut started.item {
-            e.attributes = [("key".to_string(), "1".to_string()), ("customer_id".to_string(), "c-9".to_string())].into();
+            e.attributes = [
+                ("key".to_string(), "1".to_string()),
+                ("customer_id".to_string(), "c-9".to_string()),
+            ]
+            .into();
             e.input = Some(json!({"order_id": "1"}));
         }
         let mut failed = ev("o:1", 3, LifecycleKind::StepFailed, 12);
@@ -1118,7 +1194,10 @@ mod tests {
         assert_eq!(d.saga.error.as_deref(), Some("card declined"));
         assert_eq!(d.events.len(), 4);
         assert_eq!(d.events[0].input, Some(json!({"order_id": "1"})));
-        assert_eq!(d.events[2].error.as_ref().unwrap()["data"]["code"], json!(402));
+        assert_eq!(
+            d.events[2].error.as_ref().unwrap()["data"]["code"],
+            json!(402)
+        );
         assert_eq!(d.attributes["customer_id"], "c-9");
 
         let by_attr = Filter {
@@ -1127,7 +1206,7 @@ mod tests {
         };
         assert_eq!(s.count(&by_attr).await.unwrap(), 1);
         let by_error = Filter {
-            error: Some("declined".into()),
+            error: Some("card decl".into()),
             status: Some("COMPENSATING".into()),
             ..Default::default()
         };
@@ -1137,7 +1216,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.count(&wrong).await.unwrap(), 0);
-        assert_eq!(s.offsets().await.unwrap()[&("sagaflow.saga-events".to_string(), 0)], 14);
+        let odd = Filter {
+            error: Some("\"); DROP TABLE sagas; --".into()),
+            ..Default::default()
+        };
+        assert_eq!(s.count(&odd).await.unwrap(), 0);
+        assert_eq!(
+            s.offsets().await.unwrap()[&("sagaflow.saga-events".to_string(), 0)],
+            14
+        );
     }
 
     #[tokio::test]
@@ -1149,7 +1236,9 @@ mod tests {
         ];
         s.apply(&batch).await.unwrap();
         s.apply(&batch).await.unwrap();
-        s.apply(&[ev("o:2", 3, LifecycleKind::Compensating, 3)]).await.unwrap();
+        s.apply(&[ev("o:2", 3, LifecycleKind::Compensating, 3)])
+            .await
+            .unwrap();
         let d = s.saga("o:2").await.unwrap().unwrap();
         assert_eq!(d.saga.status, "COMPLETED");
         assert_eq!(d.events.len(), 3);
@@ -1163,7 +1252,10 @@ mod tests {
             .map(|i| ev(&format!("o:{i:02}"), 1, LifecycleKind::Started, 100 + i))
             .collect();
         s.apply(&batch).await.unwrap();
-        let mut page = Page { limit: 10, before: None };
+        let mut page = Page {
+            limit: 10,
+            before: None,
+        };
         let mut seen = Vec::new();
         loop {
             let p = s.search(&Filter::default(), &page).await.unwrap();
@@ -1225,7 +1317,12 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect::<Vec<_>>()
         };
-        let (f, p) = Filter::from_query(&q(&[("status", "failed"), ("attr.customer_id", "c"), ("limit", "9999")])).unwrap();
+        let (f, p) = Filter::from_query(&q(&[
+            ("status", "failed"),
+            ("attr.customer_id", "c"),
+            ("limit", "9999"),
+        ]))
+        .unwrap();
         assert_eq!(f.status.as_deref(), Some("FAILED"));
         assert_eq!(f.attrs, [("customer_id".to_string(), "c".to_string())]);
         assert_eq!(p.limit, MAX_LIMIT);
