@@ -40,6 +40,10 @@ pub struct ConsoleConfig {
     /// nor commits: its offsets live in the database.
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// Most records applied in one transaction (2000). Smaller batches
+    /// show new events sooner under load; larger ones index faster.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
     #[serde(default)]
     pub http: HttpConfig,
     /// The orchestrator API that retry and abort go through.
@@ -49,6 +53,10 @@ pub struct ConsoleConfig {
 
 fn default_retention() -> String {
     "7d".into()
+}
+
+fn default_batch() -> usize {
+    follow::DEFAULT_BATCH
 }
 
 fn default_group() -> String {
@@ -213,6 +221,7 @@ pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), Co
         sources,
         store.clone(),
         progress.clone(),
+        cfg.batch_size.max(1),
         shutdown.clone(),
     ));
     let pruner = {

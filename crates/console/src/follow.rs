@@ -44,8 +44,8 @@ impl Sources {
     }
 }
 
-/// Most records applied in one transaction.
-const MAX_BATCH: usize = 2000;
+/// Most records applied in one transaction, by default.
+pub const DEFAULT_BATCH: usize = 2000;
 /// How long a batch waits to fill once it has a record.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// How often topics are looked up again for new partitions.
@@ -92,6 +92,7 @@ pub async fn run(
     sources: Sources,
     store: Arc<Store>,
     progress: Arc<Progress>,
+    max_batch: usize,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsoleError> {
     let consumer: Arc<StreamConsumer> = Arc::new(
@@ -134,7 +135,7 @@ pub async fn run(
         batch.push(record(&codec, &sources, &m).await);
         drop(m);
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(record(&codec, &sources, &m).await),
                 Ok(Err(e)) => return Err(ConsoleError::Kafka(e.to_string())),

@@ -678,14 +678,19 @@ impl Store {
                         insert_event.reset();
                         // Once per event: a replayed record is a duplicate
                         // of an event already there.
-                        if let Some(text) = &error
+                        // The error body's text is searchable too: a
+                        // backend's "card declined" is often only there.
+                        let searchable = match (&error, &e.error) {
+                            (Some(d), Some(body)) => Some(format!("{d} {body}")),
+                            (Some(d), None) => Some(d.clone()),
+                            (None, Some(body)) => Some(body.to_string()),
+                            (None, None) => None,
+                        };
+                        if let Some(text) = searchable
                             && tx.changes() > 0
                         {
                             insert_error
-                                .execute(vec![
-                                    Sql::Text(text.clone()),
-                                    Sql::Text(e.saga_id.clone()),
-                                ])
+                                .execute(vec![Sql::Text(text), Sql::Text(e.saga_id.clone())])
                                 .await?;
                             insert_error.reset();
                         }
