@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use crate::common::Stack;
 
+pub mod webdriver;
+
 pub const OPERATOR_TOKEN: &str = "console-operator-test-token";
 pub const READ_TOKEN: &str = "console-read-test-token";
 

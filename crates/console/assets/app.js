@@ -175,13 +175,13 @@ async function sagaPage(id) {
         ${e.detail ? `<div class="muted detail">${esc(e.detail)}</div>` : ""}${data}</div>`;
     }).join("");
     const attrs = Object.entries(d.attributes).map(([k, v]) => `<code>${esc(k)}=${esc(v)}</code>`).join(" ");
-    const operate = !me.read_only;
+    const operate = me.role === "operator";
     main.innerHTML = `
       <h1>${esc(d.saga_id)} <span id="saga-status">${badge(d.status)}</span></h1>
       <p>${esc(d.saga_type)} v${esc(d.saga_version)} · started ${when(d.started_at)}${d.ended_at ? " · ended " + when(d.ended_at) : ""}
        · key <code id="saga-key">${esc(d.key)}</code> ${attrs}</p>
       ${d.error ? `<p class="error" id="saga-error">${esc(d.error)}</p>` : ""}
-      ${operate ? `<p><button id="retry-button" class="primary">Retry</button> <button id="abort-button" class="danger">Abort</button></p>` : `<p class="muted">read-only</p>`}
+      ${operate ? `<p><button id="retry-button" class="primary">Retry</button> <button id="abort-button" class="danger">Abort</button></p>` : `<p class="muted">${me.read_only ? "read-only console" : "enter the operator token to retry or abort"}</p>`}
       <div class="layout">
         <div class="timeline" id="timeline"><h2>Timeline</h2>${events}</div>
         <div><h2>Path taken</h2>${d.diagram_svg}
@@ -239,7 +239,7 @@ async function bulk(params) {
 async function deadLetters() {
   const render = async () => {
     const r = await api("/api/dead-letters?limit=200");
-    const operate = !me.read_only;
+    const operate = me.role === "operator";
     const rows = r.dead_letters.map((d) => `
       <tr class="dlq-row" data-id="${d.id}">
         <td>${operate && !d.redriven_at ? `<input type="checkbox" class="dlq-select" value="${d.id}">` : ""}</td>
@@ -281,7 +281,7 @@ async function deadLetter(id) {
     <p><b>${esc(d.code)}</b> ${esc(d.reason)}</p>
     <p>From <code>${esc(d.source_topic)}</code> partition ${esc(d.source_partition)} offset ${esc(d.source_offset)}; stored at ${esc(d.topic)}/${d.partition}/${d.offset}, ${when(d.at)}.
      ${d.redriven_at ? `Redriven ${when(d.redriven_at)} by ${esc(d.redriven_by)}.` : ""}</p>
-    ${!me.read_only && !d.redriven_at ? `<p><button id="redrive-one" class="primary">Redrive to ${esc(d.source_topic)}</button></p>` : ""}
+    ${me.role === "operator" && !d.redriven_at ? `<p><button id="redrive-one" class="primary">Redrive to ${esc(d.source_topic)}</button></p>` : ""}
     <h2>Key</h2><pre class="payload">${esc(d.key)}</pre>
     <h2>Payload (${esc(d.payload_format)}, ${d.value_bytes} bytes)</h2><pre class="payload" id="dlq-payload">${pretty(d.payload)}</pre>
     <h2>Headers</h2><table>${headers}</table>`;
