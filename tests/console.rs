@@ -484,4 +484,50 @@ async fn redriven_dead_letters_start_their_sagas() {
         "{audit}"
     );
     assert!(line["who"].as_str().unwrap().starts_with("test"), "{audit}");
+
+    // The same through the CLI.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(sagaflow_test_support::process::sagaflow_bin())
+            .args(args)
+            .args(["--console", &console.url])
+            .env("SAGAFLOW_CONSOLE_TOKEN", OPERATOR_TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["saga", "list", "--attr", "customer_id=c-dlq"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.matches("order-checkout:dlq-").count(), 3, "{out}");
+    let (code, out, err) = cli(&["saga", "list", "--key", "dlq-1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("order-checkout:dlq-1") && !out.contains("dlq-2"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&[
+        "saga",
+        "retry",
+        "--filter",
+        "status=COMPLETED",
+        "--filter",
+        "attr.customer_id=c-dlq",
+        "--dry-run",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("3 sagas match; nothing changed"), "{out}");
+    let (code, out, err) = cli(&["dlq", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.matches("redriven").count(), 3, "{out}");
+    let (code, out, err) = cli(&["dlq", "show", &ids[0].to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"payload_format\": \"avro\""), "{out}");
+    let (code, _, err) = cli(&["saga", "list", "--error", "x", "--status", "sleeping"]);
+    assert_eq!(code, Some(2), "{err}");
+    // The dry run changed nothing: the audit log has only the redrive.
+    let (_, audit) = cs::get(&console.url, "/api/audit", None).await;
+    assert_eq!(audit["audit"].as_array().unwrap().len(), 1, "{audit}");
 }

@@ -91,3 +91,51 @@ pub(crate) async fn run(args: ConsoleArgs) -> CliResult {
     });
     sagaflow_console::run(validated, rx).await.map_err(failure)
 }
+
+/// `sagaflow dev`'s console: writes `console.yaml` into the data
+/// directory (history in `console.db` there), starts the console in this
+/// process on a free loopback port next to the orchestrator's, and prints
+/// its URL. Operator actions need `SAGAFLOW_CONSOLE_OPERATOR_TOKEN` set
+/// when `dev` starts; without it the console is read-only.
+pub(crate) async fn dev_hook(
+    dir: &std::path::Path,
+    kafka: &str,
+    codec: &str,
+    orchestrator: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> CliResult {
+    const TOKEN_ENV: &str = "SAGAFLOW_CONSOLE_OPERATOR_TOKEN";
+    let port = std::net::TcpListener::bind((orchestrator.ip(), 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Failure::Usage(format!("console: no free port: {e}")))?
+        .port();
+    let listen = std::net::SocketAddr::new(orchestrator.ip(), port);
+    let operator = std::env::var(TOKEN_ENV).is_ok_and(|t| !t.is_empty());
+    let path = dir.join("console.yaml");
+    let yaml = format!(
+        "{kafka}{codec}database: console.db\nretention: 7d\ngroup-id: sagaflow-dev-console\nhttp:\n  listen: {listen}\n{}orchestrator:\n  url: http://{orchestrator}\n",
+        if operator {
+            format!("  operator-token-env: {TOKEN_ENV}\n")
+        } else {
+            String::new()
+        }
+    );
+    std::fs::write(&path, &yaml).map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+    let validated = ConsoleConfig::from_yaml(&path, &yaml)
+        .and_then(ConsoleConfig::validate)
+        .map_err(failure)?;
+    tokio::spawn(async move {
+        if let Err(e) = sagaflow_console::run(validated, stop).await {
+            tracing::warn!(error = %e, "the dev console stopped");
+        }
+    });
+    println!(
+        "  console           http://{listen}/   ({})",
+        if operator {
+            "operator token from SAGAFLOW_CONSOLE_OPERATOR_TOKEN"
+        } else {
+            "read-only: set SAGAFLOW_CONSOLE_OPERATOR_TOKEN to retry, abort and redrive"
+        }
+    );
+    Ok(())
+}

@@ -7,9 +7,11 @@
 mod adapter;
 mod bench;
 mod console;
+mod console_client;
 mod demo_events;
 mod demo_services;
 mod dev;
+mod dlq;
 mod exit;
 mod orchestrator;
 mod publish;
@@ -82,6 +84,10 @@ enum Command {
     /// dead letters (SQLite) and its web UI; `console bench` measures it.
     #[command(after_help = AFTER_HELP)]
     Console(console::ConsoleArgs),
+    /// Dead letters through the console: list, show, redrive to their
+    /// source topics.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Dlq(dlq::DlqCommand),
     /// Operate on sagas through the orchestrator's HTTP API: list, show,
     /// retry a failed one, abort a running one.
     #[command(subcommand, after_help = AFTER_HELP)]
@@ -112,6 +118,7 @@ fn main() -> std::process::ExitCode {
         Command::DemoEvents(_) => "demo-events",
         Command::Saga(_) => "saga",
         Command::Console(_) => "console",
+        Command::Dlq(_) => "dlq",
         Command::Publish(_) => "publish",
         Command::Test(_) => "test",
         Command::Topology(_) => "topology",
@@ -148,6 +155,7 @@ fn main() -> std::process::ExitCode {
             Command::Topology(command) => topology::run(command).await,
             Command::Saga(command) => saga::run(command).await,
             Command::Console(args) => console::run(args).await,
+            Command::Dlq(command) => dlq::run(command).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Test(args) => scenario::run_test(args).await,
         }
