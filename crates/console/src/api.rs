@@ -84,30 +84,30 @@ impl ApiState {
         }
     }
 
-    fn require(&self, headers: &HeaderMap, need: Role) -> Result<(), Response> {
+    fn require(&self, headers: &HeaderMap, need: Role) -> Result<(), Box<Response>> {
         if need == Role::Operator && self.operator_token.is_none() {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "SF-CON-403",
                 "the console is read-only: no operator token is configured (`http.operator-token-env`)",
-            ));
+            )));
         }
         let role = self.role(headers);
         if role >= need {
             return Ok(());
         }
         if role == Role::Nobody {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "SF-CON-401",
                 "a valid bearer token is required (`Authorization: Bearer <token>`)",
-            ));
+            )));
         }
-        Err(error(
+        Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "SF-CON-403",
             "this needs the operator token; the token given only reads",
-        ))
+        )))
     }
 }
 
@@ -204,7 +204,7 @@ async fn whoami(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 
 async fn overview(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
-        return r;
+        return *r;
     }
     match s.store.overview(now_ms()).await {
         Ok(o) => {
@@ -226,7 +226,7 @@ async fn search(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
-        return r;
+        return *r;
     }
     let (filter, page) = match Filter::from_query(&q) {
         Ok(x) => x,
@@ -246,7 +246,7 @@ async fn search(
 
 async fn saga(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
-        return r;
+        return *r;
     }
     match s.store.saga(&id).await {
         Ok(Some(d)) => {
@@ -275,16 +275,16 @@ struct OperatorBody {
     ids: Vec<i64>,
 }
 
-fn parse_body(body: &Bytes) -> Result<OperatorBody, Response> {
+fn parse_body(body: &Bytes) -> Result<OperatorBody, Box<Response>> {
     if body.is_empty() {
         return Ok(OperatorBody::default());
     }
     serde_json::from_slice(body).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "SF-CON-400",
             format!("the body must be a JSON object with actor, reason, dry_run or ids: {e}"),
-        )
+        ))
     })
 }
 
@@ -349,11 +349,11 @@ async fn one_saga(
     body: &Bytes,
 ) -> Response {
     if let Err(r) = s.require(headers, Role::Operator) {
-        return r;
+        return *r;
     }
     let b = match parse_body(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(o) = &s.orchestrator else {
         return error(
@@ -422,11 +422,11 @@ async fn bulk(
         );
     }
     if let Err(r) = s.require(&headers, Role::Operator) {
-        return r;
+        return *r;
     }
     let b = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (filter, _) = match Filter::from_query(&q) {
         Ok(x) => x,
@@ -504,7 +504,7 @@ async fn dead_letters(
     Query(q): Query<DlqQuery>,
 ) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
-        return r;
+        return *r;
     }
     match s
         .store
@@ -552,7 +552,7 @@ async fn dead_letter(
     Path(id): Path<i64>,
 ) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
-        return r;
+        return *r;
     }
     match s.store.dead_letter(id).await {
         Ok(Some(d)) => {
@@ -576,11 +576,11 @@ async fn dead_letter(
 /// back to its source topic; it is marked redriven; one audit line.
 async fn redrive(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = s.require(&headers, Role::Operator) {
-        return r;
+        return *r;
     }
     let b = match parse_body(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if b.ids.is_empty() || b.ids.len() > MAX_REDRIVE {
         return error(
@@ -653,7 +653,7 @@ async fn redrive(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
 
 async fn audit(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
-        return r;
+        return *r;
     }
     match s.store.audit_lines(200).await {
         Ok(lines) => Json(json!({ "audit": lines })).into_response(),

@@ -215,13 +215,15 @@ pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), Co
     };
     let progress = Arc::new(Progress::default());
     let indexer = tokio::spawn(follow::run(
-        cfg.kafka.clone(),
-        cfg.group_id.clone(),
-        codec.clone(),
-        sources,
-        store.clone(),
-        progress.clone(),
-        cfg.batch_size.max(1),
+        follow::Indexer {
+            kafka: cfg.kafka.clone(),
+            group_id: cfg.group_id.clone(),
+            codec: codec.clone(),
+            sources,
+            store: store.clone(),
+            progress: progress.clone(),
+            max_batch: cfg.batch_size.max(1),
+        },
         shutdown.clone(),
     ));
     let pruner = {

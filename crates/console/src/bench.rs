@@ -69,7 +69,7 @@ fn saga(n: u64) -> Vec<Item> {
         json!({"order_id": format!("o-{n:07}"), "customer_id": customer, "total_cents": (n * 37) % 200_000}),
     );
     let mut out = vec![Item::Lifecycle(started)];
-    let fails = n % 20 == 0;
+    let fails = n.is_multiple_of(20);
     let steps = ["reserve_inventory", "charge_payment", "schedule_shipment"];
     let mut seq = 1;
     for (i, step) in steps.iter().enumerate() {
@@ -142,6 +142,9 @@ fn saga(n: u64) -> Vec<Item> {
     out
 }
 
+/// A named search, built from the run number.
+type Query = (&'static str, Box<dyn Fn(usize) -> Filter>);
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -190,7 +193,7 @@ pub async fn run(
     let index_seconds = started.elapsed().as_secs_f64();
     let mut searches = Vec::new();
     let last = sagas.saturating_sub(1);
-    let queries: Vec<(&str, Box<dyn Fn(usize) -> Filter>)> = vec![
+    let queries: Vec<Query> = vec![
         (
             "by id",
             Box::new(move |i| Filter {

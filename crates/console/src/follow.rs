@@ -84,17 +84,29 @@ pub async fn decode(codec: &Codec, sources: &Sources, m: &BorrowedMessage<'_>) -
     }
 }
 
+/// Everything the indexer needs.
+pub struct Indexer {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    pub codec: Arc<Codec>,
+    pub sources: Sources,
+    pub store: Arc<Store>,
+    pub progress: Arc<Progress>,
+    /// Most records applied in one transaction.
+    pub max_batch: usize,
+}
+
 /// Follows the sources into the store until `stop` turns true.
-pub async fn run(
-    kafka: KafkaConfig,
-    group_id: String,
-    codec: Arc<Codec>,
-    sources: Sources,
-    store: Arc<Store>,
-    progress: Arc<Progress>,
-    max_batch: usize,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), ConsoleError> {
+pub async fn run(ix: Indexer, mut stop: watch::Receiver<bool>) -> Result<(), ConsoleError> {
+    let Indexer {
+        kafka,
+        group_id,
+        codec,
+        sources,
+        store,
+        progress,
+        max_batch,
+    } = ix;
     let consumer: Arc<StreamConsumer> = Arc::new(
         kafka
             .consumer(&group_id)
