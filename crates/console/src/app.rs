@@ -293,3 +293,54 @@ pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), Co
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const MINIMAL: &str = "kafka:\n  bootstrap-servers: localhost:9092\ncodec:\n  default-format:\n    format: json\ndatabase: h.db\n";
+
+    #[test]
+    fn the_compose_config_parses() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compose/console.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let cfg = ConsoleConfig::from_yaml(&file, &text).unwrap();
+        assert_eq!(cfg.http.listen.port(), 8090);
+        assert!(cfg.http.read_token_env.is_some() && cfg.http.operator_token_env.is_some());
+        assert_eq!(cfg.database, Path::new("/var/lib/sagaflow/console.db"));
+    }
+
+    #[test]
+    fn an_open_address_needs_a_read_token_or_open_true() {
+        let file = Path::new("/etc/sagaflow/console.yaml");
+        let yaml = format!("{MINIMAL}http:\n  listen: 0.0.0.0:8090\n");
+        let e = ConsoleConfig::from_yaml(file, &yaml)
+            .unwrap()
+            .validate()
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), "SF-CON-001");
+        assert!(e.to_string().contains("read-token-env"), "{e}");
+        let open = format!("{MINIMAL}http:\n  listen: 0.0.0.0:8090\n  open: true\n");
+        let v = ConsoleConfig::from_yaml(file, &open)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(v.read_token.is_none() && v.operator_token.is_none());
+        // Relative database paths follow the file.
+        assert_eq!(v.cfg.database, Path::new("/etc/sagaflow/h.db"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_place() {
+        let yaml = format!("{MINIMAL}retension: 7d\n");
+        let e = ConsoleConfig::from_yaml(Path::new("c.yaml"), &yaml)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("c.yaml:") && e.to_string().contains("retension"),
+            "{e}"
+        );
+    }
+}
