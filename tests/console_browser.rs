@@ -39,7 +39,20 @@ async fn an_operator_finds_inspects_retries_and_redrives_in_the_browser() {
     stack.start_adapters();
     let api = stack.orchestrators[0].http_addr(UI);
     let db = stack.path("ui.db");
-    let cfg = cs::config(&stack, "ui", &db, Some(&format!("http://{api}")), false);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sagas = format!(
+        "sagas:\n  dir: {}\n  services: {}\n",
+        root.join("topology/sagas").display(),
+        root.join("topology/services.yaml").display()
+    );
+    let cfg = cs::config_with(
+        &stack,
+        "ui",
+        &db,
+        Some(&format!("http://{api}")),
+        false,
+        &sagas,
+    );
     let console = cs::start(&stack, "console-ui", &cfg);
 
     let port = free_port();
@@ -247,6 +260,19 @@ async fn an_operator_finds_inspects_retries_and_redrives_in_the_browser() {
     browser.wait_text("#audit-table", "redrive", UI).await;
     browser.wait_text("#audit-table", "retry", UI).await;
     browser.screenshot(&shots.join("10-audit.png")).await;
+
+    // Definitions: each saga type and version drawn.
+    browser
+        .goto(&format!("{}/#/definitions", console.url))
+        .await;
+    browser
+        .wait_for(
+            r#".definition-card[data-type="order-checkout"] svg.definition"#,
+            UI,
+        )
+        .await;
+    assert_eq!(browser.find_all("svg.definition").await.len(), 3);
+    browser.screenshot(&shots.join("11-definitions.png")).await;
     browser.close().await;
     println!("screenshots: {}", shots.display());
     drop(console);

@@ -305,6 +305,23 @@ async function audit() {
   poll(render, 5000);
 }
 
+async function definitionsPage() {
+  clearInterval(timer);
+  const r = await api("/api/definitions");
+  if (!r.definitions.length) {
+    main.innerHTML = `<h1>Definitions</h1><p class="muted">No definitions configured (the console's <code>sagas</code> setting).</p>`;
+    return;
+  }
+  main.innerHTML = `<h1>Definitions</h1>` + r.definitions.map((d) => `
+    <section class="definition-card" data-type="${esc(d.saga_type)}">
+      <h2>${esc(d.saga_type)} v${esc(d.version)}</h2>
+      <p class="muted">${esc(d.description)} · trigger ${esc(d.trigger)}
+      ${d.search_attributes.length ? " · search attributes " + d.search_attributes.map(esc).join(", ") : ""}
+      ${d.sensitive.length ? " · sensitive " + d.sensitive.map(esc).join(", ") : ""}</p>
+      ${d.svg}
+    </section>`).join("");
+}
+
 // ------------------------------------------------------------- routing
 
 async function route() {
@@ -329,6 +346,7 @@ async function route() {
     if (path === "/dead-letters") return await deadLetters();
     if (path.startsWith("/dead-letter/")) return await deadLetter(path.slice(13));
     if (path === "/audit") return await audit();
+    if (path === "/definitions") return await definitionsPage();
     main.innerHTML = `<p>Unknown page.</p>`;
   } catch (err) {
     main.innerHTML = `<p class="error">${esc(err.message)}</p>`;

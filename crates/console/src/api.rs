@@ -56,6 +56,8 @@ pub struct ApiState {
     pub operator_token: Option<BearerToken>,
     pub orchestrator: Option<Orchestrator>,
     pub progress: Arc<Progress>,
+    /// The definitions page's content (empty without `sagas`).
+    pub definitions: Arc<Vec<crate::definitions::DefinitionView>>,
 }
 
 /// What a request may do.
@@ -177,6 +179,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/dead-letters/redrive", post(redrive))
         .route("/api/dead-letters/{id}", get(dead_letter))
         .route("/api/audit", get(audit))
+        .route("/api/definitions", get(definitions))
         .with_state(state)
 }
 
@@ -649,6 +652,13 @@ async fn redrive(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
         return console_error(&e);
     }
     Json(json!({ "redriven": done, "errors": errors })).into_response()
+}
+
+async fn definitions(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.require(&headers, Role::Reader) {
+        return *r;
+    }
+    Json(json!({ "definitions": s.definitions.as_ref() })).into_response()
 }
 
 async fn audit(State(s): State<ApiState>, headers: HeaderMap) -> Response {

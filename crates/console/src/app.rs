@@ -49,6 +49,17 @@ pub struct ConsoleConfig {
     /// The orchestrator API that retry and abort go through.
     #[serde(default)]
     pub orchestrator: Option<OrchestratorApi>,
+    /// Saga definitions to draw on the definitions page (optional).
+    #[serde(default)]
+    pub sagas: Option<SagasDir>,
+}
+
+/// Where the saga definitions are (as in the orchestrator's config).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SagasDir {
+    pub dir: PathBuf,
+    pub services: PathBuf,
 }
 
 fn default_retention() -> String {
@@ -145,6 +156,10 @@ impl ConsoleConfig {
         })?;
         let base = file.parent().unwrap_or(std::path::Path::new("."));
         cfg.database = base.join(&cfg.database);
+        if let Some(s) = &mut cfg.sagas {
+            s.dir = base.join(&s.dir);
+            s.services = base.join(&s.services);
+        }
         Ok(cfg)
     }
 
@@ -204,6 +219,10 @@ pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), Co
     let cfg = v.cfg;
     let codec =
         Arc::new(Codec::new(cfg.codec.clone()).map_err(|e| ConsoleError::Config(e.to_string()))?);
+    let definitions = match &cfg.sagas {
+        Some(s) => crate::definitions::load(&s.dir, &s.services)?,
+        None => Vec::new(),
+    };
     let store = Arc::new(Store::open(&cfg.database).await?);
     info!(database = %store.path(), "console: history opened");
     let names = cfg.topics.clone();
@@ -260,6 +279,7 @@ pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), Co
             client: reqwest::Client::new(),
         }),
         progress,
+        definitions: Arc::new(definitions),
     };
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod definitions;
 pub mod error;
 pub mod follow;
 pub mod store;
