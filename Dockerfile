@@ -16,7 +16,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 sagaflow \
- && useradd --system --uid 10001 --gid sagaflow --home-dir /opt/sagaflow --shell /usr/sbin/nologin sagaflow
+ && useradd --system --uid 10001 --gid sagaflow --home-dir /opt/sagaflow --shell /usr/sbin/nologin sagaflow \
+ && install -d -o 10001 -g 10001 /var/lib/sagaflow
 COPY --from=builder /usr/local/bin/sagaflow /usr/local/bin/sagaflow
 COPY topology/ /opt/sagaflow/topology/
 COPY schemas/ /opt/sagaflow/schemas/

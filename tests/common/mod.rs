@@ -45,6 +45,11 @@ pub struct Ledger {
     /// Successful calls per Idempotency-Key, repeats included: what a
     /// backend that does not de-duplicate would have applied.
     pub raw_calls: BTreeMap<String, u32>,
+    /// Releasing the reservation of a `stuck-*` order fails (503, not
+    /// remembered, so every retry reaches the backend) until this is set:
+    /// a compensation that fails for good until an operator has fixed the
+    /// backend and retries the saga.
+    pub unstick: bool,
 }
 
 pub type Shared = Arc<Mutex<Ledger>>;
@@ -96,6 +101,13 @@ async fn handle(
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": "try again"})),
+        )
+            .into_response();
+    }
+    if op == "release" && field(&body, "reservation_id").starts_with("r-stuck-") && !l.unstick {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "reservation locked"})),
         )
             .into_response();
     }

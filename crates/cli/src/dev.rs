@@ -123,6 +123,7 @@ pub(crate) async fn run(args: DevArgs) -> CliResult {
         sagaflow_orchestrator::config::OrchestratorConfig::load(&dir.join("orchestrator.yaml"))
             .map_err(|e| Failure::Usage(e.to_string()))?;
     let orchestrator = tokio::spawn(sagaflow_orchestrator::app::run(cfg, stop_rx.clone()));
+    crate::console::dev_hook(&dir, &kafka, &codec, http, stop_rx.clone()).await?;
 
     let mut adapters = Vec::new();
     for service in sagaflow_demo::adapters::services() {
@@ -422,6 +423,7 @@ mod tests {
             attempt: Some(1),
             detail: None,
             at,
+            ..Default::default()
         })
     }
 

@@ -7,9 +7,12 @@
 mod adapter;
 mod asyncapi;
 mod bench;
+mod console;
+mod console_client;
 mod demo_events;
 mod demo_services;
 mod dev;
+mod dlq;
 mod exit;
 mod orchestrator;
 mod publish;
@@ -79,6 +82,14 @@ enum Command {
     /// and e-mail verifications) to a cluster at a steady rate.
     #[command(after_help = AFTER_HELP)]
     DemoEvents(demo_events::DemoEventsArgs),
+    /// Run the saga console: a durable, searchable history of sagas and
+    /// dead letters (SQLite) and its web UI; `console bench` measures it.
+    #[command(after_help = AFTER_HELP)]
+    Console(console::ConsoleArgs),
+    /// Dead letters through the console: list, show, redrive to their
+    /// source topics.
+    #[command(subcommand, after_help = AFTER_HELP)]
+    Dlq(dlq::DlqCommand),
     /// Operate on sagas through the orchestrator's HTTP API: list, show,
     /// retry a failed one, abort a running one.
     #[command(subcommand, after_help = AFTER_HELP)]
@@ -125,6 +136,8 @@ fn main() -> std::process::ExitCode {
         Command::DemoServices(_) => "demo-services",
         Command::DemoEvents(_) => "demo-events",
         Command::Saga(_) => "saga",
+        Command::Console(_) => "console",
+        Command::Dlq(_) => "dlq",
         Command::Publish(_) => "publish",
         Command::Test(_) => "test",
         Command::Topology(_) => "topology",
@@ -161,6 +174,8 @@ fn main() -> std::process::ExitCode {
             Command::DemoEvents(args) => demo_events::run(args).await,
             Command::Topology(command) => topology::run(command).await,
             Command::Saga(command) => saga::run(command).await,
+            Command::Console(args) => console::run(args).await,
+            Command::Dlq(command) => dlq::run(command).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Test(args) => scenario::run_test(args).await,
             Command::Completions { .. } => Ok(()),

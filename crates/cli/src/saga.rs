@@ -5,6 +5,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 
+use crate::console_client::{self, ConsoleApi, ConsoleApiArgs};
 use crate::exit::{CliResult, Failure};
 
 #[derive(Debug, Subcommand)]
@@ -19,9 +20,11 @@ pub(crate) enum SagaCommand {
         /// Only sagas in this status.
         #[arg(long, value_enum)]
         status: Option<Status>,
-        /// At most this many (the API caps it at 1000).
+        /// At most this many (the API caps it at 1000; the console at 500).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        search: SearchArgs,
     },
     /// Show one saga: status, current step, result and its history.
     Get {
@@ -30,21 +33,125 @@ pub(crate) enum SagaCommand {
         /// The saga id, e.g. `order-checkout:o-17`.
         saga_id: String,
     },
-    /// Retry a failed saga from the step that failed.
+    /// Retry a failed saga from the step that failed; with `--filter`,
+    /// every saga of the console's history that matches.
     Retry {
         #[command(flatten)]
         api: ApiArgs,
-        saga_id: String,
+        #[arg(required_unless_present = "filter")]
+        saga_id: Option<String>,
+        #[command(flatten)]
+        bulk: BulkArgs,
     },
-    /// Abort a running saga: it compensates what it has done.
+    /// Abort a running saga: it compensates what it has done; with
+    /// `--filter`, every saga of the console's history that matches.
     Abort {
         #[command(flatten)]
         api: ApiArgs,
-        saga_id: String,
+        #[arg(required_unless_present = "filter")]
+        saga_id: Option<String>,
         /// Why, recorded in the saga's history.
         #[arg(long, default_value = "aborted by an operator")]
         reason: String,
+        #[command(flatten)]
+        bulk: BulkArgs,
     },
+}
+
+/// Searching the console's history (any of these sends `saga list` to the
+/// console instead of the orchestrator).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SearchArgs {
+    /// Saga id, or its beginning.
+    #[arg(long)]
+    id: Option<String>,
+    /// The trigger's correlation key (e.g. the order id).
+    #[arg(long)]
+    key: Option<String>,
+    /// Words of an error the saga had.
+    #[arg(long)]
+    error: Option<String>,
+    /// A search attribute, NAME=VALUE (repeatable: all must match).
+    #[arg(long = "attr", value_name = "NAME=VALUE", value_parser = console_client::pair)]
+    attrs: Vec<(String, String)>,
+    /// Started at or after, ms since the epoch.
+    #[arg(long)]
+    from: Option<i64>,
+    /// Started before, ms since the epoch.
+    #[arg(long)]
+    to: Option<i64>,
+    #[command(flatten)]
+    console: ConsoleApiArgs,
+}
+
+impl SearchArgs {
+    fn used(&self) -> bool {
+        self.id.is_some()
+            || self.key.is_some()
+            || self.error.is_some()
+            || !self.attrs.is_empty()
+            || self.from.is_some()
+            || self.to.is_some()
+            || self.console.console_url.is_some()
+    }
+}
+
+/// Bulk retry/abort through the console.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BulkArgs {
+    /// A search term of the console's history, NAME=VALUE (repeatable):
+    /// `status=FAILED`, `type=order-checkout`, `key=o-1`, `error=declined`,
+    /// `attr.customer_id=c-1`, `from=<ms>`, `to=<ms>`, `version=1`, `id=<prefix>`.
+    #[arg(long, value_name = "NAME=VALUE", value_parser = console_client::pair, conflicts_with = "saga_id")]
+    filter: Vec<(String, String)>,
+    /// Only count the matching sagas; change nothing.
+    #[arg(long, requires = "filter")]
+    dry_run: bool,
+    /// Who asks, for the console's audit log.
+    #[arg(long, env = "USER", default_value = "cli")]
+    actor: String,
+    #[command(flatten)]
+    console: ConsoleApiArgs,
+}
+
+async fn bulk(action: &str, b: &BulkArgs, reason: Option<&str>, output: Output) -> CliResult {
+    let api = ConsoleApi::new(&b.console, &format!("`saga {action} --filter`"))?;
+    let url = format!(
+        "{}/api/bulk/{action}?{}",
+        api.base,
+        console_client::query(&b.filter)
+    );
+    let body = json!({ "dry_run": b.dry_run, "actor": b.actor, "reason": reason });
+    let answer = api
+        .call(api.client.post(url).json(&body), &format!("bulk {action}"))
+        .await?;
+    if output == Output::Json {
+        print_json(&answer);
+        return Ok(());
+    }
+    if b.dry_run {
+        println!(
+            "{} sagas match; nothing changed (drop --dry-run to {action} them)",
+            text(&answer["matched"])
+        );
+        return Ok(());
+    }
+    println!(
+        "{action}: {} matched, {} accepted, {} failed",
+        text(&answer["matched"]),
+        text(&answer["succeeded"]),
+        text(&answer["failed"])
+    );
+    for e in answer["errors"].as_array().into_iter().flatten() {
+        println!("  {}: {}", text(&e["saga_id"]), text(&e["error"]));
+    }
+    if answer["failed"].as_i64().unwrap_or(0) > 0 {
+        return Err(Failure::Found(format!(
+            "{} sagas were not {action}-requested",
+            text(&answer["failed"])
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -201,6 +308,49 @@ pub(crate) async fn run(command: SagaCommand) -> CliResult {
             saga_type,
             status,
             limit,
+            search,
+        } if search.used() => {
+            let console = ConsoleApi::new(&search.console, "searching sagas")?;
+            let mut terms: Vec<(String, String)> =
+                vec![("limit".into(), limit.min(500).to_string())];
+            let mut add = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    terms.push((k.to_owned(), v));
+                }
+            };
+            add("type", saga_type);
+            add("status", status.map(|s| s.as_str().to_ascii_uppercase()));
+            add("id", search.id.clone());
+            add("key", search.key.clone());
+            add("error", search.error.clone());
+            add("from", search.from.map(|v| v.to_string()));
+            add("to", search.to.map(|v| v.to_string()));
+            for (k, v) in &search.attrs {
+                terms.push((format!("attr.{k}"), v.clone()));
+            }
+            let url = format!(
+                "{}/api/sagas?{}",
+                console.base,
+                console_client::query(&terms)
+            );
+            let answer = console
+                .call(console.client.get(url), "searching sagas")
+                .await?;
+            match api.output {
+                Output::Json => print_json(&answer),
+                Output::Table => {
+                    let sagas = answer["sagas"].as_array().cloned().unwrap_or_default();
+                    print!("{}", list_table(&sagas));
+                }
+            }
+            Ok(())
+        }
+        SagaCommand::List {
+            api,
+            saga_type,
+            status,
+            limit,
+            search: _,
         } => {
             let client = Api::new(&api)?;
             let mut query = vec![("limit", limit.to_string())];
@@ -236,7 +386,22 @@ pub(crate) async fn run(command: SagaCommand) -> CliResult {
             }
             Ok(())
         }
-        SagaCommand::Retry { api, saga_id } => {
+        SagaCommand::Retry {
+            api,
+            saga_id: None,
+            bulk: b,
+        } => bulk("retry", &b, None, api.output).await,
+        SagaCommand::Abort {
+            api,
+            saga_id: None,
+            reason,
+            bulk: b,
+        } => bulk("abort", &b, Some(&reason), api.output).await,
+        SagaCommand::Retry {
+            api,
+            saga_id: Some(saga_id),
+            bulk: _,
+        } => {
             let client = Api::new(&api)?;
             let saga = client.saga(&saga_id).await?;
             let status = saga["status"].as_str().unwrap_or_default();
@@ -258,8 +423,9 @@ pub(crate) async fn run(command: SagaCommand) -> CliResult {
         }
         SagaCommand::Abort {
             api,
-            saga_id,
+            saga_id: Some(saga_id),
             reason,
+            bulk: _,
         } => {
             let client = Api::new(&api)?;
             let saga = client.saga(&saga_id).await?;

@@ -208,6 +208,8 @@ async fn every_subcommand_has_help() {
         ("demo-services", &[]),
         ("demo-events", &[]),
         ("saga", &["list", "get", "retry", "abort"]),
+        ("console", &["bench"]),
+        ("dlq", &["list", "show", "redrive"]),
         ("publish", &[]),
         ("test", &[]),
         ("topology", &["validate", "graph", "apply"]),

@@ -182,6 +182,20 @@ impl Fields {
         })
     }
 
+    fn optional_json(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Option<serde_json::Value>, FieldError> {
+        self.optional_string(name)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| FieldError::Json {
+                    field: name,
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
     fn optional_string(&mut self, name: &'static str) -> Result<Option<String>, FieldError> {
         self.optional(name)?
             .map(|v| match v {
@@ -217,6 +231,10 @@ fn opt<T>(value: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
 }
 
 fn s(value: &str) -> Value {
+    Value::String(value.to_string())
+}
+
+fn json_text(value: &serde_json::Value) -> Value {
     Value::String(value.to_string())
 }
 
@@ -354,6 +372,25 @@ impl AvroMessage for SagaLifecycleEvent {
             ("attempt", opt(self.attempt, Value::Int)),
             ("detail", opt(self.detail.as_deref(), s)),
             ("at", Value::TimestampMillis(self.at)),
+            ("input_json", opt(self.input.as_ref(), json_text)),
+            ("output_json", opt(self.output.as_ref(), json_text)),
+            ("error_json", opt(self.error.as_ref(), json_text)),
+            (
+                "attributes",
+                if self.attributes.is_empty() {
+                    Value::Union(0, Box::new(Value::Null))
+                } else {
+                    Value::Union(
+                        1,
+                        Box::new(Value::Map(
+                            self.attributes
+                                .iter()
+                                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                                .collect(),
+                        )),
+                    )
+                },
+            ),
         ])
     }
 
@@ -369,6 +406,26 @@ impl AvroMessage for SagaLifecycleEvent {
             attempt: f.optional_int("attempt")?,
             detail: f.optional_string("detail")?,
             at: f.long("at")?,
+            input: f.optional_json("input_json")?,
+            output: f.optional_json("output_json")?,
+            error: f.optional_json("error_json")?,
+            attributes: match f.optional("attributes")? {
+                None => Default::default(),
+                Some(Value::Map(m)) => m
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => Ok((k, s)),
+                        other => Err(shape(format!(
+                            "field `attributes`: expected string values, found {other:?}"
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(other) => {
+                    return Err(shape(format!(
+                        "field `attributes`: expected a map, found {other:?}"
+                    )));
+                }
+            },
         })
     }
 }

@@ -9,6 +9,8 @@
 //! fields are ignored and optional fields may be absent, so JSON evolves
 //! the way the Avro schemas do (new optional fields).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -117,7 +119,7 @@ pub struct Reply {
 }
 
 /// What happened to a saga instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LifecycleKind {
     /// The saga started.
@@ -162,11 +164,12 @@ pub enum LifecycleKind {
     Aborted,
     /// A symbol this build does not know (written by a newer version).
     #[serde(other)]
+    #[default]
     Unknown,
 }
 
 /// A saga lifecycle event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SagaLifecycleEvent {
     /// Deterministic event id.
     pub event_id: String,
@@ -189,6 +192,19 @@ pub struct SagaLifecycleEvent {
     pub detail: Option<String>,
     /// When (ms since the epoch).
     pub at: i64,
+    /// The step's input, or the trigger event for `STARTED` (JSON;
+    /// sensitive fields redacted, large values truncated with a marker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// The step's output (JSON), redacted and bounded alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// A failed attempt's error body (JSON `{"message", "data"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// Search attributes, on `STARTED`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// How a saga ended.

@@ -398,6 +398,7 @@ async fn newer_writer_schema_resolves_to_this_builds_schema() {
         attempt: Some(2),
         detail: None,
         at: 1_700_000_000_000,
+        ..Default::default()
     };
     let v1_bytes = v1_codec.encode(topic, &event).await.unwrap();
 
@@ -527,4 +528,84 @@ async fn registry_auth_basic_and_bearer() {
             assert!(!err.is_retriable());
         }
     }
+}
+
+/// The lifecycle event schema with step data (input/output/error JSON and
+/// search attributes) is a compatible evolution of the one registered
+/// before it: BACKWARD and FORWARD hold, the registry accepts it as the
+/// next version, data of the old writer reads with the new fields absent,
+/// and the new fields round-trip.
+#[tokio::test]
+async fn step_data_fields_evolve_the_lifecycle_schema_compatibly() {
+    use sagaflow_codec::apache_avro::Schema;
+    use sagaflow_codec::messages::{LifecycleKind, SagaLifecycleEvent};
+    use sagaflow_registry::compat::{CompatibilityLevel, check};
+
+    const BEFORE: &str = include_str!("fixtures/SagaLifecycleEvent.step-data-v0.avsc");
+    let old = Schema::parse_str(BEFORE).unwrap();
+    let new = SagaLifecycleEvent::schema();
+    for level in [CompatibilityLevel::Backward, CompatibilityLevel::Forward] {
+        let problems = check(level, new, &[(1, &old)]);
+        assert!(problems.is_empty(), "{level:?}: {problems:?}");
+    }
+
+    let (registry, handle) = start_memory_registry().await;
+    let topic = "sagaflow.commands.events"; // any Avro topic with the record-name strategy
+    let codec = Codec::new(config(handle.url())).unwrap();
+    let base = SagaLifecycleEvent {
+        event_id: "s-1/3".into(),
+        saga_id: "s-1".into(),
+        saga_type: "order-checkout".into(),
+        saga_version: 1,
+        kind: LifecycleKind::StepFailed,
+        step: Some("charge_payment".into()),
+        attempt: Some(1),
+        detail: Some("declined".into()),
+        at: 1_700_000_000_000,
+        ..Default::default()
+    };
+    // Written by a build that did not know the new fields.
+    let mut old_value = base.to_avro();
+    if let sagaflow_codec::apache_avro::types::Value::Record(fields) = &mut old_value {
+        fields.retain(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "input_json" | "output_json" | "error_json" | "attributes"
+            )
+        });
+    }
+    let old_codec = Codec::new(config(handle.url())).unwrap();
+    let old_bytes = old_codec
+        .encode_avro_value(topic, SagaLifecycleEvent::FULL_NAME, BEFORE, old_value)
+        .await
+        .unwrap();
+    let full = SagaLifecycleEvent {
+        input: Some(json!({"amount": 5000, "card_number": "[redacted]"})),
+        error: Some(json!({"message": "declined", "data": {"code": 402}})),
+        attributes: [("customer_id".to_string(), "c-7".to_string())].into(),
+        ..base.clone()
+    };
+    let new_bytes = codec.encode(topic, &full).await.unwrap();
+    assert_eq!(
+        registry
+            .versions(SagaLifecycleEvent::FULL_NAME)
+            .await
+            .unwrap(),
+        vec![1, 2]
+    );
+    let reader = Codec::new(config(handle.url())).unwrap();
+    assert_eq!(
+        reader
+            .decode::<SagaLifecycleEvent>(topic, &old_bytes)
+            .await
+            .unwrap(),
+        base
+    );
+    assert_eq!(
+        reader
+            .decode::<SagaLifecycleEvent>(topic, &new_bytes)
+            .await
+            .unwrap(),
+        full
+    );
 }

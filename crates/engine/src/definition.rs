@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::data::FieldPath;
 use crate::error::{DefCode, DefinitionError, DefinitionErrors};
 use crate::expr::{Expr, ValueTemplate};
 use crate::yaml::{self, Position, Spans};
@@ -33,6 +34,12 @@ struct RawTop {
     steps: Vec<Value>,
     #[serde(default)]
     result: Option<Value>,
+    /// Field paths redacted from every step's data in lifecycle events.
+    #[serde(default)]
+    sensitive: Vec<String>,
+    /// Named values computed from the trigger event, for searching sagas.
+    #[serde(default)]
+    search_attributes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +109,9 @@ struct RawCall {
     compensate: Option<RawCompensate>,
     #[serde(default)]
     lint: Option<RawLint>,
+    /// Field paths redacted from this step's data in lifecycle events.
+    #[serde(default)]
+    sensitive: Vec<String>,
 }
 
 /// `lint: {allow: [SF-DEF-W001]}`: warnings silenced on purpose for a step.
@@ -250,6 +260,9 @@ pub struct CallStep {
     /// Name under `steps.` that the reply data is bound to.
     pub bind: String,
     pub compensate: Option<Compensation>,
+    /// Paths redacted from this step's input, output and error (on top of
+    /// the saga's own `sensitive` paths).
+    pub sensitive: Vec<FieldPath>,
 }
 
 /// What an await does when its deadline passes.
@@ -356,6 +369,12 @@ pub struct SagaDefinition {
     pub(crate) root: Vec<NodeId>,
     pub result: Option<ValueTemplate>,
     pub(crate) by_path: HashMap<String, NodeId>,
+    /// Paths redacted from the trigger and every step's data in lifecycle
+    /// events.
+    pub sensitive: Vec<FieldPath>,
+    /// Search attributes: a name and an expression over the trigger event
+    /// (`event`), computed when the saga starts.
+    pub search_attributes: Vec<(String, Expr)>,
     /// File it was loaded from.
     pub file: String,
 }
@@ -632,6 +651,36 @@ impl RawSagaDefinition {
                 None
             }
         };
+        let sensitive = v.sensitive(&top.sensitive, "sensitive");
+        let mut search_attributes = Vec::new();
+        for (name, src) in &top.search_attributes {
+            let path = join("search-attributes", name);
+            if name == crate::engine::KEY_ATTRIBUTE {
+                v.err(
+                    DefCode::BadName,
+                    &path,
+                    "search attribute `key` is reserved: every saga has it (its correlation key)"
+                        .into(),
+                    Some("pick another name".into()),
+                );
+            } else if !is_ident(name) {
+                v.err(
+                    DefCode::BadName,
+                    &path,
+                    format!("search attribute `{name}` is not a valid name"),
+                    Some("use lowercase letters, digits and `_`, e.g. `customer_id`".into()),
+                );
+            }
+            if let Some(e) = v.expr(
+                src,
+                &path,
+                &["event"],
+                &BTreeSet::new(),
+                DefCode::UnboundReference,
+            ) {
+                search_attributes.push((name.clone(), e));
+            }
+        }
         let mut bound = BTreeSet::new();
         let (root, terminal) = v.list(&top.steps, "steps", "", ListOwner::Root, &mut bound);
         if !terminal {
@@ -668,6 +717,8 @@ impl RawSagaDefinition {
             root,
             result,
             by_path,
+            sensitive,
+            search_attributes,
             file: self.file,
         })
     }
@@ -746,6 +797,23 @@ fn collect_names(v: &Value, out: &mut BTreeSet<String>) {
 const SAGA_VARS: &[&str] = &["event", "saga", "steps"];
 
 impl Validator<'_> {
+    /// Parses a list of `sensitive` field paths.
+    fn sensitive(&mut self, list: &[String], path: &str) -> Vec<FieldPath> {
+        let mut out = Vec::new();
+        for (i, src) in list.iter().enumerate() {
+            match FieldPath::parse(src) {
+                Some(p) => out.push(p),
+                None => self.err(
+                    DefCode::Schema,
+                    &format!("{path}[{i}]"),
+                    format!("`{src}` is not a field path"),
+                    Some("write field names joined by `.`, e.g. `customer.email`".into()),
+                ),
+            }
+        }
+        out
+    }
+
     fn err(&mut self, code: DefCode, path: &str, message: String, help: Option<String>) {
         let position = self.spans.find(path);
         self.errors
@@ -1177,6 +1245,7 @@ impl Validator<'_> {
                     )
                 });
                 bound.insert(bind.clone());
+                let sensitive = self.sensitive(&raw.sensitive, &join(path, "sensitive"));
                 let (Some(input), Some(timeout_ms)) = (input, timeout_ms) else {
                     return None;
                 };
@@ -1216,6 +1285,7 @@ impl Validator<'_> {
                         retry,
                         bind,
                         compensate,
+                        sensitive,
                     })),
                     owner,
                     path,

@@ -1,7 +1,11 @@
 //! The sans-IO saga engine: `(state, input, now) -> (state', effects)`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+
+use crate::data::{self, FieldPath};
 
 use crate::definition::{
     DefinitionRegistry, ListOwner, NodeId, OnDeadline, RetryOn, RetryPolicy, SagaDefinition,
@@ -171,6 +175,22 @@ pub struct LifecycleEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub at: Timestamp,
+    /// The step's input (the command sent), or the trigger event for
+    /// `Started`; `sensitive` fields redacted, bounded by
+    /// [`crate::data::MAX_DATA_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// The step's output (the reply's data), redacted and bounded alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// A failed attempt's error body: `{"message", "data"}` (the reply's
+    /// error and data), redacted and bounded alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// Search attributes (on `Started`): the definition's
+    /// `search-attributes` computed from the trigger event.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// A domain event published by an `emit` step.
@@ -369,6 +389,13 @@ impl Engine {
             None,
             Some(trigger.message_id.clone()),
         );
+        let mut attributes = search_attributes(def, &trigger.payload);
+        attributes.insert(KEY_ATTRIBUTE.to_string(), run.st.key.clone());
+        let input = data::for_event(trigger.payload.clone(), &def.sensitive);
+        run.with_last(|e| {
+            e.input = Some(input);
+            e.attributes = attributes;
+        });
         match def.first() {
             Some(first) => run.enter(first),
             None => run.complete(),
@@ -518,6 +545,34 @@ fn identify(def: &SagaDefinition, trigger: &TriggerEvent) -> Result<(String, Str
         .map_err(err)?;
     let id = saga_id(def, &key)?;
     Ok((id, key))
+}
+
+/// The search attribute every `Started` event carries: the saga's
+/// correlation key (the trigger's `key`). Definitions cannot declare it.
+pub const KEY_ATTRIBUTE: &str = "key";
+
+/// Longest search attribute value kept (characters).
+const MAX_ATTRIBUTE_CHARS: usize = 256;
+
+/// The definition's search attributes over the trigger event. An
+/// attribute whose expression fails (a missing field) or yields null is
+/// left out: a search attribute never stops a saga from starting.
+fn search_attributes(def: &SagaDefinition, payload: &Value) -> BTreeMap<String, String> {
+    let ctx = json!({ "event": payload });
+    def.search_attributes
+        .iter()
+        .filter_map(|(name, expr)| {
+            let text = match expr.eval(&ctx).ok()? {
+                Value::Null => return None,
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            Some((
+                name.clone(),
+                text.chars().take(MAX_ATTRIBUTE_CHARS).collect(),
+            ))
+        })
+        .collect()
 }
 
 /// The saga id for a correlation key: it follows from type and key only.
@@ -829,7 +884,57 @@ impl Run<'_> {
             attempt,
             detail,
             at: self.now,
+            input: None,
+            output: None,
+            error: None,
+            attributes: BTreeMap::new(),
         }));
+    }
+
+    /// Changes the lifecycle event just pushed (if the last effect is one).
+    fn with_last(&mut self, f: impl FnOnce(&mut LifecycleEvent)) {
+        if let Some(Effect::Lifecycle(e)) = self.fx.last_mut() {
+            f(e);
+        }
+    }
+
+    /// The paths redacted from a step's data: the saga's and the step's.
+    fn sensitive(&self, id: NodeId) -> Vec<FieldPath> {
+        let mut paths = self.def.sensitive.clone();
+        if let StepKind::Call(c) = &self.def.step(id).kind {
+            paths.extend(c.sensitive.iter().cloned());
+        }
+        paths
+    }
+
+    /// A step's data as a lifecycle event carries it.
+    fn step_data(&self, id: NodeId, value: Value) -> Value {
+        data::for_event(value, &self.sensitive(id))
+    }
+
+    /// A failed attempt's error body as a lifecycle event carries it.
+    fn error_body(&self, id: NodeId, message: &str, mut body: Value) -> Value {
+        data::redact(&mut body, &self.sensitive(id));
+        data::bound(
+            json!({ "message": message, "data": body }),
+            data::MAX_DATA_BYTES,
+        )
+    }
+
+    /// Attaches a command's input to the `*Started` event just pushed for
+    /// the same step and attempt.
+    fn attach_input(&mut self, id: NodeId, attempt: u32, input: &Value) {
+        let path = self.path(id).to_string();
+        let value = self.step_data(id, input.clone());
+        self.with_last(|e| {
+            let started = matches!(
+                e.kind,
+                LifecycleKind::StepStarted | LifecycleKind::CompensationStepStarted
+            );
+            if started && e.step.as_deref() == Some(&path) && e.attempt == Some(attempt) {
+                e.input = Some(value);
+            }
+        });
     }
 
     fn arm(&mut self, id: NodeId, purpose: TimerPurpose, attempt: u32, after_ms: u64) {
@@ -873,8 +978,17 @@ impl Run<'_> {
                     TimerPurpose::AwaitDeadline,
                     self.st.steps[&step].attempt,
                 );
+                let output = self.step_data(step, e.payload.clone());
                 self.st.data.insert(a.bind.clone(), e.payload);
-                self.step_done(step, Some(format!("event {}", e.message_id)));
+                self.set_phase(step, Phase::Succeeded);
+                self.life(
+                    LifecycleKind::StepSucceeded,
+                    Some(step),
+                    None,
+                    Some(format!("event {}", e.message_id)),
+                );
+                self.with_last(|l| l.output = Some(output));
+                self.continue_after(step);
             }
             (Action::EarlyEvent { step }, Input::Event(e)) => {
                 self.st.early.insert(step, e.payload);
@@ -1018,6 +1132,7 @@ impl Run<'_> {
         r.attempt = attempt;
         match command_for(self.def, self.st, id, CommandKind::Action, attempt) {
             Some(Ok(cmd)) => {
+                self.attach_input(id, attempt, &cmd.input);
                 let timeout = cmd.timeout_ms;
                 self.fx.push(Effect::Command(cmd));
                 self.arm(id, TimerPurpose::StepTimeout, attempt, timeout);
@@ -1051,12 +1166,15 @@ impl Run<'_> {
                 self.succeed_call(id, r.data, true);
             } else {
                 self.set_phase(id, Phase::Failed);
+                let reason = reason();
+                let body = self.error_body(id, &reason, r.data.clone());
                 self.life(
                     LifecycleKind::LateReply,
                     Some(id),
                     Some(run.attempt),
-                    Some(reason()),
+                    Some(reason),
                 );
+                self.with_last(|e| e.error = Some(body));
             }
             if self.st.status == SagaStatus::Compensating {
                 self.comp_next();
@@ -1071,19 +1189,29 @@ impl Run<'_> {
             ReplyOutcome::BusinessFailure => {
                 self.set_phase(id, Phase::Failed);
                 let reason = reason();
+                let body = self.error_body(id, &reason, r.data.clone());
                 self.life(
                     LifecycleKind::StepFailed,
                     Some(id),
                     Some(run.attempt),
                     Some(reason.clone()),
                 );
+                self.with_last(|e| e.error = Some(body));
                 self.begin_compensation(
                     Some(id),
                     format!("step `{}` failed: {reason}", self.path(id)),
                 );
             }
             ReplyOutcome::TransientFailure => {
-                self.retry_or_fail(id, CommandKind::Action, RetryOn::Transient, reason());
+                let reason = reason();
+                let body = self.error_body(id, &reason, r.data.clone());
+                self.retry_or_fail(
+                    id,
+                    CommandKind::Action,
+                    RetryOn::Transient,
+                    reason,
+                    Some(body),
+                );
             }
         }
     }
@@ -1096,6 +1224,7 @@ impl Run<'_> {
         r.phase = Phase::Succeeded;
         r.late = late;
         let attempt = r.attempt;
+        let output = self.step_data(id, data.clone());
         self.st.data.insert(call.bind.clone(), data);
         if call.compensate.is_some() {
             self.st.completed.push(id);
@@ -1111,9 +1240,17 @@ impl Run<'_> {
             Some(attempt),
             late.then(|| "succeeded after the saga stopped going forward".to_string()),
         );
+        self.with_last(|e| e.output = Some(output));
     }
 
-    fn retry_or_fail(&mut self, id: NodeId, kind: CommandKind, why: RetryOn, reason: String) {
+    fn retry_or_fail(
+        &mut self,
+        id: NodeId,
+        kind: CommandKind,
+        why: RetryOn,
+        reason: String,
+        body: Option<Value>,
+    ) {
         let policy = self
             .policy(id, kind)
             .cloned()
@@ -1137,6 +1274,7 @@ impl Run<'_> {
                 CommandKind::Action => {
                     self.set_phase(id, Phase::Backoff);
                     self.life(LifecycleKind::StepRetrying, Some(id), Some(attempt), detail);
+                    self.with_last(|e| e.error = body);
                     self.arm(id, TimerPurpose::RetryBackoff, attempt, delay);
                 }
                 CommandKind::Compensation => {
@@ -1147,6 +1285,7 @@ impl Run<'_> {
                         Some(attempt),
                         detail,
                     );
+                    self.with_last(|e| e.error = body);
                     self.arm(id, TimerPurpose::CompensationBackoff, attempt, delay);
                 }
             }
@@ -1166,6 +1305,7 @@ impl Run<'_> {
                     Some(attempt),
                     Some(reason.clone()),
                 );
+                self.with_last(|e| e.error = body);
                 self.begin_compensation(
                     Some(id),
                     format!("step `{}` failed: {reason}", self.path(id)),
@@ -1179,6 +1319,7 @@ impl Run<'_> {
                     Some(attempt),
                     Some(reason.clone()),
                 );
+                self.with_last(|e| e.error = body);
                 self.fail(
                     Some(id),
                     FailurePhase::Compensation,
@@ -1216,6 +1357,7 @@ impl Run<'_> {
                     CommandKind::Action,
                     RetryOn::Timeout,
                     format!("no reply within {timeout}ms"),
+                    None,
                 );
             }
             TimerPurpose::RetryBackoff => self.call_attempt(id, t.attempt + 1),
@@ -1225,6 +1367,7 @@ impl Run<'_> {
                     CommandKind::Compensation,
                     RetryOn::Timeout,
                     "no compensation reply in time".into(),
+                    None,
                 );
             }
             TimerPurpose::CompensationBackoff => self.comp_attempt(id, t.attempt + 1),
@@ -1469,6 +1612,7 @@ impl Run<'_> {
         r.comp_attempt = attempt;
         match command_for(self.def, self.st, id, CommandKind::Compensation, attempt) {
             Some(Ok(cmd)) => {
+                self.attach_input(id, attempt, &cmd.input);
                 let timeout = cmd.timeout_ms;
                 self.fx.push(Effect::Command(cmd));
                 self.arm(id, TimerPurpose::CompensationTimeout, attempt, timeout);
@@ -1495,22 +1639,26 @@ impl Run<'_> {
         match r.outcome {
             ReplyOutcome::Success => {
                 self.set_phase(id, Phase::Compensated);
+                let output = self.step_data(id, r.data);
                 self.life(
                     LifecycleKind::CompensationStepSucceeded,
                     Some(id),
                     Some(attempt),
                     None,
                 );
+                self.with_last(|e| e.output = Some(output));
                 self.comp_next();
             }
             ReplyOutcome::BusinessFailure => {
                 self.set_phase(id, Phase::CompensationFailed);
+                let body = self.error_body(id, &reason, r.data);
                 self.life(
                     LifecycleKind::CompensationStepFailed,
                     Some(id),
                     Some(attempt),
                     Some(reason.clone()),
                 );
+                self.with_last(|e| e.error = Some(body));
                 self.fail(
                     Some(id),
                     FailurePhase::Compensation,
@@ -1518,7 +1666,14 @@ impl Run<'_> {
                 );
             }
             ReplyOutcome::TransientFailure => {
-                self.retry_or_fail(id, CommandKind::Compensation, RetryOn::Transient, reason);
+                let body = self.error_body(id, &reason, r.data);
+                self.retry_or_fail(
+                    id,
+                    CommandKind::Compensation,
+                    RetryOn::Transient,
+                    reason,
+                    Some(body),
+                );
             }
         }
     }

@@ -1160,3 +1160,125 @@ fn engine_and_state_can_cross_threads() {
     let st = handle.join().unwrap();
     assert_eq!(st.saga_id, "order-checkout:o1");
 }
+
+// ------------------------------------------------------ step data in events
+
+fn events(fx: &[Effect]) -> Vec<LifecycleEvent> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Lifecycle(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The order checkout with sensitive paths and search attributes.
+fn order_with_data_keys() -> String {
+    ORDER
+        .replacen(
+            "sensitive: [shipping_address]\n",
+            "sensitive: [shipping_address, customer.email]\n",
+            1,
+        )
+        .replacen(
+            "search-attributes:\n",
+            "search-attributes:\n  missing: event.nothing.here\n",
+            1,
+        )
+}
+
+#[test]
+fn events_carry_step_input_output_and_error_with_sensitive_fields_redacted() {
+    let src = order_with_data_keys().replacen(
+        "    operation: charge\n",
+        "    operation: charge\n    sensitive: [card_number]\n",
+        1,
+    );
+    let e = engine(&[&src]);
+    let mut t = order(5000.0);
+    t.payload["customer"] = json!({"email": "ada@example.com"});
+    let (mut st, fx) = e.start("order-checkout", &t, T0).unwrap();
+    let ev = events(&fx);
+    // Started: the trigger, redacted, and the search attributes.
+    assert_eq!(ev[0].kind, LifecycleKind::Started);
+    let input = ev[0].input.as_ref().unwrap();
+    assert_eq!(input["shipping_address"], json!(crate::data::REDACTED));
+    assert_eq!(input["customer"]["email"], json!(crate::data::REDACTED));
+    assert_eq!(input["order_id"], json!("o1"));
+    assert_eq!(ev[0].attributes.get("customer_id").unwrap(), "c1");
+    assert_eq!(ev[0].attributes.get("key").unwrap(), "o1");
+    assert_eq!(ev[0].attributes.get("total_cents").unwrap(), "5000.0");
+    assert!(!ev[0].attributes.contains_key("missing"));
+    // StepStarted: the command's input.
+    assert_eq!(ev[1].kind, LifecycleKind::StepStarted);
+    let reserve = one_command(&fx);
+    assert_eq!(ev[1].input.as_ref(), Some(&reserve.input));
+
+    // StepSucceeded: the reply's data.
+    let a = e.apply(&mut st, ok(&reserve, json!({"reservation_id": "r1"})), T0);
+    let ev = events(applied(&a));
+    assert_eq!(ev[0].kind, LifecycleKind::StepSucceeded);
+    assert_eq!(ev[0].output, Some(json!({"reservation_id": "r1"})));
+    let charge = one_command(&a.effects);
+    // The charge fails for good: the error body is on StepFailed, with the
+    // step's own sensitive path redacted; its input is on StepStarted.
+    let a = e.apply(
+        &mut st,
+        reply(
+            &charge,
+            ReplyOutcome::BusinessFailure,
+            json!({"card_number": "4111111111111111", "why": "declined"}),
+        ),
+        T0,
+    );
+    let ev = events(applied(&a));
+    let failed = ev
+        .iter()
+        .find(|l| l.kind == LifecycleKind::StepFailed)
+        .unwrap();
+    let error = failed.error.as_ref().unwrap();
+    assert_eq!(error["message"], json!("nope"));
+    assert_eq!(error["data"]["why"], json!("declined"));
+    assert_eq!(error["data"]["card_number"], json!(crate::data::REDACTED));
+    // The compensation of the reservation carries its input.
+    let comp = ev
+        .iter()
+        .find(|l| l.kind == LifecycleKind::CompensationStepStarted)
+        .unwrap();
+    assert_eq!(comp.input, Some(json!({"reservation_id": "r1"})));
+    let text = serde_json::to_string(&a.effects).unwrap();
+    assert!(!text.contains("4111111111111111"), "{text}");
+}
+
+#[test]
+fn a_large_output_is_truncated_with_a_marker() {
+    let e = engine(&[ORDER]);
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let reserve = one_command(&fx);
+    let big = json!({"reservation_id": "r1", "blob": "z".repeat(200_000)});
+    let a = e.apply(&mut st, ok(&reserve, big.clone()), T0);
+    let ev = events(applied(&a));
+    let out = ev[0].output.as_ref().unwrap();
+    assert_eq!(out["$truncated"], json!(true));
+    assert!(out.to_string().len() <= crate::data::MAX_DATA_BYTES);
+    // The saga itself keeps the whole reply.
+    assert_eq!(st.data["reservation"], big);
+}
+
+#[test]
+fn bad_sensitive_paths_and_attribute_names_are_definition_errors() {
+    let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();
+    let src = ORDER
+        .replacen("sensitive: [shipping_address]", "sensitive: [\"a..b\"]", 1)
+        .replacen(
+            "search-attributes:\n",
+            "search-attributes:\n  Bad-Name: event.order_id\n  key: event.order_id\n",
+            1,
+        );
+    let err = SagaDefinition::from_yaml("o.yaml", &src, &services)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`a..b` is not a field path"), "{err}");
+    assert!(err.contains("search attribute `Bad-Name`"), "{err}");
+    assert!(err.contains("search attribute `key` is reserved"), "{err}");
+}

@@ -12,6 +12,7 @@
 //! The runtime persists the [`SagaState`] before it executes the effects;
 //! after a restart [`Engine::pending_effects`] says what is still owed.
 
+pub mod data;
 pub mod definition;
 pub mod engine;
 pub mod error;

@@ -470,6 +470,7 @@ mod tests {
             attempt: None,
             detail: None,
             at: i64::from(seq),
+            ..Default::default()
         })
     }
 

@@ -129,6 +129,10 @@ pub fn lifecycle(e: &LifecycleEvent) -> wire::SagaLifecycleEvent {
         attempt: e.attempt.map(|a| a as i32),
         detail: e.detail.clone(),
         at: e.at.0 as i64,
+        input: e.input.clone(),
+        output: e.output.clone(),
+        error: e.error.clone(),
+        attributes: e.attributes.clone(),
     }
 }
 

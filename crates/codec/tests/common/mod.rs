@@ -198,10 +198,24 @@ pub fn lifecycle_strategy() -> impl Strategy<Value = SagaLifecycleEvent> {
             proptest::option::of(text()),
             any::<i64>(),
         ),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(text()),
+            proptest::collection::btree_map(text(), text(), 0..3),
+        ),
     )
         .prop_map(
-            |((event_id, saga_id, saga_type, saga_version, kind), (step, attempt, detail, at))| {
+            |(
+                (event_id, saga_id, saga_type, saga_version, kind),
+                (step, attempt, detail, at),
+                (input, output, error, attributes),
+            )| {
                 SagaLifecycleEvent {
+                    input: input.map(|t| serde_json::json!({ "text": t, "n": [1, 2] })),
+                    output: output.map(serde_json::Value::from),
+                    error: error.map(|t| serde_json::json!({ "message": t, "data": null })),
+                    attributes,
                     event_id,
                     saga_id,
                     saga_type,
