@@ -478,7 +478,7 @@ impl Engine {
                 saga_type: state.saga_type.clone(),
                 saga_version: state.saga_version,
                 status: state.status,
-                output: output.clone(),
+                output: result_output(def, output.clone()),
             }));
         }
         fx
@@ -1490,7 +1490,7 @@ impl Run<'_> {
             saga_type: self.st.saga_type.clone(),
             saga_version: self.st.saga_version,
             status,
-            output,
+            output: result_output(self.def, output),
         }));
     }
 
@@ -1747,6 +1747,14 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// A saga's result as it leaves the orchestrator: the saga-level
+/// `sensitive` paths redacted, like the step data of its lifecycle events
+/// (the saga's state keeps the real values).
+fn result_output(def: &SagaDefinition, mut output: Value) -> Value {
+    data::redact(&mut output, &def.sensitive);
+    output
 }
 
 #[cfg(test)]

@@ -1282,3 +1282,16 @@ fn bad_sensitive_paths_and_attribute_names_are_definition_errors() {
     assert!(err.contains("search attribute `Bad-Name`"), "{err}");
     assert!(err.contains("search attribute `key` is reserved"), "{err}");
 }
+
+#[test]
+fn a_result_leaves_with_the_saga_level_sensitive_paths_redacted() {
+    let e = engine(&[&order_with_data_keys()]);
+    let def = e.registry().latest("order-checkout").unwrap();
+    let out = super::result_output(
+        def,
+        json!({"order_id": "o1", "customer": {"email": "ada@example.com"}, "shipping_address": {"city": "B"}}),
+    );
+    assert_eq!(out["order_id"], json!("o1"));
+    assert_eq!(out["customer"]["email"], json!(crate::data::REDACTED));
+    assert_eq!(out["shipping_address"], json!(crate::data::REDACTED));
+}
