@@ -92,7 +92,7 @@ pub(crate) struct DevArgs {
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf>,
     /// The orchestrator's HTTP API and metrics (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SAGAFLOW_DEV_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
     /// The broker's address (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -337,7 +337,7 @@ impl Stack<'_> {
         services: &Path,
         schemas: Option<&Path>,
         stop: watch::Receiver<bool>,
-    ) -> CliResult<tokio::task::JoinHandle<Result<(), sagaflow_orchestrator::app::AppError>>> {
+    ) -> CliResult<OrchestratorTask> {
         let path = self.dir.join("orchestrator.yaml");
         let schemas = schemas
             .map(|s| format!("schemas: {}\n", s.display()))
@@ -401,10 +401,45 @@ impl Stack<'_> {
     }
 }
 
+type OrchestratorTask = tokio::task::JoinHandle<Result<(), sagaflow_orchestrator::app::AppError>>;
+
+/// Waits until the orchestrator's `/readyz` is green (its topics exist and
+/// it owns its partitions), so that what `dev` prints next is usable; or
+/// returns its error if it stopped (e.g. invalid saga definitions).
+async fn wait_ready(http: SocketAddr, orchestrator: &mut OrchestratorTask) -> CliResult {
+    let url = format!("http://{http}/readyz");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if orchestrator.is_finished() {
+            return Err(match orchestrator.await {
+                Ok(Err(e)) => Failure::Usage(format!("the orchestrator stopped: {e}")),
+                Ok(Ok(())) => Failure::Usage("the orchestrator stopped at start".into()),
+                Err(e) => Failure::Usage(format!("the orchestrator failed: {e}")),
+            });
+        }
+        if let Ok(r) = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::Unreachable(format!(
+                "the orchestrator was not ready at {url} within 120 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn stop_all(
     stop_tx: watch::Sender<bool>,
     adapters: Vec<(String, sagaflow_adapter::RunningAdapter)>,
-    orchestrator: tokio::task::JoinHandle<Result<(), sagaflow_orchestrator::app::AppError>>,
+    orchestrator: OrchestratorTask,
 ) {
     let _ = stop_tx.send(true);
     for (_, a) in adapters {
@@ -427,7 +462,7 @@ async fn run_demo(
         .map_err(|e| Failure::Unreachable(format!("starting the demo services: {e}")))?;
     let backend_url = backends.url();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let orchestrator = stack.orchestrator(
+    let mut orchestrator = stack.orchestrator(
         &root.join("topology/sagas"),
         &root.join("topology/services.yaml"),
         Some(&root.join("schemas")),
@@ -441,6 +476,13 @@ async fn run_demo(
         let file = stack.dir.join(format!("{service}.yaml"));
         write(&file, definition)?;
         adapters.push((service.to_owned(), stack.adapter(service, &file).await?));
+    }
+    if let Err(e) = wait_ready(stack.http, &mut orchestrator).await {
+        let _ = stop_tx.send(true);
+        for (_, a) in adapters {
+            let _ = a.shutdown().await;
+        }
+        return Err(e);
     }
     stack.print_urls(&adapters);
     println!("  demo services     {backend_url}");
@@ -474,7 +516,7 @@ async fn run_own(
     env_file: &Path,
 ) -> CliResult {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let orchestrator = stack.orchestrator(
+    let mut orchestrator = stack.orchestrator(
         &own.topology.join("sagas"),
         &own.topology.join("services.yaml"),
         own.schemas.as_deref(),
@@ -501,6 +543,13 @@ async fn run_own(
                 }
             }
         }
+    }
+    if let Err(e) = wait_ready(stack.http, &mut orchestrator).await {
+        let _ = stop_tx.send(true);
+        for (_, a) in adapters {
+            let _ = a.shutdown().await;
+        }
+        return Err(e);
     }
     stack.print_urls(&adapters);
     println!("  topology          {}", own.topology.display());
