@@ -148,3 +148,61 @@ fn broker_only_serves_a_broker_and_a_registry_and_writes_their_addresses_under_t
     // Nothing was written to the current directory.
     assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0);
 }
+
+#[test]
+fn a_topology_the_orchestrator_refuses_stops_dev_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("topology");
+    std::fs::create_dir_all(topology.join("sagas")).unwrap();
+    std::fs::write(
+        topology.join("services.yaml"),
+        "services:\n  - name: shop\n",
+    )
+    .unwrap();
+    // A step naming a service that is not listed: SF-DEF-004.
+    std::fs::write(
+        topology.join("sagas/refund.yaml"),
+        "type: refund\nversion: 1\ntrigger:\n  topic: returns.events\n  event-type: ReturnReceived\n  key: event.return_id\nsteps:\n  - call: refund\n    service: payments\n    operation: refund\n",
+    )
+    .unwrap();
+    let out = sagaflow()
+        .args(["dev", "--http", "127.0.0.1:0", "--topology"])
+        .arg(&topology)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        err.contains("SF-DEF-004") && err.contains("payments"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sample_traffic_is_the_demos_and_a_topology_needs_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // --rate publishes demo events: not with your own topology.
+    let out = sagaflow()
+        .args(["dev", "--rate", "5", "--topology"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--topology"),
+        "{out:?}"
+    );
+    // A directory without services.yaml and sagas/ says what it needs.
+    let out = sagaflow()
+        .args(["dev", "--topology"])
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no services.yaml there"), "{err}");
+}
