@@ -234,7 +234,6 @@ fn the_getting_started_guide_runs_as_written_and_its_saga_completes() {
     // The commands, in order.
     let env_file = tmp.join("sagaflow-shop.env");
     let mut dev: Option<ChildGuard> = None;
-    let mut last_output = String::new();
     let mut ran = 0;
     for (i, b) in blocks.iter().enumerate() {
         let expected: Vec<String> = match blocks.get(i + 1) {
@@ -246,21 +245,21 @@ fn the_getting_started_guide_runs_as_written_and_its_saga_completes() {
                 let deadline = Instant::now() + Duration::from_secs(if *retry { 120 } else { 0 });
                 loop {
                     let out = bash(script, &work, &home, &tmp).output().unwrap();
-                    last_output = format!(
+                    let output = format!(
                         "{}{}",
                         String::from_utf8_lossy(&out.stdout),
                         String::from_utf8_lossy(&out.stderr)
                     );
                     let missing: Vec<&String> = expected
                         .iter()
-                        .filter(|l| !last_output.lines().any(|o| o.contains(l.as_str())))
+                        .filter(|l| !output.lines().any(|o| o.contains(l.as_str())))
                         .collect();
                     if out.status.success() && missing.is_empty() {
                         break;
                     }
                     assert!(
                         Instant::now() < deadline,
-                        "guide block failed ({}):\n{script}\nmissing output {missing:?}\n{last_output}\ndev:\n{}",
+                        "guide block failed ({}):\n{script}\nmissing output {missing:?}\n{output}\ndev:\n{}",
                         out.status,
                         dev.as_ref().map(ChildGuard::output).unwrap_or_default()
                     );
@@ -287,7 +286,6 @@ fn the_getting_started_guide_runs_as_written_and_its_saga_completes() {
         }
     }
     assert!(ran >= 5, "only {ran} commands ran: {blocks:?}");
-    let _ = last_output;
 
     // The shop's API saw the restock, then the refund, each with its key.
     let seen = calls.lock().unwrap().clone();
