@@ -1,6 +1,11 @@
-# Multi-stage build of the `sagaflow` binary (orchestrator, adapters, CLI).
+# Multi-stage build of the production `sagaflow` binary (orchestrator,
+# adapters, registry, CLI), without the local stack's test kit: no embedded
+# broker, no demo, no bench (`--no-default-features`, crates/cli/Cargo.toml).
 #   docker build -t sagaflow .
+# The docker-compose demo adds the demo services and sample events:
+#   docker build --build-arg SAGAFLOW_FEATURES=demo -t sagaflow-demo .
 FROM rust:1.95-bookworm AS builder
+ARG SAGAFLOW_FEATURES=""
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config libssl-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -8,7 +13,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p sagaflow-cli \
+    cargo build --release --locked -p sagaflow-cli --no-default-features --features "$SAGAFLOW_FEATURES" \
  && cp target/release/sagaflow /usr/local/bin/sagaflow
 
 FROM debian:bookworm-slim

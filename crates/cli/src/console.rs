@@ -97,6 +97,7 @@ pub(crate) async fn run(args: ConsoleArgs) -> CliResult {
 /// process on a free loopback port next to the orchestrator's, and prints
 /// its URL. Operator actions need `SAGAFLOW_CONSOLE_OPERATOR_TOKEN` set
 /// when `dev` starts; without it the console is read-only.
+#[cfg(feature = "dev")]
 pub(crate) async fn dev_hook(
     dir: &std::path::Path,
     kafka: &str,

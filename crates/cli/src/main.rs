@@ -6,11 +6,15 @@
 
 mod adapter;
 mod asyncapi;
+#[cfg(feature = "bench")]
 mod bench;
 mod console;
 mod console_client;
+#[cfg(feature = "demo")]
 mod demo_events;
+#[cfg(feature = "demo")]
 mod demo_services;
+#[cfg(feature = "dev")]
 mod dev;
 mod dlq;
 mod exit;
@@ -59,8 +63,11 @@ enum Command {
     /// Run the local schema registry.
     #[command(subcommand, after_help = AFTER_HELP)]
     Registry(registry::RegistryCommand),
-    /// Run the local stack with a live demo: broker, schema registry,
-    /// orchestrator, adapters, demo services and sample orders, on loopback.
+    /// Run a local stack on loopback: the live demo (broker, schema
+    /// registry, orchestrator, adapters, demo services, sample events), your
+    /// own sagas and adapters (--topology), or just the broker and the
+    /// registry (--broker-only).
+    #[cfg(feature = "dev")]
     #[command(after_help = AFTER_HELP)]
     Dev(dev::DevArgs),
     /// Run an orchestrator instance (any number join one consumer group).
@@ -72,14 +79,17 @@ enum Command {
     Adapter(adapter::AdapterArgs),
     /// Benchmark the orchestrator on this machine: sagas/s and latency
     /// against the raw broker baseline, restore time, memory per saga.
+    #[cfg(feature = "bench")]
     #[command(after_help = AFTER_HELP)]
     Bench(bench::BenchArgs),
     /// Serve the demo backend services (REST and SOAP) the local stack and
     /// docker-compose use.
+    #[cfg(feature = "demo")]
     #[command(after_help = AFTER_HELP)]
     DemoServices(demo_services::DemoServicesArgs),
     /// Publish the demo's sample domain events (orders, bookings, sign-ups
     /// and e-mail verifications) to a cluster at a steady rate.
+    #[cfg(feature = "demo")]
     #[command(after_help = AFTER_HELP)]
     DemoEvents(demo_events::DemoEventsArgs),
     /// Run the saga console: a durable, searchable history of sagas and
@@ -129,11 +139,15 @@ fn main() -> std::process::ExitCode {
     let role = match &cli.command {
         Command::Schemas(_) => "schemas",
         Command::Registry(_) => "registry",
+        #[cfg(feature = "dev")]
         Command::Dev(_) => "dev",
         Command::Orchestrator(_) => "orchestrator",
         Command::Adapter(_) => "adapter",
+        #[cfg(feature = "bench")]
         Command::Bench(_) => "bench",
+        #[cfg(feature = "demo")]
         Command::DemoServices(_) => "demo-services",
+        #[cfg(feature = "demo")]
         Command::DemoEvents(_) => "demo-events",
         Command::Saga(_) => "saga",
         Command::Console(_) => "console",
@@ -167,10 +181,14 @@ fn main() -> std::process::ExitCode {
             Command::Schemas(command) => schemas::run(command).await,
             Command::Registry(command) => registry::run(command).await,
             Command::Orchestrator(args) => orchestrator::run(args).await,
+            #[cfg(feature = "dev")]
             Command::Dev(args) => dev::run(args).await,
             Command::Adapter(args) => adapter::run(args).await,
+            #[cfg(feature = "bench")]
             Command::Bench(args) => bench::run(args).await,
+            #[cfg(feature = "demo")]
             Command::DemoServices(args) => demo_services::run(args).await,
+            #[cfg(feature = "demo")]
             Command::DemoEvents(args) => demo_events::run(args).await,
             Command::Topology(command) => topology::run(command).await,
             Command::Saga(command) => saga::run(command).await,
