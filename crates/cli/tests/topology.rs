@@ -65,7 +65,7 @@ fn lint_warnings_have_codes_and_places_and_can_be_silenced() {
         text, unsilenced,
         "the shipped file silences W001 on purpose"
     );
-    std::fs::write(&order, unsilenced).unwrap();
+    std::fs::write(&order, &unsilenced).unwrap();
     let out = sagaflow(&[
         "topology",
         "validate",
@@ -73,9 +73,20 @@ fn lint_warnings_have_codes_and_places_and_can_be_silenced() {
         tmp.path().to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "warnings do not fail: {out:?}");
+    // The warning points at the step's own line and column in the file.
+    let (line, column) = unsilenced
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| {
+            l.find("- call: fraud_check")
+                .map(|c| (i + 1, c + "- ".len() + 1))
+        })
+        .expect("the shipped file has the fraud_check step");
     let text = stdout(&out);
     assert!(
-        text.contains("order-checkout.yaml:37:13: warning[SF-DEF-W001]: step `fraud_check`"),
+        text.contains(&format!(
+            "order-checkout.yaml:{line}:{column}: warning[SF-DEF-W001]: step `fraud_check`"
+        )),
         "{text}"
     );
     assert!(text.contains("1 lint warning(s)"), "{text}");
