@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use sagaflow_engine::definition::{OnDeadline, StepKind};
-use sagaflow_engine::{DefinitionRegistry, NodeId, SagaDefinition, ServiceCatalog};
+use sagaflow_engine::{NodeId, SagaDefinition};
 use serde::Serialize;
 
 use crate::error::ConsoleError;
@@ -25,28 +25,8 @@ pub struct DefinitionView {
 
 /// Loads every `*.yaml` definition of `dir` against the services catalogue.
 pub fn load(dir: &Path, services: &Path) -> Result<Vec<DefinitionView>, ConsoleError> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map_err(|e| ConsoleError::Config(format!("{}: {e}", p.display())))
-    };
-    let catalog = ServiceCatalog::from_yaml(&services.display().to_string(), &read(services)?)
+    let (_, registry) = sagaflow_engine::load_definitions(dir, services)
         .map_err(|e| ConsoleError::Config(e.to_string()))?;
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| ConsoleError::Config(format!("{}: {e}", dir.display())))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    let sources: Vec<(String, String)> = files
-        .iter()
-        .map(|p| Ok((p.display().to_string(), read(p)?)))
-        .collect::<Result<_, ConsoleError>>()?;
-    let registry = DefinitionRegistry::from_sources(
-        sources.iter().map(|(f, s)| (f.as_str(), s.as_str())),
-        &catalog,
-    )
-    .map_err(|e| ConsoleError::Config(e.to_string()))?;
     let mut out: Vec<DefinitionView> = registry.iter().map(view).collect();
     out.sort_by(|a, b| (&a.saga_type, a.version).cmp(&(&b.saga_type, b.version)));
     Ok(out)

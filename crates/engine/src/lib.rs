@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod expr;
 pub mod lint;
+pub mod load;
 pub mod state;
 pub mod yaml;
 
@@ -32,6 +33,7 @@ pub use engine::{
 };
 pub use error::{DefCode, DefinitionError, DefinitionErrors, EngineError};
 pub use lint::DefinitionWarning;
+pub use load::{LoadError, load_definitions};
 pub use state::{Phase, SagaState, SagaStatus, StepRun, Timer, TimerPurpose, Timestamp};
 pub use yaml::Position;
 

@@ -53,30 +53,8 @@ pub fn load_definitions(
     dir: &Path,
     services: &Path,
 ) -> Result<(ServiceCatalog, DefinitionRegistry), AppError> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map_err(|e| AppError::Definitions(format!("{}: {e}", p.display())))
-    };
-    let catalog_src = read(services)?;
-    let catalog = ServiceCatalog::from_yaml(&services.display().to_string(), &catalog_src)
-        .map_err(|e| AppError::Definitions(e.to_string()))?;
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| AppError::Definitions(format!("{}: {e}", dir.display())))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    let sources: Vec<(String, String)> = files
-        .iter()
-        .map(|p| Ok((p.display().to_string(), read(p)?)))
-        .collect::<Result<_, AppError>>()?;
-    let registry = DefinitionRegistry::from_sources(
-        sources.iter().map(|(f, s)| (f.as_str(), s.as_str())),
-        &catalog,
-    )
-    .map_err(|e| AppError::Definitions(e.to_string()))?;
-    Ok((catalog, registry))
+    sagaflow_engine::load_definitions(dir, services)
+        .map_err(|e| AppError::Definitions(e.to_string()))
 }
 
 /// Runs one orchestrator instance until `shutdown` becomes true.
