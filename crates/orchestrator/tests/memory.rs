@@ -13,7 +13,7 @@ use sagaflow_demo::samples;
 use sagaflow_engine::{Engine, TriggerEvent};
 use sagaflow_orchestrator::core::{Limits, PartitionCore};
 use sagaflow_orchestrator::metrics::Metrics;
-use sagaflow_orchestrator::store::{MemoryStore, SagaStore};
+use sagaflow_orchestrator::store::{MemoryStore, SagaStore, ready};
 use sagaflow_orchestrator::wire::Envelope;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
@@ -66,15 +66,6 @@ fn trigger(engine: &Engine, i: usize) -> Envelope {
         saga_type: "order-checkout".into(),
         saga_id,
         event,
-    }
-}
-
-fn ready<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(out) => out,
-        std::task::Poll::Pending => panic!("the in-memory store never waits"),
     }
 }
 

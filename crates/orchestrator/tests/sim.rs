@@ -28,7 +28,7 @@ use sagaflow_engine::{
 };
 use sagaflow_orchestrator::core::{Limits, PartitionCore};
 use sagaflow_orchestrator::metrics::Metrics;
-use sagaflow_orchestrator::store::{Lease, MemoryStore, Restored, SagaStore, Written};
+use sagaflow_orchestrator::store::{Lease, MemoryStore, Restored, SagaStore, Written, ready};
 use sagaflow_orchestrator::wire::Envelope;
 use serde_json::{Value, json};
 
@@ -55,16 +55,6 @@ impl Rng {
 }
 
 const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-/// Runs a store call to completion: the in-memory store never waits.
-fn ready<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(out) => out,
-        std::task::Poll::Pending => panic!("the in-memory store never waits"),
-    }
-}
 
 fn engine() -> Arc<Engine> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");

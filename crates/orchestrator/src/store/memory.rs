@@ -57,6 +57,20 @@ impl MemoryStore {
     }
 }
 
+/// Runs a call of a [`MemoryStore`] to completion without a runtime: its
+/// futures never wait (the simulation and tests drive it synchronously).
+///
+/// # Panics
+/// If the future is not ready at once (it is not a `MemoryStore` call).
+pub fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the in-memory store never waits"),
+    }
+}
+
 fn record(offset: usize, r: &MemoryRecord) -> Record<'_> {
     Record {
         offset: offset as i64,

@@ -26,7 +26,7 @@ mod kafka;
 mod memory;
 
 pub use kafka::KafkaStore;
-pub use memory::{MemoryRecord, MemoryStore};
+pub use memory::{MemoryRecord, MemoryStore, ready};
 
 /// One owner's hold on one partition: its epoch and its place in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
