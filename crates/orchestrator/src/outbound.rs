@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_bus::{SagaHeaders, TopicNames, TraceContext};
@@ -179,7 +180,7 @@ pub(crate) async fn produce(
         record = record.partition(p);
     }
     producer
-        .send(record, Duration::from_secs(30))
+        .send(record, QUEUE_TIMEOUT)
         .await
         .map(|d| (d.partition, d.offset))
         .map_err(|(e, _)| e.to_string())
@@ -193,27 +194,94 @@ pub(crate) async fn produce_all(
     records: Vec<Outgoing>,
     limit: usize,
 ) -> Result<Vec<(i32, i64)>, String> {
-    // All records are enqueued before any ack is awaited, so librdkafka
-    // batches them; order per partition is kept by the idempotent producer.
-    let sends = records
-        .into_iter()
-        .filter(|r| {
-            let size = r.size();
-            if size > limit {
-                tracing::error!(
-                    code = "SF-ORCH-022",
-                    topic = %r.topic,
-                    key = r.key.as_deref().unwrap_or_default(),
-                    size,
-                    limit,
-                    "record over the record limit; not sent"
-                );
-            }
-            size <= limit
-        })
-        .map(|r| produce(producer, r));
-    futures::future::join_all(sends).await.into_iter().collect()
+    enqueue_all(producer, records, limit).await.await
 }
+
+/// The broker's acknowledgements of records already handed to the
+/// producer, in the order they were enqueued.
+pub(crate) type Acks = futures::future::BoxFuture<'static, Result<Vec<(i32, i64)>, String>>;
+
+/// Hands every record to the producer now, in order, and returns what
+/// resolves once the broker has acknowledged them all. Enqueueing before
+/// returning is what keeps a later batch's records behind this one's on
+/// every partition, whenever the acknowledgements are awaited; it waits
+/// only while the producer's queue is full. A record over `limit` bytes
+/// is not sent (SF-ORCH-022, as [`produce_all`]).
+pub(crate) async fn enqueue_all(
+    producer: &FutureProducer,
+    records: Vec<Outgoing>,
+    limit: usize,
+) -> Acks {
+    let mut acks = Vec::with_capacity(records.len());
+    for r in records {
+        let size = r.size();
+        if size > limit {
+            tracing::error!(
+                code = "SF-ORCH-022",
+                topic = %r.topic,
+                key = r.key.as_deref().unwrap_or_default(),
+                size,
+                limit,
+                "record over the record limit; not sent"
+            );
+            continue;
+        }
+        acks.push(enqueue(producer, r).await);
+    }
+    Box::pin(async move {
+        let mut offsets = Vec::with_capacity(acks.len());
+        for ack in futures::future::join_all(acks).await {
+            offsets.push(ack?);
+        }
+        Ok(offsets)
+    })
+}
+
+/// Hands one record to the producer, waiting while its queue is full;
+/// returns what resolves to the record's partition and offset.
+async fn enqueue(
+    producer: &FutureProducer,
+    out: Outgoing,
+) -> futures::future::BoxFuture<'static, Result<(i32, i64), String>> {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&out.topic).headers(out.headers);
+    if let Some(k) = out.key.as_deref() {
+        record = record.key(k);
+    }
+    if let Some(p) = out.payload.as_deref() {
+        record = record.payload(p);
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => {
+                return Box::pin(async move {
+                    match delivery.await {
+                        Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                        Ok(Err((e, _))) => Err(e.to_string()),
+                        Err(_) => Err("the producer was dropped before the ack".to_owned()),
+                    }
+                });
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => {
+                let e = e.to_string();
+                return Box::pin(async move { Err(e) });
+            }
+        }
+    }
+}
+
+/// How long a record waits for room in a full producer queue, as
+/// [`produce`] gives `FutureProducer::send`.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Exports the span of one record the saga sends (and, with its result,
 /// the saga's own span, from its start to its end) over OTLP.

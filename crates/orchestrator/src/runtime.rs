@@ -7,21 +7,28 @@
 //! 2. write each touched saga to the [`SagaStore`] together with the
 //!    effects it now owes (its *outbox*), and wait for the acks; a
 //!    partition found taken over by a newer owner is let go here;
-//! 3. send the effects (commands, lifecycle events, emitted events,
-//!    results, re-keyed inputs, dead letters), and wait for the acks;
-//! 4. store the input offsets and commit them.
+//! 3. hand the effects (commands, lifecycle events, emitted events,
+//!    results, re-keyed inputs, dead letters) to the producer, and go on
+//!    with the next batch while the broker acknowledges them;
+//! 4. once a batch's effects are all acknowledged (batches settle in
+//!    order), note them delivered for the next state write, then store the
+//!    batch's input offsets and commit them.
 //!
 //! A crash after 2 leaves the outbox in the store: whoever restores the
 //! partition re-sends it (every effect has a stable id, so adapters and
 //! readers dedupe). A crash before 4 replays the inputs: the restored state
-//! recognises them and they change nothing. The rest lives in files named
+//! recognises them and they change nothing. The one thing the overlap of 3
+//! with the next batch must not do is replace a saga's stored outbox while
+//! its effects are unacknowledged (a failed send would then be owed by
+//! nobody): a batch that changes such a saga first waits for the batches
+//! before it to settle. The rest lives in files named
 //! for what it does: [`routing`](crate::routing) (domain events in),
 //! [`intake`](crate::intake) (inputs and replies in),
 //! [`effects`](crate::effects) (effects out), [`rebalance`](crate::rebalance),
 //! [`store`](crate::store).
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +49,7 @@ use crate::core::{Limits, PartitionCore};
 use crate::events::EventSchemas;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::outbound::{Outgoing, effect_kind, now_ms, produce_all};
+use crate::outbound::{Acks, Outgoing, effect_kind, enqueue_all, now_ms, produce_all};
 pub use crate::outbound::{PAYLOAD_OMITTED, send_envelope};
 use crate::rebalance::{RebalanceContext, Rebalanced};
 use crate::store::{KafkaStore, Lease, Restored, SagaStore, StoreError};
@@ -89,6 +96,10 @@ pub enum RunError {
 /// The driver's loop turns at least this often.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// At most this many batches' effects await their acknowledgements while
+/// the driver goes on; the next batch waits for the oldest to settle.
+const MAX_SENDING: usize = 8;
+
 /// The instance is stopping while it waited out a dependency's outage.
 #[derive(Debug)]
 pub(crate) struct Stopping;
@@ -110,6 +121,25 @@ struct Owned {
     /// neither applied nor committed until the group assigns them here
     /// again.
     lost: BTreeSet<i32>,
+    /// Batches whose effects are handed to the producer and not all
+    /// acknowledged yet, oldest first.
+    sending: VecDeque<Sending>,
+}
+
+/// One batch's effects on their way: what to do once the broker has
+/// acknowledged them all.
+struct Sending {
+    acks: Acks,
+    /// When the effects were handed to the producer.
+    since: Instant,
+    /// Per partition written: the lease's epoch and the changelog offset
+    /// its unsent outboxes end at, as the batch's write left them.
+    unsent: Vec<(i32, i64, i64)>,
+    /// The stored records (partition, key) whose outboxes these effects
+    /// are: a later batch must not overwrite them before this settles.
+    keys: HashSet<(i32, String)>,
+    /// The batch's input offsets, committed once it settles.
+    commit: Option<TopicPartitionList>,
 }
 
 impl Owned {
@@ -125,6 +155,11 @@ impl Owned {
             Duration::from_millis(due.saturating_sub(now_ms()))
         })
         .min(HEARTBEAT)
+    }
+
+    /// Whether a batch still sending wrote one of these records.
+    fn sending_any(&self, keys: &HashSet<(i32, String)>) -> bool {
+        self.sending.iter().any(|s| !s.keys.is_disjoint(keys))
     }
 
     /// Whether an input of this co-partitioned partition is someone
@@ -161,20 +196,48 @@ impl Driver {
         );
         let mut owned = Owned::default();
         loop {
-            self.health.beat();
+            // Effects the broker has not acknowledged for a while are a
+            // driver that is not progressing, as a blocked send was.
+            if owned
+                .sending
+                .front()
+                .is_none_or(|s| s.since.elapsed() < HEARTBEAT)
+            {
+                self.health.beat();
+            }
             while let Ok(ev) = rx.try_recv() {
+                self.settle_all(&consumer, &mut owned).await?;
                 self.rebalanced(&store, &producer, &mut owned, ev).await?;
             }
+            while owned.sending.len() >= MAX_SENDING {
+                self.settle_oldest(&consumer, &mut owned).await?;
+            }
             self.gauges(&owned);
+            let sleep = owned.sleep();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
                 // A rebalance wakes the loop: a newly assigned partition is
                 // restored (and its timers armed) even if no input arrives.
-                Some(ev) = rx.recv() => self.rebalanced(&store, &producer, &mut owned, ev).await?,
+                Some(ev) = rx.recv() => {
+                    self.settle_all(&consumer, &mut owned).await?;
+                    self.rebalanced(&store, &producer, &mut owned, ev).await?
+                }
+                // The oldest batch's effects are acknowledged.
+                acked = async {
+                    match owned.sending.front_mut() {
+                        Some(s) => (&mut s.acks).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let sent = owned.sending.pop_front().expect("the batch just acknowledged");
+                    if let Some(done) = Self::settled(&mut owned, sent, acked)? {
+                        self.commit(&consumer, done)?;
+                    }
+                }
                 // Due timers go first: a flood of inputs, or of consumer
                 // errors in a broker outage, must not starve them.
-                _ = tokio::time::sleep(owned.sleep()) => {
+                _ = tokio::time::sleep(sleep) => {
                     let now = now_ms();
                     for part in owned.parts.values_mut() {
                         part.core.handle_timeout(now);
@@ -186,11 +249,16 @@ impl Driver {
                     // Partitions revoked while the batch was collected are no
                     // longer ours: their inputs are left to the next owner.
                     while let Ok(ev) = rx.try_recv() {
+                        self.settle_all(&consumer, &mut owned).await?;
                         self.rebalanced(&store, &producer, &mut owned, ev).await?;
                     }
                     let turn = self.on_batch(&store, &producer, &mut owned, &batch).await?;
                     if let ControlFlow::Continue(done) = turn {
-                        self.commit(&consumer, done)?;
+                        // Committed once this batch's effects settle.
+                        match owned.sending.back_mut() {
+                            Some(last) => merge_offsets(&mut last.commit, done),
+                            None => self.commit(&consumer, done)?,
+                        }
                     } else {
                         // Stopping while a dependency is down: nothing of
                         // this batch is committed; the next owner reads it.
@@ -200,6 +268,56 @@ impl Driver {
             }
         }
         self.stop(&store, &consumer, &mut owned).await
+    }
+
+    /// Waits for the oldest sending batch's acknowledgements and settles it.
+    async fn settle_oldest(
+        &self,
+        consumer: &StreamConsumer<RebalanceContext>,
+        owned: &mut Owned,
+    ) -> Result<(), RunError> {
+        if let Some(mut sent) = owned.sending.pop_front() {
+            let acked = (&mut sent.acks).await;
+            if let Some(done) = Self::settled(owned, sent, acked)? {
+                self.commit(consumer, done)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every sending batch has settled.
+    async fn settle_all(
+        &self,
+        consumer: &StreamConsumer<RebalanceContext>,
+        owned: &mut Owned,
+    ) -> Result<(), RunError> {
+        while !owned.sending.is_empty() {
+            self.settle_oldest(consumer, owned).await?;
+        }
+        Ok(())
+    }
+
+    /// A batch's effects are acknowledged: the leases it wrote under note
+    /// them delivered (the next state write says so); returns its input
+    /// offsets, to commit now. A failed send stops the driver as a failed
+    /// produce always has: nothing of the batch is committed, and the
+    /// outboxes stay owed in the store for the next owner.
+    fn settled(
+        owned: &mut Owned,
+        sent: Sending,
+        acked: Result<Vec<(i32, i64)>, String>,
+    ) -> Result<Option<TopicPartitionList>, RunError> {
+        acked.map_err(RunError::Kafka)?;
+        for (p, epoch, through) in sent.unsent {
+            // A partition let go meanwhile leaves its outboxes to the next
+            // owner's restore.
+            if let Some(part) = owned.parts.get_mut(&p)
+                && part.lease.epoch == epoch
+            {
+                part.lease.sent_through(through);
+            }
+        }
+        Ok(sent.commit)
     }
 
     fn subscribe(&self) -> Result<Subscribed, RunError> {
@@ -386,6 +504,9 @@ impl Driver {
         owned: &mut Owned,
     ) -> Result<(), RunError> {
         self.health.set_ready(false);
+        if let Err(e) = self.settle_all(consumer, owned).await {
+            warn!(error = %e, "effects not acknowledged on stop; the next owner re-sends them");
+        }
         let leases = owned.parts.values_mut().map(|p| &mut p.lease).collect();
         if let Err(e) = store.mark_delivered(leases).await {
             warn!(error = %e, "recording delivery marks on stop");
@@ -523,10 +644,12 @@ impl Driver {
     }
 
     /// Persists what the cores changed (each touched saga with its
-    /// outbox, parked events, ended markers, tombstones), then sends every
-    /// effect and record, each step waiting for the broker's acks. The
-    /// state write carries the delivery marks of earlier batches, so a
-    /// restore knows which outboxes were delivered at no extra round trip.
+    /// outbox, parked events, ended markers, tombstones), waiting for the
+    /// broker's acks, then hands every effect and record to the producer
+    /// and queues the batch as [`Sending`]: the driver goes on while the
+    /// acks come. The state write carries the delivery marks of batches
+    /// settled before, so a restore knows which outboxes were delivered at
+    /// no extra round trip.
     ///
     /// Partitions found taken over by a newer owner are let go: their
     /// effects are not sent, and they are returned so that their inputs
@@ -540,9 +663,9 @@ impl Driver {
     ) -> Result<Vec<i32>, RunError> {
         let mut effects: Vec<(Option<i32>, Outgoing)> = Vec::new();
         let mut seen = Vec::new();
-        let mut batch = Vec::new();
-        let mut any = false;
-        for (&p, Partition { core, lease }) in owned.parts.iter_mut() {
+        let mut drains = Vec::new();
+        let mut keys = HashSet::new();
+        for (&p, Partition { core, .. }) in owned.parts.iter_mut() {
             let mut drained = core.drain();
             let changes = core.changes(&mut drained);
             for (saga_id, stored) in &drained.sagas {
@@ -559,11 +682,29 @@ impl Driver {
                     }
                 }
             }
-            any |= !changes.is_empty();
-            batch.push((lease, changes));
+            keys.extend(changes.iter().map(|c| (p, c.key.clone())));
+            drains.push((p, changes));
+        }
+        // A record whose outbox is still on its way is overwritten only
+        // once that outbox is acknowledged.
+        // Their input offsets are committed with this batch's.
+        let mut commit = None;
+        if owned.sending_any(&keys) {
+            while let Some(mut sent) = owned.sending.pop_front() {
+                let acked = (&mut sent.acks).await;
+                if let Some(done) = Self::settled(owned, sent, acked)? {
+                    merge_offsets(&mut commit, done);
+                }
+            }
         }
         let mut lost = Vec::new();
-        if any {
+        if drains.iter().any(|(_, changes)| !changes.is_empty()) {
+            let mut batch = Vec::new();
+            let mut changes_of: HashMap<i32, Vec<_>> = drains.into_iter().collect();
+            for (p, part) in owned.parts.iter_mut() {
+                let changes = changes_of.remove(p).unwrap_or_default();
+                batch.push((&mut part.lease, changes));
+            }
             let written = store.write(batch).await?;
             if written.foreign > 0 {
                 self.metrics
@@ -593,19 +734,47 @@ impl Driver {
         }
         effects.retain(|(p, _)| p.is_none_or(|p| !lost.contains(&p)));
         effects.extend(work.records.into_iter().map(|r| (None, r)));
-        let records = effects.into_iter().map(|(_, r)| r).collect();
-        produce_all(producer, records, self.record_limit)
-            .await
-            .map_err(RunError::Kafka)?;
-        for part in owned.parts.values_mut() {
-            part.lease.sent();
+        let records: Vec<Outgoing> = effects.into_iter().map(|(_, r)| r).collect();
+        if !records.is_empty() || commit.is_some() {
+            let acks = enqueue_all(producer, records, self.record_limit).await;
+            let unsent = owned
+                .parts
+                .iter()
+                .filter_map(|(&p, part)| part.lease.unsent().map(|u| (p, part.lease.epoch, u)))
+                .collect();
+            keys.retain(|(p, _)| !lost.contains(p));
+            owned.sending.push_back(Sending {
+                acks,
+                since: Instant::now(),
+                unsent,
+                keys,
+                commit,
+            });
         }
+        // The state is durable: the view may show it now.
         if let Some(view) = &self.view {
             for (_, ev) in seen.into_iter().filter(|(p, _)| !lost.contains(p)) {
                 view.apply(ev);
             }
         }
         Ok(lost)
+    }
+}
+
+/// Adds `later`'s offsets to `into`, a later offset replacing an earlier
+/// one of the same partition.
+fn merge_offsets(into: &mut Option<TopicPartitionList>, later: TopicPartitionList) {
+    let Some(into) = into else {
+        *into = Some(later);
+        return;
+    };
+    for e in later.elements() {
+        let (topic, p, offset) = (e.topic(), e.partition(), e.offset());
+        if into.find_partition(topic, p).is_some() {
+            let _ = into.set_partition_offset(topic, p, offset);
+        } else {
+            let _ = into.add_partition_offset(topic, p, offset);
+        }
     }
 }
 

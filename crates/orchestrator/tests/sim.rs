@@ -5,11 +5,17 @@
 //! world that does what brokers and processes do — redeliver uncommitted
 //! inputs, crash at every step of a batch (in the middle of the state
 //! write too), let a replaced owner (a zombie) write after a takeover,
-//! deliver replies late and twice.
+//! deliver replies late and twice — and the driver's pipelining: a
+//! batch's effects are handed to the producer and acknowledged later,
+//! batches settle in order (delivery marks, then the commit), a crash
+//! loses any unacknowledged effect or not, and a batch that changes a
+//! saga whose effects are unacknowledged waits for them first.
 //!
 //! Each schedule is a seed. Invariants, checked after every schedule:
 //! every saga ends, once (one distinct terminal event); no effect is lost
-//! (every command is answered, every saga that was started finishes);
+//! (every command is answered, every saga that was started finishes, and
+//! every command and lifecycle event a write that stood put in the store
+//! is sent at least once);
 //! each effect is applied once per idempotency key; compensations run only
 //! for steps that succeeded, in reverse order.
 //!
@@ -17,7 +23,7 @@
 //! runs N; `SAGAFLOW_SIM_SEED=S` replays one. A failing schedule prints
 //! its seed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +79,23 @@ struct Owner {
     /// Positions in the inputs and replies topics (next to read).
     inputs_at: usize,
     replies_at: usize,
+    /// Batches whose effects are handed to the producer, not acknowledged
+    /// yet, oldest first (the driver's `Sending`).
+    sending: VecDeque<Sending>,
+}
+
+/// One batch's effects on their way.
+struct Sending {
+    effects: Vec<(String, Effect)>,
+    /// Whether the broker has them already (a consumer may read them
+    /// before the producer hears the ack).
+    visible: bool,
+    /// The lease's epoch and unsent outboxes' end after the batch's write.
+    unsent: Option<(i64, i64)>,
+    /// The stored records the batch wrote.
+    keys: BTreeSet<String>,
+    /// Input positions to commit once it settles.
+    upto: (usize, usize),
 }
 
 /// What a command did at the simulated backend.
@@ -108,6 +131,11 @@ struct World {
     started: BTreeSet<String>,
     /// Awaited events to publish once their saga exists: (saga id, event).
     pending_events: Vec<AwaitedEvent>,
+    /// Ids of the commands and lifecycle events in outboxes that writes
+    /// which stood (not fenced) put in the store: each is owed.
+    owed: BTreeSet<String>,
+    /// Ids of the commands and lifecycle events sent.
+    sent: BTreeSet<String>,
 }
 
 impl World {
@@ -136,6 +164,8 @@ impl World {
             lifecycle: BTreeMap::new(),
             started: BTreeSet::new(),
             pending_events: Vec::new(),
+            owed: BTreeSet::new(),
+            sent: BTreeSet::new(),
         }
     }
 
@@ -201,10 +231,58 @@ impl World {
             lease,
             inputs_at: self.committed.0,
             replies_at: self.committed.1,
+            sending: VecDeque::new(),
         });
     }
 
+    /// An owner's process dies: of its unacknowledged effects, each
+    /// reached the broker or did not.
+    fn crash(&mut self, o: Owner) {
+        for s in o.sending {
+            if s.visible {
+                continue;
+            }
+            for (saga_id, e) in s.effects {
+                if self.rng.chance(50) {
+                    self.send(&saga_id, e);
+                }
+            }
+        }
+    }
+
+    /// The effects of a batch, handed to the producer after its write;
+    /// some reach the broker at once.
+    fn enqueue(&mut self, o: &mut Owner, mut s: Sending) {
+        if self.rng.chance(50) {
+            for (saga_id, e) in s.effects.drain(..) {
+                self.send(&saga_id, e);
+            }
+            s.visible = true;
+        }
+        o.sending.push_back(s);
+    }
+
+    /// The oldest batch's effects are acknowledged: the lease notes them
+    /// delivered and (for the owner) its inputs are committed.
+    fn settle_oldest(&mut self, o: &mut Owner, zombie: bool) {
+        let Some(s) = o.sending.pop_front() else {
+            return;
+        };
+        for (saga_id, e) in s.effects {
+            self.send(&saga_id, e);
+        }
+        if let Some((epoch, through)) = s.unsent
+            && o.lease.epoch == epoch
+        {
+            o.lease.sent_through(through);
+        }
+        if !zombie {
+            self.committed = s.upto;
+        }
+    }
+
     fn send(&mut self, saga_id: &str, e: Effect) {
+        self.sent.extend(effect_id(&e));
         match e {
             Effect::Command(c) => self.commands.push(c),
             Effect::Lifecycle(l) => self
@@ -251,10 +329,19 @@ impl World {
         o.replies_at = re_end;
         let mut drained = o.core.drain();
         let mut changes = o.core.changes(&mut drained);
+        let keys: BTreeSet<String> = changes.iter().map(|c| c.key.clone()).collect();
+        // A record whose outbox is unacknowledged is overwritten only once
+        // it settles (the driver's rule).
+        if o.sending.iter().any(|s| !s.keys.is_disjoint(&keys)) {
+            while !o.sending.is_empty() {
+                self.settle_oldest(&mut o, zombie);
+            }
+        }
         // A crash in the middle of the state write: part of it is durable.
         if !zombie && !changes.is_empty() && self.rng.chance(2) {
             changes.truncate(self.rng.below(changes.len() as u64) as usize);
             let _ = ready(self.store.write(vec![(&mut o.lease, changes)]));
+            self.crash(o);
             return;
         }
         let written = if changes.is_empty() {
@@ -264,24 +351,46 @@ impl World {
         };
         // Crash after the state write, before the effects.
         if !zombie && self.rng.chance(3) {
+            self.crash(o);
             return;
         }
         if written.lost.contains(&0) {
-            // Taken over: let the partition go, no effects, no commit.
+            // Taken over: let the partition go, no effects, no commit (the
+            // earlier batches' effects still reach the broker, or not).
+            self.crash(o);
             return;
         }
-        for (saga_id, stored) in drained.sagas {
-            for e in stored.outbox {
-                self.send(&saga_id, e);
-            }
-        }
-        o.lease.sent();
-        // Crash after the effects, before the commit.
+        let effects: Vec<(String, Effect)> = drained
+            .sagas
+            .into_iter()
+            .flat_map(|(saga_id, stored)| {
+                stored.outbox.into_iter().map(move |e| (saga_id.clone(), e))
+            })
+            .collect();
+        self.owed
+            .extend(effects.iter().filter_map(|(_, e)| effect_id(e)));
+        let unsent = o.lease.unsent().map(|u| (o.lease.epoch, u));
+        let upto = (o.inputs_at, o.replies_at);
+        self.enqueue(
+            &mut o,
+            Sending {
+                effects,
+                visible: false,
+                unsent,
+                keys,
+                upto,
+            },
+        );
+        // Crash before the acks.
         if !zombie && self.rng.chance(3) {
+            self.crash(o);
             return;
+        }
+        // Some acks arrive (oldest first).
+        for _ in 0..self.rng.below(3) {
+            self.settle_oldest(&mut o, zombie);
         }
         if !zombie {
-            self.committed = (o.inputs_at, o.replies_at);
             self.owner = Some(o);
         } else {
             self.zombie = Some(o);
@@ -340,11 +449,16 @@ impl World {
             75..=84 => self.now += self.rng.below(40_000),
             85..=87 => {
                 // A crash: the owner is gone; a new one takes over.
-                self.owner = None;
+                if let Some(o) = self.owner.take() {
+                    self.crash(o);
+                }
                 self.take_over();
             }
             88..=90 => {
                 // A pause: the owner is replaced while it is still alive.
+                if let Some(z) = self.zombie.take() {
+                    self.crash(z);
+                }
                 self.zombie = self.owner.take();
                 self.take_over();
             }
@@ -365,7 +479,9 @@ impl World {
     /// Lets everything settle: no more crashes, time passes, every input
     /// and reply is read, until every saga has ended.
     fn settle(&mut self) -> bool {
-        self.zombie = None;
+        if let Some(z) = self.zombie.take() {
+            self.crash(z);
+        }
         if self.owner.is_none() {
             self.take_over();
         }
@@ -407,6 +523,9 @@ impl World {
             }
             o.inputs_at = end_in;
             o.replies_at = end_re;
+            while !o.sending.is_empty() {
+                self.settle_oldest(&mut o, false);
+            }
             let mut drained = o.core.drain();
             let changes = o.core.changes(&mut drained);
             if !changes.is_empty() {
@@ -418,7 +537,9 @@ impl World {
                     self.send(&saga_id, e);
                 }
             }
-            o.lease.sent();
+            if let Some(u) = o.lease.unsent() {
+                o.lease.sent_through(u);
+            }
             self.committed = (end_in, end_re);
             self.owner = Some(o);
             self.adapters();
@@ -432,6 +553,15 @@ impl World {
                 .get(id)
                 .is_some_and(|evs| evs.iter().any(|(_, k, _)| terminal(*k)))
         })
+    }
+}
+
+/// The id a command or lifecycle event is deduped by.
+fn effect_id(e: &Effect) -> Option<String> {
+    match e {
+        Effect::Command(c) => Some(format!("command {}", c.command_id)),
+        Effect::Lifecycle(l) => Some(format!("event {}", l.event_id)),
+        _ => None,
     }
 }
 
@@ -514,6 +644,11 @@ fn run(seed: u64) -> Result<(), String> {
             })
             .collect();
         return Err(format!("sagas never ended: {open:?}"));
+    }
+    // Nothing a standing write owed is lost.
+    let lost: Vec<_> = w.owed.difference(&w.sent).collect();
+    if !lost.is_empty() {
+        return Err(format!("owed effects never sent: {lost:?}"));
     }
     // Every saga ends once: one distinct terminal event (copies share ids).
     for (saga, evs) in &w.lifecycle {

@@ -60,8 +60,27 @@ impl Lease {
     /// The outboxes written so far (by the last write, or restored before
     /// the marker) have been sent: the next write records a delivery mark.
     pub fn sent(&mut self) {
-        if let Some(through) = self.unsent.take() {
-            self.delivered = Some(self.delivered.map_or(through, |d| d.max(through)));
+        if let Some(through) = self.unsent {
+            self.sent_through(through);
+        }
+    }
+
+    /// Where the outboxes not known to be sent end: the last offset this
+    /// owner wrote changes at, until [`sent_through`](Self::sent_through)
+    /// covers it. A driver that sends a batch's effects while it goes on
+    /// with the next batch notes this after the batch's write, and hands
+    /// it back once the effects are acknowledged.
+    pub fn unsent(&self) -> Option<i64> {
+        self.unsent
+    }
+
+    /// The outboxes written at or below `through` have been sent (their
+    /// effects acknowledged): the next write records a delivery mark. Those
+    /// written later stay unsent.
+    pub fn sent_through(&mut self, through: i64) {
+        self.delivered = Some(self.delivered.map_or(through, |d| d.max(through)));
+        if self.unsent.is_some_and(|u| u <= through) {
+            self.unsent = None;
         }
     }
 
@@ -186,5 +205,32 @@ pub(crate) fn skip_gap(lease: &mut Lease, offsets: &[i64], had_changes: bool) {
         if had_changes {
             lease.unsent = Some(last);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_settled_marks_only_what_it_wrote() {
+        let mut lease = Lease::new(0, 10);
+        // Batch 1 writes offsets 11..=12, batch 2 writes 13..=14.
+        assert!(advance(&mut lease, &mut [11, 12], true));
+        let first = lease.unsent().expect("batch 1 unsent");
+        assert!(advance(&mut lease, &mut [13, 14], true));
+        let second = lease.unsent().expect("batch 2 unsent");
+        assert_eq!((first, second), (12, 14));
+        // Batch 1's effects are acknowledged: only its outboxes are marked.
+        lease.sent_through(first);
+        assert_eq!(lease.unsent(), Some(14), "batch 2's outboxes stay unsent");
+        assert_eq!(lease.take_delivered(), Some(12));
+        lease.sent_through(second);
+        assert_eq!(lease.unsent(), None);
+        assert_eq!(lease.take_delivered(), Some(14));
+        // Of two marks pending at once, the further one is written.
+        lease.sent_through(20);
+        lease.sent_through(18);
+        assert_eq!(lease.take_delivered(), Some(20));
     }
 }
