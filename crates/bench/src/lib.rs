@@ -56,6 +56,8 @@ pub struct Options {
     pub partitions: u32,
     /// The orchestrator's `max-batch`.
     pub max_batch: u32,
+    /// The orchestrator's `pipeline-depth`.
+    pub pipeline_depth: u32,
     /// Consumers' `fetch.wait.max.ms` (tansu waits this long on every fetch).
     pub fetch_wait_ms: u32,
     /// Repository root: topology/ and schemas/ are read from it.
@@ -83,6 +85,7 @@ impl Default for Options {
             restore_sagas: 100_000,
             partitions: 6,
             max_batch: 256,
+            pipeline_depth: 8,
             fetch_wait_ms: 5,
             root: PathBuf::from("."),
             binary: None,
@@ -204,8 +207,8 @@ impl fmt::Display for Report {
         let o = &self.options;
         writeln!(
             f,
-            "sagaflow bench: order-checkout (3 calls per saga), {} partitions, max-batch {}, fetch.wait.max.ms {}",
-            o.partitions, o.max_batch, o.fetch_wait_ms
+            "sagaflow bench: order-checkout (3 calls per saga), {} partitions, max-batch {}, pipeline-depth {}, fetch.wait.max.ms {}",
+            o.partitions, o.max_batch, o.pipeline_depth, o.fetch_wait_ms
         )?;
         writeln!(f, "baseline   broker: {}", self.baseline)?;
         writeln!(
@@ -377,7 +380,7 @@ fn orchestrator_yaml(
 ) -> String {
     let root = &o.root;
     format!(
-        "{}topics:\n  prefix: {prefix}\n{}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: {}\ngroup-id: {prefix}orchestrator\nhttp:\n  listen: {listen}\nmax-batch: {}\n",
+        "{}topics:\n  prefix: {prefix}\n{}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: {}\ngroup-id: {prefix}orchestrator\nhttp:\n  listen: {listen}\nmax-batch: {}\npipeline-depth: {}\n",
         kafka_yaml(bootstrap, o.fetch_wait_ms),
         codec_yaml(registry),
         root.join("topology/sagas").display(),
@@ -385,6 +388,7 @@ fn orchestrator_yaml(
         root.join("schemas").display(),
         o.partitions,
         o.max_batch,
+        o.pipeline_depth,
     )
 }
 

@@ -28,6 +28,10 @@ pub(crate) struct BenchArgs {
     /// The orchestrator's max-batch: larger batches trade latency for throughput.
     #[arg(long, default_value_t = 256)]
     max_batch: u32,
+    /// The orchestrator's pipeline-depth: batches whose effects may await
+    /// their acks while the next are processed (1: none).
+    #[arg(long, default_value_t = 8)]
+    pipeline_depth: u32,
     /// Consumers' fetch.wait.max.ms (tansu waits this long on every fetch).
     #[arg(long, default_value_t = 5)]
     fetch_wait_ms: u32,
@@ -70,6 +74,7 @@ pub(crate) async fn run(args: BenchArgs) -> CliResult {
         restore_sagas: args.restore_sagas,
         partitions: args.partitions,
         max_batch: args.max_batch,
+        pipeline_depth: args.pipeline_depth.max(1),
         fetch_wait_ms: args.fetch_wait_ms,
         root: args.root,
         binary: std::env::current_exe().ok(),

@@ -190,6 +190,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         completed_retention: cfg.completed_retention,
         early_event_retention: cfg.early_event_retention,
         max_batch: cfg.max_batch.get() as usize,
+        pipeline_depth: cfg.pipeline_depth.get() as usize,
         record_limit: cfg.record_limit(),
         max_parked_per_saga: cfg.max_parked_per_saga.get() as usize,
         max_parked_per_partition: cfg.max_parked_per_partition.get() as usize,

@@ -44,6 +44,11 @@ pub struct OrchestratorConfig {
     /// Most inputs handled per persisted batch.
     #[serde(default = "default_batch")]
     pub max_batch: NonZeroU32,
+    /// Batches whose effects may await the broker's acks while the next
+    /// batches are processed (8); 1 waits for each batch's effects before
+    /// reading on.
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: NonZeroU32,
     /// How long one piece of the driver's work (a restore, a batch's
     /// writes) may wait on the broker before the instance declares itself
     /// stuck: `/readyz` turns red and the process exits non-zero ("60s").
@@ -92,6 +97,10 @@ fn default_group() -> String {
 fn default_retention() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_pipeline_depth() -> NonZeroU32 {
+    NonZeroU32::new(8).expect("8 is not zero")
+}
+
 fn default_batch() -> NonZeroU32 {
     NonZeroU32::new(256).expect("256 is not zero")
 }
@@ -311,6 +320,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "completed-retention",
     "early-event-retention",
     "max-batch",
+    "pipeline-depth",
     "stall-timeout",
     "max-record-bytes",
     "max-parked-per-saga",

@@ -68,6 +68,10 @@ pub struct Driver {
     /// How long parked early events wait for their saga.
     pub early_event_retention: Duration,
     pub max_batch: usize,
+    /// At most this many batches' effects await their acknowledgements
+    /// while the driver goes on; the next batch waits for the oldest to
+    /// settle (1: every batch's effects are acknowledged before the next).
+    pub pipeline_depth: usize,
     /// The largest record produced (bytes, headers included).
     pub record_limit: usize,
     pub max_parked_per_saga: usize,
@@ -95,10 +99,6 @@ pub enum RunError {
 
 /// The driver's loop turns at least this often.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// At most this many batches' effects await their acknowledgements while
-/// the driver goes on; the next batch waits for the oldest to settle.
-const MAX_SENDING: usize = 8;
 
 /// The instance is stopping while it waited out a dependency's outage.
 #[derive(Debug)]
@@ -209,7 +209,7 @@ impl Driver {
                 self.settle_all(&consumer, &mut owned).await?;
                 self.rebalanced(&store, &producer, &mut owned, ev).await?;
             }
-            while owned.sending.len() >= MAX_SENDING {
+            while owned.sending.len() >= self.pipeline_depth.max(1) {
                 self.settle_oldest(&consumer, &mut owned).await?;
             }
             self.gauges(&owned);
