@@ -438,8 +438,25 @@ impl Driver {
         if done.count() == 0 {
             return Ok(());
         }
+        // A batch may settle after its partition was revoked (the revoke
+        // waits for the batches in flight): that offset is the next
+        // owner's to read again, and the state it restores recognises
+        // those inputs. The client refuses offsets of partitions it no
+        // longer holds.
+        let assigned = consumer
+            .assignment()
+            .map_err(|e| RunError::Kafka(e.to_string()))?;
+        let mut held = TopicPartitionList::new();
+        for e in done.elements() {
+            if assigned.find_partition(e.topic(), e.partition()).is_some() {
+                let _ = held.add_partition_offset(e.topic(), e.partition(), e.offset());
+            }
+        }
+        if held.count() == 0 {
+            return Ok(());
+        }
         consumer
-            .store_offsets(&done)
+            .store_offsets(&held)
             .map_err(|e| RunError::Kafka(e.to_string()))?;
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
             debug!(error = %e, "async commit");
