@@ -1,10 +1,11 @@
 use super::*;
 use crate::definition::ServiceCatalog;
+use crate::state::TimerPurpose;
 
-const SERVICES: &str = include_str!("../../../topology/services.yaml");
-const ORDER: &str = include_str!("../../../topology/sagas/order-checkout.yaml");
-const TRAVEL: &str = include_str!("../../../topology/sagas/travel-booking.yaml");
-const ONBOARDING: &str = include_str!("../../../topology/sagas/customer-onboarding.yaml");
+const SERVICES: &str = include_str!("../../../../topology/services.yaml");
+const ORDER: &str = include_str!("../../../../topology/sagas/order-checkout.yaml");
+const TRAVEL: &str = include_str!("../../../../topology/sagas/travel-booking.yaml");
+const ONBOARDING: &str = include_str!("../../../../topology/sagas/customer-onboarding.yaml");
 
 fn engine(srcs: &[&str]) -> Engine {
     let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();

@@ -1,6 +1,10 @@
 use super::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-const SERVICES: &str = include_str!("../../../topology/services.yaml");
+use crate::error::{DefCode, DefinitionError, DefinitionErrors};
+
+const SERVICES: &str = include_str!("../../../../topology/services.yaml");
 
 fn services() -> ServiceCatalog {
     ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap()
@@ -11,15 +15,15 @@ fn worked_examples_validate() {
     for (file, src) in [
         (
             "order-checkout.yaml",
-            include_str!("../../../topology/sagas/order-checkout.yaml"),
+            include_str!("../../../../topology/sagas/order-checkout.yaml"),
         ),
         (
             "travel-booking.yaml",
-            include_str!("../../../topology/sagas/travel-booking.yaml"),
+            include_str!("../../../../topology/sagas/travel-booking.yaml"),
         ),
         (
             "customer-onboarding.yaml",
-            include_str!("../../../topology/sagas/customer-onboarding.yaml"),
+            include_str!("../../../../topology/sagas/customer-onboarding.yaml"),
         ),
     ] {
         let def =
