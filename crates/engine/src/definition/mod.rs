@@ -19,8 +19,8 @@ pub use services::{ServiceCatalog, ServiceInfo};
 pub use validate::RawSagaDefinition;
 pub(crate) use validated::ListOwner;
 pub use validated::{
-    AwaitStep, CallStep, Compensation, EmitStep, OnDeadline, RetryPolicy, SagaDefinition, Step,
-    StepKind, Trigger,
+    AwaitStep, CallStep, Compensation, EmitStep, OnDeadline, RetryPolicy, SagaDeadline,
+    SagaDefinition, SagaOnDeadline, Step, StepKind, Trigger,
 };
 
 /// Index of a step inside its definition.

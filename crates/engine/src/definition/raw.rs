@@ -24,6 +24,19 @@ pub(super) struct RawTop {
     /// Named values computed from the trigger event, for searching sagas.
     #[serde(default)]
     pub(super) search_attributes: BTreeMap<String, String>,
+    /// How long the whole saga may take, from its start.
+    #[serde(default)]
+    pub(super) deadline: Option<String>,
+    /// What happens when the saga's deadline passes.
+    #[serde(default)]
+    pub(super) on_deadline: Option<RawSagaOnDeadline>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(super) enum RawSagaOnDeadline {
+    Compensate,
+    Fail,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,10 +12,10 @@ use crate::error::{DefCode, DefinitionError, DefinitionErrors};
 use crate::expr::{Expr, ValueTemplate};
 use crate::yaml::{self, Position, Spans};
 
-use super::raw::{RawRetry, RawTop};
+use super::raw::{RawRetry, RawSagaOnDeadline, RawTop};
 use super::{
-    ListOwner, NodeId, RetryPolicy, STEP_KINDS, SagaDefinition, ServiceCatalog, Step, StepKind,
-    Trigger,
+    ListOwner, NodeId, RetryPolicy, STEP_KINDS, SagaDeadline, SagaDefinition, SagaOnDeadline,
+    ServiceCatalog, Step, StepKind, Trigger,
 };
 
 pub(super) fn error(
@@ -203,6 +203,27 @@ impl RawSagaDefinition {
                 search_attributes.push((name.clone(), e));
             }
         }
+        let deadline = match &top.deadline {
+            Some(src) => v.duration(src, "deadline").map(|ms| SagaDeadline {
+                ms,
+                on_deadline: match top.on_deadline {
+                    Some(RawSagaOnDeadline::Fail) => SagaOnDeadline::Fail,
+                    Some(RawSagaOnDeadline::Compensate) | None => SagaOnDeadline::Compensate,
+                },
+                position: v.spans.find("deadline"),
+            }),
+            None => {
+                if top.on_deadline.is_some() {
+                    v.err(
+                        DefCode::Schema,
+                        "on-deadline",
+                        "`on-deadline` without a saga `deadline`".into(),
+                        Some("add `deadline: <duration>`, e.g. `deadline: 30m`".into()),
+                    );
+                }
+                None
+            }
+        };
         let mut bound = BTreeSet::new();
         let (root, terminal) = v.list(&top.steps, "steps", "", ListOwner::Root, &mut bound);
         if !terminal {
@@ -241,6 +262,7 @@ impl RawSagaDefinition {
             by_path,
             sensitive,
             search_attributes,
+            deadline,
             file: self.file,
         })
     }

@@ -184,8 +184,34 @@ pub struct SagaDefinition {
     /// Search attributes: a name and an expression over the trigger event
     /// (`event`), computed when the saga starts.
     pub search_attributes: Vec<(String, Expr)>,
+    /// How long the saga may take from its start, and what then.
+    pub deadline: Option<SagaDeadline>,
     /// File it was loaded from.
     pub file: String,
+}
+
+/// A saga-level deadline (`deadline:` at the top of a definition): a
+/// durable timer armed when the saga starts and cancelled when it stops
+/// going forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SagaDeadline {
+    /// Milliseconds from the saga's start.
+    pub ms: u64,
+    /// What happens when it passes.
+    pub on_deadline: SagaOnDeadline,
+    /// Where `deadline:` is written.
+    pub position: Position,
+}
+
+/// What a saga does when its deadline passes while it is still going
+/// forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaOnDeadline {
+    /// Stop going forward and compensate what succeeded (the default, like
+    /// a step failure).
+    Compensate,
+    /// Stop and wait for an operator (`retry` or `abort`).
+    Fail,
 }
 
 impl SagaDefinition {

@@ -3,7 +3,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::definition::{ListOwner, NodeId, OnDeadline, RetryOn, RetryPolicy, StepKind};
+use crate::definition::{
+    ListOwner, NodeId, OnDeadline, RetryOn, RetryPolicy, SagaOnDeadline, StepKind,
+};
 use crate::state::{Failure, FailurePhase, Phase, SagaStatus, Timer, TimerPurpose};
 
 use super::ids::command_id;
@@ -333,7 +335,10 @@ impl Run<'_> {
     }
 
     pub(super) fn on_timer(&mut self, t: Timer) {
-        let id = t.step;
+        // Only the saga's own deadline has no step.
+        let Some(id) = t.step else {
+            return self.on_saga_deadline();
+        };
         let phase = self.phase(id);
         match t.purpose {
             TimerPurpose::StepTimeout => {
@@ -374,6 +379,7 @@ impl Run<'_> {
                 );
             }
             TimerPurpose::CompensationBackoff => self.comp_attempt(id, t.attempt + 1),
+            TimerPurpose::SagaDeadline => self.on_saga_deadline(),
             TimerPurpose::AwaitDeadline => {
                 let StepKind::Await(a) = &self.def.step(id).kind else {
                     return;
@@ -422,6 +428,25 @@ impl Run<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The saga's own deadline passed while it was still going forward
+    /// (it is cancelled as soon as the saga stops going forward).
+    fn on_saga_deadline(&mut self) {
+        let Some(deadline) = self.def.deadline else {
+            return;
+        };
+        if self.st.status != SagaStatus::Running {
+            return;
+        }
+        let reason = format!(
+            "saga deadline passed: not done within {}",
+            humantime::format_duration(std::time::Duration::from_millis(deadline.ms))
+        );
+        match deadline.on_deadline {
+            SagaOnDeadline::Compensate => self.begin_compensation(None, reason),
+            SagaOnDeadline::Fail => self.fail(None, FailurePhase::Forward, reason),
         }
     }
 
@@ -501,6 +526,7 @@ impl Run<'_> {
     /// (their timeout timers stay armed so they resolve), awaits and
     /// backoffs are cancelled.
     pub(super) fn stop_forward(&mut self) {
+        self.disarm_saga_deadline();
         let ids: Vec<NodeId> = self.st.steps.keys().copied().collect();
         for id in ids {
             let run = self.st.steps[&id].clone();

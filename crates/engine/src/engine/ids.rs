@@ -52,7 +52,14 @@ pub(super) fn timer_id(
         TimerPurpose::CompensationBackoff => {
             format!("{saga_id}/{step_path}/compensate/backoff/{attempt}")
         }
+        TimerPurpose::SagaDeadline => saga_deadline_id(saga_id),
     }
+}
+
+/// The id of the saga's own deadline timer. Step names cannot contain
+/// `-`, so it cannot be mistaken for a step's timer.
+pub(super) fn saga_deadline_id(saga_id: &str) -> String {
+    format!("{saga_id}/saga-deadline")
 }
 
 pub(super) fn parse_command_id<'a>(

@@ -90,7 +90,7 @@ impl Engine {
         let n = def.steps().len();
         let fits = |id: NodeId| usize::from(id) < n;
         if !(state.steps.keys().all(|&id| fits(id))
-            && state.timers.values().all(|t| fits(t.step))
+            && state.timers.values().all(|t| t.step.is_none_or(fits))
             && state.completed.iter().all(|&id| fits(id)))
         {
             return Err(EngineError::StateMismatch {
@@ -160,6 +160,12 @@ impl Engine {
         match def.first() {
             Some(first) => run.enter(first),
             None => run.complete(),
+        }
+        // Only a saga still going forward needs its deadline.
+        if let Some(deadline) = def.deadline
+            && run.st.status == SagaStatus::Running
+        {
+            run.arm_saga_deadline(deadline.ms);
         }
         let fx = run.fx;
         Ok((state, fx))

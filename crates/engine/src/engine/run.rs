@@ -12,7 +12,7 @@ use crate::expr::Root;
 use crate::state::{Phase, SagaState, StepRun, Timer, TimerPurpose, Timestamp};
 
 use super::classify::Action;
-use super::ids::{command_id, timer_id};
+use super::ids::{command_id, saga_deadline_id, timer_id};
 use super::{Command, CommandKind, Effect, Input, LifecycleEvent, LifecycleKind};
 
 /// The evaluation context (`event`, `saga`, `steps`), reduced to what
@@ -187,13 +187,41 @@ impl Run<'_> {
 
     pub(super) fn arm(&mut self, id: NodeId, purpose: TimerPurpose, attempt: u32, after_ms: u64) {
         let timer_id = timer_id(&self.st.saga_id, self.path(id), purpose, attempt);
+        self.arm_timer(timer_id, Some(id), purpose, attempt, after_ms);
+    }
+
+    pub(super) fn disarm(&mut self, id: NodeId, purpose: TimerPurpose, attempt: u32) {
+        let timer_id = timer_id(&self.st.saga_id, self.path(id), purpose, attempt);
+        self.disarm_timer(timer_id);
+    }
+
+    /// Arms the saga's own deadline, `after_ms` from now.
+    pub(super) fn arm_saga_deadline(&mut self, after_ms: u64) {
+        let timer_id = saga_deadline_id(&self.st.saga_id);
+        self.arm_timer(timer_id, None, TimerPurpose::SagaDeadline, 0, after_ms);
+    }
+
+    /// Cancels the saga's own deadline if it is armed.
+    pub(super) fn disarm_saga_deadline(&mut self) {
+        let timer_id = saga_deadline_id(&self.st.saga_id);
+        self.disarm_timer(timer_id);
+    }
+
+    fn arm_timer(
+        &mut self,
+        timer_id: String,
+        step: Option<NodeId>,
+        purpose: TimerPurpose,
+        attempt: u32,
+        after_ms: u64,
+    ) {
         let fire_at = self.now.plus_ms(after_ms);
         self.st.timers.insert(
             timer_id.clone(),
             Timer {
                 fire_at,
                 purpose,
-                step: id,
+                step,
                 attempt,
             },
         );
@@ -204,8 +232,7 @@ impl Run<'_> {
         });
     }
 
-    pub(super) fn disarm(&mut self, id: NodeId, purpose: TimerPurpose, attempt: u32) {
-        let timer_id = timer_id(&self.st.saga_id, self.path(id), purpose, attempt);
+    fn disarm_timer(&mut self, timer_id: String) {
         if self.st.timers.remove(&timer_id).is_some() {
             self.fx.push(Effect::CancelTimer { timer_id });
         }
