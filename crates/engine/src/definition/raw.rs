@@ -170,6 +170,9 @@ pub(super) struct RawAwait {
     pub(super) on_deadline: Option<RawOnDeadline>,
     #[serde(default)]
     pub(super) bind: Option<String>,
+    /// Warnings silenced on purpose for this step.
+    #[serde(default)]
+    pub(super) lint: Option<RawLint>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,8 @@ use crate::error::DefCode;
 use crate::expr::ValueTemplate;
 
 use super::raw::{
-    RawAwait, RawCall, RawChoice, RawEmit, RawFinish, RawOnDeadline, RawParallel, RawReject,
+    RawAwait, RawCall, RawChoice, RawEmit, RawFinish, RawLint, RawOnDeadline, RawParallel,
+    RawReject,
 };
 use super::validate::{SAGA_VARS, Validator, intersect_all, is_ident, join};
 use super::{
@@ -175,17 +176,7 @@ impl Validator<'_> {
             Some(_) => return None,
         };
         let explicit_bind = raw.bind.is_some();
-        let allow = raw.lint.map(|l| l.allow).unwrap_or_default();
-        for (i, code) in allow.iter().enumerate() {
-            if !crate::lint::CODES.contains(&code.as_str()) {
-                self.err(
-                    DefCode::Schema,
-                    &join(path, &format!("lint.allow[{i}]")),
-                    format!("`{code}` is not a lint warning code"),
-                    Some(format!("one of {}", crate::lint::CODES.join(", "))),
-                );
-            }
-        }
+        let allow = self.lint_allow(raw.lint, path);
         let id = self.push(
             &raw.call,
             parent,
@@ -404,7 +395,25 @@ impl Validator<'_> {
             on_deadline,
             bind,
         });
+        self.steps[id as usize].lint_allow = self.lint_allow(raw.lint, path);
         Some((id, false))
+    }
+
+    /// The warning codes a step silences (`lint: {allow: [...]}`); an
+    /// unknown code is an error.
+    fn lint_allow(&mut self, lint: Option<RawLint>, path: &str) -> Vec<String> {
+        let allow = lint.map(|l| l.allow).unwrap_or_default();
+        for (i, code) in allow.iter().enumerate() {
+            if !crate::lint::CODES.contains(&code.as_str()) {
+                self.err(
+                    DefCode::Schema,
+                    &join(path, &format!("lint.allow[{i}]")),
+                    format!("`{code}` is not a lint warning code"),
+                    Some(format!("one of {}", crate::lint::CODES.join(", "))),
+                );
+            }
+        }
+        allow
     }
 
     /// A `emit` step.

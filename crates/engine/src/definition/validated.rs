@@ -40,11 +40,18 @@ impl RetryPolicy {
     /// jitter derived from `seed` (the failed command's id): the delay is
     /// uniformly spread over [d/2, d] where d is the exponential delay.
     pub fn backoff_ms(&self, next_attempt: u32, seed: &str) -> u64 {
-        let exp = next_attempt.saturating_sub(2).min(64) as i32;
-        let base = self.initial.as_millis() as f64 * self.multiplier.powi(exp);
-        let d = base.min(self.max.as_millis() as f64).max(1.0) as u64;
+        let d = self.max_backoff_ms(next_attempt);
         let half = d / 2;
         half + crate::fnv1a(seed.as_bytes()) % (d - half + 1)
+    }
+
+    /// The longest backoff before attempt `next_attempt` (≥ 2), in
+    /// milliseconds: the exponential delay, capped by `max` (jitter only
+    /// shortens it).
+    pub fn max_backoff_ms(&self, next_attempt: u32) -> u64 {
+        let exp = next_attempt.saturating_sub(2).min(64) as i32;
+        let base = self.initial.as_millis() as f64 * self.multiplier.powi(exp);
+        base.min(self.max.as_millis() as f64).max(1.0) as u64
     }
 }
 
