@@ -1,12 +1,12 @@
 //! Compensation: undoing the completed steps in reverse order.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::definition::{NodeId, RetryOn};
+use crate::definition::NodeId;
 use crate::state::{Failure, FailurePhase, Phase, SagaStatus, TimerPurpose};
 
 use super::run::{Run, command_for};
-use super::{CommandKind, Effect, LifecycleKind, Reply, ReplyOutcome};
+use super::{CommandKind, Effect, LifecycleKind};
 
 impl Run<'_> {
     pub(super) fn begin_compensation(&mut self, step: Option<NodeId>, reason: String) {
@@ -84,52 +84,17 @@ impl Run<'_> {
         }
     }
 
-    pub(super) fn on_comp_reply(&mut self, id: NodeId, r: Reply) {
-        let attempt = self.st.steps[&id].comp_attempt;
-        self.disarm(id, TimerPurpose::CompensationTimeout, attempt);
-        let reason = r
-            .error
-            .clone()
-            .unwrap_or_else(|| format!("{:?}", r.outcome));
-        match r.outcome {
-            ReplyOutcome::Success => {
-                self.set_phase(id, Phase::Compensated);
-                let output = self.step_data(id, r.data);
-                self.life(
-                    LifecycleKind::CompensationStepSucceeded,
-                    Some(id),
-                    Some(attempt),
-                    None,
-                );
-                self.with_last(|e| e.output = Some(output));
-                self.comp_next();
-            }
-            ReplyOutcome::BusinessFailure => {
-                self.set_phase(id, Phase::CompensationFailed);
-                let body = self.error_body(id, &reason, r.data);
-                self.life(
-                    LifecycleKind::CompensationStepFailed,
-                    Some(id),
-                    Some(attempt),
-                    Some(reason.clone()),
-                );
-                self.with_last(|e| e.error = Some(body));
-                self.fail(
-                    Some(id),
-                    FailurePhase::Compensation,
-                    format!("compensation of `{}` failed: {reason}", self.path(id)),
-                );
-            }
-            ReplyOutcome::TransientFailure => {
-                let body = self.error_body(id, &reason, r.data);
-                self.retry_or_fail(
-                    id,
-                    CommandKind::Compensation,
-                    RetryOn::Transient,
-                    reason,
-                    Some(body),
-                );
-            }
-        }
+    /// A compensation succeeded: on to the next one.
+    pub(super) fn compensated(&mut self, id: NodeId, attempt: u32, data: Value) {
+        self.set_phase(id, Phase::Compensated);
+        let output = self.step_data(id, data);
+        self.life(
+            LifecycleKind::CompensationStepSucceeded,
+            Some(id),
+            Some(attempt),
+            None,
+        );
+        self.with_last(|e| e.output = Some(output));
+        self.comp_next();
     }
 }

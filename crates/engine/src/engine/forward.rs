@@ -3,12 +3,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::definition::{
-    ListOwner, NodeId, OnDeadline, RetryOn, RetryPolicy, SagaOnDeadline, StepKind,
-};
+use crate::definition::{ListOwner, NodeId, OnDeadline, RetryOn, SagaOnDeadline, StepKind};
 use crate::state::{Failure, FailurePhase, Phase, SagaStatus, Timer, TimerPurpose};
 
-use super::ids::command_id;
 use super::result_output;
 use super::run::{Run, command_for, ctx, needs_of};
 use super::{CommandKind, DomainEvent, Effect, LifecycleKind, Reply, ReplyOutcome, SagaResult};
@@ -147,77 +144,33 @@ impl Run<'_> {
         }
     }
 
-    pub(super) fn policy(&self, id: NodeId, kind: CommandKind) -> Option<&RetryPolicy> {
-        match &self.def.step(id).kind {
-            StepKind::Call(c) => match kind {
-                CommandKind::Action => Some(&c.retry),
-                CommandKind::Compensation => c.compensate.as_ref().map(|c| &c.retry),
-            },
-            _ => None,
-        }
-    }
-
+    /// A reply to a forward call: to the awaited attempt, or a late one
+    /// to a command abandoned when the saga stopped going forward.
     pub(super) fn on_reply(&mut self, id: NodeId, r: Reply) {
         let run = self.st.steps[&id].clone();
-        self.disarm(id, TimerPurpose::StepTimeout, run.attempt);
-        let reason = || {
-            r.error
-                .clone()
-                .unwrap_or_else(|| format!("{:?}", r.outcome))
-        };
-        if run.phase == Phase::Abandoned {
-            // Late reply after the saga stopped going forward.
-            if r.outcome == ReplyOutcome::Success {
-                self.succeed_call(id, r.data, true);
-            } else {
-                self.set_phase(id, Phase::Failed);
-                let reason = reason();
-                let body = self.error_body(id, &reason, r.data.clone());
-                self.life(
-                    LifecycleKind::LateReply,
-                    Some(id),
-                    Some(run.attempt),
-                    Some(reason),
-                );
-                self.with_last(|e| e.error = Some(body));
-            }
-            if self.st.status == SagaStatus::Compensating {
-                self.comp_next();
-            }
-            return;
+        if run.phase != Phase::Abandoned {
+            return self.on_attempt_reply(id, CommandKind::Action, r);
         }
-        match r.outcome {
-            ReplyOutcome::Success => {
-                self.succeed_call(id, r.data, false);
-                self.continue_after(id);
-            }
-            ReplyOutcome::BusinessFailure => {
-                self.set_phase(id, Phase::Failed);
-                let reason = reason();
-                let body = self.error_body(id, &reason, r.data.clone());
-                self.life(
-                    LifecycleKind::StepFailed,
-                    Some(id),
-                    Some(run.attempt),
-                    Some(reason.clone()),
-                );
-                self.with_last(|e| e.error = Some(body));
-                self.begin_compensation(
-                    Some(id),
-                    format!("step `{}` failed: {reason}", self.path(id)),
-                );
-            }
-            ReplyOutcome::TransientFailure => {
-                let reason = reason();
-                let body = self.error_body(id, &reason, r.data.clone());
-                self.retry_or_fail(
-                    id,
-                    CommandKind::Action,
-                    RetryOn::Transient,
-                    reason,
-                    Some(body),
-                );
-            }
+        self.disarm(id, TimerPurpose::StepTimeout, run.attempt);
+        if r.outcome == ReplyOutcome::Success {
+            self.succeed_call(id, r.data, true);
+        } else {
+            self.set_phase(id, Phase::Failed);
+            let reason = r
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", r.outcome));
+            let body = self.error_body(id, &reason, r.data.clone());
+            self.life(
+                LifecycleKind::LateReply,
+                Some(id),
+                Some(run.attempt),
+                Some(reason),
+            );
+            self.with_last(|e| e.error = Some(body));
+        }
+        if self.st.status == SagaStatus::Compensating {
+            self.comp_next();
         }
     }
 
@@ -246,92 +199,6 @@ impl Run<'_> {
             late.then(|| "succeeded after the saga stopped going forward".to_string()),
         );
         self.with_last(|e| e.output = Some(output));
-    }
-
-    pub(super) fn retry_or_fail(
-        &mut self,
-        id: NodeId,
-        kind: CommandKind,
-        why: RetryOn,
-        reason: String,
-        body: Option<Value>,
-    ) {
-        let policy = self
-            .policy(id, kind)
-            .cloned()
-            .unwrap_or_else(|| RetryPolicy {
-                max_attempts: 1,
-                initial: Default::default(),
-                multiplier: 1.0,
-                max: Default::default(),
-                on: Vec::new(),
-            });
-        let run = self.st.steps[&id].clone();
-        let attempt = match kind {
-            CommandKind::Action => run.attempt,
-            CommandKind::Compensation => run.comp_attempt,
-        };
-        if policy.on.contains(&why) && attempt < policy.max_attempts {
-            let seed = command_id(&self.st.saga_id, self.path(id), kind, attempt);
-            let delay = policy.backoff_ms(attempt + 1, &seed);
-            let detail = Some(format!("{reason}; attempt {} in {delay}ms", attempt + 1));
-            match kind {
-                CommandKind::Action => {
-                    self.set_phase(id, Phase::Backoff);
-                    self.life(LifecycleKind::StepRetrying, Some(id), Some(attempt), detail);
-                    self.with_last(|e| e.error = body);
-                    self.arm(id, TimerPurpose::RetryBackoff, attempt, delay);
-                }
-                CommandKind::Compensation => {
-                    self.set_phase(id, Phase::CompensationBackoff);
-                    self.life(
-                        LifecycleKind::CompensationStepRetrying,
-                        Some(id),
-                        Some(attempt),
-                        detail,
-                    );
-                    self.with_last(|e| e.error = body);
-                    self.arm(id, TimerPurpose::CompensationBackoff, attempt, delay);
-                }
-            }
-            return;
-        }
-        let reason = if attempt >= policy.max_attempts && policy.on.contains(&why) {
-            format!("{reason} (after {attempt} attempts)")
-        } else {
-            reason
-        };
-        match kind {
-            CommandKind::Action => {
-                self.set_phase(id, Phase::Failed);
-                self.life(
-                    LifecycleKind::StepFailed,
-                    Some(id),
-                    Some(attempt),
-                    Some(reason.clone()),
-                );
-                self.with_last(|e| e.error = body);
-                self.begin_compensation(
-                    Some(id),
-                    format!("step `{}` failed: {reason}", self.path(id)),
-                );
-            }
-            CommandKind::Compensation => {
-                self.set_phase(id, Phase::CompensationFailed);
-                self.life(
-                    LifecycleKind::CompensationStepFailed,
-                    Some(id),
-                    Some(attempt),
-                    Some(reason.clone()),
-                );
-                self.with_last(|e| e.error = body);
-                self.fail(
-                    Some(id),
-                    FailurePhase::Compensation,
-                    format!("compensation of `{}` failed: {reason}", self.path(id)),
-                );
-            }
-        }
     }
 
     pub(super) fn on_timer(&mut self, t: Timer) {

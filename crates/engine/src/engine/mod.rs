@@ -15,6 +15,7 @@ use crate::definition::{DefinitionRegistry, NodeId, SagaDefinition, StepKind};
 use crate::error::EngineError;
 use crate::state::{Phase, STATE_VERSION, SagaState, SagaStatus, Timestamp};
 
+mod attempts;
 mod classify;
 mod compensation;
 mod forward;

@@ -242,7 +242,7 @@ impl Run<'_> {
         match (action, input) {
             (Action::Reply { step, kind }, Input::Reply(r)) => match kind {
                 CommandKind::Action => self.on_reply(step, r),
-                CommandKind::Compensation => self.on_comp_reply(step, r),
+                CommandKind::Compensation => self.on_attempt_reply(step, kind, r),
             },
             (Action::Event { step }, Input::Event(e)) => {
                 let StepKind::Await(a) = &self.def.step(step).kind else {
