@@ -126,7 +126,10 @@ pub struct Command {
     pub timeout_ms: u64,
 }
 
-/// Kinds of saga lifecycle events.
+/// Kinds of saga lifecycle events: every kind the engine emits, and only
+/// those. This is the source of truth for what happens to a saga; the wire
+/// enum (`sagaflow_codec::messages::LifecycleKind`) mirrors the Avro schema,
+/// which has these plus `UNKNOWN` and three reserved symbols nothing emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LifecycleKind {
@@ -148,6 +151,50 @@ pub enum LifecycleKind {
     Resumed,
     Aborted,
 }
+
+impl LifecycleKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [LifecycleKind; 17] = [
+        LifecycleKind::Started,
+        LifecycleKind::StepStarted,
+        LifecycleKind::StepSucceeded,
+        LifecycleKind::StepFailed,
+        LifecycleKind::StepRetrying,
+        LifecycleKind::StepTimedOut,
+        LifecycleKind::LateReply,
+        LifecycleKind::Compensating,
+        LifecycleKind::CompensationStepStarted,
+        LifecycleKind::CompensationStepSucceeded,
+        LifecycleKind::CompensationStepRetrying,
+        LifecycleKind::CompensationStepFailed,
+        LifecycleKind::Completed,
+        LifecycleKind::Compensated,
+        LifecycleKind::Failed,
+        LifecycleKind::Resumed,
+        LifecycleKind::Aborted,
+    ];
+}
+
+/// A new kind breaks this match: add it to [`LifecycleKind::ALL`] too.
+const _: fn(LifecycleKind) = |kind| match kind {
+    LifecycleKind::Started
+    | LifecycleKind::StepStarted
+    | LifecycleKind::StepSucceeded
+    | LifecycleKind::StepFailed
+    | LifecycleKind::StepRetrying
+    | LifecycleKind::StepTimedOut
+    | LifecycleKind::LateReply
+    | LifecycleKind::Compensating
+    | LifecycleKind::CompensationStepStarted
+    | LifecycleKind::CompensationStepSucceeded
+    | LifecycleKind::CompensationStepRetrying
+    | LifecycleKind::CompensationStepFailed
+    | LifecycleKind::Completed
+    | LifecycleKind::Compensated
+    | LifecycleKind::Failed
+    | LifecycleKind::Resumed
+    | LifecycleKind::Aborted => {}
+};
 
 /// A saga lifecycle event (for `sagaflow.saga-events`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
