@@ -14,7 +14,7 @@ mod validate;
 mod validated;
 
 pub use raw::RetryOn;
-pub use registry::DefinitionRegistry;
+pub use registry::{DefinitionRegistry, DeploymentTopics};
 pub use services::{ServiceCatalog, ServiceInfo};
 pub use validate::RawSagaDefinition;
 pub(crate) use validated::ListOwner;

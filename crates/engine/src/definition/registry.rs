@@ -1,12 +1,12 @@
 //! The registry of validated definitions, keyed by (type, version).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{DefCode, DefinitionError, DefinitionErrors};
 use crate::yaml::Position;
 
 use super::validate::error;
-use super::{SagaDefinition, ServiceCatalog};
+use super::{SagaDefinition, ServiceCatalog, StepKind};
 
 /// Validated definitions keyed by (type, version).
 #[derive(Debug, Default)]
@@ -84,6 +84,34 @@ impl DefinitionRegistry {
         self.defs.values().map(|d| &**d)
     }
 
+    /// The topics the definitions read and write (names without the
+    /// deployment's prefix), for every version registered.
+    pub fn topics(&self) -> DeploymentTopics {
+        let mut t = DeploymentTopics::default();
+        let add = |map: &mut BTreeMap<String, BTreeSet<String>>, topic: &str, event_type: &str| {
+            map.entry(topic.to_string())
+                .or_default()
+                .insert(event_type.to_string());
+        };
+        for def in self.iter() {
+            add(&mut t.triggers, &def.trigger.topic, &def.trigger.event_type);
+            for step in def.steps() {
+                match &step.kind {
+                    StepKind::Call(c) => {
+                        t.services.insert(c.service.clone());
+                        if let Some(comp) = &c.compensate {
+                            t.services.insert(comp.service.clone());
+                        }
+                    }
+                    StepKind::Await(a) => add(&mut t.awaited, &a.topic, &a.event_type),
+                    StepKind::Emit(e) => add(&mut t.emitted, &e.topic, &e.event_type),
+                    _ => {}
+                }
+            }
+        }
+        t
+    }
+
     /// Latest definitions started by events of `event_type` on `topic`.
     pub fn triggered_by(&self, topic: &str, event_type: &str) -> Vec<&SagaDefinition> {
         let mut latest: BTreeMap<&str, &SagaDefinition> = BTreeMap::new();
@@ -93,5 +121,53 @@ impl DefinitionRegistry {
             }
         }
         latest.into_values().collect()
+    }
+}
+
+/// The topics a deployment's definitions use, by role: topic (without the
+/// deployment's prefix) → event types. The runtime's own topics (replies,
+/// saga state and events, dead letters) do not depend on the definitions;
+/// the command topic of a service is `sagaflow.commands.<service>`
+/// (`sagaflow_bus::TopicNames` names both).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentTopics {
+    /// Events that start sagas (`trigger`): read.
+    pub triggers: BTreeMap<String, BTreeSet<String>>,
+    /// Events sagas wait for (`await`): read.
+    pub awaited: BTreeMap<String, BTreeSet<String>>,
+    /// Events sagas publish (`emit`): written.
+    pub emitted: BTreeMap<String, BTreeSet<String>>,
+    /// Services commanded (calls and compensations): their command topics
+    /// are written, their replies read.
+    pub services: BTreeSet<String>,
+}
+
+impl DeploymentTopics {
+    /// The domain topics the orchestrator consumes: triggers and awaited
+    /// events.
+    pub fn sources(&self) -> BTreeSet<&str> {
+        self.triggers
+            .keys()
+            .chain(self.awaited.keys())
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Every domain topic named, read or written.
+    pub fn domain(&self) -> BTreeSet<&str> {
+        let mut all = self.sources();
+        all.extend(self.emitted.keys().map(String::as_str));
+        all
+    }
+
+    /// Every domain event named (read or written), by topic.
+    pub fn events(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out = self.triggers.clone();
+        for (topic, types) in self.awaited.iter().chain(&self.emitted) {
+            out.entry(topic.clone())
+                .or_default()
+                .extend(types.iter().cloned());
+        }
+        out
     }
 }

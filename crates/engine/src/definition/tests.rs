@@ -527,3 +527,55 @@ fn saga_id_follows_from_type_and_key_only() {
         "unknown version"
     );
 }
+
+#[test]
+fn the_registry_says_which_topics_a_deployment_uses() {
+    let reg = DefinitionRegistry::from_sources(
+        [
+            (
+                "order-checkout.yaml",
+                include_str!("../../../../topology/sagas/order-checkout.yaml"),
+            ),
+            (
+                "customer-onboarding.yaml",
+                include_str!("../../../../topology/sagas/customer-onboarding.yaml"),
+            ),
+        ],
+        &services(),
+    )
+    .unwrap();
+    let t = reg.topics();
+    let set = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(t.triggers["orders.events"], set(&["OrderPlaced"]));
+    assert_eq!(t.triggers["customers.events"], set(&["CustomerSignedUp"]));
+    assert_eq!(t.awaited.keys().collect::<Vec<_>>(), ["identity.events"]);
+    assert_eq!(t.emitted["customers.events"], set(&["CustomerOnboarded"]));
+    assert!(
+        [
+            "inventory",
+            "fraud",
+            "payment",
+            "shipping",
+            "crm",
+            "billing",
+            "workspaces"
+        ]
+        .iter()
+        .all(|s| t.services.contains(*s)),
+        "{:?}",
+        t.services
+    );
+    assert_eq!(
+        t.sources().into_iter().collect::<Vec<_>>(),
+        ["customers.events", "identity.events", "orders.events"]
+    );
+    assert_eq!(t.domain(), t.sources(), "emits go to a topic already read");
+    assert_eq!(
+        t.events()["customers.events"],
+        set(&["CustomerOnboarded", "CustomerSignedUp"])
+    );
+    assert_eq!(
+        DefinitionRegistry::new().topics(),
+        DeploymentTopics::default()
+    );
+}
