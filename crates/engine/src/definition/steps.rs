@@ -8,8 +8,8 @@ use crate::error::DefCode;
 use crate::expr::ValueTemplate;
 
 use super::raw::{
-    RawAwait, RawCall, RawChoice, RawEmit, RawFinish, RawLint, RawOnDeadline, RawParallel,
-    RawReject,
+    RawAwait, RawCall, RawChoice, RawCompensate, RawEmit, RawFinish, RawLint, RawOnDeadline,
+    RawParallel, RawReject,
 };
 use super::validate::{SAGA_VARS, Validator, intersect_all, is_ident, join};
 use super::{
@@ -132,30 +132,9 @@ impl Validator<'_> {
         };
         let retry = self.retry(raw.retry.as_ref(), &join(path, "retry"), 3);
         let compensate = raw.compensate.as_ref().map(|c| {
-            let cpath = join(path, "compensate");
             let mut cbound = bound.clone();
             cbound.insert(bind.clone());
-            let input = match &c.input {
-                Some(v) => self.template(
-                    v,
-                    &join(&cpath, "input"),
-                    &cbound,
-                    DefCode::CompensationReference,
-                ),
-                None => Some(ValueTemplate::Literal(Value::Object(Default::default()))),
-            };
-            let timeout_ms = match &c.timeout {
-                Some(t) => self.duration(t, &join(&cpath, "timeout")),
-                None => timeout_ms,
-            };
-            let retry = self.retry(c.retry.as_ref(), &join(&cpath, "retry"), 5);
-            (
-                c.service.clone().unwrap_or_else(|| raw.service.clone()),
-                c.operation.clone(),
-                input,
-                timeout_ms,
-                retry,
-            )
+            self.compensation(c, &raw.service, path, &cbound, timeout_ms)
         });
         bound.insert(bind.clone());
         let sensitive = self.sensitive(&raw.sensitive, &join(path, "sensitive"));
@@ -164,16 +143,8 @@ impl Validator<'_> {
         };
         let compensate = match compensate {
             None => None,
-            Some((service, operation, Some(input), Some(timeout_ms), retry)) => {
-                Some(Compensation {
-                    service,
-                    operation,
-                    input,
-                    timeout_ms,
-                    retry,
-                })
-            }
-            Some(_) => return None,
+            Some(Some(c)) => Some(c),
+            Some(None) => return None,
         };
         let explicit_bind = raw.bind.is_some();
         let allow = self.lint_allow(raw.lint, path);
@@ -196,6 +167,45 @@ impl Validator<'_> {
         self.steps[id as usize].lint_allow = allow;
         self.steps[id as usize].explicit_bind = explicit_bind;
         Some((id, false))
+    }
+
+    /// A call's `compensate`: its service defaults to the call's, its
+    /// timeout to the call's `timeout_ms`; its input may read what was
+    /// bound before the step and the step's own reply (`cbound`). `None`
+    /// when it has errors (they are reported).
+    fn compensation(
+        &mut self,
+        c: &RawCompensate,
+        call_service: &str,
+        path: &str,
+        cbound: &BTreeSet<String>,
+        timeout_ms: Option<u64>,
+    ) -> Option<Compensation> {
+        let cpath = join(path, "compensate");
+        let input = match &c.input {
+            Some(v) => self.template(
+                v,
+                &join(&cpath, "input"),
+                cbound,
+                DefCode::CompensationReference,
+            ),
+            None => Some(ValueTemplate::Literal(Value::Object(Default::default()))),
+        };
+        let timeout_ms = match &c.timeout {
+            Some(t) => self.duration(t, &join(&cpath, "timeout")),
+            None => timeout_ms,
+        };
+        let retry = self.retry(c.retry.as_ref(), &join(&cpath, "retry"), 5);
+        Some(Compensation {
+            service: c
+                .service
+                .clone()
+                .unwrap_or_else(|| call_service.to_string()),
+            operation: c.operation.clone(),
+            input: input?,
+            timeout_ms: timeout_ms?,
+            retry,
+        })
     }
 
     /// A `parallel` step.

@@ -1,7 +1,7 @@
 //! Validation: raw definition → [`SagaDefinition`], every error with its
 //! file, line and column. The per-kind step checks are in `steps`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -12,7 +12,7 @@ use crate::error::{DefCode, DefinitionError, DefinitionErrors};
 use crate::expr::{Expr, ValueTemplate};
 use crate::yaml::{self, Position, Spans};
 
-use super::raw::{RawRetry, RawSagaOnDeadline, RawTop};
+use super::raw::{RawRetry, RawSagaOnDeadline, RawTop, RawTrigger};
 use super::{
     ListOwner, NodeId, RetryPolicy, STEP_KINDS, SagaDeadline, SagaDefinition, SagaOnDeadline,
     ServiceCatalog, Step, StepKind, Trigger,
@@ -138,92 +138,10 @@ impl RawSagaDefinition {
                 None,
             );
         }
-        let key = v.expr(
-            &top.trigger.key,
-            "trigger.key",
-            &["event"],
-            &BTreeSet::new(),
-            DefCode::UnboundReference,
-        );
-        let saga_id_src = top
-            .trigger
-            .saga_id
-            .clone()
-            .unwrap_or_else(|| "{{ type }}:{{ key }}".to_string());
-        let saga_id = match Expr::template(&saga_id_src) {
-            Ok(e) => {
-                // Only `type` and `key`: an awaited event is routed to its
-                // saga by correlation key, so the id must follow from them.
-                v.check_refs(
-                    &e,
-                    "trigger.saga-id",
-                    &["type", "key"],
-                    &BTreeSet::new(),
-                    DefCode::UnboundReference,
-                );
-                Some(e)
-            }
-            Err(e) => {
-                v.err(
-                    DefCode::BadExpression,
-                    "trigger.saga-id",
-                    format!("template does not compile: {}", e.0),
-                    None,
-                );
-                None
-            }
-        };
+        let (key, saga_id) = v.trigger(&top.trigger);
         let sensitive = v.sensitive(&top.sensitive, "sensitive");
-        let mut search_attributes = Vec::new();
-        for (name, src) in &top.search_attributes {
-            let path = join("search-attributes", name);
-            if name == crate::engine::KEY_ATTRIBUTE {
-                v.err(
-                    DefCode::BadName,
-                    &path,
-                    "search attribute `key` is reserved: every saga has it (its correlation key)"
-                        .into(),
-                    Some("pick another name".into()),
-                );
-            } else if !is_ident(name) {
-                v.err(
-                    DefCode::BadName,
-                    &path,
-                    format!("search attribute `{name}` is not a valid name"),
-                    Some("use lowercase letters, digits and `_`, e.g. `customer_id`".into()),
-                );
-            }
-            if let Some(e) = v.expr(
-                src,
-                &path,
-                &["event"],
-                &BTreeSet::new(),
-                DefCode::UnboundReference,
-            ) {
-                search_attributes.push((name.clone(), e));
-            }
-        }
-        let deadline = match &top.deadline {
-            Some(src) => v.duration(src, "deadline").map(|ms| SagaDeadline {
-                ms,
-                on_deadline: match top.on_deadline {
-                    Some(RawSagaOnDeadline::Fail) => SagaOnDeadline::Fail,
-                    Some(RawSagaOnDeadline::Compensate) | None => SagaOnDeadline::Compensate,
-                },
-                position: v.spans.find("deadline"),
-            }),
-            None => {
-                if top.on_deadline.is_some() {
-                    v.err(
-                        DefCode::Schema,
-                        "on-deadline",
-                        "`on-deadline` without a saga `deadline`".into(),
-                        Some("add `deadline: <duration>`, e.g. `deadline: 30m`".into()),
-                    );
-                }
-                None
-            }
-        };
+        let search_attributes = v.search_attributes(&top.search_attributes);
+        let deadline = v.saga_deadline(top.deadline.as_deref(), top.on_deadline);
         let mut bound = BTreeSet::new();
         let (root, terminal) = v.list(&top.steps, "steps", "", ListOwner::Root, &mut bound);
         if !terminal {
@@ -265,6 +183,110 @@ impl RawSagaDefinition {
             deadline,
             file: self.file,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// The trigger's correlation key and saga id template.
+    fn trigger(&mut self, raw: &RawTrigger) -> (Option<Expr>, Option<Expr>) {
+        let key = self.expr(
+            &raw.key,
+            "trigger.key",
+            &["event"],
+            &BTreeSet::new(),
+            DefCode::UnboundReference,
+        );
+        let saga_id_src = raw
+            .saga_id
+            .clone()
+            .unwrap_or_else(|| "{{ type }}:{{ key }}".to_string());
+        let saga_id = match Expr::template(&saga_id_src) {
+            Ok(e) => {
+                // Only `type` and `key`: an awaited event is routed to its
+                // saga by correlation key, so the id must follow from them.
+                self.check_refs(
+                    &e,
+                    "trigger.saga-id",
+                    &["type", "key"],
+                    &BTreeSet::new(),
+                    DefCode::UnboundReference,
+                );
+                Some(e)
+            }
+            Err(e) => {
+                self.err(
+                    DefCode::BadExpression,
+                    "trigger.saga-id",
+                    format!("template does not compile: {}", e.0),
+                    None,
+                );
+                None
+            }
+        };
+        (key, saga_id)
+    }
+
+    /// The search attributes: valid names, expressions over `event`.
+    fn search_attributes(&mut self, raw: &BTreeMap<String, String>) -> Vec<(String, Expr)> {
+        let mut search_attributes = Vec::new();
+        for (name, src) in raw {
+            let path = join("search-attributes", name);
+            if name == crate::engine::KEY_ATTRIBUTE {
+                self.err(
+                    DefCode::BadName,
+                    &path,
+                    "search attribute `key` is reserved: every saga has it (its correlation key)"
+                        .into(),
+                    Some("pick another name".into()),
+                );
+            } else if !is_ident(name) {
+                self.err(
+                    DefCode::BadName,
+                    &path,
+                    format!("search attribute `{name}` is not a valid name"),
+                    Some("use lowercase letters, digits and `_`, e.g. `customer_id`".into()),
+                );
+            }
+            if let Some(e) = self.expr(
+                src,
+                &path,
+                &["event"],
+                &BTreeSet::new(),
+                DefCode::UnboundReference,
+            ) {
+                search_attributes.push((name.clone(), e));
+            }
+        }
+        search_attributes
+    }
+
+    /// The saga-level `deadline` and `on-deadline`.
+    fn saga_deadline(
+        &mut self,
+        deadline: Option<&str>,
+        on_deadline: Option<RawSagaOnDeadline>,
+    ) -> Option<SagaDeadline> {
+        match deadline {
+            Some(src) => self.duration(src, "deadline").map(|ms| SagaDeadline {
+                ms,
+                on_deadline: match on_deadline {
+                    Some(RawSagaOnDeadline::Fail) => SagaOnDeadline::Fail,
+                    Some(RawSagaOnDeadline::Compensate) | None => SagaOnDeadline::Compensate,
+                },
+                position: self.spans.find("deadline"),
+            }),
+            None => {
+                if on_deadline.is_some() {
+                    self.err(
+                        DefCode::Schema,
+                        "on-deadline",
+                        "`on-deadline` without a saga `deadline`".into(),
+                        Some("add `deadline: <duration>`, e.g. `deadline: 30m`".into()),
+                    );
+                }
+                None
+            }
+        }
     }
 }
 
