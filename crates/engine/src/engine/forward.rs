@@ -3,7 +3,10 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::definition::{ListOwner, NodeId, OnDeadline, RetryOn, SagaOnDeadline, StepKind};
+use crate::definition::{
+    AwaitStep, EmitStep, ListOwner, NodeId, OnDeadline, RetryOn, SagaOnDeadline, StepKind,
+};
+use crate::expr::Expr;
 use crate::state::{Failure, FailurePhase, Phase, SagaStatus, Timer, TimerPurpose};
 
 use super::result_output;
@@ -23,90 +26,10 @@ impl Run<'_> {
                 self.life(LifecycleKind::StepStarted, Some(id), Some(attempt), None);
                 self.call_attempt(id, attempt);
             }
-            StepKind::Parallel { branches } => {
-                self.run(id).phase = Phase::Active;
-                self.life(LifecycleKind::StepStarted, Some(id), None, None);
-                for (_, list) in branches {
-                    if let Some(&first) = list.first() {
-                        self.enter(first);
-                    }
-                    if self.st.status != SagaStatus::Running {
-                        return;
-                    }
-                }
-                if self.phase(id) == Some(Phase::Active) && self.branches_done(id) {
-                    self.step_done(id, None);
-                }
-            }
-            StepKind::Choice { when, default } => {
-                let mut chosen = None;
-                for (i, (cond, list)) in when.iter().enumerate() {
-                    match cond.eval_bool(&ctx(self.st, &needs_of(cond))) {
-                        Ok(true) => {
-                            chosen = Some((i, list));
-                            break;
-                        }
-                        Ok(false) => {}
-                        Err(e) => return self.fail(Some(id), FailurePhase::Forward, e),
-                    }
-                }
-                let (index, list) = chosen.unwrap_or((when.len(), default));
-                let r = self.run(id);
-                r.phase = Phase::Active;
-                r.branch = Some(index as u16);
-                let detail = if index < when.len() {
-                    format!("when[{index}]: {}", when[index].0.source())
-                } else {
-                    "default".to_string()
-                };
-                self.life(LifecycleKind::StepStarted, Some(id), None, Some(detail));
-                match list.first() {
-                    Some(&first) => self.enter(first),
-                    None => self.step_done(id, None),
-                }
-            }
-            StepKind::Await(a) => {
-                let r = self.run(id);
-                r.phase = Phase::Active;
-                r.branch = None;
-                r.attempt += 1;
-                let attempt = r.attempt;
-                if let Some(payload) = self.st.early.remove(&id) {
-                    self.life(LifecycleKind::StepStarted, Some(id), None, None);
-                    self.st.data.insert(a.bind.clone(), payload);
-                    return self.step_done(id, Some("event had arrived early".into()));
-                }
-                self.life(
-                    LifecycleKind::StepStarted,
-                    Some(id),
-                    None,
-                    Some(format!("awaiting {} on {}", a.event_type, a.topic)),
-                );
-                self.arm(id, TimerPurpose::AwaitDeadline, attempt, a.deadline_ms);
-            }
-            StepKind::Emit(e) => {
-                let mut needs = needs_of(&e.key);
-                needs.extend(e.payload.needs());
-                let c = ctx(self.st, &needs);
-                let built = e
-                    .key
-                    .eval_string(&c)
-                    .and_then(|k| Ok((k, e.payload.eval(&c)?)));
-                match built {
-                    Ok((key, payload)) => {
-                        self.run(id).phase = Phase::Active;
-                        self.fx.push(Effect::Emit(DomainEvent {
-                            event_id: format!("{}/{}", self.st.saga_id, step.path),
-                            topic: e.topic.clone(),
-                            event_type: e.event_type.clone(),
-                            key,
-                            payload,
-                        }));
-                        self.step_done(id, None);
-                    }
-                    Err(err) => self.fail(Some(id), FailurePhase::Forward, err),
-                }
-            }
+            StepKind::Parallel { branches } => self.enter_parallel(id, branches),
+            StepKind::Choice { when, default } => self.enter_choice(id, when, default),
+            StepKind::Await(a) => self.enter_await(id, a),
+            StepKind::Emit(e) => self.enter_emit(id, &step.path, e),
             StepKind::Reject { reason } => {
                 let reason = reason
                     .eval_string(&ctx(self.st, &needs_of(reason)))
@@ -125,6 +48,100 @@ impl Run<'_> {
                 self.life(LifecycleKind::StepSucceeded, Some(id), None, None);
                 self.complete();
             }
+        }
+    }
+
+    /// A `parallel` step: every branch starts at once.
+    fn enter_parallel(&mut self, id: NodeId, branches: &[(String, Vec<NodeId>)]) {
+        self.run(id).phase = Phase::Active;
+        self.life(LifecycleKind::StepStarted, Some(id), None, None);
+        for (_, list) in branches {
+            if let Some(&first) = list.first() {
+                self.enter(first);
+            }
+            if self.st.status != SagaStatus::Running {
+                return;
+            }
+        }
+        if self.phase(id) == Some(Phase::Active) && self.branches_done(id) {
+            self.step_done(id, None);
+        }
+    }
+
+    /// A `choice` step: the first `when` whose condition holds, else the
+    /// default.
+    fn enter_choice(&mut self, id: NodeId, when: &[(Expr, Vec<NodeId>)], default: &[NodeId]) {
+        let mut chosen = None;
+        for (i, (cond, list)) in when.iter().enumerate() {
+            match cond.eval_bool(&ctx(self.st, &needs_of(cond))) {
+                Ok(true) => {
+                    chosen = Some((i, list.as_slice()));
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) => return self.fail(Some(id), FailurePhase::Forward, e),
+            }
+        }
+        let (index, list) = chosen.unwrap_or((when.len(), default));
+        let r = self.run(id);
+        r.phase = Phase::Active;
+        r.branch = Some(index as u16);
+        let detail = if index < when.len() {
+            format!("when[{index}]: {}", when[index].0.source())
+        } else {
+            "default".to_string()
+        };
+        self.life(LifecycleKind::StepStarted, Some(id), None, Some(detail));
+        match list.first() {
+            Some(&first) => self.enter(first),
+            None => self.step_done(id, None),
+        }
+    }
+
+    /// An `await` step: done at once if its event came early, otherwise
+    /// its deadline is armed.
+    fn enter_await(&mut self, id: NodeId, a: &AwaitStep) {
+        let r = self.run(id);
+        r.phase = Phase::Active;
+        r.branch = None;
+        r.attempt += 1;
+        let attempt = r.attempt;
+        if let Some(payload) = self.st.early.remove(&id) {
+            self.life(LifecycleKind::StepStarted, Some(id), None, None);
+            self.st.data.insert(a.bind.clone(), payload);
+            return self.step_done(id, Some("event had arrived early".into()));
+        }
+        self.life(
+            LifecycleKind::StepStarted,
+            Some(id),
+            None,
+            Some(format!("awaiting {} on {}", a.event_type, a.topic)),
+        );
+        self.arm(id, TimerPurpose::AwaitDeadline, attempt, a.deadline_ms);
+    }
+
+    /// An `emit` step: publishes its event and goes on.
+    fn enter_emit(&mut self, id: NodeId, path: &str, e: &EmitStep) {
+        let mut needs = needs_of(&e.key);
+        needs.extend(e.payload.needs());
+        let c = ctx(self.st, &needs);
+        let built = e
+            .key
+            .eval_string(&c)
+            .and_then(|k| Ok((k, e.payload.eval(&c)?)));
+        match built {
+            Ok((key, payload)) => {
+                self.run(id).phase = Phase::Active;
+                self.fx.push(Effect::Emit(DomainEvent {
+                    event_id: format!("{}/{path}", self.st.saga_id),
+                    topic: e.topic.clone(),
+                    event_type: e.event_type.clone(),
+                    key,
+                    payload,
+                }));
+                self.step_done(id, None);
+            }
+            Err(err) => self.fail(Some(id), FailurePhase::Forward, err),
         }
     }
 
