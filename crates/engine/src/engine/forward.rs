@@ -264,52 +264,53 @@ impl Run<'_> {
             }
             TimerPurpose::CompensationBackoff => self.comp_attempt(id, t.attempt + 1),
             TimerPurpose::SagaDeadline => self.on_saga_deadline(),
-            TimerPurpose::AwaitDeadline => {
-                let StepKind::Await(a) = &self.def.step(id).kind else {
-                    return;
-                };
-                let reason = format!("no {} on {} before the deadline", a.event_type, a.topic);
-                match &a.on_deadline {
-                    OnDeadline::Fail => {
-                        self.set_phase(id, Phase::Failed);
-                        self.life(
-                            LifecycleKind::StepFailed,
-                            Some(id),
-                            None,
-                            Some(reason.clone()),
-                        );
-                        self.fail(
-                            Some(id),
-                            FailurePhase::Forward,
-                            format!("step `{}`: {reason}", self.path(id)),
-                        );
-                    }
-                    OnDeadline::Compensate => {
-                        self.set_phase(id, Phase::Failed);
-                        self.life(
-                            LifecycleKind::StepFailed,
-                            Some(id),
-                            None,
-                            Some(reason.clone()),
-                        );
-                        self.begin_compensation(
-                            Some(id),
-                            format!("step `{}`: {reason}", self.path(id)),
-                        );
-                    }
-                    OnDeadline::Continue(list) => {
-                        self.run(id).branch = Some(1);
-                        self.life(
-                            LifecycleKind::StepTimedOut,
-                            Some(id),
-                            None,
-                            Some(format!("{reason}; taking the deadline path")),
-                        );
-                        match list.first() {
-                            Some(&first) => self.enter(first),
-                            None => self.step_done(id, None),
-                        }
-                    }
+            TimerPurpose::AwaitDeadline => self.on_await_deadline(id),
+        }
+    }
+
+    /// An await's deadline passed: fail, compensate, or take its
+    /// `continue` path, as the step says.
+    fn on_await_deadline(&mut self, id: NodeId) {
+        let StepKind::Await(a) = &self.def.step(id).kind else {
+            return;
+        };
+        let reason = format!("no {} on {} before the deadline", a.event_type, a.topic);
+        match &a.on_deadline {
+            OnDeadline::Fail => {
+                self.set_phase(id, Phase::Failed);
+                self.life(
+                    LifecycleKind::StepFailed,
+                    Some(id),
+                    None,
+                    Some(reason.clone()),
+                );
+                self.fail(
+                    Some(id),
+                    FailurePhase::Forward,
+                    format!("step `{}`: {reason}", self.path(id)),
+                );
+            }
+            OnDeadline::Compensate => {
+                self.set_phase(id, Phase::Failed);
+                self.life(
+                    LifecycleKind::StepFailed,
+                    Some(id),
+                    None,
+                    Some(reason.clone()),
+                );
+                self.begin_compensation(Some(id), format!("step `{}`: {reason}", self.path(id)));
+            }
+            OnDeadline::Continue(list) => {
+                self.run(id).branch = Some(1);
+                self.life(
+                    LifecycleKind::StepTimedOut,
+                    Some(id),
+                    None,
+                    Some(format!("{reason}; taking the deadline path")),
+                );
+                match list.first() {
+                    Some(&first) => self.enter(first),
+                    None => self.step_done(id, None),
                 }
             }
         }
