@@ -6,13 +6,12 @@
 //! (Confluent wire format: magic byte 0, 4-byte schema id, Avro body), and
 //! headers are the ones `sagaflow-bus` writes. See docs/protocol.md.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use sagaflow_bus::header_names as h;
 use sagaflow_engine::DefinitionRegistry;
-use sagaflow_engine::definition::StepKind;
 use serde_json::{Map, Value, json};
 
 use crate::exit::{CliResult, Failure};
@@ -270,35 +269,25 @@ pub(crate) fn document(
 ) -> Value {
     let names = sagaflow_bus::TopicNames::with_prefix(prefix);
     let mut b = Builder::default();
-    let mut services = BTreeSet::new();
+    let topics = registry.topics();
+    let services = &topics.services;
     // (topic, event type) -> (received?, sent?)
     let mut domain: BTreeMap<(String, String), (bool, bool)> = BTreeMap::new();
-    for def in registry.iter() {
-        domain
-            .entry((def.trigger.topic.clone(), def.trigger.event_type.clone()))
-            .or_default()
-            .0 = true;
-        for step in def.steps() {
-            match &step.kind {
-                StepKind::Call(c) => {
-                    services.insert(c.service.clone());
-                    if let Some(comp) = &c.compensate {
-                        services.insert(comp.service.clone());
-                    }
+    for (sent, map) in [
+        (false, &topics.triggers),
+        (false, &topics.awaited),
+        (true, &topics.emitted),
+    ] {
+        for (topic, types) in map {
+            for event_type in types {
+                let e = domain
+                    .entry((topic.clone(), event_type.clone()))
+                    .or_default();
+                if sent {
+                    e.1 = true;
+                } else {
+                    e.0 = true;
                 }
-                StepKind::Await(a) => {
-                    domain
-                        .entry((a.topic.clone(), a.event_type.clone()))
-                        .or_default()
-                        .0 = true;
-                }
-                StepKind::Emit(e) => {
-                    domain
-                        .entry((e.topic.clone(), e.event_type.clone()))
-                        .or_default()
-                        .1 = true;
-                }
-                _ => {}
             }
         }
     }
@@ -338,7 +327,7 @@ pub(crate) fn document(
         }
     }
     let command = schemas.find("sagaflow.commands.<service>", "Command");
-    for service in &services {
+    for service in services {
         let topic = names.commands(service);
         let body = command.map_or_else(
             || untyped_message("Command", "The saga id."),

@@ -646,13 +646,10 @@ impl Progress {
                     LifecycleKind::Started if self.started.insert(id_hash(&e.saga_id)) => {
                         self.types.entry(e.saga_type).or_default().started += 1;
                     }
-                    LifecycleKind::StepStarted | LifecycleKind::AwaitingEvent => {
+                    LifecycleKind::StepStarted => {
                         self.open_steps.entry((e.saga_id, step)).or_insert(e.at);
                     }
-                    LifecycleKind::StepSucceeded
-                    | LifecycleKind::StepFailed
-                    | LifecycleKind::EventReceived
-                    | LifecycleKind::EventDeadlineExpired => {
+                    LifecycleKind::StepSucceeded | LifecycleKind::StepFailed => {
                         if let Some(at) = self.open_steps.remove(&(e.saga_id, step.clone())) {
                             let t = self.types.entry(e.saga_type).or_default();
                             let window = t.steps.entry(step).or_default();

@@ -331,3 +331,71 @@ fn apply_without_a_reachable_broker_exits_3() {
         stderr(&out)
     );
 }
+
+/// `topology validate` on a copy whose order checkout has a saga
+/// `deadline`; returns the stdout and the edited file's text.
+fn validate_with_deadline(deadline: &str) -> (String, String) {
+    let tmp = copy_topology();
+    let order = tmp.path().join("sagas/order-checkout.yaml");
+    let text = std::fs::read_to_string(&order).unwrap().replacen(
+        "version: 1\n",
+        &format!("version: 1\ndeadline: {deadline}\n"),
+        1,
+    );
+    std::fs::write(&order, &text).unwrap();
+    let out = sagaflow(&[
+        "topology",
+        "validate",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail: {out:?}");
+    (stdout(&out), text)
+}
+
+/// `file:line:col` of a step in `text`.
+fn step_place(text: &str, step: &str) -> String {
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find(step).map(|c| (i + 1, c + "- ".len() + 1)))
+        .unwrap_or_else(|| panic!("no `{step}` in the file"));
+    format!("order-checkout.yaml:{line}:{column}")
+}
+
+#[test]
+fn lint_w003_a_step_timeout_longer_than_the_saga_deadline() {
+    // charge_payment waits 30s for one reply; the whole saga may take 15s.
+    let (out, text) = validate_with_deadline("15s");
+    let place = step_place(&text, "- call: charge_payment");
+    assert!(
+        out.contains(&format!(
+            "{place}: warning[SF-DEF-W003]: step `charge_payment` has a timeout of 30s, longer than the saga's deadline of 15s"
+        )),
+        "{out}"
+    );
+    // A deadline longer than every step: no W003.
+    let (out, _) = validate_with_deadline("10m");
+    assert!(!out.contains("SF-DEF-W003"), "{out}");
+}
+
+#[test]
+fn lint_w004_a_retry_schedule_longer_than_the_saga_deadline() {
+    // reserve_inventory: 3 attempts of 10s plus 200ms and 400ms backoff.
+    let (out, text) = validate_with_deadline("15s");
+    let place = step_place(&text, "- call: reserve_inventory");
+    assert!(
+        out.contains(&format!(
+            "{place}: warning[SF-DEF-W004]: step `reserve_inventory` can retry for up to 30s 600ms"
+        )),
+        "{out}"
+    );
+    // Just long enough for its whole schedule: not reserve_inventory.
+    let (out, _) = validate_with_deadline("31s");
+    assert!(
+        !out.contains("warning[SF-DEF-W004]: step `reserve_inventory`"),
+        "{out}"
+    );
+    let (out, _) = validate_with_deadline("10m");
+    assert!(!out.contains("SF-DEF-W004"), "{out}");
+}

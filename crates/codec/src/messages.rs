@@ -134,11 +134,13 @@ pub enum LifecycleKind {
     StepRetrying,
     /// A step's attempt timed out.
     StepTimedOut,
-    /// The saga waits for a domain event (choreography).
+    /// Reserved: never emitted (an await reports `STEP_STARTED`,
+    /// `STEP_SUCCEEDED`, `STEP_FAILED` or `STEP_TIMED_OUT`). Kept because the
+    /// symbol is in the registered Avro schema; see [`Self::RESERVED`].
     AwaitingEvent,
-    /// The awaited event arrived.
+    /// Reserved: never emitted (see [`Self::AwaitingEvent`]).
     EventReceived,
-    /// The awaited event did not arrive in time.
+    /// Reserved: never emitted (see [`Self::AwaitingEvent`]).
     EventDeadlineExpired,
     /// Compensation started.
     Compensating,
@@ -166,6 +168,19 @@ pub enum LifecycleKind {
     #[serde(other)]
     #[default]
     Unknown,
+}
+
+impl LifecycleKind {
+    /// Kinds of the schema that nothing emits: the engine's own
+    /// `LifecycleKind` is the source of truth for what is emitted, this enum
+    /// mirrors the Avro schema. Removing symbols from the registered schema
+    /// would be a compatibility change for every consumer for no gain, so
+    /// they stay, reserved.
+    pub const RESERVED: &'static [LifecycleKind] = &[
+        LifecycleKind::AwaitingEvent,
+        LifecycleKind::EventReceived,
+        LifecycleKind::EventDeadlineExpired,
+    ];
 }
 
 /// A saga lifecycle event.

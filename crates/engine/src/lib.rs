@@ -23,8 +23,8 @@ pub mod state;
 pub mod yaml;
 
 pub use definition::{
-    DefinitionRegistry, NodeId, RawSagaDefinition, RetryOn, RetryPolicy, SagaDefinition,
-    ServiceCatalog, ServiceInfo,
+    DefinitionRegistry, DeploymentTopics, NodeId, RawSagaDefinition, RetryOn, RetryPolicy,
+    SagaDefinition, ServiceCatalog, ServiceInfo,
 };
 pub use engine::{
     Applied, AwaitedEvent, Command, CommandKind, Correlation, DomainEvent, Effect, Engine, Input,

@@ -129,6 +129,8 @@ pub enum TimerPurpose {
     CompensationTimeout,
     /// Backoff before the next compensation attempt.
     CompensationBackoff,
+    /// The saga's own deadline (`deadline:` of the definition).
+    SagaDeadline,
 }
 
 /// A durable timer held in the state.
@@ -140,9 +142,9 @@ pub struct Timer {
     /// What it is for.
     #[serde(rename = "for")]
     pub purpose: TimerPurpose,
-    /// The step.
-    #[serde(rename = "s")]
-    pub step: NodeId,
+    /// The step; none for the saga's own deadline.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<NodeId>,
     /// The attempt it belongs to.
     #[serde(rename = "a", default)]
     pub attempt: u32,
@@ -301,7 +303,7 @@ mod tests {
                 Timer {
                     fire_at: Timestamp(at),
                     purpose: TimerPurpose::StepTimeout,
-                    step: 0,
+                    step: Some(0),
                     attempt: 1,
                 },
             );

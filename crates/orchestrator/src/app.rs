@@ -89,22 +89,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
     for s in catalog.iter() {
         specs.push(TopicSpec::new(names.commands(&s.name), n));
     }
-    let mut domain = std::collections::BTreeSet::new();
-    for def in engine.registry().iter() {
-        domain.insert(def.trigger.topic.clone());
-        for step in def.steps() {
-            match &step.kind {
-                sagaflow_engine::definition::StepKind::Await(a) => {
-                    domain.insert(a.topic.clone());
-                }
-                sagaflow_engine::definition::StepKind::Emit(e) => {
-                    domain.insert(e.topic.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-    for t in domain {
+    for t in engine.registry().topics().domain() {
         specs.push(TopicSpec::new(format!("{}{t}", names.prefix), n));
     }
     sagaflow_bus::check_reachable(&cfg.kafka, std::time::Duration::from_secs(10))

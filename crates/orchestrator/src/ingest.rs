@@ -15,7 +15,6 @@ use sagaflow_bus::{TraceContext, header_names};
 use sagaflow_codec::schema_set::SchemaFile;
 use sagaflow_codec::{Codec, EncodeError, TopicFormat};
 use sagaflow_engine::DefinitionRegistry;
-use sagaflow_engine::definition::StepKind;
 use serde_json::Value;
 
 use crate::events::EventSchemas;
@@ -354,28 +353,7 @@ fn known_list(types: Vec<String>) -> String {
 /// their triggers, awaited events and emitted events. The HTTP ingest
 /// accepts exactly these.
 pub fn known_events(registry: &DefinitionRegistry) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for def in registry.iter() {
-        out.entry(def.trigger.topic.clone())
-            .or_default()
-            .insert(def.trigger.event_type.clone());
-        for step in def.steps() {
-            match &step.kind {
-                StepKind::Await(a) => {
-                    out.entry(a.topic.clone())
-                        .or_default()
-                        .insert(a.event_type.clone());
-                }
-                StepKind::Emit(e) => {
-                    out.entry(e.topic.clone())
-                        .or_default()
-                        .insert(e.event_type.clone());
-                }
-                _ => {}
-            }
-        }
-    }
-    out
+    registry.topics().events()
 }
 
 #[cfg(test)]

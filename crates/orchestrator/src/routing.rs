@@ -16,16 +16,12 @@ use crate::wire::Envelope;
 impl Driver {
     /// The domain topics to read, with the topic prefix applied.
     pub(crate) fn source_topics(&self) -> BTreeSet<String> {
-        let mut topics = BTreeSet::new();
-        for def in self.engine.registry().iter() {
-            topics.insert(self.prefixed(&def.trigger.topic));
-            for step in def.steps() {
-                if let sagaflow_engine::definition::StepKind::Await(a) = &step.kind {
-                    topics.insert(self.prefixed(&a.topic));
-                }
-            }
-        }
+        let topics = self.engine.registry().topics();
         topics
+            .sources()
+            .into_iter()
+            .map(|t| self.prefixed(t))
+            .collect()
     }
 
     pub(crate) fn prefixed(&self, topic: &str) -> String {

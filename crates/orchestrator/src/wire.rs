@@ -194,4 +194,45 @@ mod tests {
         assert_eq!(r.outcome, ReplyOutcome::BusinessFailure);
         assert_eq!(r.error.as_deref(), Some("declined: card declined"));
     }
+
+    #[test]
+    fn every_lifecycle_kind_the_engine_emits_has_its_own_wire_symbol() {
+        let mapped: std::collections::BTreeSet<&str> = LifecycleKind::ALL
+            .iter()
+            .map(|&kind| {
+                let e = LifecycleEvent {
+                    event_id: "s/1".into(),
+                    saga_id: "s".into(),
+                    saga_type: "t".into(),
+                    saga_version: 1,
+                    seq: 1,
+                    kind,
+                    step: None,
+                    attempt: None,
+                    detail: None,
+                    at: sagaflow_engine::Timestamp(0),
+                    input: None,
+                    output: None,
+                    error: None,
+                    attributes: Default::default(),
+                };
+                lifecycle(&e).kind.symbol()
+            })
+            .collect();
+        assert_eq!(
+            mapped.len(),
+            LifecycleKind::ALL.len(),
+            "two kinds share a symbol"
+        );
+        // The schema has exactly these, plus UNKNOWN and the reserved ones.
+        let mut rest: std::collections::BTreeSet<&str> =
+            wire::LifecycleKind::SYMBOLS.iter().copied().collect();
+        rest.retain(|s| !mapped.contains(s));
+        let reserved: std::collections::BTreeSet<&str> = wire::LifecycleKind::RESERVED
+            .iter()
+            .map(|k| k.symbol())
+            .chain(["UNKNOWN"])
+            .collect();
+        assert_eq!(rest, reserved);
+    }
 }

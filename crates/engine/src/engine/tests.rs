@@ -1,10 +1,11 @@
 use super::*;
 use crate::definition::ServiceCatalog;
+use crate::state::{Phase, Timer, TimerPurpose};
 
-const SERVICES: &str = include_str!("../../../topology/services.yaml");
-const ORDER: &str = include_str!("../../../topology/sagas/order-checkout.yaml");
-const TRAVEL: &str = include_str!("../../../topology/sagas/travel-booking.yaml");
-const ONBOARDING: &str = include_str!("../../../topology/sagas/customer-onboarding.yaml");
+const SERVICES: &str = include_str!("../../../../topology/services.yaml");
+const ORDER: &str = include_str!("../../../../topology/sagas/order-checkout.yaml");
+const TRAVEL: &str = include_str!("../../../../topology/sagas/travel-booking.yaml");
+const ONBOARDING: &str = include_str!("../../../../topology/sagas/customer-onboarding.yaml");
 
 fn engine(srcs: &[&str]) -> Engine {
     let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();
@@ -1294,4 +1295,167 @@ fn a_result_leaves_with_the_saga_level_sensitive_paths_redacted() {
     assert_eq!(out["order_id"], json!("o1"));
     assert_eq!(out["customer"]["email"], json!(crate::data::REDACTED));
     assert_eq!(out["shipping_address"], json!(crate::data::REDACTED));
+}
+
+/// The order checkout with a saga-level deadline (and `on-deadline`).
+fn order_with_deadline(extra: &str) -> String {
+    ORDER.replacen(
+        "version: 1\n",
+        &format!("version: 1\ndeadline: 1m\n{extra}"),
+        1,
+    )
+}
+
+const SAGA_DEADLINE: &str = "order-checkout:o1/saga-deadline";
+
+#[test]
+fn saga_deadline_fires_and_compensates() {
+    let e = engine(&[&order_with_deadline("")]);
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    assert!(fx.contains(&Effect::ArmTimer {
+        timer_id: SAGA_DEADLINE.into(),
+        fire_at: Timestamp(T0.0 + 60_000),
+        purpose: TimerPurpose::SagaDeadline,
+    }));
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"reservation_id": "r1"})),
+        T0,
+    );
+    let charge = one_command(applied(&a));
+    // Too early: the deadline is not due yet.
+    let early = e.apply(
+        &mut st,
+        Input::TimerFired {
+            timer_id: SAGA_DEADLINE.into(),
+        },
+        T0,
+    );
+    assert!(matches!(early.outcome, Outcome::Stale(_)), "{early:?}");
+
+    let a = fire(&e, &mut st, SAGA_DEADLINE);
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Compensating);
+    assert_eq!(lifecycle(fx)[0], LifecycleKind::Compensating);
+    let Effect::Lifecycle(comp) = &fx[0] else {
+        panic!("{fx:#?}")
+    };
+    assert_eq!(comp.step, None);
+    assert!(
+        comp.detail.as_deref().unwrap().contains("saga deadline"),
+        "{comp:?}"
+    );
+    // The reservation is released; the payment in flight is abandoned
+    // (its timeout stays armed so a late success is undone too).
+    assert_eq!(one_command(fx).operation, "release");
+    let def = e.registry().latest("order-checkout").unwrap();
+    let charge_id = def.step_by_path(&charge.step).unwrap();
+    assert_eq!(st.steps[&charge_id].phase, Phase::Abandoned);
+    assert!(
+        st.timers
+            .contains_key("order-checkout:o1/charge_payment/timeout/1")
+    );
+    assert!(!st.timers.contains_key(SAGA_DEADLINE));
+}
+
+#[test]
+fn saga_deadline_fail_stops_for_an_operator() {
+    let e = engine(&[&order_with_deadline("on-deadline: fail\n")]);
+    let (mut st, _) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let a = fire(&e, &mut st, SAGA_DEADLINE);
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Failed);
+    assert_eq!(lifecycle(fx).last(), Some(&LifecycleKind::Failed));
+    assert!(
+        st.failure
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("saga deadline")
+    );
+    assert_eq!(result(fx).unwrap().status, SagaStatus::Failed);
+}
+
+#[test]
+fn saga_deadline_is_cancelled_when_the_saga_ends_first() {
+    let e = engine(&[&order_with_deadline("")]);
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(&fx), json!({"reservation_id": "r1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"payment_id": "p1"})),
+        T0,
+    );
+    let a = e.apply(
+        &mut st,
+        ok(&one_command(applied(&a)), json!({"tracking_number": "T1"})),
+        T0,
+    );
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Completed);
+    assert!(fx.contains(&Effect::CancelTimer {
+        timer_id: SAGA_DEADLINE.into()
+    }));
+    assert!(st.timers.is_empty(), "{:?}", st.timers);
+    // A deadline that fires anyway (a runtime that missed the cancel)
+    // changes nothing.
+    let late = e.apply(
+        &mut st,
+        Input::TimerFired {
+            timer_id: SAGA_DEADLINE.into(),
+        },
+        Timestamp(T0.0 + 60_000),
+    );
+    assert!(matches!(late.outcome, Outcome::Stale(_)), "{late:?}");
+    assert_eq!(st.status, SagaStatus::Completed);
+}
+
+#[test]
+fn saga_deadline_survives_a_state_round_trip() {
+    let e = engine(&[&order_with_deadline("")]);
+    let (st, _) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let json = serde_json::to_string(&st).unwrap();
+    let mut back: SagaState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, st);
+    assert_eq!(
+        back.timers[SAGA_DEADLINE],
+        Timer {
+            fire_at: Timestamp(T0.0 + 60_000),
+            purpose: TimerPurpose::SagaDeadline,
+            step: None,
+            attempt: 0,
+        }
+    );
+    // A restarted runtime re-arms it from the restored state ...
+    assert!(e.pending_effects(&back).contains(&Effect::ArmTimer {
+        timer_id: SAGA_DEADLINE.into(),
+        fire_at: Timestamp(T0.0 + 60_000),
+        purpose: TimerPurpose::SagaDeadline,
+    }));
+    // ... and it still compensates when it fires.
+    let a = fire(&e, &mut back, SAGA_DEADLINE);
+    assert_eq!(lifecycle(applied(&a))[0], LifecycleKind::Compensating);
+    assert_eq!(back.status, SagaStatus::Compensating);
+}
+
+#[test]
+fn saga_deadline_must_be_a_duration_and_on_deadline_needs_it() {
+    let services = ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap();
+    let bad = ORDER.replacen("version: 1\n", "version: 1\ndeadline: soon\n", 1);
+    let err = SagaDefinition::from_yaml("o.yaml", &bad, &services)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SF-DEF-") && err.contains("o.yaml:6:"),
+        "{err}"
+    );
+    let orphan = ORDER.replacen("version: 1\n", "version: 1\non-deadline: fail\n", 1);
+    let err = SagaDefinition::from_yaml("o.yaml", &orphan, &services)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without a saga `deadline`"), "{err}");
 }

@@ -1,6 +1,10 @@
 use super::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-const SERVICES: &str = include_str!("../../../topology/services.yaml");
+use crate::error::{DefCode, DefinitionError, DefinitionErrors};
+
+const SERVICES: &str = include_str!("../../../../topology/services.yaml");
 
 fn services() -> ServiceCatalog {
     ServiceCatalog::from_yaml("services.yaml", SERVICES).unwrap()
@@ -11,15 +15,15 @@ fn worked_examples_validate() {
     for (file, src) in [
         (
             "order-checkout.yaml",
-            include_str!("../../../topology/sagas/order-checkout.yaml"),
+            include_str!("../../../../topology/sagas/order-checkout.yaml"),
         ),
         (
             "travel-booking.yaml",
-            include_str!("../../../topology/sagas/travel-booking.yaml"),
+            include_str!("../../../../topology/sagas/travel-booking.yaml"),
         ),
         (
             "customer-onboarding.yaml",
-            include_str!("../../../topology/sagas/customer-onboarding.yaml"),
+            include_str!("../../../../topology/sagas/customer-onboarding.yaml"),
         ),
     ] {
         let def =
@@ -521,5 +525,57 @@ fn saga_id_follows_from_type_and_key_only() {
     assert!(
         engine.saga_id_for("t", 2, "o-7").is_err(),
         "unknown version"
+    );
+}
+
+#[test]
+fn the_registry_says_which_topics_a_deployment_uses() {
+    let reg = DefinitionRegistry::from_sources(
+        [
+            (
+                "order-checkout.yaml",
+                include_str!("../../../../topology/sagas/order-checkout.yaml"),
+            ),
+            (
+                "customer-onboarding.yaml",
+                include_str!("../../../../topology/sagas/customer-onboarding.yaml"),
+            ),
+        ],
+        &services(),
+    )
+    .unwrap();
+    let t = reg.topics();
+    let set = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(t.triggers["orders.events"], set(&["OrderPlaced"]));
+    assert_eq!(t.triggers["customers.events"], set(&["CustomerSignedUp"]));
+    assert_eq!(t.awaited.keys().collect::<Vec<_>>(), ["identity.events"]);
+    assert_eq!(t.emitted["customers.events"], set(&["CustomerOnboarded"]));
+    assert!(
+        [
+            "inventory",
+            "fraud",
+            "payment",
+            "shipping",
+            "crm",
+            "billing",
+            "workspaces"
+        ]
+        .iter()
+        .all(|s| t.services.contains(*s)),
+        "{:?}",
+        t.services
+    );
+    assert_eq!(
+        t.sources().into_iter().collect::<Vec<_>>(),
+        ["customers.events", "identity.events", "orders.events"]
+    );
+    assert_eq!(t.domain(), t.sources(), "emits go to a topic already read");
+    assert_eq!(
+        t.events()["customers.events"],
+        set(&["CustomerOnboarded", "CustomerSignedUp"])
+    );
+    assert_eq!(
+        DefinitionRegistry::new().topics(),
+        DeploymentTopics::default()
     );
 }
