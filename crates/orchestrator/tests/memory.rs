@@ -4,11 +4,12 @@
 //! the orchestrator-core issue's: at most 2 KiB per in-flight saga.
 //! `sagaflow bench` reports the same figure as RSS of a whole instance.
 
+mod common;
+
 use std::alloc::System;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{engine, kafka_store};
 use sagaflow_demo::samples;
 use sagaflow_engine::{Engine, TriggerEvent};
 use sagaflow_orchestrator::core::{Limits, PartitionCore};
@@ -32,16 +33,6 @@ static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Sagas measured; the figure is per saga.
 const SAGAS: usize = 20_000;
 const BOUND: f64 = 2048.0;
-
-fn engine() -> Arc<Engine> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
-    let (_, registry) = sagaflow_orchestrator::app::load_definitions(
-        &root.join("sagas"),
-        &root.join("services.yaml"),
-    )
-    .expect("the worked sagas load");
-    Arc::new(Engine::new(registry))
-}
 
 fn limits() -> Limits {
     Limits {
@@ -143,22 +134,10 @@ fn an_in_flight_saga_holds_at_most_2_kib() {
 /// reports the whole process's resident memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_restored_from_kafka_holds_at_most_2_kib() {
-    use sagaflow_orchestrator::health::Health;
-    use sagaflow_orchestrator::store::KafkaStore;
     let _alone = ALONE.lock().await;
     let engine = engine();
     let topic = sagaflow_test_support::topic("memory-restore", 1).await;
-    let kafka = sagaflow_test_support::kafka();
-    let store = |owner: &str| {
-        KafkaStore::new(
-            kafka.clone(),
-            kafka.producer().expect("a producer"),
-            topic.clone(),
-            sagaflow_test_support::unique(owner),
-            1_000_000,
-            Health::default(),
-        )
-    };
+    let store = |owner: &str| kafka_store(&topic, owner);
     let writer = store("writer");
     let mut lease = writer.take_over(0).await.expect("takeover").lease;
     let mut core = PartitionCore::new(0, engine.clone(), Metrics::default(), limits());

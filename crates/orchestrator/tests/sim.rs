@@ -17,11 +17,13 @@
 //! runs N; `SAGAFLOW_SIM_SEED=S` replays one. A failing schedule prints
 //! its seed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::engine;
 use sagaflow_demo::samples;
 use sagaflow_engine::{
     AwaitedEvent, CommandKind, Effect, Engine, LifecycleKind, Reply, ReplyOutcome, TriggerEvent,
@@ -55,16 +57,6 @@ impl Rng {
 }
 
 const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-fn engine() -> Arc<Engine> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
-    let (_, registry) = sagaflow_orchestrator::app::load_definitions(
-        &root.join("sagas"),
-        &root.join("services.yaml"),
-    )
-    .expect("the worked sagas load");
-    Arc::new(Engine::new(registry))
-}
 
 /// An owner of the (one) partition: its core and its place in the log.
 struct Owner {
