@@ -7,12 +7,11 @@
 mod common;
 
 use std::alloc::System;
-use std::time::Duration;
 
-use common::{engine, kafka_store};
+use common::{engine, kafka_store, limits};
 use sagaflow_demo::samples;
 use sagaflow_engine::{Engine, TriggerEvent};
-use sagaflow_orchestrator::core::{Limits, PartitionCore};
+use sagaflow_orchestrator::core::PartitionCore;
 use sagaflow_orchestrator::metrics::Metrics;
 use sagaflow_orchestrator::store::{MemoryStore, SagaStore, ready};
 use sagaflow_orchestrator::wire::Envelope;
@@ -33,17 +32,6 @@ static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Sagas measured; the figure is per saga.
 const SAGAS: usize = 20_000;
 const BOUND: f64 = 2048.0;
-
-fn limits() -> Limits {
-    Limits {
-        completed_retention: Duration::from_secs(3600),
-        early_event_retention: Duration::from_secs(3600),
-        record_limit: 1_000_000,
-        max_parked_per_saga: 16,
-        max_parked_per_partition: 10_000,
-        dedup_window: Duration::from_secs(7 * 24 * 3600),
-    }
-}
 
 fn trigger(engine: &Engine, i: usize) -> Envelope {
     let event = TriggerEvent {

@@ -21,9 +21,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::engine;
+use common::{engine, limits};
 use sagaflow_demo::samples;
 use sagaflow_engine::{
     AwaitedEvent, CommandKind, Effect, Engine, LifecycleKind, Reply, ReplyOutcome, TriggerEvent,
@@ -107,14 +106,7 @@ impl World {
         Self {
             rng: Rng::new(seed),
             engine: engine(),
-            limits: Limits {
-                completed_retention: Duration::from_secs(3600),
-                early_event_retention: Duration::from_secs(3600),
-                record_limit: 1_000_000,
-                max_parked_per_saga: 16,
-                max_parked_per_partition: 10_000,
-                dedup_window: Duration::from_secs(7 * 24 * 3600),
-            },
+            limits: limits(),
             now: 1_700_000_000_000,
             store: MemoryStore::new(),
             inputs: Vec::new(),

@@ -5,8 +5,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sagaflow_engine::Engine;
+use sagaflow_orchestrator::core::Limits;
 use sagaflow_orchestrator::health::Health;
 use sagaflow_orchestrator::store::KafkaStore;
 
@@ -19,6 +21,18 @@ pub fn engine() -> Arc<Engine> {
     )
     .expect("the worked sagas load");
     Arc::new(Engine::new(registry))
+}
+
+/// Generous limits: an hour of retention, a week of dedup, room to park.
+pub fn limits() -> Limits {
+    Limits {
+        completed_retention: Duration::from_secs(3600),
+        early_event_retention: Duration::from_secs(3600),
+        record_limit: 1_000_000,
+        max_parked_per_saga: 16,
+        max_parked_per_partition: 10_000,
+        dedup_window: Duration::from_secs(7 * 24 * 3600),
+    }
 }
 
 /// A store on the changelog `topic` of the shared test broker, owned by a
