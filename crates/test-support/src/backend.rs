@@ -450,10 +450,12 @@ mod tests {
         .await;
         crate::install_crypto_provider();
         let url = backend.url();
-        let calls = (0..3).map(|i| {
-            let url = format!("{url}/any/{i}");
-            tokio::spawn(async move { reqwest::get(url).await.unwrap() })
-        });
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let url = format!("{url}/any/{i}");
+                tokio::spawn(async move { reqwest::get(url).await.unwrap() })
+            })
+            .collect();
         let mut numbers = Vec::new();
         for call in calls {
             let r = call.await.unwrap();
