@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::Stack;
 use console_support::webdriver::Browser;
 use console_support::{self as cs, OPERATOR_TOKEN};
+use sagaflow_test_support::free_port;
 use sagaflow_test_support::process::ChildGuard;
 
 const UI: Duration = Duration::from_secs(120);
@@ -22,14 +23,6 @@ fn screenshots() -> PathBuf {
     let dir = target.join("console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

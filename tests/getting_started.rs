@@ -20,7 +20,7 @@ use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
-use sagaflow_test_support::process::{ChildGuard, sagaflow_bin, wait_until};
+use sagaflow_test_support::process::{ChildGuard, http_get, sagaflow_bin, wait_until};
 use serde_json::{Value, json};
 
 const GUIDE: &str = "docs/getting-started.md";
@@ -156,22 +156,6 @@ fn bash(script: &str, work: &Path, home: &Path, tmp: &Path) -> Command {
         .env_remove("XDG_STATE_HOME")
         .env("SAGAFLOW_DEV_HTTP", "127.0.0.1:0");
     cmd
-}
-
-fn http_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]

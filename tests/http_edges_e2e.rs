@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
+use sagaflow_test_support::metrics;
 use sagaflow_test_support::process::ChildGuard;
 use sagaflow_test_support::{self as support};
 use serde_json::{Value, json};
@@ -219,14 +220,7 @@ async fn hostile_callers_get_coded_refusals_and_nothing_forged_reaches_kafka() {
     eprintln!(
         "slow clients: 50 half-sent requests all closed after {held:?} (header timeout 1s); /healthz answered after {served_after:?}"
     );
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics::scrape(&format!("{base}/metrics")).await.unwrap();
     assert!(
         metrics.contains("sagaflow_view_sagas"),
         "view size exported"
@@ -293,14 +287,7 @@ async fn every_documented_operation_answers_with_a_documented_status() {
         200
     );
     // Every process serves its build and the standard process metrics.
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics::scrape(&format!("{base}/metrics")).await.unwrap();
     for name in [
         "sagaflow_build_info{",
         "process_cpu_seconds_total",
@@ -387,32 +374,20 @@ async fn every_documented_operation_answers_with_a_documented_status() {
     }
     // No adapter runs: the saga waits on its first step, and /metrics shows
     // how long the oldest such saga has been going.
-    loop {
-        let text = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let age = text
-            .lines()
-            .find(|l| {
-                l.starts_with(
-                    "sagaflow_saga_oldest_running_age_seconds{saga_type=\"order-checkout\"}",
-                )
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-        if age.is_some_and(|a| a > 0.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no oldest running age in\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    metrics::wait_until(
+        &format!("{base}/metrics"),
+        deadline.saturating_duration_since(Instant::now()),
+        |text| {
+            metrics::value(
+                text,
+                "sagaflow_saga_oldest_running_age_seconds",
+                &[("saga_type", "order-checkout")],
+            )
+            .is_some_and(|a| a > 0.0)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("no oldest running age in\n{e}"));
     let retry = "/v1/sagas/{id}/retry";
     assert_eq!(
         call(

@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sagaflow_test_support as support;
+use sagaflow_test_support::free_port;
 use sagaflow_test_support::process::ChildGuard;
 use serde_json::Value;
 
@@ -44,14 +45,6 @@ const WAIT: Duration = Duration::from_secs(120);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn encode(s: &str) -> String {

@@ -13,43 +13,26 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::FutureRecord;
 use sagaflow_test_support as support;
+use sagaflow_test_support::metrics::{self, sum as metric};
 
 use common::Stack;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Sums a metric's series whose labels contain every `labels` pair.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|want| l.contains(want))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn metrics_url(api: &str) -> String {
+    format!("http://{api}/metrics")
 }
 
+/// `/metrics` now (empty if it does not answer).
 async fn scrape(api: &str) -> String {
-    match reqwest::get(format!("http://{api}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
+    metrics::scrape(&metrics_url(api)).await.unwrap_or_default()
 }
 
 /// Polls `/metrics` until `ok` holds, or fails with the stack's logs.
 async fn until(stack: &Stack, api: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = scrape(api).await;
-        if ok(&text) {
-            return text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not seen within {WAIT:?}\n{text}\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    metrics::wait_until(&metrics_url(api), WAIT, ok)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", stack.logs()))
 }
 
 /// Dead letters with their code, read from the beginning of the topic.
@@ -270,7 +253,7 @@ async fn a_replayed_trigger_after_retention_starts_nothing() {
         metric(
             t,
             "sagaflow_inputs_total",
-            &["input=\"trigger\"", "outcome=\"replayed\""],
+            &[("input", "trigger"), ("outcome", "replayed")],
         ) >= 1.0
     })
     .await;
@@ -283,7 +266,7 @@ async fn a_replayed_trigger_after_retention_starts_nothing() {
         metric(
             t,
             "sagaflow_inputs_total",
-            &["input=\"trigger\"", "outcome=\"replayed\""],
+            &[("input", "trigger"), ("outcome", "replayed")],
         ) >= 1.0
     })
     .await;
@@ -342,7 +325,7 @@ async fn a_registry_outage_delays_sagas_and_loses_none() {
         metric(
             t,
             "sagaflow_orchestrator_retries_total",
-            &["cause=\"registry\""],
+            &[("cause", "registry")],
         ) >= 2.0
     })
     .await;

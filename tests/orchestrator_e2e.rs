@@ -14,6 +14,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_test_support as support;
+use sagaflow_test_support::metrics;
 
 use common::Stack;
 
@@ -237,14 +238,7 @@ async fn order_checkout_sagas_complete_and_compensate_end_to_end() {
         .unwrap();
     assert_eq!(sync["status"], "completed", "{sync}");
     assert_eq!(sync["output"]["tracking_number"], "t-sync-1", "{sync}");
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics::scrape(&format!("{base}/metrics")).await.unwrap();
     assert!(
         metrics.contains("sagaflow_sagas_started_total{saga_type=\"order-checkout\"}"),
         "{metrics}"
@@ -399,27 +393,21 @@ async fn a_third_instance_takes_partitions_over_mid_run() {
         .await;
     let third = stack.start_orchestrator_in(2);
     let base = format!("http://{}", stack.orchestrators[third].http_addr(WAIT));
-    let owned = || async {
-        let text = reqwest::get(format!("{base}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with("sagaflow_owned_partitions "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
     // ...until it owns partitions (however long tansu's rebalance takes)...
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while owned().await.unwrap_or(0.0) < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the third instance was never assigned partitions\n{}",
+    metrics::wait_for_sum(
+        &format!("{base}/metrics"),
+        "sagaflow_owned_partitions",
+        &[],
+        1.0,
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the third instance was never assigned partitions\n{e}\n{}",
             stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        )
+    });
     publishing.await.unwrap();
     // ...and go on after it: the newcomer ends some of them.
     stack
@@ -435,19 +423,8 @@ async fn a_third_instance_takes_partitions_over_mid_run() {
     check_exactly_once(&stack, &orders, &results);
 
     // The newcomer owns partitions and ended sagas on them.
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let metrics = metrics::scrape(&format!("{base}/metrics")).await.unwrap();
+    let value = |name: &str| -> f64 { metrics::sum(&metrics, name, &[]) };
     assert!(
         value("sagaflow_owned_partitions") >= 1.0,
         "the third instance owns partitions\n{metrics}\n{}",

@@ -14,6 +14,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_test_support as support;
+use sagaflow_test_support::metrics;
 use serde_json::{Value, json};
 
 use common::Stack;
@@ -271,14 +272,7 @@ async fn posted_events_start_sagas_and_bad_requests_name_the_problem() {
         })
         .collect();
     assert_eq!(traced, [traceparent]);
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics::scrape(&format!("{base}/metrics")).await.unwrap();
     for line in [
         "sagaflow_ingest_events_total{outcome=\"accepted\",topic=\"orders.events\"} 3",
         "sagaflow_ingest_events_total{outcome=\"unknown_topic\",topic=\"other\"} 1",

@@ -21,6 +21,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use sagaflow_codec::messages::SagaStatus;
+use sagaflow_test_support::header;
 use sagaflow_test_support::{self as support, process::ChildGuard};
 
 use common::Stack;
@@ -66,14 +67,6 @@ fn python() -> PathBuf {
         venv.display()
     );
     py
-}
-
-fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Every record of `topic` until none came for `idle` (or `until` holds).

@@ -15,7 +15,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_demo::{DemoServices, samples};
-use sagaflow_test_support::{self as support, process::ChildGuard};
+use sagaflow_test_support::{self as support, metrics, process::ChildGuard};
 use serde_json::Value;
 
 use common::Stack;
@@ -339,34 +339,23 @@ async fn early_events_whose_saga_never_starts_expire() {
     )
     .await;
     let metric = |text: &str, outcome: &str| -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("sagaflow_inputs_total")
-                    && l.contains("input=\"event\"")
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metrics::sum(
+            text,
+            "sagaflow_inputs_total",
+            &[("input", "event"), ("outcome", outcome)],
+        )
     };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = reqwest::get(format!("http://{api}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&text, "expired") >= 1.0 {
-            assert_eq!(metric(&text, "parked"), 1.0, "{text}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the parked EmailVerified never expired\n{text}\n{}",
+    let text = metrics::wait_until(&format!("http://{api}/metrics"), WAIT, |t| {
+        metric(t, "expired") >= 1.0
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the parked EmailVerified never expired\n{e}\n{}",
             stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        )
+    });
+    assert_eq!(metric(&text, "parked"), 1.0, "{text}");
     assert!(
         stack
             .logs()
@@ -400,35 +389,27 @@ async fn parked_events_are_bounded_per_saga() {
         )
         .await;
     }
-    let sum = |text: &str, name: &str, label: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = reqwest::get(format!("http://{api}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let refused = sum(
-            &text,
+    let refused = |text: &str| {
+        metrics::sum(
+            text,
             "sagaflow_dead_letters_total",
-            "reason=\"SF-ORCH-023\"",
-        );
-        if refused >= 4.0 {
-            assert_eq!(refused, 4.0, "{text}");
-            assert_eq!(sum(&text, "sagaflow_parked_events", ""), 3.0, "{text}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the parked events were never bounded\n{text}\n{}",
+            &[("reason", "SF-ORCH-023")],
+        )
+    };
+    let text = metrics::wait_until(&format!("http://{api}/metrics"), WAIT, |t| {
+        refused(t) >= 4.0
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the parked events were never bounded\n{e}\n{}",
             stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        )
+    });
+    assert_eq!(refused(&text), 4.0, "{text}");
+    assert_eq!(
+        metrics::sum(&text, "sagaflow_parked_events", &[]),
+        3.0,
+        "{text}"
+    );
 }

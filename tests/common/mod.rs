@@ -297,19 +297,11 @@ impl Stack {
     /// StatefulSet pod keeps its name): a restarted slot takes over the
     /// killed member's partitions at once. Returns its index.
     pub fn start_orchestrator_in(&mut self, slot: usize) -> usize {
-        let base = std::fs::read_to_string(self.path("orchestrator.yaml")).unwrap();
-        let cfg = self.path(&format!("orchestrator-slot-{slot}.yaml"));
-        let with_instance = base.replacen(
-            "  properties:\n",
-            // Unique per stack: tests share one broker, and tansu appears to
-            // key static members by instance id across groups.
-            &format!(
-                "  properties:\n    group.instance.id: \"{}orchestrator-{slot}\"\n",
-                self.prefix
-            ),
-            1,
+        let cfg = self.static_member(
+            "orchestrator.yaml",
+            &format!("orchestrator-slot-{slot}.yaml"),
+            &format!("orchestrator-{slot}"),
         );
-        std::fs::write(&cfg, with_instance).unwrap();
         let n = self.orchestrators.len();
         let log = self.path(&format!("orchestrator-{n}-{}.log", support::unique("run")));
         self.orchestrators.push(ChildGuard::sagaflow(
@@ -344,6 +336,25 @@ impl Stack {
         n
     }
 
+    /// Writes config `file` again as `out`, with a stable
+    /// `group.instance.id` of `<stack prefix><instance>` under its Kafka
+    /// properties. Unique per stack: tests share one broker, and tansu
+    /// appears to key static members by instance id across groups.
+    fn static_member(&self, file: &str, out: &str, instance: &str) -> PathBuf {
+        let base = std::fs::read_to_string(self.path(file)).unwrap();
+        let cfg = self.path(out);
+        let with_instance = base.replacen(
+            "  properties:\n",
+            &format!(
+                "  properties:\n    group.instance.id: \"{}{instance}\"\n",
+                self.prefix
+            ),
+            1,
+        );
+        std::fs::write(&cfg, with_instance).unwrap();
+        cfg
+    }
+
     fn env_refs(&self) -> Vec<(&str, &str)> {
         self.env
             .iter()
@@ -366,17 +377,11 @@ impl Stack {
     /// `group.instance.id`, so a restart takes its partitions back at once
     /// (tansu never expires a dead member). Returns its index.
     pub fn start_adapter(&mut self, service: &str) -> usize {
-        let base = std::fs::read_to_string(self.path(&format!("{service}.adapter.yaml"))).unwrap();
-        let cfg = self.path(&format!("{service}.adapter-static.yaml"));
-        let with_instance = base.replacen(
-            "  properties:\n",
-            &format!(
-                "  properties:\n    group.instance.id: \"{}adapter-{service}\"\n",
-                self.prefix
-            ),
-            1,
+        let cfg = self.static_member(
+            &format!("{service}.adapter.yaml"),
+            &format!("{service}.adapter-static.yaml"),
+            &format!("adapter-{service}"),
         );
-        std::fs::write(&cfg, with_instance).unwrap();
         let log = self.path(&format!("adapter-{service}-{}.log", support::unique("run")));
         self.adapters.push(ChildGuard::sagaflow(
             service,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Backend, Reply as BackendReply};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_adapter::{
     AdapterCommand, AdapterMetrics, AdapterOutcome, AdapterRuntime, CallContext, CommandHandler,
@@ -22,6 +22,7 @@ use sagaflow_codec::messages::{Command, CommandKind, Reply, ReplyOutcome};
 use sagaflow_codec::{Codec, CodecConfig};
 use sagaflow_registry::{MemoryLog, Registry, ServeHandle};
 use sagaflow_test_support as ts;
+use sagaflow_test_support::header;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -226,14 +227,6 @@ fn command(saga: &str, order: &str, attempt: i32) -> Command {
         issued_at: 1,
         trace_parent: Some(TRACEPARENT.into()),
     }
-}
-
-fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 async fn start_registry() -> (Registry, ServeHandle) {

@@ -2,11 +2,11 @@
 //! offline against scripted service replies on a virtual clock.
 //!
 //! The engine is pure and takes `now` as an argument, so the runner here is
-//! a small deterministic driver: a queue of scripted inputs (replies and
-//! awaited events, each at a virtual time) plus the timers the engine arms.
-//! It always applies the earliest input next (queued inputs before timers
-//! due at the same instant) and jumps the clock straight to it; nothing
-//! sleeps. Every step of the way is recorded as a trace line with its
+//! a small deterministic driver on the engine's [`VirtualClock`]: scripted
+//! inputs (replies and awaited events, each at a virtual time) plus the
+//! timers the engine arms. It always applies the earliest input next
+//! (scripted inputs before timers due at the same instant) and jumps the
+//! clock straight to it; nothing sleeps. Every step of the way is recorded as a trace line with its
 //! virtual time offset, then compared with the scenario's `expect:`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use sagaflow_engine::definition::StepKind;
+use sagaflow_engine::virtual_clock::{SameInstant, VirtualClock};
 use sagaflow_engine::yaml::Spans;
 use sagaflow_engine::{
     AwaitedEvent, CommandKind, Effect, Engine, Input, LifecycleKind, Outcome, Reply, ReplyOutcome,
@@ -430,21 +431,12 @@ enum RunError {
     Runaway(String),
 }
 
-struct Queued {
-    at: u64,
-    seq: u64,
-    input: Input,
-}
-
 struct Runner<'a> {
     engine: &'a Engine,
     def: &'a SagaDefinition,
     sc: &'a Scenario,
     start: u64,
-    now: u64,
-    queue: Vec<Queued>,
-    seq: u64,
-    timers: BTreeMap<String, (u64, TimerPurpose)>,
+    clock: VirtualClock,
     /// Command id → `service.operation`.
     commands: HashMap<String, String>,
     run: Run,
@@ -466,19 +458,15 @@ fn offset(ms: u64) -> String {
 }
 
 impl Runner<'_> {
-    fn line(&mut self, line: String) {
-        self.run.trace.push(TraceLine {
-            at_ms: self.now - self.start,
-            line,
-        });
+    /// Virtual milliseconds since the trigger.
+    fn elapsed(&self) -> u64 {
+        self.clock.now().0 - self.start
     }
 
-    fn push(&mut self, at: u64, input: Input) {
-        self.seq += 1;
-        self.queue.push(Queued {
-            at,
-            seq: self.seq,
-            input,
+    fn line(&mut self, line: String) {
+        self.run.trace.push(TraceLine {
+            at_ms: self.elapsed(),
+            line,
         });
     }
 
@@ -497,7 +485,7 @@ impl Runner<'_> {
                             "{}: no reply scripted for `{op}` (step `{}` sent it at {}); add it under `replies:`, e.g. `{op}: {{ ok: {{}} }}`, or `{op}: no-reply` to let its timeout fire",
                             self.sc.file,
                             c.step,
-                            offset(self.now - self.start)
+                            offset(self.elapsed())
                         )));
                     };
                     let index = usize::try_from(c.attempt.saturating_sub(1))
@@ -513,9 +501,8 @@ impl Runner<'_> {
                             (ReplyOutcome::TransientFailure, Value::Null, Some(r))
                         }
                     };
-                    let at = self.now.saturating_add(scripted.after_ms);
-                    self.push(
-                        at,
+                    self.clock.schedule_in(
+                        scripted.after_ms,
                         Input::Reply(Reply {
                             message_id: format!("reply:{}", c.command_id),
                             command_id: c.command_id,
@@ -537,14 +524,13 @@ impl Runner<'_> {
                         let what = self.timer_subject(&timer_id);
                         self.line(format!(
                             "backoff {what} {}",
-                            offset(fire_at.0.saturating_sub(self.now)).trim_start_matches('+')
+                            offset(fire_at.0.saturating_sub(self.clock.now().0))
+                                .trim_start_matches('+')
                         ));
                     }
-                    self.timers.insert(timer_id, (fire_at.0, purpose));
                 }
-                Effect::CancelTimer { timer_id } => {
-                    self.timers.remove(&timer_id);
-                }
+                // The clock reads armed timers from the saga's state.
+                Effect::CancelTimer { .. } => {}
                 Effect::Emit(e) => {
                     self.line(format!("emit {} on {}", e.event_type, e.topic));
                     self.run.emitted.push(json!({
@@ -616,36 +602,6 @@ impl Runner<'_> {
         }
     }
 
-    /// Takes the next input: the earliest queued one, or the earliest timer.
-    fn next(&mut self) -> Option<(u64, Input)> {
-        let queued = self
-            .queue
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, q)| (q.at, q.seq))
-            .map(|(i, q)| (i, q.at));
-        let timer = self
-            .timers
-            .iter()
-            .min_by_key(|(id, (at, _))| (*at, (*id).clone()))
-            .map(|(id, (at, _))| (id.clone(), *at));
-        match (queued, timer) {
-            (Some((i, qa)), Some((_, ta))) if qa <= ta => {
-                let q = self.queue.remove(i);
-                Some((q.at, q.input))
-            }
-            (Some((i, _)), None) => {
-                let q = self.queue.remove(i);
-                Some((q.at, q.input))
-            }
-            (_, Some((id, ta))) => {
-                self.timers.remove(&id);
-                Some((ta, Input::TimerFired { timer_id: id }))
-            }
-            (None, None) => None,
-        }
-    }
-
     fn describe(&self, input: &Input) -> String {
         match input {
             Input::Reply(r) => {
@@ -714,23 +670,20 @@ fn run(engine: &Engine, def: &SagaDefinition, sc: &Scenario) -> Result<Run, RunE
         payload: sc.payload.clone(),
     };
     let start = sc.start_ms;
-    let (mut state, effects) = engine
-        .start(&def.saga_type, &trigger, Timestamp(start))
-        .map_err(|e| {
-            RunError::Script(format!(
-                "{}: the trigger does not start the saga: {e}",
-                sc.file
-            ))
-        })?;
+    // A reply due when a timer fires wins the race.
+    let clock = VirtualClock::new(Timestamp(start), SameInstant::InputsFirst);
+    let (mut state, effects) = clock.start(engine, &def.saga_type, &trigger).map_err(|e| {
+        RunError::Script(format!(
+            "{}: the trigger does not start the saga: {e}",
+            sc.file
+        ))
+    })?;
     let mut r = Runner {
         engine,
         def,
         sc,
         start,
-        now: start,
-        queue: Vec::new(),
-        seq: 0,
-        timers: BTreeMap::new(),
+        clock,
         commands: HashMap::new(),
         run: Run {
             saga_id: state.saga_id.clone(),
@@ -754,8 +707,8 @@ fn run(engine: &Engine, def: &SagaDefinition, sc: &Scenario) -> Result<Run, RunE
                 })
                 .unwrap_or_default()
         });
-        r.push(
-            start.saturating_add(e.at_ms),
+        r.clock.schedule_at(
+            Timestamp(start.saturating_add(e.at_ms)),
             Input::Event(AwaitedEvent {
                 message_id: format!("scenario-event-{i}"),
                 topic,
@@ -767,7 +720,7 @@ fn run(engine: &Engine, def: &SagaDefinition, sc: &Scenario) -> Result<Run, RunE
     r.handle(effects)?;
     let mut inputs = 0u64;
     while !state.status.is_terminal() {
-        let Some((at, input)) = r.next() else {
+        let Some((Timestamp(at), input)) = r.clock.next_input(&state) else {
             break;
         };
         inputs += 1;
@@ -776,7 +729,7 @@ fn run(engine: &Engine, def: &SagaDefinition, sc: &Scenario) -> Result<Run, RunE
                 "{}: stopped after {} inputs at {} with the saga still {} (limits.max-inputs); is a retry or await looping?",
                 sc.file,
                 sc.max_inputs,
-                offset(r.now - start),
+                offset(r.elapsed()),
                 state.status
             )));
         }
@@ -789,7 +742,7 @@ fn run(engine: &Engine, def: &SagaDefinition, sc: &Scenario) -> Result<Run, RunE
                 state.status
             )));
         }
-        r.now = at.max(r.now);
+        r.clock.advance_to(Timestamp(at));
         let what = r.describe(&input);
         if let Input::Event(e) = &input
             && let Err(why) = r.correlates(e, &state.key)
@@ -797,7 +750,7 @@ fn run(engine: &Engine, def: &SagaDefinition, sc: &Scenario) -> Result<Run, RunE
             r.line(format!("{what} (ignored: {why})"));
             continue;
         }
-        let applied = engine.apply(&mut state, input, Timestamp(r.now));
+        let applied = r.clock.apply(engine, &mut state, input);
         match applied.outcome {
             Outcome::Applied => {
                 if !what.is_empty() {

@@ -1,8 +1,7 @@
 //! `sagaflow adapter --config` as a child process, against the broker this
 //! test process hosts and a real HTTP backend on 127.0.0.1.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -10,33 +9,21 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use sagaflow_bus::{SagaHeaders, TopicNames, TopicSpec};
 use sagaflow_test_support as ts;
-use tokio::process::Command;
+use sagaflow_test_support::backend::{FakeBackend, Reply, Seen};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A backend answering every POST with 201 and counting the calls.
-async fn backend() -> (String, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let app = axum::Router::new().route(
-        "/api/charges/{order}",
-        axum::routing::post(
-            move |axum::extract::Path(order): axum::extract::Path<String>| {
-                let counter = Arc::clone(&counter);
-                async move {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    (
-                        axum::http::StatusCode::CREATED,
-                        axum::Json(serde_json::json!({"id": format!("p-{order}")})),
-                    )
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, calls)
+/// A backend answering every POST with 201, recording the calls.
+async fn backend() -> FakeBackend {
+    FakeBackend::builder()
+        .route("POST", "/api/charges/{order}", |_, req| {
+            Reply::json(
+                201,
+                serde_json::json!({"id": format!("p-{}", req.param("order"))}),
+            )
+        })
+        .start()
+        .await
 }
 
 fn write_configs(dir: &std::path::Path, backend: &str, names: &TopicNames) -> std::path::PathBuf {
@@ -62,7 +49,8 @@ fn write_configs(dir: &std::path::Path, backend: &str, names: &TopicNames) -> st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_runs_replies_and_exits_zero_on_sigterm() {
-    let (url, calls) = backend().await;
+    let backend = backend().await;
+    let url = backend.url();
     let names = TopicNames::with_prefix(format!("{}.", ts::unique("cli")));
     ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
     ts::create(TopicSpec::new(names.replies(), 1)).await;
@@ -70,7 +58,7 @@ async fn adapter_runs_replies_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_configs(dir.path(), &url, &names);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let mut child = sagaflow_test_support::cli::tokio_command(&[])
         .args(["adapter", "--config", config.to_str().unwrap()])
         .args(["--log-format", "json"])
         .kill_on_drop(true)
@@ -121,7 +109,7 @@ async fn adapter_runs_replies_and_exits_zero_on_sigterm() {
     let reply: serde_json::Value = serde_json::from_str(&ts::text(&replies[0])).unwrap();
     assert_eq!(reply["outcome"], "SUCCESS", "{reply}");
     assert_eq!(reply["data"]["payment_id"], "p-o-1", "{reply}");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(backend.total(), 1);
 
     let pid = child.id().expect("still running").to_string();
     let kill = std::process::Command::new("kill")
@@ -147,7 +135,7 @@ async fn a_bad_config_exits_2_with_the_position() {
     .unwrap();
     let out = tokio::time::timeout(
         WAIT,
-        Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        sagaflow_test_support::cli::tokio_command(&[])
             .args(["adapter", "--config", path.to_str().unwrap()])
             .output(),
     )
@@ -160,48 +148,43 @@ async fn a_bad_config_exits_2_with_the_position() {
     assert!(stderr.contains("max-in-flite"), "{stderr}");
 }
 
-/// A backend that does NOT de-duplicate: it counts calls per
-/// `Idempotency-Key` and applies every one. Orders starting with `slow`
-/// hang for a minute on their first call.
-async fn counting_backend() -> (
-    String,
-    Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-) {
-    use axum::http::HeaderMap;
-    let calls: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
-    let seen = Arc::clone(&calls);
-    let app = axum::Router::new().route(
-        "/api/charges/{order}",
-        axum::routing::post(
-            move |axum::extract::Path(order): axum::extract::Path<String>, headers: HeaderMap| {
-                let seen = Arc::clone(&seen);
-                async move {
-                    let key = headers
-                        .get("idempotency-key")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("none")
-                        .to_owned();
-                    let n = {
-                        let mut calls = seen.lock().unwrap();
-                        let n = calls.entry(key).or_insert(0);
-                        *n += 1;
-                        *n
-                    };
-                    if order.starts_with("slow") && n == 1 {
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                    }
-                    (
-                        axum::http::StatusCode::CREATED,
-                        axum::Json(serde_json::json!({"id": format!("p-{order}-{n}")})),
-                    )
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, calls)
+/// A backend that does NOT de-duplicate: it applies every call, numbering
+/// the calls per `Idempotency-Key`. Orders starting with `slow` hang for a
+/// minute on their first call.
+async fn counting_backend() -> FakeBackend {
+    let per_key = std::sync::Mutex::new(HashMap::<String, usize>::new());
+    FakeBackend::builder()
+        .route("POST", "/api/charges/{order}", move |_, req| {
+            let n = {
+                let mut per_key = per_key.lock().unwrap();
+                let n = per_key.entry(idempotency_key(req)).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let order = req.param("order");
+            let reply = Reply::json(201, serde_json::json!({"id": format!("p-{order}-{n}")}));
+            if order.starts_with("slow") && n == 1 {
+                reply.delay(Duration::from_secs(60))
+            } else {
+                reply
+            }
+        })
+        .start()
+        .await
+}
+
+fn idempotency_key(req: &Seen) -> String {
+    req.header("idempotency-key")
+        .unwrap_or_else(|| "none".to_owned())
+}
+
+/// Calls the backend saw, per `Idempotency-Key` (`none` without one).
+fn calls_by_key(backend: &FakeBackend) -> HashMap<String, usize> {
+    let mut calls = HashMap::new();
+    for r in backend.seen() {
+        *calls.entry(idempotency_key(&r)).or_insert(0) += 1;
+    }
+    calls
 }
 
 fn charge(i: usize, order: &str) -> (String, String) {
@@ -246,7 +229,8 @@ fn reply_ids(records: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
 async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
     const WAIT_LONG: Duration = Duration::from_secs(120);
     const N: usize = 20;
-    let (url, calls) = counting_backend().await;
+    let backend = counting_backend().await;
+    let url = backend.url();
     let names = TopicNames::with_prefix(format!("{}.", ts::unique("kill9")));
     ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
     ts::create(TopicSpec::new(names.replies(), 1)).await;
@@ -267,7 +251,7 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
         "json",
     ];
     let start = |n: usize| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sagaflow"));
+        let mut cmd = sagaflow_test_support::cli::command(&[]);
         cmd.args(args).env("RUST_LOG", "info");
         ts::process::ChildGuard::command(
             &format!("adapter-{n}"),
@@ -304,7 +288,7 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
     // Completed and replied, offsets held back by `slow-0`: kill -9 now.
     first.kill9();
     {
-        let calls = calls.lock().unwrap();
+        let calls = calls_by_key(&backend);
         for i in 1..=N {
             assert_eq!(calls.get(&format!("order-checkout:k-{i}/charge")), Some(&1));
         }
@@ -324,7 +308,7 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
         "every command answered after the restart\n{}",
         second.output()
     );
-    let calls = calls.lock().unwrap().clone();
+    let calls = calls_by_key(&backend);
     for i in 1..=N {
         assert_eq!(
             calls.get(&format!("order-checkout:k-{i}/charge")),

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use sagaflow_registry::{MemoryLog, Registry, ServeHandle};
+use sagaflow_test_support::cli::{self, stdout};
 use tokio::io::AsyncBufReadExt;
-use tokio::process::Command;
 
 fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
@@ -18,16 +18,11 @@ async fn serve() -> ServeHandle {
 }
 
 async fn sagaflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .args(args)
+    cli::tokio_command(args)
         .env_remove("SAGAFLOW_REGISTRY_URL")
         .output()
         .await
         .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -280,7 +275,7 @@ async fn completions_prints_a_script_for_each_shell() {
 }
 
 async fn start_binary_registry(data_dir: &Path) -> (tokio::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let mut child = sagaflow_test_support::cli::tokio_command(&[])
         .args([
             "registry",
             "serve",

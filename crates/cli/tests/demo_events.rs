@@ -10,7 +10,6 @@ use rdkafka::consumer::Consumer;
 use sagaflow_bus::TopicSpec;
 use sagaflow_registry::{MemoryLog, Registry};
 use sagaflow_test_support as ts;
-use tokio::process::Command;
 
 const TOPICS: [&str; 4] = [
     "orders.events",
@@ -30,7 +29,7 @@ async fn demo_events_publishes_every_sample_type_in_turn_and_verifies_customers(
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        sagaflow_test_support::cli::tokio_command(&[])
             .args([
                 "demo-events",
                 "--bootstrap-servers",
@@ -90,7 +89,7 @@ async fn demo_events_without_a_broker_exits_3() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let out = sagaflow_test_support::cli::tokio_command(&[])
         .args([
             "demo-events",
             "--bootstrap-servers",

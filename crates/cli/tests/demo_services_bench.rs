@@ -5,11 +5,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 #[tokio::test]
 async fn demo_services_serve_rest_and_stop_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let mut child = sagaflow_test_support::cli::tokio_command(&[])
         .args(["demo-services", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -64,7 +63,7 @@ async fn demo_services_serve_rest_and_stop_on_sigterm() {
 async fn demo_services_report_a_taken_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let out = sagaflow_test_support::cli::tokio_command(&[])
         .args(["demo-services", "--listen", &addr])
         .output()
         .await
@@ -75,7 +74,7 @@ async fn demo_services_report_a_taken_address() {
 
 #[tokio::test]
 async fn bench_rejects_empty_loads_and_a_wrong_root() {
-    let zero = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let zero = sagaflow_test_support::cli::tokio_command(&[])
         .args(["bench", "--sagas", "0"])
         .output()
         .await
@@ -83,7 +82,7 @@ async fn bench_rejects_empty_loads_and_a_wrong_root() {
     assert_eq!(zero.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&zero.stderr).contains("--sagas"));
     let dir = tempfile::tempdir().unwrap();
-    let root = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let root = sagaflow_test_support::cli::tokio_command(&[])
         .args(["bench", "--root", dir.path().to_str().unwrap()])
         .output()
         .await
@@ -106,7 +105,7 @@ async fn bench_runs_every_phase_and_reports_each_figure() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(600),
-        Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+        sagaflow_test_support::cli::tokio_command(&[])
             .args([
                 "bench",
                 "--sagas",

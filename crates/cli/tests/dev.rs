@@ -2,14 +2,13 @@
 //! runs a fixed number of sample sagas of all three worked types to their
 //! end, and the demo services decide which complete and which compensate.
 
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
 fn dev_stack_runs_all_three_sagas_to_completion_and_compensation() {
     let data = tempfile::tempdir().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let mut child = sagaflow_test_support::cli::command(&[])
         .args([
             "dev",
             "--sagas",
@@ -67,7 +66,7 @@ fn dev_stack_runs_all_three_sagas_to_completion_and_compensation() {
 #[test]
 fn dev_outside_a_checkout_says_where_to_run_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let out = sagaflow_test_support::cli::command(&[])
         .args(["dev", "--sagas", "1", "--root"])
         .arg(dir.path())
         .arg("--data-dir")

@@ -6,23 +6,11 @@
 //! follows docs/getting-started.md.)
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use sagaflow_test_support::process::{ChildGuard, wait_until};
-
-fn sagaflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sagaflow"));
-    cmd.env_remove("XDG_STATE_HOME");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SAGAFLOW_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
+use sagaflow_test_support::cli::clean_command;
+use sagaflow_test_support::process::{ChildGuard, http_get, wait_until};
 
 /// `export NAME=VALUE` lines of an env file.
 fn exports(path: &Path) -> Option<HashMap<String, String>> {
@@ -36,27 +24,12 @@ fn exports(path: &Path) -> Option<HashMap<String, String>> {
 }
 
 /// The body of `GET url` (plain HTTP on loopback).
-fn http_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn rate_zero_runs_the_demo_stack_without_publishing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let env_file = dir.path().join("dev.env");
-    let mut cmd = sagaflow();
+    let mut cmd = clean_command(&[]);
     cmd.args([
         "dev",
         "--rate",
@@ -99,7 +72,7 @@ fn broker_only_serves_a_broker_and_a_registry_and_writes_their_addresses_under_t
     let home = tempfile::tempdir().unwrap();
     let cwd = home.path().join("project");
     std::fs::create_dir(&cwd).unwrap();
-    let mut cmd = sagaflow();
+    let mut cmd = clean_command(&[]);
     cmd.args(["dev", "--broker-only"])
         .env("HOME", home.path())
         .current_dir(&cwd);
@@ -134,7 +107,7 @@ fn broker_only_serves_a_broker_and_a_registry_and_writes_their_addresses_under_t
         "topics:\n  - name: shop.events\n    partitions: 2\n",
     )
     .unwrap();
-    let apply = sagaflow()
+    let apply = clean_command(&[])
         .args(["topology", "apply", "--file"])
         .arg(&topics)
         .envs(&vars)
@@ -165,7 +138,7 @@ fn a_topology_the_orchestrator_refuses_stops_dev_with_the_reason() {
         "type: refund\nversion: 1\ntrigger:\n  topic: returns.events\n  event-type: ReturnReceived\n  key: event.return_id\nsteps:\n  - call: refund\n    service: payments\n    operation: refund\n",
     )
     .unwrap();
-    let out = sagaflow()
+    let out = clean_command(&[])
         .args(["dev", "--http", "127.0.0.1:0", "--topology"])
         .arg(&topology)
         .arg("--data-dir")
@@ -184,7 +157,7 @@ fn a_topology_the_orchestrator_refuses_stops_dev_with_the_reason() {
 fn sample_traffic_is_the_demos_and_a_topology_needs_its_files() {
     let dir = tempfile::tempdir().unwrap();
     // --rate publishes demo events: not with your own topology.
-    let out = sagaflow()
+    let out = clean_command(&[])
         .args(["dev", "--rate", "5", "--topology"])
         .arg(dir.path())
         .output()
@@ -195,7 +168,7 @@ fn sample_traffic_is_the_demos_and_a_topology_needs_its_files() {
         "{out:?}"
     );
     // A directory without services.yaml and sagas/ says what it needs.
-    let out = sagaflow()
+    let out = clean_command(&[])
         .args(["dev", "--topology"])
         .arg(dir.path())
         .arg("--data-dir")

@@ -4,7 +4,7 @@
 //! saga that was in flight, and each ends once.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ const SAGAS: u64 = 600;
 
 fn dev(data: &std::path::Path, rate: &str) -> Child {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    sagaflow_test_support::cli::command(&[])
         .args([
             "dev",
             "--sagas",

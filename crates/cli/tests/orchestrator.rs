@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use tokio::process::Command;
+use sagaflow_test_support::cli::{self, stderr};
+use sagaflow_test_support::free_port as dead_port;
 
 /// Longest any of these may take: failing fast is part of the behaviour.
 const WAIT: Duration = Duration::from_secs(90);
@@ -16,19 +17,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A loopback port nothing listens on.
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn run(args: &[&str], envs: &[(&str, &str)]) -> (Output, Duration) {
     let started = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sagaflow"));
-    cmd.args(args).kill_on_drop(true);
+    let mut cmd = cli::tokio_command(args);
+    cmd.kill_on_drop(true);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -37,10 +29,6 @@ async fn run(args: &[&str], envs: &[(&str, &str)]) -> (Output, Duration) {
         .unwrap_or_else(|_| panic!("sagaflow {args:?} still running after {WAIT:?}"))
         .unwrap();
     (out, started.elapsed())
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn orchestrator_yaml(dir: &Path, bootstrap: &str, sagas: &Path) -> PathBuf {

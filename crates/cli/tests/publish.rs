@@ -11,9 +11,9 @@ use rdkafka::consumer::Consumer;
 use sagaflow_codec::{Codec, CodecConfig};
 use sagaflow_registry::{MemoryLog, Registry, ServeHandle};
 use sagaflow_test_support as support;
+use sagaflow_test_support::free_port as closed_port;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
 fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
@@ -32,18 +32,12 @@ async fn orders_topic() -> String {
     name
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn order(id: &str, total: i64) -> Value {
     sagaflow_demo::samples::order_placed(id, "c-1", total, 1_700_000_000_000)
 }
 
 async fn publish(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sagaflow"))
+    let mut child = sagaflow_test_support::cli::tokio_command(&[])
         .arg("publish")
         .args(args)
         .env_remove("SAGAFLOW_REGISTRY_URL")

@@ -2,30 +2,22 @@
 //! `sagaflow dev` stack (broker, registry, orchestrator, adapters, demo
 //! services), and their error paths.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
+use sagaflow_test_support::cli::{self, stderr, stdout};
 use sagaflow_test_support::process::{ChildGuard, wait_until};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn saga(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .arg("saga")
-        .args(args)
-        .env_remove("SAGAFLOW_API_URL")
-        .env_remove("SAGAFLOW_API_TOKEN")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    cli::output(
+        cli::command(&["saga"])
+            .args(args)
+            .env_remove("SAGAFLOW_API_URL")
+            .env_remove("SAGAFLOW_API_TOKEN"),
+    )
 }
 
 fn json(o: &Output) -> Value {
@@ -37,7 +29,7 @@ fn json(o: &Output) -> Value {
 fn saga_commands_list_show_and_abort_sagas_of_a_running_stack() {
     let data = tempfile::tempdir().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sagaflow"));
+    let mut cmd = sagaflow_test_support::cli::command(&[]);
     // Customers never verify their e-mail within the test: their onboarding
     // sagas stay running (awaiting EmailVerified), ready to be aborted.
     cmd.args([

@@ -7,7 +7,6 @@
 //!   services (`GET /billing/soap?wsdl`), against those services.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -15,18 +14,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sagaflow_adapter::{AdapterCommand, AdapterMetrics, Executor, OutcomeKind};
+use sagaflow_test_support::cli::{all_output as text, run as sagaflow};
 use serde_json::{Value, json};
-
-fn sagaflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
 
 fn petstore_doc() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/petstore-openapi3.yaml")

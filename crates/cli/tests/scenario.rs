@@ -2,26 +2,13 @@
 //! and broken or failing scenarios say where and why, with the right exit code.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
+
+use sagaflow_test_support::cli::{run as sagaflow, stderr, stdout};
 
 fn topology_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology")
-}
-
-fn sagaflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sagaflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Runs `sagaflow test` against the checked-in topology.

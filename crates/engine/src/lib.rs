@@ -20,6 +20,7 @@ pub mod expr;
 pub mod lint;
 pub mod load;
 pub mod state;
+pub mod virtual_clock;
 pub mod yaml;
 
 pub use definition::{

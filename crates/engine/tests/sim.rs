@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use sagaflow_engine::definition::StepKind;
+use sagaflow_engine::virtual_clock::{SameInstant, VirtualClock};
 use sagaflow_engine::{
     AwaitedEvent, Command, CommandKind, DefinitionRegistry, Effect, Engine, Input, Outcome, Reply,
     ReplyOutcome, SagaDefinition, SagaState, SagaStatus, ServiceCatalog, TimerPurpose, Timestamp,
@@ -169,19 +170,12 @@ fn engine_for(src: &str) -> Engine {
 
 // ------------------------------------------------------------------ harness
 
-struct Pending {
-    at: u64,
-    order: u64,
-    input: Input,
-}
-
 struct Sim<'a> {
     engine: &'a Engine,
     rng: Rng,
-    now: u64,
+    /// Timers fire before a reply due at the same instant.
+    clock: VirtualClock,
     state: SagaState,
-    queue: Vec<Pending>,
-    order: u64,
     trace: Vec<Effect>,
     /// Every command ever issued, by id.
     issued: HashMap<String, Command>,
@@ -196,14 +190,27 @@ struct Sim<'a> {
     msg: u64,
 }
 
-impl Sim<'_> {
+impl<'a> Sim<'a> {
+    fn new(engine: &'a Engine, rng: Rng, state: SagaState) -> Self {
+        Sim {
+            engine,
+            rng,
+            clock: VirtualClock::new(Timestamp(0), SameInstant::TimersFirst),
+            state,
+            trace: Vec::new(),
+            issued: HashMap::new(),
+            succeeded: Vec::new(),
+            done: BTreeSet::new(),
+            compensation_started: BTreeSet::new(),
+            compensated: BTreeSet::new(),
+            operator_retries: 0,
+            aborted: false,
+            msg: 0,
+        }
+    }
+
     fn push(&mut self, after: u64, input: Input) {
-        self.order += 1;
-        self.queue.push(Pending {
-            at: self.now + after,
-            order: self.order,
-            input,
-        });
+        self.clock.schedule_in(after, input);
     }
 
     fn compensable(&self, step: &str) -> bool {
@@ -355,7 +362,7 @@ impl Sim<'_> {
                     // `<saga id>/<step path>/deadline/<attempt>`: the await's name.
                     let parts: Vec<&str> = timer_id.split('/').collect();
                     let step = parts[parts.len() - 3].to_string();
-                    let deadline = fire_at.0 - self.now;
+                    let deadline = fire_at.0 - self.clock.now().0;
                     let when = match self.rng.below(4) {
                         0 => None,
                         1 => Some(deadline + 1 + self.rng.below(1000)),
@@ -379,8 +386,9 @@ impl Sim<'_> {
     /// Applies an input and checks that applying it again changes nothing.
     fn apply(&mut self, input: Input) {
         let before = self.state.clone();
-        let now = Timestamp(self.now);
-        let a = self.engine.apply(&mut self.state, input.clone(), now);
+        let a = self
+            .clock
+            .apply(self.engine, &mut self.state, input.clone());
         if a.outcome != Outcome::Applied {
             assert!(a.effects.is_empty(), "{:?} with effects", a.outcome);
             assert_eq!(self.state, before, "{:?} changed the state", a.outcome);
@@ -413,7 +421,7 @@ impl Sim<'_> {
             self.state = back;
         }
         let once = self.state.clone();
-        let again = self.engine.apply(&mut self.state, input, now);
+        let again = self.clock.apply(self.engine, &mut self.state, input);
         assert!(
             again.effects.is_empty(),
             "second application produced effects"
@@ -445,32 +453,12 @@ impl Sim<'_> {
                 });
                 continue;
             }
-            let next_msg = self
-                .queue
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, p)| (p.at, p.order))
-                .map(|(i, p)| (i, p.at));
-            let next_timer = self
-                .state
-                .next_timer()
-                .map(|(id, at)| (id.to_string(), at.0));
-            let msg_first = match (&next_msg, &next_timer) {
-                (Some((_, at)), Some((_, tat))) => at < tat,
-                (Some(_), None) => true,
-                _ => false,
-            };
-            match (next_msg, next_timer) {
-                (Some((i, _)), _) if msg_first => {
-                    let p = self.queue.remove(i);
-                    self.now = self.now.max(p.at);
-                    self.apply(p.input);
+            match self.clock.next_input(&self.state) {
+                Some((at, input)) => {
+                    self.clock.advance_to(at);
+                    self.apply(input);
                 }
-                (_, Some((id, at))) => {
-                    self.now = self.now.max(at);
-                    self.apply(Input::TimerFired { timer_id: id });
-                }
-                _ => {
+                None => {
                     if self.state.status == SagaStatus::Failed && self.operator_retries < 2 {
                         self.operator_retries += 1;
                         let id = format!("op-retry-{}", self.operator_retries);
@@ -499,23 +487,7 @@ fn simulate(engine: &Engine, flags: usize, seed: u64) -> (SagaState, Vec<Effect>
         payload: Value::Object(payload),
     };
     let (state, effects) = engine.start("sim", &trigger, Timestamp(0)).unwrap();
-    let mut sim = Sim {
-        engine,
-        rng,
-        now: 0,
-        state,
-        queue: Vec::new(),
-        order: 0,
-        trace: Vec::new(),
-        issued: HashMap::new(),
-        succeeded: Vec::new(),
-        done: BTreeSet::new(),
-        compensation_started: BTreeSet::new(),
-        compensated: BTreeSet::new(),
-        operator_retries: 0,
-        aborted: false,
-        msg: 0,
-    };
+    let mut sim = Sim::new(engine, rng, state);
     sim.handle(effects);
     sim.run();
 
@@ -614,23 +586,7 @@ fn worked_examples_under_random_schedules() {
                 payload: payload.clone(),
             };
             let (state, effects) = engine.start(ty, &trigger, Timestamp(0)).unwrap();
-            let mut sim = Sim {
-                engine: &engine,
-                rng: Rng::new(seed + 1),
-                now: 0,
-                state,
-                queue: Vec::new(),
-                order: 0,
-                trace: Vec::new(),
-                issued: HashMap::new(),
-                succeeded: Vec::new(),
-                done: BTreeSet::new(),
-                compensation_started: BTreeSet::new(),
-                compensated: BTreeSet::new(),
-                operator_retries: 0,
-                aborted: false,
-                msg: 0,
-            };
+            let mut sim = Sim::new(&engine, Rng::new(seed + 1), state);
             sim.handle(effects);
             sim.run();
             assert!(sim.state.status.is_terminal());

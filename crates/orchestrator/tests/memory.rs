@@ -4,14 +4,14 @@
 //! the orchestrator-core issue's: at most 2 KiB per in-flight saga.
 //! `sagaflow bench` reports the same figure as RSS of a whole instance.
 
-use std::alloc::System;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::alloc::System;
+
+use common::{engine, kafka_store, limits};
 use sagaflow_demo::samples;
 use sagaflow_engine::{Engine, TriggerEvent};
-use sagaflow_orchestrator::core::{Limits, PartitionCore};
+use sagaflow_orchestrator::core::PartitionCore;
 use sagaflow_orchestrator::metrics::Metrics;
 use sagaflow_orchestrator::store::{MemoryStore, SagaStore, ready};
 use sagaflow_orchestrator::wire::Envelope;
@@ -32,27 +32,6 @@ static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Sagas measured; the figure is per saga.
 const SAGAS: usize = 20_000;
 const BOUND: f64 = 2048.0;
-
-fn engine() -> Arc<Engine> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
-    let (_, registry) = sagaflow_orchestrator::app::load_definitions(
-        &root.join("sagas"),
-        &root.join("services.yaml"),
-    )
-    .expect("the worked sagas load");
-    Arc::new(Engine::new(registry))
-}
-
-fn limits() -> Limits {
-    Limits {
-        completed_retention: Duration::from_secs(3600),
-        early_event_retention: Duration::from_secs(3600),
-        record_limit: 1_000_000,
-        max_parked_per_saga: 16,
-        max_parked_per_partition: 10_000,
-        dedup_window: Duration::from_secs(7 * 24 * 3600),
-    }
-}
 
 fn trigger(engine: &Engine, i: usize) -> Envelope {
     let event = TriggerEvent {
@@ -143,22 +122,10 @@ fn an_in_flight_saga_holds_at_most_2_kib() {
 /// reports the whole process's resident memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_restored_from_kafka_holds_at_most_2_kib() {
-    use sagaflow_orchestrator::health::Health;
-    use sagaflow_orchestrator::store::KafkaStore;
     let _alone = ALONE.lock().await;
     let engine = engine();
     let topic = sagaflow_test_support::topic("memory-restore", 1).await;
-    let kafka = sagaflow_test_support::kafka();
-    let store = |owner: &str| {
-        KafkaStore::new(
-            kafka.clone(),
-            kafka.producer().expect("a producer"),
-            topic.clone(),
-            sagaflow_test_support::unique(owner),
-            1_000_000,
-            Health::default(),
-        )
-    };
+    let store = |owner: &str| kafka_store(&topic, owner);
     let writer = store("writer");
     let mut lease = writer.take_over(0).await.expect("takeover").lease;
     let mut core = PartitionCore::new(0, engine.clone(), Metrics::default(), limits());

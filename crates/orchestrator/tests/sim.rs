@@ -23,11 +23,12 @@
 //! runs N; `SAGAFLOW_SIM_SEED=S` replays one. A failing schedule prints
 //! its seed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use common::{engine, limits};
 use sagaflow_demo::samples;
 use sagaflow_engine::{
     AwaitedEvent, CommandKind, Effect, Engine, LifecycleKind, Reply, ReplyOutcome, TriggerEvent,
@@ -61,16 +62,6 @@ impl Rng {
 }
 
 const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-fn engine() -> Arc<Engine> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
-    let (_, registry) = sagaflow_orchestrator::app::load_definitions(
-        &root.join("sagas"),
-        &root.join("services.yaml"),
-    )
-    .expect("the worked sagas load");
-    Arc::new(Engine::new(registry))
-}
 
 /// An owner of the (one) partition: its core and its place in the log.
 struct Owner {
@@ -143,14 +134,7 @@ impl World {
         Self {
             rng: Rng::new(seed),
             engine: engine(),
-            limits: Limits {
-                completed_retention: Duration::from_secs(3600),
-                early_event_retention: Duration::from_secs(3600),
-                record_limit: 1_000_000,
-                max_parked_per_saga: 16,
-                max_parked_per_partition: 10_000,
-                dedup_window: Duration::from_secs(7 * 24 * 3600),
-            },
+            limits: limits(),
             now: 1_700_000_000_000,
             store: MemoryStore::new(),
             inputs: Vec::new(),

@@ -3,10 +3,12 @@
 //! against the in-memory store and against the Kafka changelog on the
 //! real embedded broker. A backend that breaks one fails here by name.
 
+mod common;
+
+use common::kafka_store;
 use sagaflow_engine::{SagaState, Timestamp};
 use sagaflow_orchestrator::changelog::{self, Parked};
 use sagaflow_orchestrator::core::StoredSaga;
-use sagaflow_orchestrator::health::Health;
 use sagaflow_orchestrator::store::{Change, KafkaStore, Lease, MemoryStore, SagaStore};
 use serde_json::json;
 
@@ -236,18 +238,7 @@ mod kafka {
     /// Two owners (instances) on one changelog topic of the real broker.
     async fn pair() -> (KafkaStore, KafkaStore) {
         let topic = sagaflow_test_support::topic("store-contract", 5).await;
-        let kafka = sagaflow_test_support::kafka();
-        let store = |owner: &str| {
-            KafkaStore::new(
-                kafka.clone(),
-                kafka.producer().expect("a producer"),
-                topic.clone(),
-                sagaflow_test_support::unique(owner),
-                1_000_000,
-                Health::default(),
-            )
-        };
-        (store("a"), store("b"))
+        (kafka_store(&topic, "a"), kafka_store(&topic, "b"))
     }
 
     #[tokio::test]

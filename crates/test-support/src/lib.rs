@@ -8,7 +8,21 @@
 //! * [`unique`] gives topic and group names that never collide between
 //!   tests, test processes or reruns against a long-lived broker.
 //! * [`consume`] reads with a deadline, so no test waits forever.
+//! * [`cli`] runs the built `sagaflow` binary and checks what it printed
+//!   and how it exited; [`process`] starts and stops long-running ones.
+//! * [`backend`] is a recording fake HTTP backend: scripted answers, and
+//!   every request kept for the test to count.
+//! * [`metrics`] reads `/metrics`: sums a series by name and labels, and
+//!   waits (bounded) until one reaches a value.
+//!
+//! This crate links the embedded broker: it is for tests only, never a
+//! production crate's `[dependencies]`. The virtual clock that drives a
+//! saga without waiting is `sagaflow_engine::virtual_clock`, since the
+//! production `sagaflow test` command uses it too.
 
+pub mod backend;
+pub mod cli;
+pub mod metrics;
 pub mod process;
 
 use std::sync::OnceLock;
@@ -126,6 +140,34 @@ pub fn text(m: &OwnedMessage) -> String {
         .unwrap_or_default()
 }
 
+/// Chooses rustls' process-wide crypto provider (ring, as the embedded
+/// broker does) if none is yet, so an HTTP client can be built in a test
+/// process that has not started a broker.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The value of header `name` of `m` as UTF-8, if it has one.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +178,38 @@ mod tests {
         let b = unique("t");
         assert_ne!(a, b);
         TopicSpec::new(a, 1).validate().unwrap();
+    }
+
+    #[test]
+    fn a_free_port_takes_a_listener() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("nothing else listens there");
+    }
+
+    #[test]
+    fn headers_are_read_by_name() {
+        use rdkafka::message::{Header, OwnedHeaders, Timestamp};
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "a",
+                value: Some("x"),
+            })
+            .insert(Header {
+                key: "b",
+                value: None::<&str>,
+            });
+        let m = OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(headers),
+        );
+        assert_eq!(header(&m, "a").as_deref(), Some("x"));
+        assert_eq!(header(&m, "b"), None);
+        assert_eq!(header(&m, "c"), None);
     }
 }

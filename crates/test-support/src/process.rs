@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `sagaflow` binary: `SAGAFLOW_BIN` if set, else the one built by this
-/// workspace (`target/<profile>/sagaflow`, next to the test executable's
+/// The `sagaflow` binary: `SAGAFLOW_BIN` if set, else `CARGO_BIN_EXE_sagaflow`
+/// if cargo set it for this run, else the one built by this workspace (`target/<profile>/sagaflow`, next to the test executable's
 /// `deps/` directory; `cargo test --workspace` builds it), built on demand
 /// if missing. A targeted `cargo test --test x` does not rebuild it: run
 /// `cargo build -p sagaflow-cli` first after changing the product.
 pub fn sagaflow_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("SAGAFLOW_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Some(bin) = std::env::var_os("CARGO_BIN_EXE_sagaflow") {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -192,4 +195,24 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A blocking `GET url` (plain `http://host:port/path`) for tests without
+/// a runtime: the raw response, status line and headers included.
+pub fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    out
 }
