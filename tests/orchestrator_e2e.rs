@@ -260,12 +260,15 @@ async fn replace_orchestrator(stack: &mut Stack, live: &mut [usize; 2], rng: &mu
     tokio::time::sleep(Duration::from_millis(rng.below(600))).await;
     live[slot] = stack.start_orchestrator_in(slot);
     let replacement = &stack.orchestrators[live[slot]];
-    support::process::wait_until("the replacement to restore its partitions", WAIT, || {
-        replacement
-            .output()
-            .contains("partition restored")
-            .then_some(())
-    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while !replacement.output().contains("partition restored") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replacement never restored its partitions\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     slot
 }
 
