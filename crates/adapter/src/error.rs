@@ -4,7 +4,7 @@ use crate::command::AdapterOutcome;
 
 /// Everything that can go wrong between "a command arrived" and "here is the
 /// reply outcome", plus configuration errors. Messages never contain secrets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum AdapterError {
     #[error("SF-ADAPTER-001: cannot read adapter config `{file}`: {message}")]
     ConfigRead { file: String, message: String },
@@ -79,30 +79,6 @@ pub enum AdapterError {
 }
 
 impl AdapterError {
-    /// Stable code, e.g. `SF-ADAPTER-011`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::ConfigRead { .. } => "SF-ADAPTER-001",
-            Self::ConfigParse { .. } => "SF-ADAPTER-002",
-            Self::ConfigInvalid { .. } => "SF-ADAPTER-003",
-            Self::SecretUnavailable { .. } => "SF-ADAPTER-004",
-            Self::TemplateRender { .. } => "SF-ADAPTER-005",
-            Self::BaseUrlEscape { .. } => "SF-ADAPTER-006",
-            Self::Transport { .. } => "SF-ADAPTER-007",
-            Self::Timeout { .. } => "SF-ADAPTER-008",
-            Self::InvalidResponse { .. } => "SF-ADAPTER-009",
-            Self::ResponseTooLarge { .. } => "SF-ADAPTER-010",
-            Self::CircuitOpen { .. } => "SF-ADAPTER-011",
-            Self::TokenFetch { .. } => "SF-ADAPTER-012",
-            Self::UnknownOperation { .. } => "SF-ADAPTER-013",
-            Self::UnsafeXml { .. } => "SF-ADAPTER-014",
-            Self::Metrics { .. } => "SF-ADAPTER-015",
-            Self::RateLimited { .. } => "SF-ADAPTER-016",
-            Self::MessageLimit { .. } => "SF-ADAPTER-023",
-            Self::IdempotencyTopic { .. } => "SF-ADAPTER-024",
-        }
-    }
-
     /// Short code put into `ReplyError::code`.
     pub fn reply_code(&self) -> &'static str {
         match self {

@@ -67,7 +67,7 @@ pub const HANDLER_PANIC_CODE: &str = "SF-ADAPTER-021";
 pub const UNPRODUCIBLE_CODE: &str = "SF-ADAPTER-022";
 
 /// Why the adapter process could not start or stopped.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, sagaflow_codes::Coded)]
 pub enum RuntimeError {
     /// Configuration, secrets or metrics.
     #[error(transparent)]
@@ -78,18 +78,6 @@ pub enum RuntimeError {
     Unreachable { bootstrap: String, message: String },
     #[error("SF-ADAPTER-019: cannot serve HTTP on {listen}: {message}")]
     Listen { listen: SocketAddr, message: String },
-}
-
-impl RuntimeError {
-    /// Stable code, e.g. `SF-ADAPTER-018`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Adapter(e) => e.code(),
-            Self::Kafka { .. } => "SF-ADAPTER-017",
-            Self::Unreachable { .. } => "SF-ADAPTER-018",
-            Self::Listen { .. } => "SF-ADAPTER-019",
-        }
-    }
 }
 
 /// An adapter process, ready to [`start`](AdapterRuntime::start).

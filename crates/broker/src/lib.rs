@@ -149,35 +149,23 @@ impl BrokerConfig {
 
 /// Errors of the embedded broker; `code()` is its stable code
 /// (docs/errors.md, `SF-BROKER`).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, sagaflow_codes::Coded)]
 pub enum Error {
-    #[error("[SF-BROKER-001] broker configuration: {0}")]
+    #[error("SF-BROKER-001: broker configuration: {0}")]
     Config(String),
     #[error(
-        "[SF-BROKER-002] broker address {0} is not a loopback address; the embedded broker only serves loopback"
+        "SF-BROKER-002: broker address {0} is not a loopback address; the embedded broker only serves loopback"
     )]
     NotLoopback(SocketAddr),
-    #[error("[SF-BROKER-003] could not listen on {addr}: {source}")]
+    #[error("SF-BROKER-003: could not listen on {addr}: {source}")]
     Port {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("[SF-BROKER-004] broker failed to start: {0}")]
+    #[error("SF-BROKER-004: broker failed to start: {0}")]
     Start(String),
-    #[error("[SF-BROKER-005] broker did not accept connections on {addr} within {waited:?}")]
+    #[error("SF-BROKER-005: broker did not accept connections on {addr} within {waited:?}")]
     NotReady { addr: SocketAddr, waited: Duration },
-}
-
-impl Error {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Config(_) => "SF-BROKER-001",
-            Self::NotLoopback(_) => "SF-BROKER-002",
-            Self::Port { .. } => "SF-BROKER-003",
-            Self::Start(_) => "SF-BROKER-004",
-            Self::NotReady { .. } => "SF-BROKER-005",
-        }
-    }
 }
 
 /// A running in-process broker. Dropping it stops the broker.

@@ -16,16 +16,16 @@ pub use topics::{TopicNames, TopicSpec, check_reachable, ensure_topics};
 pub use trace::TraceContext;
 
 /// Errors from setting up Kafka clients and topics.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error, sagaflow_codes::Coded)]
 pub enum Error {
-    #[error("[SF-BUS-001] creating the Kafka {role} client: {message}")]
+    #[error("SF-BUS-001: creating the Kafka {role} client: {message}")]
     Client { role: &'static str, message: String },
-    #[error("[SF-BUS-002] creating topic `{topic}`: {message}")]
+    #[error("SF-BUS-002: creating topic `{topic}`: {message}")]
     CreateTopic { topic: String, message: String },
-    #[error("[SF-BUS-003] topic `{topic}` is invalid: {message}")]
+    #[error("SF-BUS-003: topic `{topic}` is invalid: {message}")]
     InvalidTopic { topic: String, message: String },
     #[error(
-        "[SF-BUS-004] no Kafka broker answered at {bootstrap} within {seconds}s ({message}): check kafka.bootstrap-servers and that the broker is up"
+        "SF-BUS-004: no Kafka broker answered at {bootstrap} within {seconds}s ({message}): check kafka.bootstrap-servers and that the broker is up"
     )]
     Unreachable {
         bootstrap: String,

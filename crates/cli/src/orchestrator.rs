@@ -27,11 +27,14 @@ pub(crate) async fn run(args: OrchestratorArgs) -> CliResult {
     app::run(cfg, rx).await.map_err(|e| match e {
         AppError::Definitions(_)
         | AppError::Codec(_)
-        | AppError::Token(_)
+        | AppError::Schemas(_)
+        | AppError::Token { .. }
         | AppError::Http { .. }
         | AppError::HttpConfig(_) => Failure::Usage(e.to_string()),
-        AppError::Topics(_) | AppError::Run(_) | AppError::Stalled { .. } => {
-            Failure::Unreachable(e.to_string())
-        }
+        AppError::Topics(_)
+        | AppError::Run(_)
+        | AppError::Producer(_)
+        | AppError::DriverTask(_)
+        | AppError::Stalled { .. } => Failure::Unreachable(e.to_string()),
     })
 }

@@ -57,7 +57,7 @@ fn settings(args: &ServeArgs) -> Result<(Option<Auth>, sagaflow_http::ServerConf
     };
     if auth.is_none() && !args.open && !args.listen.ip().is_loopback() {
         return Err(Failure::Usage(format!(
-            "[SF-REGISTRY-001] --listen {} is not a loopback address and no token is configured: pass --token-env VAR (a variable holding the token), or --open to serve without authentication on purpose",
+            "SF-REGISTRY-001: --listen {} is not a loopback address and no token is configured: pass --token-env VAR (a variable holding the token), or --open to serve without authentication on purpose",
             args.listen
         )));
     }

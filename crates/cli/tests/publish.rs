@@ -151,13 +151,13 @@ async fn good_lines_are_published_and_bad_ones_reported_by_line() {
     for expected in [
         format!("rejected {f}:2:55: invalid JSON: trailing comma"),
         format!(
-            "rejected {f}:5: [SF-INGEST-003] `OrderPlaced` payload does not match its schema at /customer_id: required field `customer_id` is missing"
+            "rejected {f}:5: SF-INGEST-003: `OrderPlaced` payload does not match its schema at /customer_id: required field `customer_id` is missing"
         ),
         format!(
-            "rejected {f}:6: [SF-INGEST-003] `OrderPlaced` payload does not match its schema at /total_cents: expected an integer, found \"lots\""
+            "rejected {f}:6: SF-INGEST-003: `OrderPlaced` payload does not match its schema at /total_cents: expected an integer, found \"lots\""
         ),
         format!(
-            "rejected {f}:7: [SF-INGEST-002] unknown event type `NoSuchEvent` for topic `{topic}`"
+            "rejected {f}:7: SF-INGEST-002: unknown event type `NoSuchEvent` for topic `{topic}`"
         ),
     ] {
         assert!(

@@ -2,7 +2,7 @@
 
 /// Why bytes could not be decoded. Never a panic: every byte string ends in
 /// a value or one of these.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum DecodeError {
     /// Fewer than the 5 header bytes of the Confluent wire format.
     #[error(
@@ -100,24 +100,6 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// Stable error code, e.g. `SF-CODEC-001`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::TooShort { .. } => "SF-CODEC-001",
-            Self::WrongMagicByte { .. } => "SF-CODEC-002",
-            Self::UnknownSchemaId { .. } => "SF-CODEC-003",
-            Self::RegistryUnreachable { .. } => "SF-CODEC-004",
-            Self::BodyMismatch { .. } => "SF-CODEC-005",
-            Self::InvalidJson { .. } => "SF-CODEC-006",
-            Self::Registry { .. } => "SF-CODEC-007",
-            Self::TopicNotConfigured { .. } => "SF-CODEC-008",
-            Self::WrongRecordType { .. } => "SF-CODEC-009",
-            Self::WriterSchemaRefused { .. } => "SF-CODEC-011",
-            Self::ValueOverLimit { .. } => "SF-CODEC-012",
-            Self::DecoderPanicked { .. } => "SF-CODEC-013",
-        }
-    }
-
     /// Whether retrying later may succeed (the registry was unreachable).
     /// Everything else is a property of the bytes: dead-letter them.
     pub fn is_retriable(&self) -> bool {
@@ -126,7 +108,7 @@ impl DecodeError {
 }
 
 /// Why a value could not be encoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum EncodeError {
     /// The registry could not be reached.
     #[error("SF-CODEC-004: schema registry unreachable: {message}")]
@@ -157,16 +139,6 @@ pub enum EncodeError {
 }
 
 impl EncodeError {
-    /// Stable error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::RegistryUnreachable { .. } => "SF-CODEC-004",
-            Self::Registry { .. } => "SF-CODEC-007",
-            Self::TopicNotConfigured { .. } => "SF-CODEC-008",
-            Self::ValueMismatch { .. } => "SF-CODEC-010",
-        }
-    }
-
     /// Whether retrying later may succeed.
     pub fn is_retriable(&self) -> bool {
         matches!(self, Self::RegistryUnreachable { .. })
@@ -174,16 +146,9 @@ impl EncodeError {
 }
 
 /// Invalid codec configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 #[error("SF-CODEC-020: invalid codec configuration: {message}")]
 pub struct ConfigError {
     /// What is wrong and what would be valid.
     pub message: String,
-}
-
-impl ConfigError {
-    /// Stable error code.
-    pub fn code(&self) -> &'static str {
-        "SF-CODEC-020"
-    }
 }

@@ -28,7 +28,7 @@ pub struct SchemaFile {
 }
 
 /// Why a schemas directory could not be loaded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 #[error("SF-CODEC-021: {path}: {message}")]
 pub struct SchemaSetError {
     /// The offending file.

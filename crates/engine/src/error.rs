@@ -79,6 +79,16 @@ pub struct DefinitionError {
     pub help: Option<String>,
 }
 
+/// A definition error's code is its [`DefCode`]. Its Display is the
+/// positioned report line (`file:line:col: error[SF-DEF-NNN]: …`, rustc
+/// style) rather than `SF-DEF-NNN: …`: the place comes first so editors and
+/// terminals can jump to it.
+impl sagaflow_codes::Coded for DefinitionError {
+    fn code(&self) -> &'static str {
+        self.code.as_str()
+    }
+}
+
 /// All the problems found in one file (never empty).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
@@ -98,7 +108,7 @@ impl DefinitionErrors {
 
 /// Errors the engine returns to its caller (not saga failures: those are
 /// reported as lifecycle events and a `Failed` status).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum EngineError {
     /// SF-ENG-001
     #[error("SF-ENG-001: no saga definition `{saga_type}` (version {version:?})")]
@@ -127,18 +137,4 @@ pub enum EngineError {
         "SF-ENG-006: saga state does not match definition `{saga_type}` version {version} (was the definition changed without bumping its version?)"
     )]
     StateMismatch { saga_type: String, version: u32 },
-}
-
-impl EngineError {
-    /// The stable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            EngineError::UnknownDefinition { .. } => "SF-ENG-001",
-            EngineError::TriggerMismatch { .. } => "SF-ENG-002",
-            EngineError::TriggerExpression { .. } => "SF-ENG-003",
-            EngineError::NotAllowed { .. } => "SF-ENG-004",
-            EngineError::StateVersion { .. } => "SF-ENG-005",
-            EngineError::StateMismatch { .. } => "SF-ENG-006",
-        }
-    }
 }

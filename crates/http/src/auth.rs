@@ -21,14 +21,14 @@ impl std::fmt::Debug for BearerToken {
 }
 
 /// Why no token could be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum TokenError {
     /// The environment variable is unset or empty.
-    #[error("[SF-HTTP-002] bearer token: environment variable `{0}` is not set or empty")]
+    #[error("SF-HTTP-002: bearer token: environment variable `{0}` is not set or empty")]
     Missing(String),
     /// The token has characters a header cannot carry or blanks around it.
     #[error(
-        "[SF-HTTP-003] bearer token in `{0}`: must be visible ASCII without blanks (it goes into an `Authorization` header)"
+        "SF-HTTP-003: bearer token in `{0}`: must be visible ASCII without blanks (it goes into an `Authorization` header)"
     )]
     Malformed(String),
 }
@@ -121,6 +121,6 @@ mod tests {
             e,
             TokenError::Missing("SAGAFLOW_HTTP_TEST_SURELY_UNSET".into())
         );
-        assert!(e.to_string().starts_with("[SF-HTTP-002]"));
+        assert!(e.to_string().starts_with("SF-HTTP-002:"));
     }
 }

@@ -74,8 +74,8 @@ impl Default for RawServerConfig {
 }
 
 /// A limit that cannot work.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("[SF-HTTP-001] `{field}` {message}")]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
+#[error("SF-HTTP-001: `{field}` {message}")]
 pub struct ConfigError {
     /// The offending setting, as written (`header-timeout`).
     pub field: &'static str,
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(bad(|r| r.max_body_bytes = 0).field, "max-body-bytes");
         let e = bad(|r| r.shutdown_grace = Duration::ZERO);
         assert!(
-            e.to_string().starts_with("[SF-HTTP-001] `shutdown-grace`"),
+            e.to_string().starts_with("SF-HTTP-001: `shutdown-grace`"),
             "{e}"
         );
     }

@@ -19,24 +19,40 @@ use crate::metrics::Metrics;
 use crate::runtime::Driver;
 use crate::view::SagaView;
 
-#[derive(Debug, thiserror::Error)]
+/// Why an orchestrator instance could not start or stopped. Each variant
+/// keeps the error it wraps as its `source()`.
+#[derive(Debug, thiserror::Error, sagaflow_codes::Coded)]
 pub enum AppError {
-    #[error("[SF-ORCH-002] saga definitions:\n{0}")]
-    Definitions(String),
-    #[error("[SF-ORCH-003] {0}")]
-    Codec(String),
-    #[error("[SF-ORCH-004] {0}")]
-    Topics(String),
-    #[error("[SF-ORCH-005] HTTP listener on {addr}: {message}")]
-    Http { addr: String, message: String },
-    #[error("[SF-ORCH-006] {0}")]
-    Run(String),
+    #[error("SF-ORCH-002: saga definitions:\n{0}")]
+    Definitions(#[source] sagaflow_engine::LoadError),
+    #[error("SF-ORCH-003: {0}")]
+    Codec(#[source] sagaflow_codec::ConfigError),
+    #[error("SF-ORCH-003: {0}")]
+    Schemas(#[source] sagaflow_codec::schema_set::SchemaSetError),
+    #[error("SF-ORCH-004: {0}")]
+    Topics(#[source] sagaflow_bus::Error),
+    #[error("SF-ORCH-005: HTTP listener on {addr}: {source}")]
+    Http {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SF-ORCH-006: {0}")]
+    Run(#[from] crate::runtime::RunError),
+    #[error("SF-ORCH-006: {0}")]
+    Producer(#[source] sagaflow_bus::Error),
+    #[error("SF-ORCH-006: the driver task ended: {0}")]
+    DriverTask(#[source] tokio::task::JoinError),
     #[error(
-        "[SF-ORCH-007] bearer token: environment variable `{0}` is not set, empty, or not a token of visible ASCII characters"
+        "SF-ORCH-007: bearer token: environment variable `{var}` is not set, empty, or not a token of visible ASCII characters"
     )]
-    Token(String),
+    Token {
+        var: String,
+        #[source]
+        source: sagaflow_http::TokenError,
+    },
     #[error(
-        "[SF-ORCH-021] the driver has made no progress for {quiet:?} \
+        "SF-ORCH-021: the driver has made no progress for {quiet:?} \
          (stall-timeout {limit:?}); stopping so that a supervisor restarts the instance"
     )]
     Stalled {
@@ -53,27 +69,29 @@ pub fn load_definitions(
     dir: &Path,
     services: &Path,
 ) -> Result<(ServiceCatalog, DefinitionRegistry), AppError> {
-    sagaflow_engine::load_definitions(dir, services)
-        .map_err(|e| AppError::Definitions(e.to_string()))
+    sagaflow_engine::load_definitions(dir, services).map_err(AppError::Definitions)
 }
 
 /// Runs one orchestrator instance until `shutdown` becomes true.
 pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Result<(), AppError> {
     let (catalog, registry) = load_definitions(&cfg.sagas.dir, &cfg.sagas.services)?;
     let engine = Arc::new(Engine::new(registry));
-    let codec =
-        Arc::new(Codec::new(cfg.codec.clone()).map_err(|e| AppError::Codec(e.to_string()))?);
+    let codec = Arc::new(Codec::new(cfg.codec.clone()).map_err(AppError::Codec)?);
     let schemas = match &cfg.schemas {
-        Some(dir) => EventSchemas::load(dir).map_err(|e| AppError::Codec(e.to_string()))?,
+        Some(dir) => EventSchemas::load(dir).map_err(AppError::Schemas)?,
         None => EventSchemas::default(),
     };
     let server_limits = cfg.http.validate(&cfg.kafka)?;
-    let token = match &cfg.http.token_env {
-        Some(var) => Some(
-            sagaflow_http::BearerToken::from_env(var).map_err(|_| AppError::Token(var.clone()))?,
-        ),
-        None => None,
-    };
+    let token =
+        match &cfg.http.token_env {
+            Some(var) => Some(sagaflow_http::BearerToken::from_env(var).map_err(|source| {
+                AppError::Token {
+                    var: var.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
     let names = cfg.topics.clone();
     let n = cfg.partitions.get() as i32;
 
@@ -94,10 +112,10 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
     }
     sagaflow_bus::check_reachable(&cfg.kafka, std::time::Duration::from_secs(10))
         .await
-        .map_err(|e| AppError::Topics(e.to_string()))?;
+        .map_err(AppError::Topics)?;
     ensure_topics(&cfg.kafka, &specs)
         .await
-        .map_err(|e| AppError::Topics(e.to_string()))?;
+        .map_err(AppError::Topics)?;
 
     let metrics = Metrics::default();
     sagaflow_telemetry::register_process_metrics(&metrics.registry);
@@ -114,10 +132,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         metrics.consumer_lag.clone(),
         shutdown.clone(),
     ));
-    let producer = cfg
-        .kafka
-        .producer()
-        .map_err(|e| AppError::Run(e.to_string()))?;
+    let producer = cfg.kafka.producer().map_err(AppError::Producer)?;
     let api = router(ApiState {
         ingest: Arc::new(crate::ingest::known_events(engine.registry())),
         codec: codec.clone(),
@@ -132,13 +147,13 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
     });
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
-        .map_err(|e| AppError::Http {
+        .map_err(|source| AppError::Http {
             addr: cfg.http.listen.to_string(),
-            message: e.to_string(),
+            source,
         })?;
-    let local = listener.local_addr().map_err(|e| AppError::Http {
+    let local = listener.local_addr().map_err(|source| AppError::Http {
         addr: cfg.http.listen.to_string(),
-        message: e.to_string(),
+        source,
     })?;
     info!(http = %local, "orchestrator HTTP API listening");
     // The HTTP API and the saga view stop with the process, or as soon as
@@ -193,8 +208,8 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         tokio::spawn(async move { watchdog.watch_for_stall(stall_timeout).await });
     let result = tokio::select! {
         r = &mut driver_task => match r {
-            Ok(r) => r.map_err(|e| AppError::Run(e.to_string())),
-            Err(e) => Err(AppError::Run(format!("the driver task ended: {e}"))),
+            Ok(r) => r.map_err(AppError::Run),
+            Err(e) => Err(AppError::DriverTask(e)),
         },
         quiet = &mut watchdog_task => Err(AppError::Stalled {
             quiet: quiet.unwrap_or(stall_timeout),

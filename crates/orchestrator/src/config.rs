@@ -148,19 +148,19 @@ impl Default for HttpConfig {
 pub const BODY_HEADROOM: usize = 64 * 1024;
 
 /// Why the HTTP settings cannot start.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum HttpConfigError {
     /// `/v1` would be reachable from other hosts without a token.
     #[error(
-        "[SF-API-001] http.listen {listen} is not a loopback address and no token is configured: set http.token-env to a variable holding a token, or set http.open: true to serve /v1 without authentication on purpose"
+        "SF-API-001: http.listen {listen} is not a loopback address and no token is configured: set http.token-env to a variable holding a token, or set http.open: true to serve /v1 without authentication on purpose"
     )]
     OpenApi { listen: SocketAddr },
     /// `open` and a token contradict each other.
-    #[error("[SF-API-002] http.open: true and http.token-env are both set; keep one")]
+    #[error("SF-API-002: http.open: true and http.token-env are both set; keep one")]
     OpenWithToken,
     /// A request body at the limit could not be produced to Kafka.
     #[error(
-        "[SF-API-003] http.limits.max-body-bytes is {limit}, not safely below the producer's message.max.bytes {message_max}: keep it at most {allowed} (the limit plus {BODY_HEADROOM} bytes of headroom), or raise message.max.bytes in kafka.properties and on the broker"
+        "SF-API-003: http.limits.max-body-bytes is {limit}, not safely below the producer's message.max.bytes {message_max}: keep it at most {allowed} (the limit plus {BODY_HEADROOM} bytes of headroom), or raise message.max.bytes in kafka.properties and on the broker"
     )]
     BodyLimit {
         limit: usize,
@@ -168,7 +168,7 @@ pub enum HttpConfigError {
         allowed: usize,
     },
     /// A limit cannot work, or `message.max.bytes` is not a number.
-    #[error("[SF-API-004] http.limits: {0}")]
+    #[error("SF-API-004: http.limits: {0}")]
     Limits(String),
 }
 
@@ -232,8 +232,8 @@ mod humantime_serde_compat {
 }
 
 /// A configuration error, naming the file, line and column.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("[SF-ORCH-001] {file}:{line}:{column}: {message}")]
+#[derive(Clone, Debug, thiserror::Error, sagaflow_codes::Coded)]
+#[error("SF-ORCH-001: {file}:{line}:{column}: {message}")]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
@@ -443,7 +443,7 @@ mod tests {
         };
         let e = at("").unwrap_err();
         assert!(matches!(e, HttpConfigError::OpenApi { .. }), "{e}");
-        assert!(e.to_string().starts_with("[SF-API-001]"), "{e}");
+        assert!(e.to_string().starts_with("SF-API-001:"), "{e}");
         assert!(at("  token-env: T\n").is_ok());
         assert!(at("  open: true\n").is_ok());
         assert_eq!(
@@ -479,7 +479,7 @@ mod tests {
                 allowed: 1_000_000 - BODY_HEADROOM
             }
         );
-        assert!(e.to_string().starts_with("[SF-API-003]"), "{e}");
+        assert!(e.to_string().starts_with("SF-API-003:"), "{e}");
         assert!(with(256 * 1024, Some("200000")).is_err());
         assert!(with(1_000_000, Some("2000000")).is_ok());
         assert!(matches!(

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::changelog::{self, Ended, Parked, Replay};
 use crate::metrics::Metrics;
+use crate::refusal::{ParkedEventRefused, Refused};
 use crate::store::Change;
 use crate::wire::Envelope;
 
@@ -46,19 +47,7 @@ pub struct Limits {
     pub dedup_window: Duration,
 }
 
-/// An input the core will not take, with the code and reason the driver
-/// dead-letters it with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub reason: String,
-}
-
-impl Refusal {
-    fn new(code: &'static str, reason: String) -> Self {
-        Self { code, reason }
-    }
-}
+pub use crate::refusal::Refusal;
 
 /// What the store holds per saga.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -491,17 +480,16 @@ impl PartitionCore {
                 let (state, effects) = self
                     .engine
                     .start(&saga_type, &event, Timestamp(now))
-                    .map_err(|e| {
-                        Refusal::new("SF-ORCH-015", format!("starting saga `{saga_type}`: {e}"))
+                    .map_err(|source| Refused::Start {
+                        saga_type: saga_type.clone(),
+                        source,
                     })?;
                 if let Some(size) = self.oversized(&state, &effects, input_bytes) {
-                    return Err(Refusal::new(
-                        "SF-ORCH-022",
-                        format!(
-                            "saga `{saga_id}`: its state would be {size} bytes, over the record limit of {} bytes (max-record-bytes / message.max.bytes); the trigger is refused",
-                            self.limits.record_limit
-                        ),
-                    ));
+                    return Err(Refused::TooLarge(format!(
+                        "saga `{saga_id}`: its state would be {size} bytes, over the record limit of {} bytes (max-record-bytes / message.max.bytes); the trigger is refused",
+                        self.limits.record_limit
+                    ))
+                    .into());
                 }
                 self.count("trigger", "applied");
                 self.metrics
@@ -535,11 +523,11 @@ impl PartitionCore {
                         {
                             // The parked event has no record of its own any
                             // more: its refusal is logged and counted.
-                            warn!(saga.id = %id, reason = %refused.reason, "parked event refused");
-                            self.metrics
-                                .dead_letters
-                                .with_label_values(&[refused.code])
-                                .inc();
+                            ParkedEventRefused {
+                                saga_id: &id,
+                                refusal: &refused,
+                            }
+                            .emit(&self.metrics);
                         }
                     }
                 }
@@ -683,22 +671,18 @@ impl PartitionCore {
             return Ok(());
         }
         if held >= self.limits.max_parked_per_saga {
-            return Err(Refusal::new(
-                "SF-ORCH-023",
-                format!(
-                    "saga `{saga_id}` has not started and already has {held} parked events (max-parked-per-saga)"
-                ),
-            ));
+            return Err(Refused::ParkedLimit(format!(
+                "saga `{saga_id}` has not started and already has {held} parked events (max-parked-per-saga)"
+            ))
+            .into());
         }
         let total = self.parked();
         if total >= self.limits.max_parked_per_partition {
-            return Err(Refusal::new(
-                "SF-ORCH-023",
-                format!(
-                    "partition {} already holds {total} parked events for sagas that have not started (max-parked-per-partition)",
-                    self.partition
-                ),
-            ));
+            return Err(Refused::ParkedLimit(format!(
+                "partition {} already holds {total} parked events for sagas that have not started (max-parked-per-partition)",
+                self.partition
+            ))
+            .into());
         }
         if held == 0 {
             self.timers.insert((
@@ -774,7 +758,7 @@ impl PartitionCore {
                 },
                 Timestamp(now),
             );
-            refused = Some(Refusal::new("SF-ORCH-022", reason));
+            refused = Some(Refused::TooLarge(reason).into());
         }
         entry.stored_bytes += input_bytes.min(record_limit);
         let outcome = match &applied.outcome {

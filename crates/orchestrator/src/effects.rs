@@ -8,6 +8,7 @@ use sagaflow_codec::SagaEvent;
 use sagaflow_engine::{Effect, SagaState};
 
 use crate::outbound::{Outgoing, effect_kind, export_spans, now_ms};
+use crate::refusal::EffectDropped;
 use crate::runtime::{Driver, Stopping};
 use crate::wire;
 
@@ -45,12 +46,13 @@ impl Driver {
                 Err(err) if err.is_retriable() => {
                     self.backoff(&mut attempt, "registry", &err).await?;
                 }
-                Err(err) => {
-                    tracing::error!(code = "SF-ORCH-016", saga.id = saga_id, effect = effect_kind(e), error = %err, "effect cannot be encoded and is not sent; fix the schema or definition");
-                    self.metrics
-                        .dead_letters
-                        .with_label_values(&["SF-ORCH-016"])
-                        .inc();
+                Err(source) => {
+                    EffectDropped {
+                        saga_id,
+                        effect: effect_kind(e),
+                        error: source,
+                    }
+                    .emit(&self.metrics);
                     return Ok(None);
                 }
                 Ok(r) => return Ok(r),

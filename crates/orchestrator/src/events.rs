@@ -23,29 +23,16 @@ pub struct DomainEventIn {
 }
 
 /// Why a domain event could not be read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum EventError {
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    #[error(
-        "[SF-ORCH-010] the event has no type: set the `sagaflow-type` header or a `type` field"
-    )]
+    #[error("SF-ORCH-010: the event has no type: set the `sagaflow-type` header or a `type` field")]
     NoType,
-    #[error("[SF-ORCH-011] the Avro value cannot be represented as JSON: {0}")]
+    #[error("SF-ORCH-011: the Avro value cannot be represented as JSON: {0}")]
     NotJson(String),
-    #[error("[SF-ORCH-012] the record has no value")]
+    #[error("SF-ORCH-012: the record has no value")]
     Empty,
-}
-
-impl EventError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Decode(e) => e.code(),
-            Self::NoType => "SF-ORCH-010",
-            Self::NotJson(_) => "SF-ORCH-011",
-            Self::Empty => "SF-ORCH-012",
-        }
-    }
 }
 
 /// Decodes a record of a domain topic. Avro records are typed by their

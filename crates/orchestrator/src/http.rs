@@ -81,16 +81,61 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
+/// Why the API refuses a request: each kind states its code once; the
+/// JSON body carries the code and the message after it
+/// (`{"error": {"code": "SF-API-404", "message": "no saga `x` is known"}}`).
+#[derive(Debug, thiserror::Error, sagaflow_codes::Coded)]
+enum ApiError {
+    #[error("SF-API-400: {0}")]
+    BadRequest(String),
+    #[error("SF-API-401: {0}")]
+    Unauthorized(String),
+    #[error("SF-API-404: {0}")]
+    NotFound(String),
+    #[error("SF-API-408: {0}")]
+    BodyTimeout(String),
+    #[error("SF-API-413: {0}")]
+    TooLarge(String),
+    #[error("SF-API-422: {0}")]
+    Unprocessable(String),
+    #[error("SF-API-503: {0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let code = self.code();
+        let (Self::BadRequest(message)
+        | Self::Unauthorized(message)
+        | Self::NotFound(message)
+        | Self::BodyTimeout(message)
+        | Self::TooLarge(message)
+        | Self::Unprocessable(message)
+        | Self::Unavailable(message)) = self;
+        error(status, code, message)
+    }
+}
+
 /// The API's answer to a request the server layer refuses (no token, a
 /// body too large or too slow).
 pub fn render_refusal(refusal: &Refusal) -> Response {
-    let code = match refusal {
-        Refusal::Unauthorized => "SF-API-401",
-        Refusal::BodyTimeout(_) => "SF-API-408",
-        Refusal::TooLarge { .. } => "SF-API-413",
-        Refusal::BodyUnreadable => "SF-API-400",
-    };
-    error(refusal.status(), code, refusal.to_string())
+    let message = refusal.to_string();
+    match refusal {
+        Refusal::Unauthorized => ApiError::Unauthorized(message),
+        Refusal::BodyTimeout(_) => ApiError::BodyTimeout(message),
+        Refusal::TooLarge { .. } => ApiError::TooLarge(message),
+        Refusal::BodyUnreadable => ApiError::BadRequest(message),
+    }
+    .into_response()
 }
 
 /// Refuses a request that carries a `sagaflow-*` header: Sagaflow sets
@@ -176,21 +221,13 @@ async fn list(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>
 async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.view.get(&id) {
         Some(saga) => Json(saga).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "SF-API-404",
-            format!("no saga `{id}` is known"),
-        ),
+        None => ApiError::NotFound(format!("no saga `{id}` is known")).into_response(),
     }
 }
 
 async fn operator(s: &ApiState, id: &str, abort: Option<String>) -> Response {
     if s.view.get(id).is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "SF-API-404",
-            format!("no saga `{id}` is known"),
-        );
+        return ApiError::NotFound(format!("no saga `{id}` is known")).into_response();
     }
     let request_id = uuid::Uuid::new_v4().to_string();
     let env = match abort {
@@ -212,7 +249,7 @@ async fn operator(s: &ApiState, id: &str, abort: Option<String>) -> Response {
             .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "an operator request was not acknowledged by the broker");
-            error(StatusCode::SERVICE_UNAVAILABLE, "SF-API-503", format!("could not queue the request: {}", without_addresses(&e)))
+            ApiError::Unavailable(format!("could not queue the request: {}", without_addresses(&e))).into_response()
         }
     }
 }
@@ -246,11 +283,10 @@ async fn start(
         return refused;
     }
     let Some(Json(payload)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "SF-API-400",
-            "the body must be a JSON object: the trigger event",
-        );
+        return ApiError::BadRequest(
+            "the body must be a JSON object: the trigger event".to_owned(),
+        )
+        .into_response();
     };
     let Some(def) = s.engine.registry().latest(&saga_type) else {
         let known: Vec<&str> = s
@@ -259,21 +295,17 @@ async fn start(
             .iter()
             .map(|d| d.saga_type.as_str())
             .collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            "SF-API-404",
-            format!("no saga type `{saga_type}`; known: {}", known.join(", ")),
-        );
+        return ApiError::NotFound(format!(
+            "no saga type `{saga_type}`; known: {}",
+            known.join(", ")
+        ))
+        .into_response();
     };
     let wait = match q.get("wait").map(|w| humantime::parse_duration(w)) {
         None => Duration::from_secs(10),
         Some(Ok(d)) => d.min(MAX_WAIT),
         Some(Err(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "SF-API-400",
-                format!("`wait` is not a duration: {e}"),
-            );
+            return ApiError::BadRequest(format!("`wait` is not a duration: {e}")).into_response();
         }
     };
     let message_id = headers
@@ -307,11 +339,7 @@ async fn start(
     let saga_id = match s.engine.identify(&saga_type, &trigger) {
         Ok((id, _)) => id,
         Err(e) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "SF-API-422",
-                e.to_string(),
-            );
+            return ApiError::Unprocessable(e.to_string()).into_response();
         }
     };
     let env = Envelope::Trigger {
@@ -328,11 +356,11 @@ async fn start(
     );
     if let Err(e) = send_envelope(&s.producer, &s.names, &env, traceparent).await {
         tracing::warn!(error = %e, "a saga start was not acknowledged by the broker");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SF-API-503",
-            format!("could not start the saga: {}", without_addresses(&e)),
-        );
+        return ApiError::Unavailable(format!(
+            "could not start the saga: {}",
+            without_addresses(&e)
+        ))
+        .into_response();
     }
     let status_url = format!("/v1/sagas/{saga_id}");
     match s.view.wait_for_result(&saga_id, wait).await {
@@ -384,28 +412,22 @@ async fn ingest_events(
     let Some(known) = s.ingest.get(&bare) else {
         count("other", "unknown_topic", 1);
         let topics: Vec<&str> = s.ingest.keys().map(String::as_str).collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            "SF-API-404",
-            format!(
-                "topic `{bare}` is not read or written by any loaded saga; known: {}",
-                topics.join(", ")
-            ),
-        );
+        return ApiError::NotFound(format!(
+            "topic `{bare}` is not read or written by any loaded saga; known: {}",
+            topics.join(", ")
+        ))
+        .into_response();
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             count(&bare, "invalid", 1);
-            return error(
-                StatusCode::BAD_REQUEST,
-                "SF-API-400",
-                format!(
-                    "the body is not JSON (line {}, column {}): {e}",
-                    e.line(),
-                    e.column()
-                ),
-            );
+            return ApiError::BadRequest(format!(
+                "the body is not JSON (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            ))
+            .into_response();
         }
     };
     let (batch, items) = match parsed {
@@ -414,14 +436,11 @@ async fn ingest_events(
     };
     if items.is_empty() || items.len() > MAX_BATCH {
         count(&bare, "invalid", 1);
-        return error(
-            StatusCode::BAD_REQUEST,
-            "SF-API-400",
-            format!(
-                "a batch holds 1 to {MAX_BATCH} events, this one {}",
-                items.len()
-            ),
-        );
+        return ApiError::BadRequest(format!(
+            "a batch holds 1 to {MAX_BATCH} events, this one {}",
+            items.len()
+        ))
+        .into_response();
     }
     let n = items.len();
     let full = s.names.prefix.clone() + &bare;
@@ -519,16 +538,13 @@ async fn ingest_events(
         count(&bare, "accepted", delivered.len());
         count(&bare, "unavailable", n - delivered.len());
         tracing::warn!(topic = %full, error = %e, "ingested events not acknowledged by the broker");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SF-API-503",
-            format!(
-                "{}{} of {n} events not acknowledged by the broker: {}",
-                at(i),
-                n - delivered.len(),
-                without_addresses(&e.to_string())
-            ),
-        );
+        return ApiError::Unavailable(format!(
+            "{}{} of {n} events not acknowledged by the broker: {}",
+            at(i),
+            n - delivered.len(),
+            without_addresses(&e.to_string())
+        ))
+        .into_response();
     }
     count(&bare, "accepted", n);
     let answer = if batch {

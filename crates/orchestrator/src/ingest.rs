@@ -36,47 +36,32 @@ pub struct IngestEvent {
 }
 
 /// Why an event cannot be published. Every variant has a stable code.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, sagaflow_codes::Coded)]
 pub enum IngestError {
     /// The envelope is not shaped as documented.
-    #[error("[SF-INGEST-001] {0}")]
+    #[error("SF-INGEST-001: {0}")]
     Envelope(String),
     /// No schema (or no saga) knows this type on this topic.
-    #[error(
-        "[SF-INGEST-002] unknown event type `{event_type}` for topic `{topic}`; known: {known}"
-    )]
+    #[error("SF-INGEST-002: unknown event type `{event_type}` for topic `{topic}`; known: {known}")]
     UnknownType {
         event_type: String,
         topic: String,
         known: String,
     },
     /// The payload does not fit the type's schema.
-    #[error("[SF-INGEST-003] `{event_type}` payload does not match its schema at {message}")]
+    #[error("SF-INGEST-003: `{event_type}` payload does not match its schema at {message}")]
     Mismatch { event_type: String, message: String },
     /// The schema registry could not be reached.
-    #[error("[SF-INGEST-004] {0}")]
+    #[error("SF-INGEST-004: {0}")]
     RegistryUnreachable(String),
     /// The registry refused, or the topic has no format.
-    #[error("[SF-INGEST-005] {0}")]
+    #[error("SF-INGEST-005: {0}")]
     Encode(String),
     /// A caller supplied a header Sagaflow sets itself.
     #[error(
-        "[SF-INGEST-006] header `{0}` is reserved: Sagaflow sets `sagaflow-*` headers itself (the message id, saga id, type); remove or rename it"
+        "SF-INGEST-006: header `{0}` is reserved: Sagaflow sets `sagaflow-*` headers itself (the message id, saga id, type); remove or rename it"
     )]
     ReservedHeader(String),
-}
-
-impl IngestError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Envelope(_) => "SF-INGEST-001",
-            Self::UnknownType { .. } => "SF-INGEST-002",
-            Self::Mismatch { .. } => "SF-INGEST-003",
-            Self::RegistryUnreachable(_) => "SF-INGEST-004",
-            Self::Encode(_) => "SF-INGEST-005",
-            Self::ReservedHeader(_) => "SF-INGEST-006",
-        }
-    }
 }
 
 /// Whether `name` is one of the `sagaflow-*` headers Sagaflow sets itself

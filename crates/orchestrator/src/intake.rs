@@ -2,42 +2,35 @@
 //! `sagaflow.replies` is decoded and handed to its partition's core; what
 //! cannot be taken is refused into the dead-letter topic with its code.
 
+use crate::core::PartitionCore;
+use crate::outbound::now_ms;
+use crate::refusal::{InputRefused, Refusal, Refused};
+use crate::runtime::{Batch, Driver, Stopping};
+use crate::wire::{self, Envelope};
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 use sagaflow_bus::{SagaHeaders, TraceContext};
-use tracing::warn;
-
-use crate::core::{PartitionCore, Refusal};
-use crate::outbound::{dead_letter, now_ms};
-use crate::runtime::{Batch, Driver, Stopping};
-use crate::wire::{self, Envelope};
 
 impl Driver {
-    /// Dead-letters an input with a coded reason, counted and logged once.
+    /// Dead-letters an input with its coded reason, counted and logged once.
     pub(crate) fn refuse(
         &self,
         m: &BorrowedMessage<'_>,
-        code: &str,
-        reason: &str,
+        refusal: impl Into<Refusal>,
         work: &mut Batch,
     ) {
-        warn!(
-            topic = m.topic(),
-            messaging.kafka.partition = m.partition(),
-            offset = m.offset(),
-            code,
-            reason,
-            "input refused; dead-lettered"
-        );
-        self.metrics.dead_letters.with_label_values(&[code]).inc();
+        let refused = InputRefused {
+            record: m,
+            refusal: refusal.into(),
+        };
         work.records
-            .push(dead_letter(&self.names, m, code, reason, self.record_limit));
+            .push(refused.emit(&self.metrics, &self.names, self.record_limit));
     }
 
     /// A refusal from the core becomes a dead letter of the input.
     fn refused(&self, m: &BorrowedMessage<'_>, r: Result<(), Refusal>, work: &mut Batch) {
         if let Err(r) = r {
-            self.refuse(m, r.code, &r.reason, work);
+            self.refuse(m, r, work);
         }
     }
 
@@ -50,12 +43,11 @@ impl Driver {
         let env: Envelope = match m.payload().map(serde_json::from_slice) {
             Some(Ok(env)) => env,
             Some(Err(e)) => {
-                let reason = format!("not a Sagaflow input envelope: {e}");
-                self.refuse(m, "SF-ORCH-014", &reason, work);
+                self.refuse(m, Refused::Envelope(e.to_string()), work);
                 return;
             }
             None => {
-                self.refuse(m, "SF-ORCH-014", "empty input envelope", work);
+                self.refuse(m, Refused::EmptyEnvelope, work);
                 return;
             }
         };
@@ -88,7 +80,7 @@ impl Driver {
         work: &mut Batch,
     ) -> Result<(), Stopping> {
         let Some(bytes) = m.payload() else {
-            self.refuse(m, "SF-ORCH-012", "empty reply", work);
+            self.refuse(m, Refused::EmptyReply, work);
             return Ok(());
         };
         let mut attempt = 0;
@@ -102,7 +94,7 @@ impl Driver {
         } {
             Ok(r) => r,
             Err(e) => {
-                self.refuse(m, e.code(), &e.to_string(), work);
+                self.refuse(m, Refused::Reply(e), work);
                 return Ok(());
             }
         };

@@ -16,6 +16,7 @@ mod intake;
 pub mod metrics;
 mod outbound;
 mod rebalance;
+pub mod refusal;
 mod routing;
 pub mod runtime;
 pub mod store;

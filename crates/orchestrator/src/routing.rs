@@ -9,7 +9,8 @@ use rdkafka::message::BorrowedMessage;
 use tracing::warn;
 
 use crate::events;
-use crate::outbound::{dead_letter, envelope_record};
+use crate::outbound::envelope_record;
+use crate::refusal::Refused;
 use crate::runtime::{Batch, Driver, Stopping};
 use crate::wire::Envelope;
 
@@ -44,18 +45,7 @@ impl Driver {
         } {
             Ok(e) => e,
             Err(e) => {
-                warn!(topic = m.topic(), offset = m.offset(), error = %e, "undecodable domain event; dead-lettered");
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[e.code()])
-                    .inc();
-                work.records.push(dead_letter(
-                    &self.names,
-                    m,
-                    e.code(),
-                    &e.to_string(),
-                    self.record_limit,
-                ));
+                self.refuse(m, Refused::Event(e), work);
                 return Ok(());
             }
         };
@@ -98,20 +88,12 @@ impl Driver {
                     }
                     routed += 1;
                 }
-                Err(e) => {
-                    let reason = format!("saga `{}`: {e}", def.saga_type);
-                    warn!(topic = m.topic(), offset = m.offset(), error = %reason, "trigger cannot start a saga; dead-lettered");
-                    self.metrics
-                        .dead_letters
-                        .with_label_values(&["SF-ORCH-013"])
-                        .inc();
-                    work.records.push(dead_letter(
-                        &self.names,
-                        m,
-                        "SF-ORCH-013",
-                        &reason,
-                        self.record_limit,
-                    ));
+                Err(source) => {
+                    let refused = Refused::Identify {
+                        saga_type: def.saga_type.clone(),
+                        source,
+                    };
+                    self.refuse(m, refused, work);
                 }
             }
         }
@@ -162,12 +144,12 @@ impl Driver {
     ) -> bool {
         let record = envelope_record(&self.names, env, traceparent);
         if record.size() > self.record_limit {
-            let reason = format!(
+            let refused = Refused::TooLarge(format!(
                 "the event makes a saga input of {} bytes, over the record limit of {} bytes",
                 record.size(),
                 self.record_limit
-            );
-            self.refuse(m, "SF-ORCH-022", &reason, work);
+            ));
+            self.refuse(m, refused, work);
             return false;
         }
         work.records.push(record);

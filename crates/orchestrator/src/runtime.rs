@@ -87,11 +87,11 @@ pub struct Driver {
     pub stop: watch::Receiver<bool>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, sagaflow_codes::Coded)]
 pub enum RunError {
     #[error(transparent)]
     Bus(#[from] sagaflow_bus::Error),
-    #[error("[SF-ORCH-020] Kafka: {0}")]
+    #[error("SF-ORCH-020: Kafka: {0}")]
     Kafka(String),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -446,7 +446,7 @@ fn render_refusal(refusal: &sagaflow_http::Refusal) -> Response {
     ApiError {
         status: refusal.status(),
         error_code: u32::from(refusal.status().as_u16()),
-        message: format!("[{}] {refusal}", refusal.code()),
+        message: format!("{}: {refusal}", refusal.code()),
     }
     .into_response()
 }

@@ -140,15 +140,15 @@ pub struct Written {
     pub foreign: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, sagaflow_codes::Coded)]
 pub enum StoreError {
-    #[error("[SF-ORCH-024] restoring {topic}/{partition}: {message}")]
+    #[error("SF-ORCH-024: restoring {topic}/{partition}: {message}")]
     Restore {
         topic: String,
         partition: i32,
         message: String,
     },
-    #[error("[SF-ORCH-020] writing {topic}: {message}")]
+    #[error("SF-ORCH-020: writing {topic}: {message}")]
     Write { topic: String, message: String },
 }
 
