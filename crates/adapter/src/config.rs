@@ -551,7 +551,7 @@ pub(crate) fn from_yaml_overridden<T: serde::de::DeserializeOwned>(
     overrides: impl FnOnce(&mut serde_json::Value),
 ) -> Result<T, AdapterError> {
     let (mut value, spans) =
-        sagaflow_engine::yaml::load(text).map_err(|e| AdapterError::ConfigParse {
+        sagaflow_config::load(text).map_err(|e| AdapterError::ConfigParse {
             file: file.to_owned(),
             line: e.position.line,
             column: e.position.column,

@@ -138,7 +138,7 @@ impl ConsoleConfig {
     /// a relative `database` path is resolved against the file's directory.
     pub fn from_yaml(file: &std::path::Path, source: &str) -> Result<Self, ConsoleError> {
         let name = file.display().to_string();
-        let (value, spans) = sagaflow_engine::yaml::load(source).map_err(|e| {
+        let (value, spans) = sagaflow_config::load(source).map_err(|e| {
             ConsoleError::Config(format!(
                 "{name}:{}:{}: {}",
                 e.position.line, e.position.column, e.message
