@@ -8,12 +8,14 @@ pub mod dead_letter;
 mod headers;
 pub mod lag;
 mod topics;
-pub mod trace;
 
 pub use config::{ClientRole, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
+/// W3C trace context lives in `sagaflow-trace` (no Kafka client needed);
+/// re-exported so `sagaflow_bus::TraceContext` and `sagaflow_bus::trace`
+/// keep working.
+pub use sagaflow_trace::{self as trace, TraceContext};
 pub use topics::{TopicNames, TopicSpec, check_reachable, ensure_topics};
-pub use trace::TraceContext;
 
 /// Errors from setting up Kafka clients and topics.
 #[derive(Clone, Debug, thiserror::Error)]
