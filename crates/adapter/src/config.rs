@@ -1060,7 +1060,12 @@ fn validate_headers(
         let lower = name.to_ascii_lowercase();
         if matches!(
             lower.as_str(),
-            "host" | "authorization" | "idempotency-key" | "content-length" | "traceparent"
+            "host"
+                | "authorization"
+                | "idempotency-key"
+                | "content-length"
+                | "traceparent"
+                | "tracestate"
         ) {
             return Err(ctx.err(&k, "this header is set by the adapter itself"));
         }

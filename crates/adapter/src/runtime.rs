@@ -36,7 +36,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
+use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
 use sagaflow_codec::messages::{Command, Reply, ReplyError as WireReplyError, ReplyOutcome};
 use tokio::sync::{mpsc, watch};
@@ -835,9 +835,12 @@ async fn execute_contained(
     shared: &Shared,
     m: &OwnedMessage,
     cmd: &Command,
-    traceparent: Option<String>,
+    trace: &TraceHeaders,
 ) -> AdapterOutcome {
-    let acmd = adapter_command(cmd, traceparent);
+    let acmd = AdapterCommand {
+        tracestate: trace.tracestate.clone(),
+        ..adapter_command(cmd, trace.traceparent.clone())
+    };
     match AssertUnwindSafe(shared.executor.execute(&acmd))
         .catch_unwind()
         .await
@@ -907,24 +910,30 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
     // This command's handling is a span of its own, a child of the
     // orchestrator's command span (or the root of a new trace when the
     // command carried none); the HTTP calls and the reply are its children.
-    let parent = cmd.trace_parent.clone().or_else(|| {
-        m.headers()
-            .and_then(|h| SagaHeaders::from_headers(h).traceparent)
-    });
-    let parent = parent
+    // The command's `tracestate` travels with them unchanged (none on a new
+    // trace).
+    let headers = m
+        .headers()
+        .map(SagaHeaders::from_headers)
+        .unwrap_or_default();
+    let parent = cmd
+        .trace_parent
         .as_deref()
+        .or(headers.traceparent.as_deref())
         .and_then(sagaflow_bus::TraceContext::parse);
     let hop = parent.map_or_else(sagaflow_bus::TraceContext::new_root, |p| p.child());
     let span_start = SystemTime::now();
     span.record("trace.id", hop.trace_id_hex().as_str());
     span.record("span.id", hop.span_id_hex().as_str());
-    let traceparent = Some(hop.header());
-    let outcome = execute_contained(shared, m, &cmd, traceparent.clone()).await;
+    let trace = TraceHeaders {
+        traceparent: Some(hop.header()),
+        tracestate: parent.and(headers.tracestate),
+    };
+    let outcome = execute_contained(shared, m, &cmd, &trace).await;
     if outcome.is_final() {
         remember(shared, m, &cmd, &outcome).await;
     }
-    let Some(replied) = send_reply(shared, m, &cmd, &outcome, traceparent, &mut backoff).await
-    else {
+    let Some(replied) = send_reply(shared, m, &cmd, &outcome, trace, &mut backoff).await else {
         return;
     };
     shared
@@ -973,6 +982,7 @@ pub(crate) fn adapter_command(cmd: &Command, traceparent: Option<String>) -> Ada
         input: cmd.input.clone(),
         timeout_ms: u64::try_from(cmd.timeout_ms).unwrap_or(0),
         traceparent,
+        tracestate: None,
     }
 }
 
@@ -1037,7 +1047,7 @@ async fn send_reply(
     m: &OwnedMessage,
     cmd: &Command,
     outcome: &AdapterOutcome,
-    traceparent: Option<String>,
+    trace: TraceHeaders,
     backoff: &mut Backoff,
 ) -> Option<OutcomeKind> {
     let replies = shared.names.replies();
@@ -1045,8 +1055,8 @@ async fn send_reply(
         saga_id: Some(cmd.saga_id.clone()),
         message_id: Some(format!("{}/reply", cmd.command_id)),
         message_type: Some("Reply".to_owned()),
-        traceparent,
-        tracestate: None,
+        traceparent: trace.traceparent,
+        tracestate: trace.tracestate,
     }
     .to_owned_headers();
     let bytes = encode_reply(shared, m, &wire_reply(cmd, outcome, now_ms()), backoff).await?;

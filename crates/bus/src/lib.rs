@@ -14,7 +14,7 @@ pub use headers::{SagaHeaders, header_names};
 /// W3C trace context lives in `sagaflow-trace` (no Kafka client needed);
 /// re-exported so `sagaflow_bus::TraceContext` and `sagaflow_bus::trace`
 /// keep working.
-pub use sagaflow_trace::{self as trace, TraceContext};
+pub use sagaflow_trace::{self as trace, TraceContext, TraceHeaders};
 pub use topics::{TopicNames, TopicSpec, check_reachable, ensure_topics};
 
 /// Errors from setting up Kafka clients and topics.

@@ -144,6 +144,32 @@ pub fn child_header(parent: Option<&str>) -> String {
     }
 }
 
+/// The two W3C trace headers of one message: `traceparent`, and the
+/// `tracestate` that travels unchanged alongside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// A caller's headers as Sagaflow forwards them: a valid `traceparent`
+    /// unchanged and an invalid one replaced by the root of a new trace
+    /// (none when there is none); the `tracestate` only with a valid
+    /// `traceparent` (a new trace has no vendor state yet) and only when
+    /// it is a valid list itself ([`valid_tracestate`]).
+    pub fn from_caller(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        let parent = traceparent.map(|h| (TraceContext::parse(h), h));
+        Self {
+            traceparent: parent.map(|(p, _)| p.unwrap_or_else(TraceContext::new_root).header()),
+            tracestate: match parent {
+                Some((Some(_), _)) => tracestate.and_then(valid_tracestate).map(str::to_owned),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The longest `tracestate` Sagaflow carries, in bytes: the W3C
 /// specification asks platforms to propagate at least 512 characters.
 pub const TRACESTATE_MAX_LEN: usize = 512;
@@ -248,6 +274,24 @@ mod tests {
         assert_eq!(kept.header(), EXAMPLE);
         let child = TraceContext::parse(&child_header(Some(EXAMPLE))).unwrap();
         assert_eq!(child.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn callers_tracestate_travels_only_with_a_valid_traceparent() {
+        let state = "rojo=00f067aa0ba902b7";
+        let kept = TraceHeaders::from_caller(Some(EXAMPLE), Some(state));
+        assert_eq!(kept.traceparent.as_deref(), Some(EXAMPLE));
+        assert_eq!(kept.tracestate.as_deref(), Some(state));
+        let replaced = TraceHeaders::from_caller(Some("00-bad-01"), Some(state));
+        assert!(TraceContext::parse(replaced.traceparent.as_deref().unwrap()).is_some());
+        assert_eq!(replaced.tracestate, None);
+        assert_eq!(
+            TraceHeaders::from_caller(None, Some(state)),
+            TraceHeaders::default()
+        );
+        let invalid = TraceHeaders::from_caller(Some(EXAMPLE), Some("Not Valid"));
+        assert_eq!(invalid.traceparent.as_deref(), Some(EXAMPLE));
+        assert_eq!(invalid.tracestate, None);
     }
 
     #[test]
