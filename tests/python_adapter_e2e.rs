@@ -210,10 +210,7 @@ async fn a_python_adapter_serves_a_step_next_to_rust_adapters() {
             ledger.tracestates
         );
         assert!(
-            ledger
-                .tracestates
-                .iter()
-                .all(|(tp, _)| tp.contains(trace)),
+            ledger.tracestates.iter().all(|(tp, _)| tp.contains(trace)),
             "untraced sagas send no tracestate: {:?}",
             ledger.tracestates
         );
