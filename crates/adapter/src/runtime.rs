@@ -18,12 +18,13 @@
 //! read back into the idempotency store when the partition is assigned,
 //! before any of its commands is handled.
 
+use sagaflow_bus::now_ms;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt as _;
 use rdkafka::Message;
@@ -772,12 +773,6 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 
 // --------------------------------------------------------------- one record
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 async fn handle_record(shared: Arc<Shared>, m: OwnedMessage) -> Finished {
     let span = info_span!(
         "adapter.command",
@@ -1013,7 +1008,7 @@ pub(crate) fn wire_reply(cmd: &Command, outcome: &AdapterOutcome, completed_at: 
 /// Writes a final outcome to the durable idempotency log, to the partition
 /// of its command, and waits for the acknowledgement.
 async fn remember(shared: &Shared, m: &OwnedMessage, cmd: &Command, outcome: &AdapterOutcome) {
-    let value = durable::Completed::encode(outcome, now_ms());
+    let value = durable::Completed::encode(outcome, now_ms() as i64);
     let written = produce(
         shared,
         "idempotency",
@@ -1059,7 +1054,13 @@ async fn send_reply(
         tracestate: trace.tracestate,
     }
     .to_owned_headers();
-    let bytes = encode_reply(shared, m, &wire_reply(cmd, outcome, now_ms()), backoff).await?;
+    let bytes = encode_reply(
+        shared,
+        m,
+        &wire_reply(cmd, outcome, now_ms() as i64),
+        backoff,
+    )
+    .await?;
     let key = Some(cmd.saga_id.as_bytes());
     let refused = match produce(
         shared,
@@ -1099,7 +1100,13 @@ async fn send_reply(
         format!("{UNPRODUCIBLE_CODE}: operation `{}`: {why}", cmd.operation),
     );
     small.http_status = outcome.http_status;
-    let small_bytes = encode_reply(shared, m, &wire_reply(cmd, &small, now_ms()), backoff).await?;
+    let small_bytes = encode_reply(
+        shared,
+        m,
+        &wire_reply(cmd, &small, now_ms() as i64),
+        backoff,
+    )
+    .await?;
     match produce(shared, "reply", &replies, key, &small_bytes, headers, None).await {
         Ok(()) => Some(small.kind),
         Err(again) => {
@@ -1274,12 +1281,7 @@ fn spawn_http(
     state: HttpState,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state);
+    let app: axum::Router = probes(state).routes();
     tokio::spawn(async move {
         let stop = async move { stop_requested(&mut shutdown).await };
         // Timeouts and a connection cap: no slow client holds the server.
@@ -1290,37 +1292,25 @@ fn spawn_http(
     })
 }
 
-async fn readyz(
-    axum::extract::State(state): axum::extract::State<HttpState>,
-) -> (axum::http::StatusCode, &'static str) {
-    if state.ready.load(Ordering::SeqCst) {
-        (axum::http::StatusCode::OK, "ready\n")
-    } else {
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
-    }
-}
-
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<HttpState>,
-) -> (
-    axum::http::StatusCode,
-    [(&'static str, &'static str); 1],
-    String,
-) {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    let encoder = prometheus::TextEncoder::new();
-    match encoder.encode(&state.registry.gather(), &mut buf) {
-        Ok(()) => (
-            axum::http::StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
-            String::from_utf8_lossy(&buf).into_owned(),
-        ),
-        Err(e) => (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain")],
-            e.to_string(),
-        ),
+/// `/healthz` answers `ok`, `/readyz` `ready` or `stopping` (each with a
+/// newline); `/metrics` renders the adapter's registry.
+fn probes(state: HttpState) -> sagaflow_http::Probes {
+    let registry = state.registry;
+    sagaflow_http::Probes {
+        ready: state.ready,
+        answers: sagaflow_http::ProbeAnswers {
+            healthy: "ok\n",
+            ready: "ready\n",
+            not_ready: "stopping\n",
+        },
+        metrics: Arc::new(move || {
+            use prometheus::Encoder;
+            let mut buf = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&registry.gather(), &mut buf)
+                .map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }),
     }
 }
 

@@ -3,12 +3,14 @@
 //! message headers that carry saga identity and trace context.
 
 pub mod baseline;
+mod clock;
 mod config;
 pub mod dead_letter;
 mod headers;
 pub mod lag;
 mod topics;
 
+pub use clock::now_ms;
 pub use config::{ClientRole, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
 /// W3C trace context lives in `sagaflow-trace` (no Kafka client needed);
