@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -16,7 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagaflow_bus::{TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
 use sagaflow_engine::{Engine, TriggerEvent};
-use sagaflow_http::{BearerToken, ProbeAnswers, Probes, Refusal};
+use sagaflow_http::{BearerToken, Refusal};
 use serde_json::{Value, json};
 
 use crate::events::EventSchemas;
@@ -65,25 +65,12 @@ pub fn router(state: ApiState) -> Router {
     if let Some(token) = state.token.clone() {
         api = sagaflow_http::require_bearer(api, token, render_refusal);
     }
-    probes(&state).routes().merge(api).with_state(state)
-}
-
-/// `/healthz` answers `ok`, `/readyz` `ready` or `not ready`; `/metrics`
-/// brings the oldest running saga's age up to now before rendering.
-fn probes(s: &ApiState) -> Probes {
-    let (view, metrics) = (s.view.clone(), s.metrics.clone());
-    Probes {
-        ready: s.ready.clone(),
-        answers: ProbeAnswers {
-            healthy: "ok",
-            ready: "ready",
-            not_ready: "not ready",
-        },
-        metrics: Arc::new(move || {
-            view.update_oldest_age(sagaflow_bus::now_ms() as i64);
-            Ok(metrics.render())
-        }),
-    }
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(state)
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -146,6 +133,26 @@ fn looks_like_host_port(word: &str) -> bool {
         }
         None => false,
     }
+}
+
+async fn ready(State(s): State<ApiState>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    s.view.update_oldest_age(now_ms);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {
