@@ -4,7 +4,10 @@
 //! adapters of inventory, fraud and payment, against a real orchestrator
 //! process, the embedded broker and a real schema registry. Each claim of
 //! the protocol guide is asserted here: reply key and headers, the reply
-//! topic, de-duplication by Idempotency-Key, dead letters.
+//! topic, de-duplication by Idempotency-Key, dead letters, and the trace
+//! context (`traceparent` with the trigger's `tracestate`) handed on to the
+//! backend's request and the reply. The adapter's Python unit tests run
+//! first.
 //!
 //! The test installs confluent-kafka and fastavro from PyPI into a venv
 //! under `$HOME/.cache/sagaflow/py-adapter` when they are missing, and fails
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_test_support::header;
 use sagaflow_test_support::{self as support, process::ChildGuard};
@@ -92,9 +95,22 @@ async fn read_all(
     out
 }
 
+/// The W3C vendor list the traced trigger carries.
+const TRACESTATE: &str = "sagaflow-py=cHl0aG9u,rojo=00f067aa0ba902b7";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_python_adapter_serves_a_step_next_to_rust_adapters() {
     let py = python();
+    let unit = Command::new(&py)
+        .args(["-m", "unittest", "discover", "-s"])
+        .arg(repo().join("adapters/python"))
+        .output()
+        .expect("python runs");
+    assert!(
+        unit.status.success(),
+        "the Python adapter's unit tests failed:\n{}",
+        String::from_utf8_lossy(&unit.stderr)
+    );
     let mut stack = Stack::start("pyadapter", 3).await;
     stack.start_orchestrator();
     for service in ["inventory", "fraud", "payment"] {
@@ -135,11 +151,63 @@ async fn a_python_adapter_serves_a_step_next_to_rust_adapters() {
     for o in orders {
         stack.place_order(o, "c-1", 5_000).await;
     }
+    // One trigger carries trace context: its tracestate must reach the
+    // shipping backend's request and the Python adapter's reply unchanged.
+    let trace = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let traced = stack.order_placed("py-traced", "c-1", 5_000).await;
+    stack
+        .send_with_headers(
+            &stack.topic("orders.events"),
+            "py-traced",
+            &traced,
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "traceparent",
+                    value: Some(format!("00-{trace}-00f067aa0ba902b7-01").as_bytes()),
+                })
+                .insert(Header {
+                    key: "tracestate",
+                    value: Some(TRACESTATE),
+                }),
+        )
+        .await;
     let mut results = BTreeMap::new();
     let mut copies = 0;
     stack
-        .collect_results(&reader, &mut results, &mut copies, orders.len(), WAIT)
+        .collect_results(&reader, &mut results, &mut copies, orders.len() + 1, WAIT)
         .await;
+    let traced_result = results
+        .get("order-checkout:py-traced")
+        .unwrap_or_else(|| panic!("py-traced has no result\n{}", stack.logs()));
+    assert_eq!(traced_result.status, SagaStatus::Completed);
+    {
+        let ledger = stack.ledger.lock().unwrap();
+        let schedule: Vec<&String> = ledger
+            .traceparents
+            .iter()
+            .filter(|(op, tp)| op == "schedule" && tp.contains(trace))
+            .map(|(_, tp)| tp)
+            .collect();
+        assert_eq!(
+            schedule.len(),
+            1,
+            "the Python adapter sent the saga's traceparent to the backend: {:?}",
+            ledger.traceparents
+        );
+        assert!(
+            ledger
+                .tracestates
+                .iter()
+                .any(|(tp, ts)| tp == schedule[0] && ts == TRACESTATE),
+            "the Python adapter's `schedule` call carried the trigger's tracestate: {:?}",
+            ledger.tracestates
+        );
+        assert!(
+            ledger.tracestates.iter().all(|(tp, _)| tp.contains(trace)),
+            "untraced sagas send no tracestate: {:?}",
+            ledger.tracestates
+        );
+    }
     for o in orders {
         let id = format!("order-checkout:{o}");
         let r = results
@@ -184,8 +252,25 @@ async fn a_python_adapter_serves_a_step_next_to_rust_adapters() {
             header(m, "sagaflow-message-id"),
             Some(format!("{}/reply", reply.command_id))
         );
+        let state = header(m, "tracestate");
+        if reply.saga_id == "order-checkout:py-traced" {
+            assert_eq!(
+                state.as_deref(),
+                Some(TRACESTATE),
+                "the reply carries the command's tracestate"
+            );
+            assert!(header(m, "traceparent").is_some_and(|tp| tp.contains(trace)));
+        } else {
+            assert_eq!(state, None, "{}: an untraced saga's reply", reply.saga_id);
+        }
         shipping_replies.push(reply);
     }
+    assert!(
+        shipping_replies
+            .iter()
+            .any(|r| r.saga_id == "order-checkout:py-traced"),
+        "the traced saga's shipping reply was read: {shipping_replies:?}"
+    );
     assert!(
         shipping_replies
             .iter()
@@ -276,7 +361,7 @@ async fn a_python_adapter_serves_a_step_next_to_rust_adapters() {
     // Still serving.
     stack.place_order("py-5", "c-1", 5_000).await;
     stack
-        .collect_results(&reader, &mut results, &mut copies, orders.len() + 1, WAIT)
+        .collect_results(&reader, &mut results, &mut copies, orders.len() + 2, WAIT)
         .await;
     let r = results
         .get("order-checkout:py-5")

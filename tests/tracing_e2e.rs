@@ -4,7 +4,9 @@
 //! lifecycle events up to its completion; and a saga whose trigger carried
 //! no trace context getting a new trace of its own. Every hop (command,
 //! lifecycle event, HTTP call) is a child span: same trace id, its own span
-//! id.
+//! id. The trigger's (or HTTP caller's) `tracestate` travels unchanged with
+//! the trace: on the lifecycle events, the adapters' replies and the
+//! backends' requests; a new trace carries none.
 
 mod common;
 
@@ -29,6 +31,19 @@ fn span_id(traceparent: &str) -> &str {
     traceparent.split('-').nth(2).unwrap_or("")
 }
 
+fn header(m: &impl Message, name: &str) -> Option<String> {
+    m.headers().and_then(|h| {
+        h.iter()
+            .find(|x| x.key == name)
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+/// The W3C vendor list the traced trigger carries, and the HTTP caller's.
+const TRACESTATE: &str = "sagaflow-e2e=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+const HTTP_TRACESTATE: &str = "caller@sagaflow=http-3";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion() {
     let mut stack = Stack::start("trace", 3).await;
@@ -47,10 +62,15 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
             &stack.topic("orders.events"),
             "traced-1",
             &bytes,
-            OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(traceparent.as_bytes()),
-            }),
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "traceparent",
+                    value: Some(traceparent.as_bytes()),
+                })
+                .insert(Header {
+                    key: "tracestate",
+                    value: Some(TRACESTATE),
+                }),
         )
         .await;
 
@@ -60,6 +80,7 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
     let answer = reqwest::Client::new()
         .post(format!("http://{api}/v1/sagas/order-checkout?wait=0s"))
         .header("traceparent", format!("00-{http_trace}-1122334455667788-01"))
+        .header("tracestate", HTTP_TRACESTATE)
         .json(&serde_json::json!({
             "order_id": "http-3", "customer_id": "c-3",
             "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 4_200}],
@@ -104,10 +125,12 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
                 .and_then(|x| x.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         });
+        let state = self::header(&m, "tracestate");
         let Some(bytes) = m.payload() else { continue };
         match stack.codec.decode_saga_event(&topic, bytes).await {
             Ok(SagaEvent::Lifecycle(l)) if l.saga_id.ends_with("untraced-2") => {
                 let h = header.unwrap_or_else(|| panic!("{:?} has no traceparent", l.kind));
+                assert_eq!(state, None, "{:?} of a new trace has no tracestate", l.kind);
                 fresh.push((l.kind, h));
             }
             Ok(SagaEvent::Result(r)) if r.saga_id.ends_with("untraced-2") => {}
@@ -116,6 +139,12 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
                     header.as_deref().map(trace_id),
                     Some(http_trace),
                     "{:?} of the HTTP-started saga carries the caller's trace",
+                    l.kind
+                );
+                assert_eq!(
+                    state.as_deref(),
+                    Some(HTTP_TRACESTATE),
+                    "{:?} of the HTTP-started saga carries the caller's tracestate",
                     l.kind
                 );
                 http_done |= l.kind == LifecycleKind::Completed;
@@ -134,6 +163,12 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
                     "{:?} carries the saga's trace",
                     l.kind
                 );
+                assert_eq!(
+                    state.as_deref(),
+                    Some(TRACESTATE),
+                    "{:?} carries the trigger's tracestate unchanged",
+                    l.kind
+                );
                 if l.kind == LifecycleKind::Completed {
                     completed_with = header;
                 }
@@ -147,6 +182,36 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
         }
     }
     assert!(kinds.first() == Some(&LifecycleKind::Started), "{kinds:?}");
+
+    // The adapters' replies to the traced saga's commands carry its
+    // tracestate too; the untraced saga's replies carry none.
+    let replies = support::kafka()
+        .consumer(&support::unique("trace-replies"))
+        .unwrap();
+    replies
+        .subscribe(&[&stack.topic("sagaflow.replies")])
+        .unwrap();
+    let (mut traced, mut untraced) = (0, 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while traced < 3 || untraced < 3 {
+        let m = match tokio::time::timeout_at(deadline, replies.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_) => panic!("{traced} replies of the traced saga, {untraced} of the untraced"),
+        };
+        let saga = header(&m, "sagaflow-saga-id").unwrap_or_default();
+        let state = header(&m, "tracestate");
+        if saga.ends_with("traced-1") {
+            assert_eq!(state.as_deref(), Some(TRACESTATE), "reply to {saga}");
+            traced += 1;
+        } else if saga.ends_with("untraced-2") {
+            assert_eq!(state, None, "reply to {saga}");
+            untraced += 1;
+        }
+    }
 
     // What the backends received: every call of this saga in the same trace.
     let ledger = stack.ledger.lock().unwrap();
@@ -172,7 +237,27 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
             spans.insert(span_id(tp).to_owned()),
             "the `{op}` call is a span of its own, not the trigger's or an event's: {tp}"
         );
+        // The vendor list went with the request, unchanged.
+        assert!(
+            ledger
+                .tracestates
+                .iter()
+                .any(|(with, ts)| with == tp && ts == TRACESTATE),
+            "the `{op}` call carried the trigger's tracestate: {:?}",
+            ledger.tracestates
+        );
     }
+    let http_states: Vec<&str> = ledger
+        .tracestates
+        .iter()
+        .filter(|(tp, _)| trace_id(tp) == http_trace)
+        .map(|(_, ts)| ts.as_str())
+        .collect();
+    assert!(
+        !http_states.is_empty() && http_states.iter().all(|ts| *ts == HTTP_TRACESTATE),
+        "the HTTP-started saga's calls carried the caller's tracestate: {:?}",
+        ledger.tracestates
+    );
 
     // The saga without a trace context got a new, valid trace: every one of
     // its records and backend calls is in it, each hop with its own span.
@@ -201,6 +286,14 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
             ledger.traceparents
         );
     }
+    assert!(
+        !ledger
+            .tracestates
+            .iter()
+            .any(|(tp, _)| trace_id(tp) == new_trace),
+        "a new trace sends no tracestate: {:?}",
+        ledger.tracestates
+    );
 }
 
 /// One exported span, as an OTLP/HTTP JSON collector receives it.

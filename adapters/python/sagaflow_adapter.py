@@ -14,7 +14,8 @@ What it must do, as every adapter must:
   on;
 * reply keyed by the saga id (murmur2 partitioner, as the Java client), with
   the ``sagaflow-saga-id``, ``sagaflow-message-id`` (``<command id>/reply``),
-  ``sagaflow-type: Reply`` and ``traceparent`` headers;
+  ``sagaflow-type: Reply`` headers, and the command's ``traceparent`` and
+  ``tracestate`` (which also go to the backend as request headers);
 * de-duplicate: the ``Idempotency-Key`` is the command id without its
   attempt number; a final outcome (success, business failure) is answered
   again from memory for a redelivered command, without calling the backend;
@@ -48,11 +49,19 @@ SAGA_ID = "sagaflow-saga-id"
 MESSAGE_ID = "sagaflow-message-id"
 MESSAGE_TYPE = "sagaflow-type"
 TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 DLQ_REASON = "sagaflow-dlq-reason"
 DLQ_CODE = "sagaflow-dlq-code"
 DLQ_TOPIC = "sagaflow-dlq-source-topic"
 DLQ_PARTITION = "sagaflow-dlq-source-partition"
 DLQ_OFFSET = "sagaflow-dlq-source-offset"
+
+# The longest tracestate carried, in bytes (W3C: at least 512), and its most
+# list members (crates/trace/src/lib.rs, valid_tracestate).
+TRACESTATE_MAX_LEN = 512
+TRACESTATE_MAX_MEMBERS = 32
+TRACESTATE_KEY = re.compile(r"[a-z0-9_\-*/@]+")
+TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]*")
 
 # HTTP statuses that are worth trying again (as the Rust adapter's defaults).
 TRANSIENT_STATUSES = {408, 425, 429}
@@ -140,15 +149,59 @@ def idempotency_key(command_id):
     return head if head and last.isdigit() else command_id
 
 
-def call_backend(backend, command, timeout_s):
+def valid_tracestate(header):
+    """The W3C ``tracestate`` worth carrying, trimmed and otherwise unchanged,
+    or None: at most 512 bytes, a comma-separated list of at most 32
+    ``key=value`` members (empty members allowed). A bad one is dropped,
+    never an error, and never cut (as the Rust adapter does)."""
+    if header is None:
+        return None
+    header = header.strip(" \t")
+    if not header or len(header.encode()) > TRACESTATE_MAX_LEN:
+        return None
+    members = 0
+    for member in header.split(","):
+        member = member.strip(" \t")
+        if not member:
+            continue
+        key, eq, value = member.partition("=")
+        if (
+            not eq
+            or not TRACESTATE_KEY.fullmatch(key)
+            or not value
+            or not TRACESTATE_VALUE.fullmatch(value)
+        ):
+            return None
+        members += 1
+    return header if 1 <= members <= TRACESTATE_MAX_MEMBERS else None
+
+
+def trace_headers(command, kafka_headers):
+    """The trace context a command hands on to its backend call and its
+    reply: its ``traceparent`` (the command's ``trace_parent`` field, else
+    its header) and, only with one, its ``tracestate`` header unchanged."""
+    found = {}
+    for name, value in kafka_headers or []:
+        if name in (TRACEPARENT, TRACESTATE) and value is not None:
+            found[name] = value.decode("utf-8", "replace")
+    out = {}
+    parent = command.get("trace_parent") or found.get(TRACEPARENT)
+    if parent:
+        out[TRACEPARENT] = parent
+        state = valid_tracestate(found.get(TRACESTATE))
+        if state:
+            out[TRACESTATE] = state
+    return out
+
+
+def call_backend(backend, command, timeout_s, trace=None):
     """Calls the backend; returns (outcome, data, error, http status)."""
     url = f"{backend.rstrip('/')}/{command['operation']}"
     headers = {
         "Content-Type": "application/json",
         "Idempotency-Key": idempotency_key(command["command_id"]),
     }
-    if command.get("trace_parent"):
-        headers[TRACEPARENT] = command["trace_parent"]
+    headers.update(trace or {})
     req = urllib.request.Request(
         url, data=command["input_json"].encode(), method="POST", headers=headers
     )
@@ -247,7 +300,7 @@ class Adapter:
         LOG.warning("dead-lettering %s/%d@%d: %s %s", msg.topic(), msg.partition(), msg.offset(), code, reason)
         self.produce(self.dead_letter_topic, msg.key(), msg.value(), headers)
 
-    def reply(self, command, outcome, data, error, status):
+    def reply(self, command, outcome, data, error, status, trace=None):
         record = {
             "command_id": command["command_id"],
             "saga_id": command["saga_id"],
@@ -266,8 +319,8 @@ class Adapter:
             (MESSAGE_ID, f"{command['command_id']}/reply".encode()),
             (MESSAGE_TYPE, b"Reply"),
         ]
-        if command.get("trace_parent"):
-            headers.append((TRACEPARENT, command["trace_parent"].encode()))
+        for name, value in (trace or {}).items():
+            headers.append((name, value.encode()))
         value = encode(self.reply_schema_id, self.reply_schema, record)
         self.produce(self.replies_topic, command["saga_id"].encode(), value, headers)
 
@@ -282,17 +335,18 @@ class Adapter:
         except Refused as r:
             self.dead_letter(msg, r.code, r.reason)
             return
+        trace = trace_headers(command, msg.headers())
         key = idempotency_key(command["command_id"])
         if key in self.done:
             LOG.info("%s: answered from the idempotency store", command["command_id"])
             outcome, data, error, status = self.done[key]
         else:
             timeout_s = max(1.0, min(command["timeout_ms"] or 30000, 30000) / 1000)
-            outcome, data, error, status = call_backend(self.args.backend, command, timeout_s)
+            outcome, data, error, status = call_backend(self.args.backend, command, timeout_s, trace)
             if outcome != "TRANSIENT_FAILURE":
                 self.done[key] = (outcome, data, error, status)
         LOG.info("%s -> %s", command["command_id"], outcome)
-        self.reply(command, outcome, data, error, status)
+        self.reply(command, outcome, data, error, status, trace)
 
     def run(self):
         self.consumer.subscribe([self.commands_topic])

@@ -40,6 +40,9 @@ pub struct Ledger {
     pub missing_keys: u64,
     /// (operation, traceparent header) of every request that carried one.
     pub traceparents: Vec<(String, String)>,
+    /// (traceparent header, tracestate header) of every request that
+    /// carried a tracestate.
+    pub tracestates: Vec<(String, String)>,
     /// Orders `flaky-*` whose `schedule` already failed once with a 503.
     flaked: std::collections::HashSet<String>,
     /// Successful calls per Idempotency-Key, repeats included: what a
@@ -78,6 +81,11 @@ async fn handle(
     l.requests += 1;
     if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         l.traceparents.push((op.clone(), tp.to_owned()));
+    }
+    if let Some(ts) = headers.get("tracestate").and_then(|v| v.to_str().ok()) {
+        let tp = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        l.tracestates
+            .push((tp.unwrap_or_default().to_owned(), ts.to_owned()));
     }
     let Some(key) = key else {
         l.missing_keys += 1;

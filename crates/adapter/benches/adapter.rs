@@ -69,6 +69,7 @@ fn command(n: usize) -> AdapterCommand {
         input: json!({"order_id": id, "amount": 12.5, "currency": "EUR"}),
         timeout_ms: 10_000,
         traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -132,6 +132,7 @@ fn command(saga: &str, operation: &str, input: serde_json::Value) -> AdapterComm
         input,
         timeout_ms: 2_000,
         traceparent: None,
+        tracestate: None,
     }
 }
 

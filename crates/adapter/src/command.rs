@@ -26,6 +26,10 @@ pub struct AdapterCommand {
     pub timeout_ms: u64,
     /// W3C trace context, forwarded to the backend unchanged.
     pub traceparent: Option<String>,
+    /// W3C `tracestate` (the vendors' list) that came with `traceparent`,
+    /// forwarded to the backend unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl AdapterCommand {
@@ -193,6 +197,7 @@ mod idempotency_key_tests {
             input: serde_json::Value::Null,
             timeout_ms: 0,
             traceparent: None,
+            tracestate: None,
         }
     }
 

@@ -551,7 +551,7 @@ pub(crate) fn from_yaml_overridden<T: serde::de::DeserializeOwned>(
     overrides: impl FnOnce(&mut serde_json::Value),
 ) -> Result<T, AdapterError> {
     let (mut value, spans) =
-        sagaflow_engine::yaml::load(text).map_err(|e| AdapterError::ConfigParse {
+        sagaflow_config::load(text).map_err(|e| AdapterError::ConfigParse {
             file: file.to_owned(),
             line: e.position.line,
             column: e.position.column,
@@ -1060,7 +1060,12 @@ fn validate_headers(
         let lower = name.to_ascii_lowercase();
         if matches!(
             lower.as_str(),
-            "host" | "authorization" | "idempotency-key" | "content-length" | "traceparent"
+            "host"
+                | "authorization"
+                | "idempotency-key"
+                | "content-length"
+                | "traceparent"
+                | "tracestate"
         ) {
             return Err(ctx.err(&k, "this header is set by the adapter itself"));
         }

@@ -292,6 +292,13 @@ impl DeclarativeHandler {
                 Ok(v) => req = req.header("traceparent", v),
                 Err(_) => tracing::warn!(operation = %op.name, "dropping invalid traceparent"),
             }
+            // The vendors' list goes with the trace it belongs to, unchanged.
+            if let Some(state) = cmd.tracestate.as_deref() {
+                match HeaderValue::from_str(state) {
+                    Ok(v) => req = req.header("tracestate", v),
+                    Err(_) => tracing::warn!(operation = %op.name, "dropping invalid tracestate"),
+                }
+            }
         }
         if let Some(body) = prepared.body {
             req = req.body(body);

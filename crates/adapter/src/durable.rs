@@ -8,6 +8,7 @@
 //! completed before a crash (even a `kill -9`) is answered from the store
 //! and never reaches the backend twice.
 
+use sagaflow_bus::now_ms;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,12 +47,6 @@ impl Completed {
         })
         .unwrap_or_default()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// How long one restore may take before it is retried.
@@ -108,7 +103,7 @@ pub(crate) async fn restore(
         .map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + RESTORE_TIMEOUT;
-    let now = now_ms();
+    let now = now_ms() as i64;
     let mut restored = 0;
     while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());

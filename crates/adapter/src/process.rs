@@ -129,7 +129,7 @@ impl ProcessConfig {
     /// named `SAGAFLOW_<KEY>__<KEY>…` (`SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS`,
     /// `SAGAFLOW_KAFKA__PROPERTIES__SASL_PASSWORD`, `SAGAFLOW_HTTP__LISTEN`,
     /// `SAGAFLOW_MAX_IN_FLIGHT`; rules in
-    /// [`sagaflow_engine::yaml::apply_env_overrides`]), then the service
+    /// [`sagaflow_config::apply_env_overrides`]), then the service
     /// config it names.
     pub fn load_with_env(
         path: impl AsRef<Path>,
@@ -142,7 +142,7 @@ impl ProcessConfig {
             message: e.to_string(),
         })?;
         let raw: RawProcessConfig = from_yaml_overridden(&text, &file, |value| {
-            sagaflow_engine::yaml::apply_env_overrides(value, PROCESS_KEYS, vars);
+            sagaflow_config::apply_env_overrides(value, PROCESS_KEYS, vars);
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let service_file = base.join(&raw.service);

@@ -18,12 +18,13 @@
 //! read back into the idempotency store when the partition is assigned,
 //! before any of its commands is handled.
 
+use sagaflow_bus::now_ms;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt as _;
 use rdkafka::Message;
@@ -36,7 +37,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames};
+use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
 use sagaflow_codec::messages::{Command, Reply, ReplyError as WireReplyError, ReplyOutcome};
 use tokio::sync::{mpsc, watch};
@@ -760,12 +761,6 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 
 // --------------------------------------------------------------- one record
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 async fn handle_record(shared: Arc<Shared>, m: OwnedMessage) -> Finished {
     let span = info_span!(
         "adapter.command",
@@ -823,9 +818,12 @@ async fn execute_contained(
     shared: &Shared,
     m: &OwnedMessage,
     cmd: &Command,
-    traceparent: Option<String>,
+    trace: &TraceHeaders,
 ) -> AdapterOutcome {
-    let acmd = adapter_command(cmd, traceparent);
+    let acmd = AdapterCommand {
+        tracestate: trace.tracestate.clone(),
+        ..adapter_command(cmd, trace.traceparent.clone())
+    };
     match AssertUnwindSafe(shared.executor.execute(&acmd))
         .catch_unwind()
         .await
@@ -895,24 +893,30 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
     // This command's handling is a span of its own, a child of the
     // orchestrator's command span (or the root of a new trace when the
     // command carried none); the HTTP calls and the reply are its children.
-    let parent = cmd.trace_parent.clone().or_else(|| {
-        m.headers()
-            .and_then(|h| SagaHeaders::from_headers(h).traceparent)
-    });
-    let parent = parent
+    // The command's `tracestate` travels with them unchanged (none on a new
+    // trace).
+    let headers = m
+        .headers()
+        .map(SagaHeaders::from_headers)
+        .unwrap_or_default();
+    let parent = cmd
+        .trace_parent
         .as_deref()
+        .or(headers.traceparent.as_deref())
         .and_then(sagaflow_bus::TraceContext::parse);
     let hop = parent.map_or_else(sagaflow_bus::TraceContext::new_root, |p| p.child());
     let span_start = SystemTime::now();
     span.record("trace.id", hop.trace_id_hex().as_str());
     span.record("span.id", hop.span_id_hex().as_str());
-    let traceparent = Some(hop.header());
-    let outcome = execute_contained(shared, m, &cmd, traceparent.clone()).await;
+    let trace = TraceHeaders {
+        traceparent: Some(hop.header()),
+        tracestate: parent.and(headers.tracestate),
+    };
+    let outcome = execute_contained(shared, m, &cmd, &trace).await;
     if outcome.is_final() {
         remember(shared, m, &cmd, &outcome).await;
     }
-    let Some(replied) = send_reply(shared, m, &cmd, &outcome, traceparent, &mut backoff).await
-    else {
+    let Some(replied) = send_reply(shared, m, &cmd, &outcome, trace, &mut backoff).await else {
         return;
     };
     shared
@@ -961,6 +965,7 @@ pub(crate) fn adapter_command(cmd: &Command, traceparent: Option<String>) -> Ada
         input: cmd.input.clone(),
         timeout_ms: u64::try_from(cmd.timeout_ms).unwrap_or(0),
         traceparent,
+        tracestate: None,
     }
 }
 
@@ -991,7 +996,7 @@ pub(crate) fn wire_reply(cmd: &Command, outcome: &AdapterOutcome, completed_at: 
 /// Writes a final outcome to the durable idempotency log, to the partition
 /// of its command, and waits for the acknowledgement.
 async fn remember(shared: &Shared, m: &OwnedMessage, cmd: &Command, outcome: &AdapterOutcome) {
-    let value = durable::Completed::encode(outcome, now_ms());
+    let value = durable::Completed::encode(outcome, now_ms() as i64);
     let written = produce(
         shared,
         "idempotency",
@@ -1025,7 +1030,7 @@ async fn send_reply(
     m: &OwnedMessage,
     cmd: &Command,
     outcome: &AdapterOutcome,
-    traceparent: Option<String>,
+    trace: TraceHeaders,
     backoff: &mut Backoff,
 ) -> Option<OutcomeKind> {
     let replies = shared.names.replies();
@@ -1033,11 +1038,17 @@ async fn send_reply(
         saga_id: Some(cmd.saga_id.clone()),
         message_id: Some(format!("{}/reply", cmd.command_id)),
         message_type: Some("Reply".to_owned()),
-        traceparent,
-        tracestate: None,
+        traceparent: trace.traceparent,
+        tracestate: trace.tracestate,
     }
     .to_owned_headers();
-    let bytes = encode_reply(shared, m, &wire_reply(cmd, outcome, now_ms()), backoff).await?;
+    let bytes = encode_reply(
+        shared,
+        m,
+        &wire_reply(cmd, outcome, now_ms() as i64),
+        backoff,
+    )
+    .await?;
     let key = Some(cmd.saga_id.as_bytes());
     let refused = match produce(
         shared,
@@ -1077,7 +1088,13 @@ async fn send_reply(
         format!("{UNPRODUCIBLE_CODE}: operation `{}`: {why}", cmd.operation),
     );
     small.http_status = outcome.http_status;
-    let small_bytes = encode_reply(shared, m, &wire_reply(cmd, &small, now_ms()), backoff).await?;
+    let small_bytes = encode_reply(
+        shared,
+        m,
+        &wire_reply(cmd, &small, now_ms() as i64),
+        backoff,
+    )
+    .await?;
     match produce(shared, "reply", &replies, key, &small_bytes, headers, None).await {
         Ok(()) => Some(small.kind),
         Err(again) => {
@@ -1252,12 +1269,7 @@ fn spawn_http(
     state: HttpState,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state);
+    let app: axum::Router = probes(state).routes();
     tokio::spawn(async move {
         let stop = async move { stop_requested(&mut shutdown).await };
         // Timeouts and a connection cap: no slow client holds the server.
@@ -1268,37 +1280,25 @@ fn spawn_http(
     })
 }
 
-async fn readyz(
-    axum::extract::State(state): axum::extract::State<HttpState>,
-) -> (axum::http::StatusCode, &'static str) {
-    if state.ready.load(Ordering::SeqCst) {
-        (axum::http::StatusCode::OK, "ready\n")
-    } else {
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
-    }
-}
-
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<HttpState>,
-) -> (
-    axum::http::StatusCode,
-    [(&'static str, &'static str); 1],
-    String,
-) {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    let encoder = prometheus::TextEncoder::new();
-    match encoder.encode(&state.registry.gather(), &mut buf) {
-        Ok(()) => (
-            axum::http::StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
-            String::from_utf8_lossy(&buf).into_owned(),
-        ),
-        Err(e) => (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain")],
-            e.to_string(),
-        ),
+/// `/healthz` answers `ok`, `/readyz` `ready` or `stopping` (each with a
+/// newline); `/metrics` renders the adapter's registry.
+fn probes(state: HttpState) -> sagaflow_http::Probes {
+    let registry = state.registry;
+    sagaflow_http::Probes {
+        ready: state.ready,
+        answers: sagaflow_http::ProbeAnswers {
+            healthy: "ok\n",
+            ready: "ready\n",
+            not_ready: "stopping\n",
+        },
+        metrics: Arc::new(move || {
+            use prometheus::Encoder;
+            let mut buf = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&registry.gather(), &mut buf)
+                .map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }),
     }
 }
 

@@ -192,6 +192,7 @@ mod tests {
             input,
             timeout_ms: 1000,
             traceparent: None,
+            tracestate: None,
         }
     }
 

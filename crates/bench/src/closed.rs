@@ -5,8 +5,9 @@
 //! per-hop breakdown says where each millisecond of a saga went, read back
 //! from the timestamps of the records the saga left on every topic.
 
+use sagaflow_bus::now_ms;
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -55,13 +56,6 @@ const TO_ORCHESTRATOR: &str = "trigger/reply produced → orchestrator batch wri
 const STATE_ACK: &str = "state write → effects produced (changelog ack)";
 const TO_ADAPTER: &str = "command produced → reply produced (adapter fetch, HTTP, reply)";
 const FACADE_OUT: &str = "result produced → answer received (view, HTTP)";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 fn cpu_seconds() -> f64 {
     // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks
@@ -175,7 +169,7 @@ pub async fn run(
             while Instant::now() < until {
                 n += 1;
                 let body = serde_json::to_vec(&order(&format!("{tag}-{c}-{n}")))?;
-                let (t0, sent) = (Instant::now(), now_ms());
+                let (t0, sent) = (Instant::now(), now_ms() as i64);
                 let (status, out) = client
                     .post("/v1/sagas/order-checkout?wait=30s", &body)
                     .await?;
@@ -190,7 +184,7 @@ pub async fn run(
                 seen.push(Seen {
                     saga_id: v["saga_id"].as_str().unwrap_or_default().to_owned(),
                     sent,
-                    answered: now_ms(),
+                    answered: now_ms() as i64,
                 });
             }
             Ok::<_, anyhow::Error>((latencies, seen))
@@ -254,7 +248,7 @@ async fn breakdown(
         (names.saga_events(), Kind::Result),
     ];
     topics.extend(services.iter().map(|s| (names.commands(s), Kind::Command)));
-    let reader: StreamConsumer = kafka.consumer(&format!("bench-breakdown-{}", now_ms()))?;
+    let reader: StreamConsumer = kafka.consumer(&format!("bench-breakdown-{}", now_ms() as i64))?;
     let mut tpl = TopicPartitionList::new();
     for (topic, _) in &topics {
         let meta = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;

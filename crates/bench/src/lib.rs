@@ -1015,6 +1015,7 @@ async fn restore(
                 // As every live saga has: its own span, no publisher's.
                 traceparent: Some(sagaflow_bus::TraceContext::new_root().header()),
                 trigger_traceparent: None,
+                tracestate: None,
             };
             let bytes = serde_json::to_vec(&stored)?;
             state_bytes += bytes.len();

@@ -11,7 +11,10 @@ pub mod header_names {
 }
 
 /// The Sagaflow headers of one message. Absent or non-UTF-8 headers read
-/// as `None`; the first occurrence of a repeated header wins.
+/// as `None`; the first occurrence of a repeated header wins. A
+/// `tracestate` that is not a valid W3C list (or longer than 512 bytes)
+/// reads as `None`: it is dropped, never an error
+/// ([`sagaflow_trace::valid_tracestate`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SagaHeaders {
     pub saga_id: Option<String>,
@@ -53,6 +56,11 @@ impl SagaHeaders {
                 *slot = Some(value.to_owned());
             }
         }
+        out.tracestate = out
+            .tracestate
+            .as_deref()
+            .and_then(sagaflow_trace::valid_tracestate)
+            .map(str::to_owned);
         out
     }
 
@@ -83,6 +91,32 @@ mod tests {
         let owned = h.to_owned_headers();
         assert_eq!(owned.count(), 4);
         assert_eq!(SagaHeaders::from_headers(&owned), h);
+        let h = SagaHeaders {
+            tracestate: Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into()),
+            ..h
+        };
+        let owned = h.to_owned_headers();
+        assert_eq!(owned.count(), 5);
+        assert_eq!(SagaHeaders::from_headers(&owned), h);
+    }
+
+    #[test]
+    fn an_invalid_tracestate_is_dropped_and_the_rest_kept() {
+        let too_long = format!("k={}", "v".repeat(600));
+        for bad in ["no-equals-sign", "Key=v", too_long.as_str()] {
+            let owned = OwnedHeaders::new()
+                .insert(Header {
+                    key: header_names::TRACEPARENT,
+                    value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                })
+                .insert(Header {
+                    key: header_names::TRACESTATE,
+                    value: Some(bad),
+                });
+            let read = SagaHeaders::from_headers(&owned);
+            assert_eq!(read.tracestate, None, "{bad:?}");
+            assert!(read.traceparent.is_some());
+        }
     }
 
     #[test]

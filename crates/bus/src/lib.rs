@@ -3,17 +3,21 @@
 //! message headers that carry saga identity and trace context.
 
 pub mod baseline;
+mod clock;
 mod config;
 pub mod dead_letter;
 mod headers;
 pub mod lag;
 mod topics;
-pub mod trace;
 
+pub use clock::now_ms;
 pub use config::{ClientRole, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
+/// W3C trace context lives in `sagaflow-trace` (no Kafka client needed);
+/// re-exported so `sagaflow_bus::TraceContext` and `sagaflow_bus::trace`
+/// keep working.
+pub use sagaflow_trace::{self as trace, TraceContext, TraceHeaders};
 pub use topics::{TopicNames, TopicSpec, check_reachable, ensure_topics};
-pub use trace::TraceContext;
 
 /// Errors from setting up Kafka clients and topics.
 #[derive(Clone, Debug, thiserror::Error, sagaflow_codes::Coded)]

@@ -366,7 +366,7 @@ pub(crate) async fn run(args: PublishArgs) -> CliResult {
                 continue;
             }
         };
-        let headers = ingest::record_headers(&event, None);
+        let headers = ingest::record_headers(&event, None, None);
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&run.args.topic)
             .payload(bytes.as_slice())
             .headers(headers);

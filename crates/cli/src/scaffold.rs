@@ -298,8 +298,8 @@ pub(crate) fn openapi(
     service: &str,
     base_url: Option<&str>,
 ) -> Result<Scaffold, String> {
-    let (doc, _) = sagaflow_engine::yaml::load(text)
-        .map_err(|e| format!("{file}:{}: {}", e.position, e.message))?;
+    let (doc, _) =
+        sagaflow_config::load(text).map_err(|e| format!("{file}:{}: {}", e.position, e.message))?;
     let version = doc["openapi"].as_str().unwrap_or_default();
     if !version.starts_with("3.") {
         return Err(format!(

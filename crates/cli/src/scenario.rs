@@ -14,9 +14,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use sagaflow_config::Spans;
 use sagaflow_engine::definition::StepKind;
 use sagaflow_engine::virtual_clock::{SameInstant, VirtualClock};
-use sagaflow_engine::yaml::Spans;
 use sagaflow_engine::{
     AwaitedEvent, CommandKind, Effect, Engine, Input, LifecycleKind, Outcome, Reply, ReplyOutcome,
     SagaDefinition, SagaStatus, TimerPurpose, Timestamp, TriggerEvent,
@@ -275,7 +275,7 @@ fn operations(def: &SagaDefinition) -> Vec<String> {
 impl Scenario {
     /// Parses and checks a scenario against the definition it will run.
     fn parse(file: &str, source: &str, def: &SagaDefinition) -> Result<Scenario, String> {
-        let (value, spans) = sagaflow_engine::yaml::load(source)
+        let (value, spans) = sagaflow_config::load(source)
             .map_err(|e| format!("{file}:{}: invalid YAML: {}", e.position, e.message))?;
         let raw: RawScenario = serde_path_to_error::deserialize(value).map_err(|e| {
             let mut path = String::new();

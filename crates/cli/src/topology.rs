@@ -102,7 +102,7 @@ struct TopicEntry {
 /// Reads a topics file into specs with `prefix` on every name.
 fn topic_specs(file: &Path, prefix: &str) -> CliResult<Vec<sagaflow_bus::TopicSpec>> {
     let text = read(file)?;
-    let (value, _) = sagaflow_engine::yaml::load(&text)
+    let (value, _) = sagaflow_config::load(&text)
         .map_err(|e| Failure::Usage(format!("{}:{}: {}", file.display(), e.position, e.message)))?;
     let raw: TopicsFile = serde_json::from_value(value).map_err(|e| {
         Failure::Usage(format!(

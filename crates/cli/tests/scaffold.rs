@@ -33,6 +33,7 @@ fn command(service: &str, operation: &str, saga: &str, input: Value) -> AdapterC
         input,
         timeout_ms: 10_000,
         traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! everything that changes a saga or a topic wants the operator token, and
 //! is refused outright when none is configured (read-only mode).
 
+use sagaflow_bus::now_ms;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,13 +184,6 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 async fn whoami(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     let role = match s.role(&headers) {
         Role::Nobody => "none",
@@ -209,7 +203,7 @@ async fn overview(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(r) = s.require(&headers, Role::Reader) {
         return *r;
     }
-    match s.store.overview(now_ms()).await {
+    match s.store.overview(now_ms() as i64).await {
         Ok(o) => {
             let mut v = serde_json::to_value(o).unwrap_or_default();
             v["indexed_records"] = json!(
@@ -368,7 +362,7 @@ async fn one_saga(
     let result = o.send(id, action, b.reason.as_deref()).await;
     let line = AuditLine {
         id: 0,
-        at: now_ms(),
+        at: now_ms() as i64,
         who: who(&b),
         action: action.to_owned(),
         filter: format!("id={id}"),
@@ -480,7 +474,7 @@ async fn bulk(
     }
     let line = AuditLine {
         id: 0,
-        at: now_ms(),
+        at: now_ms() as i64,
         who: who(&b),
         action: format!("bulk-{action}"),
         filter: described,
@@ -633,7 +627,7 @@ async fn redrive(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
             Err((e, _)) => errors.push(json!({ "id": id, "error": format!("not produced: {e}") })),
         }
     }
-    let at = now_ms();
+    let at = now_ms() as i64;
     let actor = who(&b);
     if let Err(e) = s.store.mark_redriven(&done, &actor, at).await {
         return console_error(&e);

@@ -1,6 +1,7 @@
 //! The console process: configuration, the indexer, retention, and the
 //! HTTP server, run together until a shutdown signal.
 
+use sagaflow_bus::now_ms;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -138,7 +139,7 @@ impl ConsoleConfig {
     /// a relative `database` path is resolved against the file's directory.
     pub fn from_yaml(file: &std::path::Path, source: &str) -> Result<Self, ConsoleError> {
         let name = file.display().to_string();
-        let (value, spans) = sagaflow_engine::yaml::load(source).map_err(|e| {
+        let (value, spans) = sagaflow_config::load(source).map_err(|e| {
             ConsoleError::Config(format!(
                 "{name}:{}:{}: {}",
                 e.position.line, e.position.column, e.message
@@ -207,13 +208,6 @@ impl ConsoleConfig {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Runs the console until `shutdown` turns true.
 pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), ConsoleError> {
     let cfg = v.cfg;
@@ -251,7 +245,7 @@ pub async fn run(v: Validated, shutdown: watch::Receiver<bool>) -> Result<(), Co
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
-                match store.prune(now_ms() - retention, 10_000).await {
+                match store.prune(now_ms() as i64 - retention, 10_000).await {
                     Ok(n) if n > 0 => info!(removed = n, "console: retention removed ended sagas"),
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "console: retention failed; will retry"),

@@ -1,6 +1,6 @@
 //! Errors with stable codes (documented in `docs/errors.md`).
 
-use crate::yaml::Position;
+use sagaflow_config::Position;
 
 /// Stable codes of definition errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -21,7 +21,10 @@ pub mod lint;
 pub mod load;
 pub mod state;
 pub mod virtual_clock;
-pub mod yaml;
+
+// The YAML loader moved to `sagaflow-config`; the definition modules still
+// name it `crate::yaml`.
+use sagaflow_config as yaml;
 
 pub use definition::{
     DefinitionRegistry, DeploymentTopics, NodeId, RawSagaDefinition, RetryOn, RetryPolicy,
@@ -35,8 +38,8 @@ pub use engine::{
 pub use error::{DefCode, DefinitionError, DefinitionErrors, EngineError};
 pub use lint::DefinitionWarning;
 pub use load::{LoadError, load_definitions};
+pub use sagaflow_config::Position;
 pub use state::{Phase, SagaState, SagaStatus, StepRun, Timer, TimerPurpose, Timestamp};
-pub use yaml::Position;
 
 /// FNV-1a (64 bit): a small, stable hash for deterministic jitter and ids
 /// (std's hasher is not guaranteed stable across releases).

@@ -11,7 +11,7 @@
 use crate::NodeId;
 use crate::definition::ListOwner;
 use crate::definition::{OnDeadline, RetryPolicy, SagaDefinition, StepKind};
-use crate::yaml::Position;
+use sagaflow_config::Position;
 
 /// Every warning code.
 pub const CODES: &[&str] = &[W001, W002, W003, W004];

@@ -15,7 +15,8 @@
 //!
 //! [`Server::serve`] runs an axum [`Router`] with these limits through
 //! hyper's HTTP/1 connection builder; [`require_bearer`] is the bearer-token
-//! check the APIs share.
+//! check the APIs share; [`Probes::routes`] the `/healthz`, `/readyz` and
+//! `/metrics` routes both runtimes serve.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -29,10 +30,12 @@
 mod auth;
 mod body;
 mod config;
+mod probes;
 mod serve;
 
 pub use auth::{BearerToken, TokenError, require_bearer};
 pub use config::{ConfigError, RawServerConfig, ServerConfig};
+pub use probes::{PROMETHEUS_TEXT, ProbeAnswers, Probes, RenderMetrics};
 pub use serve::{Server, ServerStats};
 
 use axum::Json;

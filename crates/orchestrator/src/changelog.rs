@@ -301,6 +301,7 @@ mod tests {
             outbox: Vec::new(),
             traceparent: None,
             trigger_traceparent: None,
+            tracestate: None,
         })
         .unwrap()
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sagaflow_bus::{KafkaConfig, TopicNames};
 use sagaflow_codec::CodecConfig;
+use sagaflow_config::apply_env_overrides;
 use serde::Deserialize;
 
 /// The configuration file as written.
@@ -256,7 +257,7 @@ impl OrchestratorConfig {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let name = file.display().to_string();
-        let (mut value, spans) = sagaflow_engine::yaml::load(source).map_err(|e| ConfigError {
+        let (mut value, spans) = sagaflow_config::load(source).map_err(|e| ConfigError {
             file: name.clone(),
             line: e.position.line,
             column: e.position.column,
@@ -328,8 +329,6 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "dedup-window",
 ];
 
-pub use sagaflow_engine::yaml::apply_env_overrides;
-
 #[cfg(test)]
 mod env_tests {
     use super::*;
@@ -377,23 +376,6 @@ mod env_tests {
         assert_eq!(value["group-id"], "g");
         assert!(value.get("api-token").is_none());
         assert!(value.get("orchestrator-config").is_none());
-    }
-
-    #[test]
-    fn numbers_and_booleans_are_typed_but_kafka_properties_stay_strings() {
-        let mut value = serde_json::json!({});
-        apply_env_overrides(
-            &mut value,
-            &["x", "kafka"],
-            vars(&[
-                ("SAGAFLOW_X__N", "12"),
-                ("SAGAFLOW_X__B", "true"),
-                ("SAGAFLOW_KAFKA__PROPERTIES__LINGER_MS", "5"),
-            ]),
-        );
-        assert_eq!(value["x"]["n"], 12);
-        assert_eq!(value["x"]["b"], true);
-        assert_eq!(value["kafka"]["properties"]["linger.ms"], "5");
     }
 }
 

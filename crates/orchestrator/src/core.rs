@@ -64,6 +64,33 @@ pub struct StoredSaga {
     /// the saga started a new trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_traceparent: Option<String>,
+    /// The trigger's W3C `tracestate` (the vendors' list), carried
+    /// unchanged on every record the saga sends; none when the trigger had
+    /// none or the saga started a new trace. Records written before sagas
+    /// carried it read as none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+/// A saga's trace context as its records carry it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SagaTrace<'a> {
+    /// The saga's own span.
+    pub span: Option<&'a str>,
+    /// The trigger's span (the saga span's parent).
+    pub trigger_span: Option<&'a str>,
+    /// The trigger's `tracestate`.
+    pub tracestate: Option<&'a str>,
+}
+
+impl StoredSaga {
+    pub fn trace(&self) -> SagaTrace<'_> {
+        SagaTrace {
+            span: self.traceparent.as_deref(),
+            trigger_span: self.trigger_traceparent.as_deref(),
+            tracestate: self.tracestate.as_deref(),
+        }
+    }
 }
 
 /// One saga at rest, compactly: its stored form (state and trace context,
@@ -91,6 +118,8 @@ struct Frozen<'a> {
     traceparent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trigger_traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracestate: Option<&'a str>,
 }
 
 /// One saga thawed: while inputs are applied to it, until the next drain.
@@ -99,6 +128,7 @@ pub struct Entry {
     pub state: SagaState,
     pub traceparent: Option<String>,
     pub trigger_traceparent: Option<String>,
+    pub tracestate: Option<String>,
     /// The timers of this saga currently in the core's timer set.
     armed: Vec<(u64, String)>,
     /// When each in-flight command was issued (for step latency; not
@@ -236,6 +266,7 @@ impl PartitionCore {
                 state: stored.state,
                 traceparent: stored.traceparent,
                 trigger_traceparent: stored.trigger_traceparent,
+                tracestate: stored.tracestate,
                 armed: Vec::new(),
                 issued: HashMap::new(),
                 stored_bytes: 0,
@@ -263,6 +294,7 @@ impl PartitionCore {
             state: &entry.state,
             traceparent: entry.traceparent.as_deref(),
             trigger_traceparent: entry.trigger_traceparent.as_deref(),
+            tracestate: entry.tracestate.as_deref(),
         })
         .expect("a saga serialises");
         let saga_type = match self.types.get(&entry.state.saga_type) {
@@ -294,6 +326,7 @@ impl PartitionCore {
             outbox: Vec::new(),
             traceparent: entry.traceparent,
             trigger_traceparent: entry.trigger_traceparent,
+            tracestate: entry.tracestate,
         };
         (resting, stored)
     }
@@ -311,6 +344,7 @@ impl PartitionCore {
             state: stored.state,
             traceparent: stored.traceparent,
             trigger_traceparent: stored.trigger_traceparent,
+            tracestate: stored.tracestate,
             armed: resting
                 .armed
                 .into_iter()
@@ -445,13 +479,30 @@ impl PartitionCore {
     }
 
     /// An input envelope (`sagaflow.inputs`) of `input_bytes` bytes,
-    /// carrying the trigger's `traceparent` if any. `new_trace` makes the
-    /// trace context of a saga that starts without one (the driver's
-    /// randomness, kept out of the core).
+    /// carrying the trigger's `traceparent` if any and no `tracestate`
+    /// (see [`Self::handle_traced_input`]).
     pub fn handle_input(
         &mut self,
         env: Envelope,
         traceparent: Option<&str>,
+        input_bytes: usize,
+        now: u64,
+        new_trace: impl FnOnce(Option<&str>) -> (String, Option<String>),
+    ) -> Result<(), Refusal> {
+        self.handle_traced_input(env, traceparent, None, input_bytes, now, new_trace)
+    }
+
+    /// An input envelope (`sagaflow.inputs`) of `input_bytes` bytes,
+    /// carrying the trigger's `traceparent` and `tracestate` if any.
+    /// `new_trace` makes the saga's span from the trigger's and returns it
+    /// with the trigger's span when that was valid (the driver's
+    /// randomness, kept out of the core); the `tracestate` is kept only
+    /// with a valid trigger span, as a new trace has no vendor state.
+    pub fn handle_traced_input(
+        &mut self,
+        env: Envelope,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
         input_bytes: usize,
         now: u64,
         new_trace: impl FnOnce(Option<&str>) -> (String, Option<String>),
@@ -484,7 +535,7 @@ impl PartitionCore {
                         saga_type: saga_type.clone(),
                         source,
                     })?;
-                if let Some(size) = self.oversized(&state, &effects, input_bytes) {
+                if let Some(size) = self.oversized(&state, &effects, tracestate, input_bytes) {
                     return Err(Refused::TooLarge(format!(
                         "saga `{saga_id}`: its state would be {size} bytes, over the record limit of {} bytes (max-record-bytes / message.max.bytes); the trigger is refused",
                         self.limits.record_limit
@@ -505,6 +556,7 @@ impl PartitionCore {
                 let mut entry = Entry {
                     state,
                     traceparent: Some(trace),
+                    tracestate: parent.as_ref().and(tracestate).map(str::to_owned),
                     trigger_traceparent: parent,
                     armed: Vec::new(),
                     issued: HashMap::new(),
@@ -706,12 +758,21 @@ impl PartitionCore {
     /// The size a saga's changelog record would have, if over the limit.
     /// Small inputs cannot push a small saga over: it measures only when
     /// they might (`input_bytes` of `usize::MAX` always measures).
-    fn oversized(&self, state: &SagaState, outbox: &[Effect], input_bytes: usize) -> Option<usize> {
+    fn oversized(
+        &self,
+        state: &SagaState,
+        outbox: &[Effect],
+        tracestate: Option<&str>,
+        input_bytes: usize,
+    ) -> Option<usize> {
         if input_bytes < self.limits.record_limit / 8 {
             return None;
         }
-        let size =
-            serde_json::to_vec(&(state, outbox)).map_or(usize::MAX, |b| b.len()) + RECORD_OVERHEAD;
+        // The stored form carries the trigger's `tracestate` (up to 512
+        // bytes) beside the state: it counts too.
+        let size = serde_json::to_vec(&(state, outbox)).map_or(usize::MAX, |b| b.len())
+            + tracestate.map_or(0, str::len)
+            + RECORD_OVERHEAD;
         (size > self.limits.record_limit).then_some(size)
     }
 
@@ -743,7 +804,12 @@ impl PartitionCore {
         let mut applied = self.engine.apply(&mut entry.state, input, Timestamp(now));
         let mut refused = None;
         if let Some(before) = before
-            && let Some(size) = self.oversized(&entry.state, &applied.effects, usize::MAX)
+            && let Some(size) = self.oversized(
+                &entry.state,
+                &applied.effects,
+                entry.tracestate.as_deref(),
+                usize::MAX,
+            )
         {
             let reason = format!(
                 "saga `{saga_id}`: this {kind} would grow its state to {size} bytes, over the record limit of {record_limit} bytes; the saga is aborted"
@@ -1059,5 +1125,116 @@ mod tests {
         assert_eq!(restored.len(), 1);
         assert_eq!(owed.len(), 1, "its first command is owed: no delivery mark");
         assert!(!owed[0].1.outbox.is_empty());
+    }
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const STATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+
+    /// A saga span that continues a valid trigger span, as the driver's is.
+    fn continued(parent: Option<&str>) -> (String, Option<String>) {
+        let (span, _) = trace(parent);
+        (span, parent.map(str::to_owned))
+    }
+
+    fn replay_of(changes: &[Change]) -> Replay {
+        let mut replay = Replay::new();
+        for (i, ch) in changes.iter().enumerate() {
+            replay.apply(&changelog::Record {
+                offset: i as i64,
+                key: Some(&ch.key),
+                payload: ch.payload.as_deref(),
+                epoch: None,
+            });
+        }
+        replay
+    }
+
+    #[test]
+    fn the_triggers_tracestate_is_stored_with_the_saga_and_survives_a_restore() {
+        let mut c = core();
+        c.handle_traced_input(
+            trigger("o-1", "c"),
+            Some(PARENT),
+            Some(STATE),
+            100,
+            T0,
+            continued,
+        )
+        .unwrap();
+        let mut d = c.drain();
+        let stored = &d.sagas[0].1;
+        assert_eq!(stored.tracestate.as_deref(), Some(STATE));
+        assert_eq!(stored.trace().tracestate, Some(STATE));
+        assert_eq!(stored.trace().trigger_span, Some(PARENT));
+        let changes = c.changes(&mut d);
+        // Thawed again for a later input (an abort here), the saga still
+        // has it, and so does every record it now owes.
+        c.handle_input(
+            Envelope::Abort {
+                saga_id: "order-checkout:o-1".to_owned(),
+                request_id: "r-1".to_owned(),
+                reason: "test".to_owned(),
+            },
+            None,
+            10,
+            T0 + 1,
+            trace,
+        )
+        .unwrap();
+        let d = c.drain();
+        assert_eq!(d.sagas[0].1.tracestate.as_deref(), Some(STATE));
+        assert!(!d.sagas[0].1.outbox.is_empty());
+        let (_, owed) = core().restore(replay_of(&changes), T0, || "unused".to_owned());
+        assert_eq!(owed[0].1.tracestate.as_deref(), Some(STATE));
+    }
+
+    #[test]
+    fn a_new_trace_carries_no_tracestate() {
+        let mut c = core();
+        // The trigger's span was invalid: the saga starts a new trace.
+        c.handle_traced_input(
+            trigger("o-1", "c"),
+            Some("00-bad-01"),
+            Some(STATE),
+            100,
+            T0,
+            trace,
+        )
+        .unwrap();
+        let d = c.drain();
+        assert_eq!(d.sagas[0].1.tracestate, None);
+        assert_eq!(d.sagas[0].1.trace().trigger_span, None);
+    }
+
+    #[test]
+    fn a_changelog_record_written_before_tracestate_still_restores() {
+        let mut c = core();
+        c.handle_input(trigger("o-1", "c"), None, 100, T0, trace)
+            .unwrap();
+        let d = c.drain();
+        let stored = &d.sagas[0].1;
+        // The shape the orchestrator wrote before sagas carried a tracestate.
+        let old = serde_json::to_vec(&json!({
+            "state": stored.state,
+            "outbox": stored.outbox,
+            "traceparent": PARENT,
+            "trigger_traceparent": PARENT,
+        }))
+        .unwrap();
+        let decoded: StoredSaga = serde_json::from_slice(&old).expect("an old record decodes");
+        assert_eq!(decoded.tracestate, None);
+        assert_eq!(decoded.traceparent.as_deref(), Some(PARENT));
+        let mut replay = Replay::new();
+        replay.apply(&changelog::Record {
+            offset: 0,
+            key: Some("order-checkout:o-1"),
+            payload: Some(&old),
+            epoch: None,
+        });
+        let (restored, owed) = core().restore(replay, T0, || "unused".to_owned());
+        assert!(restored.contains("order-checkout:o-1"));
+        assert_eq!(owed.len(), 1);
+        assert_eq!(owed[0].1.tracestate, None);
+        assert_eq!(owed[0].1.traceparent.as_deref(), Some(PARENT));
     }
 }

@@ -7,6 +7,7 @@ use sagaflow_bus::{SagaHeaders, TraceContext};
 use sagaflow_codec::SagaEvent;
 use sagaflow_engine::{Effect, SagaState};
 
+use crate::core::SagaTrace;
 use crate::outbound::{Outgoing, effect_kind, export_spans, now_ms};
 use crate::refusal::EffectDropped;
 use crate::runtime::{Driver, Stopping};
@@ -34,15 +35,12 @@ impl Driver {
         &self,
         saga_id: &str,
         state: &SagaState,
-        (saga_span, trigger_span): (Option<&str>, Option<&str>),
+        trace: SagaTrace<'_>,
         e: &Effect,
     ) -> Result<Option<Outgoing>, Stopping> {
         let mut attempt = 0;
         loop {
-            match self
-                .try_effect_record(saga_id, state, (saga_span, trigger_span), e)
-                .await
-            {
+            match self.try_effect_record(saga_id, state, trace, e).await {
                 Err(err) if err.is_retriable() => {
                     self.backoff(&mut attempt, "registry", &err).await?;
                 }
@@ -64,18 +62,19 @@ impl Driver {
         &self,
         saga_id: &str,
         state: &SagaState,
-        (saga_span, trigger_span): (Option<&str>, Option<&str>),
+        trace: SagaTrace<'_>,
         e: &Effect,
     ) -> Result<Option<Outgoing>, sagaflow_codec::EncodeError> {
-        // Every record is a hop of its own: a child span of the saga's.
-        let saga = TraceContext::continue_or_start(saga_span);
+        // Every record is a hop of its own: a child span of the saga's,
+        // with the trigger's `tracestate` alongside, unchanged.
+        let saga = TraceContext::continue_or_start(trace.span);
         let hop = saga.child();
         let traceparent = Some(hop.header());
         if sagaflow_telemetry::exporting() {
             export_spans(
                 state,
                 &saga,
-                trigger_span.and_then(TraceContext::parse),
+                trace.trigger_span.and_then(TraceContext::parse),
                 &hop,
                 e,
                 &self.names,
@@ -155,7 +154,7 @@ impl Driver {
                     message_id: Some(message_id),
                     message_type: Some(kind),
                     traceparent,
-                    tracestate: None,
+                    tracestate: trace.tracestate.map(str::to_owned),
                 }
                 .to_owned_headers(),
             })

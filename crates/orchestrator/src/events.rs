@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
-use sagaflow_bus::SagaHeaders;
+use sagaflow_bus::{SagaHeaders, TraceHeaders};
 use sagaflow_codec::schema_set::{SchemaFile, load_dir};
 use sagaflow_codec::{Codec, DecodeError, EncodeError, TopicFormat};
 use serde_json::Value;
@@ -20,6 +20,18 @@ pub struct DomainEventIn {
     pub event_type: String,
     pub payload: Value,
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` that came with `traceparent` (a valid list).
+    pub tracestate: Option<String>,
+}
+
+impl DomainEventIn {
+    /// The trace headers the event's saga input carries on.
+    pub fn trace(&self) -> TraceHeaders {
+        TraceHeaders {
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+        }
+    }
 }
 
 /// Why a domain event could not be read.
@@ -95,6 +107,7 @@ pub async fn decode(codec: &Codec, m: &BorrowedMessage<'_>) -> Result<DomainEven
         event_type,
         payload,
         traceparent: headers.traceparent,
+        tracestate: headers.tracestate,
     })
 }
 

@@ -10,9 +10,10 @@
 //! supervisor to restart it. The watchdog runs as its own task, so a
 //! driver that blocks its thread cannot hide from it.
 
+use sagaflow_bus::now_ms;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Shared between the driver, the HTTP API and the watchdog.
 #[derive(Clone, Debug, Default)]
@@ -21,13 +22,6 @@ pub struct Health {
     /// Milliseconds since the epoch of the driver's last beat; 0 before
     /// the first.
     alive_at: Arc<AtomicU64>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 impl Health {

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagaflow_bus::TopicNames;
+use sagaflow_bus::{TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
 use sagaflow_engine::{Engine, TriggerEvent};
 use sagaflow_http::{BearerToken, Refusal};
@@ -241,7 +241,7 @@ async fn operator(s: &ApiState, id: &str, abort: Option<String>) -> Response {
             request_id: request_id.clone(),
         },
     };
-    match send_envelope(&s.producer, &s.names, &env, None).await {
+    match send_envelope(&s.producer, &s.names, &env, TraceHeaders::default()).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
             Json(json!({ "saga_id": id, "request_id": request_id, "status_url": format!("/v1/sagas/{id}") })),
@@ -349,12 +349,7 @@ async fn start(
     };
     // A caller's trace context continues into the saga; an invalid one is
     // replaced by a fresh trace.
-    let traceparent = ingest::caller_traceparent(
-        headers
-            .get("traceparent")
-            .map(|v| v.to_str().unwrap_or_default()),
-    );
-    if let Err(e) = send_envelope(&s.producer, &s.names, &env, traceparent).await {
+    if let Err(e) = send_envelope(&s.producer, &s.names, &env, caller_trace(&headers)).await {
         tracing::warn!(error = %e, "a saga start was not acknowledged by the broker");
         return ApiError::Unavailable(format!(
             "could not start the saga: {}",
@@ -505,15 +500,15 @@ async fn ingest_events(
             }
         }
     }
-    let traceparent = ingest::caller_traceparent(
-        headers
-            .get("traceparent")
-            .map(|v| v.to_str().unwrap_or_default()),
-    );
+    let trace = caller_trace(&headers);
     let sends = encoded.iter().map(|(event, bytes)| {
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&full)
             .payload(bytes.as_slice())
-            .headers(ingest::record_headers(event, traceparent.as_deref()));
+            .headers(ingest::record_headers(
+                event,
+                trace.traceparent.as_deref(),
+                trace.tracestate.as_deref(),
+            ));
         if let Some(k) = event.key.as_deref() {
             record = record.key(k);
         }
@@ -557,9 +552,40 @@ async fn ingest_events(
     (StatusCode::ACCEPTED, Json(answer)).into_response()
 }
 
+/// A caller's W3C trace context from its request headers, as it is carried
+/// on ([`TraceHeaders::from_caller`]): `traceparent`, and `tracestate`,
+/// whose repeated headers are one list joined with commas (W3C).
+fn caller_trace(headers: &HeaderMap) -> TraceHeaders {
+    let traceparent = headers
+        .get("traceparent")
+        .map(|v| v.to_str().unwrap_or_default());
+    let states: Vec<&str> = headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let tracestate = (!states.is_empty()).then(|| states.join(","));
+    TraceHeaders::from_caller(traceparent, tracestate.as_deref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callers_tracestate_headers_are_one_list_next_to_its_traceparent() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", TP.parse().unwrap());
+        h.append("tracestate", "rojo=1".parse().unwrap());
+        h.append("tracestate", "congo=2".parse().unwrap());
+        let trace = caller_trace(&h);
+        assert_eq!(trace.traceparent.as_deref(), Some(TP));
+        assert_eq!(trace.tracestate.as_deref(), Some("rojo=1,congo=2"));
+        // Without a traceparent the list has no trace to go with.
+        h.remove("traceparent");
+        assert_eq!(caller_trace(&h), TraceHeaders::default());
+    }
 
     #[test]
     fn caller_errors_show_no_internal_addresses() {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use sagaflow_bus::{TraceContext, header_names};
+use sagaflow_bus::{TraceHeaders, header_names};
 use sagaflow_codec::schema_set::SchemaFile;
 use sagaflow_codec::{Codec, EncodeError, TopicFormat};
 use sagaflow_engine::DefinitionRegistry;
@@ -193,18 +193,39 @@ fn short(v: &Value) -> String {
 }
 
 /// The Kafka headers of an event: its own headers, `sagaflow-type`, and
-/// the W3C `traceparent`. `traceparent` (the HTTP request's) wins over one
-/// among the event's headers; an event's own `traceparent` that is not a
-/// valid W3C trace context is replaced by a fresh one, never forwarded.
-pub fn record_headers(event: &IngestEvent, traceparent: Option<&str>) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(event.headers.len() + 2);
-    let own = event.headers.get(header_names::TRACEPARENT).map(|tp| {
-        TraceContext::parse(tp)
-            .unwrap_or_else(TraceContext::new_root)
-            .header()
-    });
+/// the W3C `traceparent` with its `tracestate`. `traceparent` and
+/// `tracestate` (the HTTP request's, as [`TraceHeaders::from_caller`]
+/// forwards them) win over those among the event's headers; an event's own
+/// `traceparent` that is not a valid W3C trace context is replaced by a
+/// fresh one, never forwarded, and its own `tracestate` goes only with its
+/// own valid `traceparent` and only when it is a valid list.
+pub fn record_headers(
+    event: &IngestEvent,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(event.headers.len() + 3);
+    let trace = match traceparent {
+        Some(tp) => TraceHeaders {
+            traceparent: Some(tp.to_owned()),
+            tracestate: tracestate.map(str::to_owned),
+        },
+        None => TraceHeaders::from_caller(
+            event
+                .headers
+                .get(header_names::TRACEPARENT)
+                .map(String::as_str),
+            event
+                .headers
+                .get(header_names::TRACESTATE)
+                .map(String::as_str),
+        ),
+    };
     for (k, v) in &event.headers {
-        if k == header_names::MESSAGE_TYPE || k == header_names::TRACEPARENT {
+        if k == header_names::MESSAGE_TYPE
+            || k == header_names::TRACEPARENT
+            || k == header_names::TRACESTATE
+        {
             continue;
         }
         out = out.insert(Header {
@@ -216,11 +237,16 @@ pub fn record_headers(event: &IngestEvent, traceparent: Option<&str>) -> OwnedHe
         key: header_names::MESSAGE_TYPE,
         value: Some(event.event_type.as_bytes()),
     });
-    if let Some(tp) = traceparent.map(str::to_owned).or(own) {
-        out = out.insert(Header {
-            key: header_names::TRACEPARENT,
-            value: Some(tp.as_bytes()),
-        });
+    for (key, value) in [
+        (header_names::TRACEPARENT, &trace.traceparent),
+        (header_names::TRACESTATE, &trace.tracestate),
+    ] {
+        if let Some(value) = value {
+            out = out.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
     }
     out
 }
@@ -229,11 +255,7 @@ pub fn record_headers(event: &IngestEvent, traceparent: Option<&str>) -> OwnedHe
 /// same when it is valid W3C trace context, a fresh one when it is not,
 /// none when there is none.
 pub fn caller_traceparent(header: Option<&str>) -> Option<String> {
-    header.map(|h| {
-        TraceContext::parse(h)
-            .unwrap_or_else(TraceContext::new_root)
-            .header()
-    })
+    TraceHeaders::from_caller(header, None).traceparent
 }
 
 /// Whether `topic` (maybe prefixed) is one of the topics `subjects.json`
@@ -345,7 +367,67 @@ pub fn known_events(registry: &DefinitionRegistry) -> BTreeMap<String, BTreeSet<
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+    use sagaflow_bus::TraceContext;
     use serde_json::json;
+
+    fn trace_pairs(h: &OwnedHeaders) -> Vec<(String, String)> {
+        h.iter()
+            .filter(|x| x.key.starts_with("trace"))
+            .map(|x| {
+                (
+                    x.key.to_owned(),
+                    String::from_utf8_lossy(x.value.unwrap()).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tracestate_goes_with_the_traceparent_it_came_with() {
+        const OWN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        const CALLER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let e = parse_event(
+            json!({"type": "T", "headers": {"traceparent": OWN, "tracestate": "own=1"}, "payload": {}}),
+            None,
+            None,
+        )
+        .unwrap();
+        // The event's own pair travels together.
+        assert_eq!(
+            trace_pairs(&record_headers(&e, None, None)),
+            [
+                ("traceparent".to_owned(), OWN.to_owned()),
+                ("tracestate".to_owned(), "own=1".to_owned())
+            ]
+        );
+        // The caller's pair wins; the event's own list is not mixed in.
+        assert_eq!(
+            trace_pairs(&record_headers(&e, Some(CALLER), Some("caller=2"))),
+            [
+                ("traceparent".to_owned(), CALLER.to_owned()),
+                ("tracestate".to_owned(), "caller=2".to_owned())
+            ]
+        );
+        assert_eq!(
+            trace_pairs(&record_headers(&e, Some(CALLER), None)),
+            [("traceparent".to_owned(), CALLER.to_owned())]
+        );
+        // An own list that is invalid, or without a valid traceparent, is dropped.
+        for headers in [
+            json!({"traceparent": OWN, "tracestate": "Bad List"}),
+            json!({"traceparent": "00-bad-01", "tracestate": "own=1"}),
+            json!({"tracestate": "own=1"}),
+        ] {
+            let e = parse_event(
+                json!({"type": "T", "headers": headers, "payload": {}}),
+                None,
+                None,
+            )
+            .unwrap();
+            let pairs = trace_pairs(&record_headers(&e, None, None));
+            assert!(pairs.iter().all(|(k, _)| k != "tracestate"), "{pairs:?}");
+        }
+    }
 
     #[test]
     fn envelopes_and_bare_payloads() {
@@ -425,7 +507,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let h = record_headers(&e, Some("00-abc-def-01"));
+        let h = record_headers(&e, Some("00-abc-def-01"), None);
         let pairs: Vec<(String, String)> = h
             .iter()
             .map(|x| {
@@ -479,7 +561,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let sent: Vec<String> = record_headers(&e, None)
+        let sent: Vec<String> = record_headers(&e, None, None)
             .iter()
             .filter(|h| h.key == "traceparent")
             .map(|h| String::from_utf8_lossy(h.value.unwrap()).into_owned())

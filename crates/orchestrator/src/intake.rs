@@ -51,10 +51,10 @@ impl Driver {
                 return;
             }
         };
-        let traceparent = m
+        let headers = m
             .headers()
             .map(SagaHeaders::from_headers)
-            .and_then(|h| h.traceparent);
+            .unwrap_or_default();
         let input_bytes = m.payload().map_or(0, <[u8]>::len);
         // The saga is a span of its own: a child of the trigger's, or the
         // root of a new trace.
@@ -63,9 +63,10 @@ impl Driver {
             let trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
             (trace.header(), parent.map(|p| p.header()))
         };
-        let r = core.handle_input(
+        let r = core.handle_traced_input(
             env,
-            traceparent.as_deref(),
+            headers.traceparent.as_deref(),
+            headers.tracestate.as_deref(),
             input_bytes,
             now_ms(),
             new_trace,

@@ -8,7 +8,7 @@ use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sagaflow_bus::{SagaHeaders, TopicNames, TraceContext};
+use sagaflow_bus::{SagaHeaders, TopicNames, TraceContext, TraceHeaders};
 use sagaflow_engine::{Effect, SagaState};
 
 use crate::changelog::{self, DeliveredMark};
@@ -131,17 +131,13 @@ pub(crate) fn dead_letter(
 /// at the source topic, partition and offset.
 pub const PAYLOAD_OMITTED: &str = "sagaflow-dlq-payload-omitted";
 
-pub(crate) fn envelope_record(
-    names: &TopicNames,
-    env: &Envelope,
-    traceparent: Option<String>,
-) -> Outgoing {
+pub(crate) fn envelope_record(names: &TopicNames, env: &Envelope, trace: TraceHeaders) -> Outgoing {
     let headers = SagaHeaders {
         saga_id: Some(env.saga_id().to_owned()),
         message_id: Some(env.message_id().to_owned()),
         message_type: Some("sagaflow.Envelope".to_owned()),
-        traceparent,
-        tracestate: None,
+        traceparent: trace.traceparent,
+        tracestate: trace.tracestate,
     };
     Outgoing {
         topic: names.inputs(),
@@ -158,9 +154,9 @@ pub async fn send_envelope(
     producer: &FutureProducer,
     names: &TopicNames,
     env: &Envelope,
-    traceparent: Option<String>,
+    trace: TraceHeaders,
 ) -> Result<(), String> {
-    let out = envelope_record(names, env, traceparent);
+    let out = envelope_record(names, env, trace);
     produce(producer, out).await.map(|_| ())
 }
 

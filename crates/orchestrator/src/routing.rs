@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
+use sagaflow_bus::TraceHeaders;
 use tracing::warn;
 
 use crate::events;
@@ -83,7 +84,7 @@ impl Driver {
                         saga_id,
                         event: trigger,
                     };
-                    if !self.route(m, &env, event.traceparent.clone(), work) {
+                    if !self.route(m, &env, event.trace(), work) {
                         return Ok(());
                     }
                     routed += 1;
@@ -115,7 +116,7 @@ impl Driver {
                             payload: event.payload.clone(),
                         },
                     };
-                    if !self.route(m, &env, event.traceparent.clone(), work) {
+                    if !self.route(m, &env, event.trace(), work) {
                         return Ok(());
                     }
                     routed += 1;
@@ -139,10 +140,10 @@ impl Driver {
         &self,
         m: &BorrowedMessage<'_>,
         env: &Envelope,
-        traceparent: Option<String>,
+        trace: TraceHeaders,
         work: &mut Batch,
     ) -> bool {
-        let record = envelope_record(&self.names, env, traceparent);
+        let record = envelope_record(&self.names, env, trace);
         if record.size() > self.record_limit {
             let refused = Refused::TooLarge(format!(
                 "the event makes a saga input of {} bytes, over the record limit of {} bytes",

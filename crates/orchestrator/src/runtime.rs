@@ -622,11 +622,9 @@ impl Driver {
                     .outbox_resent
                     .with_label_values(&[effect_kind(e)])
                     .inc();
-                let spans = (
-                    stored.traceparent.as_deref(),
-                    stored.trigger_traceparent.as_deref(),
-                );
-                let record = self.effect_record(&saga_id, &stored.state, spans, e).await;
+                let record = self
+                    .effect_record(&saga_id, &stored.state, stored.trace(), e)
+                    .await;
                 resend.extend(record.map_err(|Stopping| stopped("re-sending owed effects"))?);
             }
         }
@@ -686,12 +684,10 @@ impl Driver {
             let mut drained = core.drain();
             let changes = core.changes(&mut drained);
             for (saga_id, stored) in &drained.sagas {
-                let spans = (
-                    stored.traceparent.as_deref(),
-                    stored.trigger_traceparent.as_deref(),
-                );
                 for eff in &stored.outbox {
-                    let record = self.effect_record(saga_id, &stored.state, spans, eff).await;
+                    let record = self
+                        .effect_record(saga_id, &stored.state, stored.trace(), eff)
+                        .await;
                     let record = record.map_err(|Stopping| stopped("sending effects"))?;
                     effects.extend(record.map(|r| (Some(p), r)));
                     if self.view.is_some() {

@@ -24,6 +24,7 @@ fn saga(id: &str, seq: u64) -> Vec<u8> {
         outbox: Vec::new(),
         traceparent: None,
         trigger_traceparent: None,
+        tracestate: None,
     })
     .expect("serialises")
 }

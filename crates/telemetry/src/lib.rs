@@ -5,7 +5,7 @@
 //! * Traces: each hop of a saga (the saga itself, every command, lifecycle
 //!   event and result the orchestrator sends, an adapter's handling of a
 //!   command, each HTTP call to a backend) is a span in the W3C trace
-//!   context the Kafka headers carry ([`sagaflow_bus::trace`]). When the
+//!   context the Kafka headers carry ([`sagaflow_trace`]). When the
 //!   standard OpenTelemetry variables ask for it, [`hop`] exports those
 //!   spans over OTLP/HTTP; otherwise it costs one atomic load.
 //!
@@ -31,7 +31,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
-use sagaflow_bus::TraceContext;
+use sagaflow_trace::TraceContext;
 
 /// How logs are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

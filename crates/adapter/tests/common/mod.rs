@@ -21,6 +21,7 @@ pub fn cmd(operation: &str, id: &str, input: serde_json::Value) -> AdapterComman
         input,
         timeout_ms: 10_000,
         traceparent: None,
+        tracestate: None,
     }
 }
 

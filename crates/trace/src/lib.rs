@@ -1,10 +1,14 @@
-//! W3C Trace Context (`traceparent`, <https://www.w3.org/TR/trace-context/>)
-//! for Sagaflow's hops. A saga's trace starts with the trigger event's
-//! `traceparent` (or fresh, when the publisher sent none or an invalid one);
-//! every hop — the orchestrator issuing a command or lifecycle event, the
-//! adapter handling a command, the adapter's HTTP call — is a child span:
-//! same trace id, a new span id, so a tracing backend shows one tree per
-//! saga.
+//! W3C Trace Context (`traceparent` and `tracestate`,
+//! <https://www.w3.org/TR/trace-context/>) for Sagaflow's hops. A saga's
+//! trace starts with the trigger event's `traceparent` (or fresh, when the
+//! publisher sent none or an invalid one); every hop — the orchestrator
+//! issuing a command or lifecycle event, the adapter handling a command,
+//! the adapter's HTTP call — is a child span: same trace id, a new span id,
+//! so a tracing backend shows one tree per saga. The trigger's `tracestate`
+//! (the vendors' list) travels unchanged alongside, on every hop.
+//!
+//! This crate needs no Kafka client: the bus re-exports it for message
+//! headers, and telemetry uses it for span export.
 
 use std::fmt;
 
@@ -140,6 +144,80 @@ pub fn child_header(parent: Option<&str>) -> String {
     }
 }
 
+/// The two W3C trace headers of one message: `traceparent`, and the
+/// `tracestate` that travels unchanged alongside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// A caller's headers as Sagaflow forwards them: a valid `traceparent`
+    /// unchanged and an invalid one replaced by the root of a new trace
+    /// (none when there is none); the `tracestate` only with a valid
+    /// `traceparent` (a new trace has no vendor state yet) and only when
+    /// it is a valid list itself ([`valid_tracestate`]).
+    pub fn from_caller(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        let parent = traceparent.map(|h| (TraceContext::parse(h), h));
+        Self {
+            traceparent: parent.map(|(p, _)| p.unwrap_or_else(TraceContext::new_root).header()),
+            tracestate: match parent {
+                Some((Some(_), _)) => tracestate.and_then(valid_tracestate).map(str::to_owned),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The longest `tracestate` Sagaflow carries, in bytes: the W3C
+/// specification asks platforms to propagate at least 512 characters.
+pub const TRACESTATE_MAX_LEN: usize = 512;
+
+/// The most list members a `tracestate` may hold (W3C: 32).
+const TRACESTATE_MAX_MEMBERS: usize = 32;
+
+/// A `tracestate` header worth carrying: the vendor list itself, trimmed of
+/// surrounding white space and otherwise unchanged, when it is at most
+/// [`TRACESTATE_MAX_LEN`] bytes and reads as a comma-separated list of at
+/// most 32 `key=value` members. Keys use the W3C key characters
+/// (`a-z 0-9 _ - * / @`), values printable ASCII without `,` and `=`;
+/// empty members are allowed, as the specification allows them.
+///
+/// `None` for an absent, empty or malformed list: a bad `tracestate` is
+/// dropped, never an error, and never cut (a vendor list cut in the middle
+/// would say something its writer did not).
+pub fn valid_tracestate(header: &str) -> Option<&str> {
+    let header = header.trim_matches([' ', '\t']);
+    if header.is_empty() || header.len() > TRACESTATE_MAX_LEN {
+        return None;
+    }
+    let key_char = |c: u8| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
+    };
+    let value_char = |c: u8| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=';
+    let mut members = 0;
+    for member in header.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let (key, value) = member.split_once('=')?;
+        if key.is_empty() || !key.bytes().all(key_char) {
+            return None;
+        }
+        if value.is_empty() || !value.bytes().all(value_char) {
+            return None;
+        }
+        members += 1;
+    }
+    (1..=TRACESTATE_MAX_MEMBERS)
+        .contains(&members)
+        .then_some(header)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +274,68 @@ mod tests {
         assert_eq!(kept.header(), EXAMPLE);
         let child = TraceContext::parse(&child_header(Some(EXAMPLE))).unwrap();
         assert_eq!(child.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn callers_tracestate_travels_only_with_a_valid_traceparent() {
+        let state = "rojo=00f067aa0ba902b7";
+        let kept = TraceHeaders::from_caller(Some(EXAMPLE), Some(state));
+        assert_eq!(kept.traceparent.as_deref(), Some(EXAMPLE));
+        assert_eq!(kept.tracestate.as_deref(), Some(state));
+        let replaced = TraceHeaders::from_caller(Some("00-bad-01"), Some(state));
+        assert!(TraceContext::parse(replaced.traceparent.as_deref().unwrap()).is_some());
+        assert_eq!(replaced.tracestate, None);
+        assert_eq!(
+            TraceHeaders::from_caller(None, Some(state)),
+            TraceHeaders::default()
+        );
+        let invalid = TraceHeaders::from_caller(Some(EXAMPLE), Some("Not Valid"));
+        assert_eq!(invalid.traceparent.as_deref(), Some(EXAMPLE));
+        assert_eq!(invalid.tracestate, None);
+    }
+
+    #[test]
+    fn tracestate_lists_are_kept_unchanged() {
+        for good in [
+            "congo=t61rcWkgMzE",
+            "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+            "rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE",
+            "tenant@vendor=v 1,,a_b-c*d/e=x",
+        ] {
+            assert_eq!(valid_tracestate(good), Some(good), "{good:?}");
+        }
+        assert_eq!(valid_tracestate("  a=1\t"), Some("a=1"));
+        let longest = format!("k={}", "v".repeat(TRACESTATE_MAX_LEN - 2));
+        assert_eq!(valid_tracestate(&longest), Some(longest.as_str()));
+        let many = (0..32)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(valid_tracestate(&many), Some(many.as_str()));
+    }
+
+    #[test]
+    fn malformed_or_oversized_tracestate_lists_are_dropped() {
+        let too_long = format!("k={}", "v".repeat(TRACESTATE_MAX_LEN - 1));
+        let too_many = (0..33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for bad in [
+            "",
+            " , ",
+            "novalue",
+            "=v",
+            "k=",
+            "Upper=v",
+            "k=v=w",
+            "k=v\u{7f}",
+            "k=caf\u{e9}",
+            "a=1,broken",
+            too_long.as_str(),
+            too_many.as_str(),
+        ] {
+            assert_eq!(valid_tracestate(bad), None, "{bad:?}");
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! Pass one parses the text with `yaml-rust2`'s event parser and builds a
 //! plain `serde_json::Value` tree together with a map from every node's path
 //! (`steps[2].call`) to its line and column. Pass two (in `definition`)
-//! deserializes raw definitions from that tree with serde; every error is
-//! mapped back to a position through the path.
+//! (the saga definition loader, each runtime's config) deserializes from
+//! that tree with serde and maps every error back to a position through the
+//! path.
 
 use std::collections::HashMap;
 
@@ -248,67 +249,6 @@ pub fn load(source: &str) -> Result<(Value, Spans), YamlError> {
         return Err(e);
     }
     Ok((b.root.unwrap_or(Value::Null), b.spans))
-}
-
-/// Overrides config values (as loaded by [`load`]) from environment
-/// variables named
-/// `SAGAFLOW_<KEY>__<KEY>…`: `__` separates the levels, and each key is
-/// the YAML key upper-cased with `-` written as `_`
-/// (`SAGAFLOW_HTTP__LISTEN`, `SAGAFLOW_KAFKA__BOOTSTRAP_SERVERS`,
-/// `SAGAFLOW_TOPICS__PREFIX`). Below `kafka.properties` the rest of the
-/// name is a librdkafka property with `.` written as `_`
-/// (`SAGAFLOW_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL`,
-/// `SAGAFLOW_KAFKA__PROPERTIES__SASL_PASSWORD`); those values stay strings.
-/// Other values that read as an unsigned number or `true`/`false` become
-/// one. Only variables whose first key is one of `keys` are overrides
-/// (so `SAGAFLOW_API_TOKEN` or `SAGAFLOW_ORCHESTRATOR_CONFIG` are not).
-pub fn apply_env_overrides(
-    value: &mut Value,
-    keys: &[&str],
-    vars: impl IntoIterator<Item = (String, String)>,
-) {
-    for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix("SAGAFLOW_") else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split("__").collect();
-        if parts.iter().any(|p| p.is_empty())
-            || !keys.contains(&parts[0].to_ascii_lowercase().replace('_', "-").as_str())
-        {
-            continue;
-        }
-        let mut path: Vec<String> = Vec::new();
-        let mut property = false;
-        for (i, part) in parts.iter().enumerate() {
-            if i == 2 && path == ["kafka", "properties"] {
-                path.push(parts[2..].join("_").to_ascii_lowercase().replace('_', "."));
-                property = true;
-                break;
-            }
-            path.push(part.to_ascii_lowercase().replace('_', "-"));
-        }
-        let new = if property {
-            Value::String(raw)
-        } else if let Ok(n) = raw.parse::<u64>() {
-            Value::from(n)
-        } else if let Ok(b) = raw.parse::<bool>() {
-            Value::Bool(b)
-        } else {
-            Value::String(raw)
-        };
-        let mut node = &mut *value;
-        for key in &path {
-            if !node.is_object() {
-                *node = Value::Object(Map::new());
-            }
-            node = node
-                .as_object_mut()
-                .expect("made an object above")
-                .entry(key.clone())
-                .or_insert(Value::Null);
-        }
-        *node = new;
-    }
 }
 
 #[cfg(test)]
