@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -65,12 +65,21 @@ pub fn router(state: ApiState) -> Router {
     if let Some(token) = state.token.clone() {
         api = sagaflow_http::require_bearer(api, token, render_refusal);
     }
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .merge(api)
-        .with_state(state)
+    let (view, metrics) = (state.view.clone(), state.metrics.clone());
+    let probes = sagaflow_http::Probes {
+        ready: state.ready.clone(),
+        answers: sagaflow_http::ProbeAnswers {
+            healthy: "ok",
+            ready: "ready",
+            not_ready: "not ready",
+        },
+        // The oldest running saga's age is computed when it is asked for.
+        metrics: Arc::new(move || {
+            view.update_oldest_age(sagaflow_bus::now_ms() as i64);
+            Ok(metrics.render())
+        }),
+    };
+    probes.routes().merge(api).with_state(state)
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -178,26 +187,6 @@ fn looks_like_host_port(word: &str) -> bool {
         }
         None => false,
     }
-}
-
-async fn ready(State(s): State<ApiState>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-    }
-}
-
-async fn metrics(State(s): State<ApiState>) -> Response {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    s.view.update_oldest_age(now_ms);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
 }
 
 async fn openapi() -> Response {
@@ -602,10 +591,29 @@ mod tests {
     }
 
     /// `(path, method)` of every `.route(…)` in this file's router.
+    /// The routes of this file's router and of the probe routes it merges
+    /// (`sagaflow_http::Probes`).
     fn routes_in_source() -> BTreeSet<(String, String)> {
-        let source = include_str!("http.rs");
-        let source = &source[..source.find("#[cfg(test)]").unwrap()];
         let mut out = BTreeSet::new();
+        for source in [
+            include_str!("http.rs"),
+            include_str!("../../http/src/probes.rs"),
+        ] {
+            routes_of(source, &mut out);
+        }
+        out
+    }
+
+    fn routes_of(source: &str, out: &mut BTreeSet<(String, String)>) {
+        let source = source
+            .find("#[cfg(test)]")
+            .map_or(source, |end| &source[..end]);
+        // rustfmt may break a call over lines: read the code as one line.
+        let source = source
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace(".route( \"", ".route(\"");
         for chunk in source.split(".route(\"").skip(1) {
             let (path, rest) = chunk.split_once('"').unwrap();
             let rest = &rest[..rest
@@ -621,7 +629,6 @@ mod tests {
                 }
             }
         }
-        out
     }
 
     #[test]

@@ -88,12 +88,7 @@ impl Outgoing {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+pub(crate) use sagaflow_bus::now_ms;
 
 /// A dead letter: the original bytes and headers, where they came from,
 /// and why they could not be processed.
