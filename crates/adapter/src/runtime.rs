@@ -28,15 +28,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt as _;
 use rdkafka::Message;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
+use sagaflow_bus::rebalance::{Ownership, RebalanceEvents, RebalancePolicy};
 use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
 use sagaflow_codec::messages::{Command, Reply, ReplyError as WireReplyError, ReplyOutcome};
@@ -186,19 +185,17 @@ impl AdapterRuntime {
             }
             .into());
         }
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (context, events_rx) = RebalanceEvents::new(
+            RebalancePolicy {
+                topic: topic.clone(),
+                commit: CommitMode::Async,
+                report_empty: false,
+            },
+            sagaflow_bus::lag::LagGauge::new(metrics.consumer_lag.clone(), config.group_id.clone()),
+        );
         let consumer = config
             .kafka
-            .consumer_with_context(
-                &config.group_id,
-                RebalanceEvents {
-                    events: events_tx,
-                    lag: sagaflow_bus::lag::LagGauge::new(
-                        metrics.consumer_lag.clone(),
-                        config.group_id.clone(),
-                    ),
-                },
-            )
+            .consumer_with_context(&config.group_id, context)
             .map_err(kafka_err)?;
         consumer
             .subscribe(&[topic.as_str()])
@@ -332,50 +329,6 @@ pub async fn run_until(
     tokio::select! {
         result = running.wait() => result,
         () = shutdown => running.shutdown().await,
-    }
-}
-
-// ------------------------------------------------------------------ rebalance
-
-/// Partition ownership changes, as the rebalance callbacks report them.
-enum Ownership {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-/// Hands partition assignments and revocations to the loop; returns at once.
-struct RebalanceEvents {
-    events: mpsc::UnboundedSender<Ownership>,
-    lag: sagaflow_bus::lag::LagGauge,
-}
-
-impl ClientContext for RebalanceEvents {
-    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-        self.lag.record(&statistics);
-    }
-}
-
-impl ConsumerContext for RebalanceEvents {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // Commit what is stored (done) for the partitions going away.
-            if tpl.count() > 0
-                && let Err(e) = consumer.commit_consumer_state(CommitMode::Async)
-            {
-                debug!(error = %e, "commit before revocation");
-            }
-            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            let _ = self.events.send(Ownership::Revoked(partitions));
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            if !partitions.is_empty() {
-                let _ = self.events.send(Ownership::Assigned(partitions));
-            }
-        }
     }
 }
 

@@ -8,6 +8,7 @@ mod config;
 pub mod dead_letter;
 mod headers;
 pub mod lag;
+pub mod rebalance;
 mod topics;
 
 pub use clock::now_ms;

@@ -15,7 +15,6 @@ pub mod ingest;
 mod intake;
 pub mod metrics;
 mod outbound;
-mod rebalance;
 pub mod refusal;
 mod routing;
 pub mod runtime;

@@ -160,21 +160,7 @@ pub(crate) async fn produce(
     producer: &FutureProducer,
     out: Outgoing,
 ) -> Result<(i32, i64), String> {
-    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&out.topic).headers(out.headers);
-    if let Some(k) = out.key.as_deref() {
-        record = record.key(k);
-    }
-    if let Some(p) = out.payload.as_deref() {
-        record = record.payload(p);
-    }
-    if let Some(p) = out.partition {
-        record = record.partition(p);
-    }
-    producer
-        .send(record, QUEUE_TIMEOUT)
-        .await
-        .map(|d| (d.partition, d.offset))
-        .map_err(|(e, _)| e.to_string())
+    enqueue(producer, out).await.await
 }
 
 /// Produces all records and waits for every ack; returns the partition
@@ -270,8 +256,8 @@ async fn enqueue(
     }
 }
 
-/// How long a record waits for room in a full producer queue, as
-/// [`produce`] gives `FutureProducer::send`.
+/// How long a record waits for room in a full producer queue (as
+/// `FutureProducer::send` would be told).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Exports the span of one record the saga sends (and, with its result,

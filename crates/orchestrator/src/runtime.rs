@@ -24,7 +24,8 @@
 //! before it to settle. The rest lives in files named
 //! for what it does: [`routing`](crate::routing) (domain events in),
 //! [`intake`](crate::intake) (inputs and replies in),
-//! [`effects`](crate::effects) (effects out), [`rebalance`](crate::rebalance),
+//! [`effects`](crate::effects) (effects out), rebalances
+//! ([`sagaflow_bus::rebalance`]),
 //! [`store`](crate::store).
 
 use std::collections::hash_map::Entry;
@@ -51,9 +52,9 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbound::{Acks, Outgoing, effect_kind, enqueue_all, now_ms, produce_all};
 pub use crate::outbound::{PAYLOAD_OMITTED, send_envelope};
-use crate::rebalance::{RebalanceContext, Rebalanced};
 use crate::store::{KafkaStore, Lease, Restored, SagaStore, StoreError};
 use crate::view::SagaView;
+use sagaflow_bus::rebalance::{Ownership, RebalanceEvents, RebalancePolicy};
 
 /// Everything the driver needs, fixed at start.
 pub struct Driver {
@@ -177,8 +178,8 @@ pub(crate) struct Batch {
 }
 
 type Subscribed = (
-    StreamConsumer<RebalanceContext>,
-    mpsc::UnboundedReceiver<Rebalanced>,
+    StreamConsumer<RebalanceEvents>,
+    mpsc::UnboundedReceiver<Ownership>,
 );
 
 impl Driver {
@@ -273,7 +274,7 @@ impl Driver {
     /// Waits for the oldest sending batch's acknowledgements and settles it.
     async fn settle_oldest(
         &self,
-        consumer: &StreamConsumer<RebalanceContext>,
+        consumer: &StreamConsumer<RebalanceEvents>,
         owned: &mut Owned,
     ) -> Result<(), RunError> {
         if let Some(mut sent) = owned.sending.pop_front() {
@@ -288,7 +289,7 @@ impl Driver {
     /// Waits until every sending batch has settled.
     async fn settle_all(
         &self,
-        consumer: &StreamConsumer<RebalanceContext>,
+        consumer: &StreamConsumer<RebalanceEvents>,
         owned: &mut Owned,
     ) -> Result<(), RunError> {
         while !owned.sending.is_empty() {
@@ -321,17 +322,20 @@ impl Driver {
     }
 
     fn subscribe(&self) -> Result<Subscribed, RunError> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let inputs = self.names.inputs();
         let lag = sagaflow_bus::lag::LagGauge::new(
             self.metrics.consumer_lag.clone(),
             self.group_id.clone(),
         );
-        let context = RebalanceContext {
-            inputs: inputs.clone(),
-            tx,
-            lag,
+        // The inputs' partitions are the unit of ownership; the replies
+        // are co-partitioned with them. The revoke's commit waits for the
+        // broker: the next owner starts exactly after what is stored.
+        let policy = RebalancePolicy {
+            topic: inputs.clone(),
+            commit: CommitMode::Sync,
+            report_empty: true,
         };
+        let (context, rx) = RebalanceEvents::new(policy, lag);
         let consumer = self.kafka.consumer_with_context(&self.group_id, context)?;
         let mut topics: Vec<String> = self.source_topics().into_iter().collect();
         topics.extend([inputs, self.names.replies()]);
@@ -349,7 +353,7 @@ impl Driver {
     /// on its own.
     async fn collect<'c>(
         &self,
-        consumer: &'c StreamConsumer<RebalanceContext>,
+        consumer: &'c StreamConsumer<RebalanceEvents>,
         first: KafkaResult<BorrowedMessage<'c>>,
     ) -> Option<Vec<BorrowedMessage<'c>>> {
         let first = match first {
@@ -432,7 +436,7 @@ impl Driver {
 
     fn commit(
         &self,
-        consumer: &StreamConsumer<RebalanceContext>,
+        consumer: &StreamConsumer<RebalanceEvents>,
         done: TopicPartitionList,
     ) -> Result<(), RunError> {
         if done.count() == 0 {
@@ -517,7 +521,7 @@ impl Driver {
     async fn stop(
         &self,
         store: &impl SagaStore,
-        consumer: &StreamConsumer<RebalanceContext>,
+        consumer: &StreamConsumer<RebalanceEvents>,
         owned: &mut Owned,
     ) -> Result<(), RunError> {
         self.health.set_ready(false);
@@ -543,10 +547,10 @@ impl Driver {
         store: &impl SagaStore,
         producer: &FutureProducer,
         owned: &mut Owned,
-        ev: Rebalanced,
+        ev: Ownership,
     ) -> Result<(), RunError> {
         match ev {
-            Rebalanced::Revoked(ps) => {
+            Ownership::Revoked(ps) => {
                 // Not ready until the group assigns again (possibly
                 // nothing): a rebalance, or a session lost with the broker.
                 self.health.set_ready(false);
@@ -568,7 +572,7 @@ impl Driver {
                     }
                 }
             }
-            Rebalanced::Assigned(ps) => {
+            Ownership::Assigned(ps) => {
                 for p in ps {
                     owned.revoked.remove(&p);
                     owned.lost.remove(&p);
