@@ -450,3 +450,29 @@ fn every_compose_service_has_a_healthcheck_and_waits_for_healthy_dependencies() 
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// The README's layout names every crate of the workspace, and no crate
+/// that is gone.
+#[test]
+fn readme_layout_names_every_crate() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let listed: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `crates/"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name.trim_end_matches('/').to_owned())
+        .collect();
+    let crates: BTreeSet<String> = std::fs::read_dir(root().join("crates"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!listed.is_empty(), "the layout table was not found");
+    let missing: Vec<_> = crates.difference(&listed).collect();
+    let gone: Vec<_> = listed.difference(&crates).collect();
+    assert!(
+        missing.is_empty() && gone.is_empty(),
+        "README layout: crates not listed {missing:?}, listed but absent {gone:?}"
+    );
+}
