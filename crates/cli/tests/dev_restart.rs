@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// (every 2 s), even when sagas end fast.
 const SAGAS: u64 = 600;
 
-fn dev(data: &std::path::Path, rate: &str) -> Child {
+fn dev(data: &std::path::Path, rate: &str, log: &std::path::Path) -> Child {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     sagaflow_test_support::cli::command(&[])
         .args([
@@ -31,10 +31,17 @@ fn dev(data: &std::path::Path, rate: &str) -> Child {
         ])
         .arg("--data-dir")
         .arg(data)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `published N  ended M` from a progress line.
@@ -59,7 +66,8 @@ fn run_and_kill(data: &std::path::Path) -> Option<(u64, u64)> {
     // Run 1: killed with SIGKILL at its first progress line that shows all
     // triggers published (and, 100 ms later, the e-mail verifications) and
     // not every saga ended.
-    let mut first = dev(data, "400");
+    let log = data.with_extension("run1.log");
+    let mut first = dev(data, "400", &log);
     let (tx, rx) = mpsc::channel();
     let stdout = first.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -122,7 +130,10 @@ fn a_killed_dev_stack_restarted_on_its_data_dir_ends_every_saga_once() {
     // and counts every saga result in the topic from the start, both runs
     // included. The sagas of run 1 must end from what the broker kept, long
     // before run 2 could have published them all again.
-    let mut second = dev(data.path(), "1");
+    let log = data.path().with_extension("run2.log");
+    let mut second = dev(data.path(), "1", &log);
+    let stdout = second.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let deadline = Instant::now() + Duration::from_secs(240);
     let status = loop {
         if let Some(s) = second.try_wait().unwrap() {
@@ -130,11 +141,18 @@ fn a_killed_dev_stack_restarted_on_its_data_dir_ends_every_saga_once() {
         }
         if Instant::now() > deadline {
             let _ = second.kill();
-            panic!("the restarted stack did not end {SAGAS} sagas within 240 s");
+            let _ = second.wait();
+            let out = reader.join().unwrap_or_default();
+            panic!(
+                "the restarted stack did not end {SAGAS} sagas within 240 s\n\
+                 --- its output, last lines:\n{}\n--- its log, last lines:\n{}",
+                tail(&out, 15),
+                tail(&std::fs::read_to_string(&log).unwrap_or_default(), 60)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let out = std::io::read_to_string(second.stdout.take().unwrap()).unwrap();
+    let out = reader.join().unwrap();
     assert!(status.success(), "exit {status}\n{out}");
     let summary = out
         .lines()
