@@ -9,6 +9,7 @@
 //! by `tests/broker_contract.rs`.
 
 mod log;
+mod router;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -239,10 +240,13 @@ impl EmbeddedBroker {
                     let served = match open(&storage, storage_url, &node).await {
                         Err(e) => Err(e),
                         Ok(Opened::Log(s)) => {
-                            node.serve(listener, s, ready_tx.clone(), stop_rx).await
+                            let arrivals = Some(s.arrivals());
+                            node.serve(listener, s, arrivals, ready_tx.clone(), stop_rx)
+                                .await
                         }
                         Ok(Opened::Tansu(s)) => {
-                            node.serve(listener, s, ready_tx.clone(), stop_rx).await
+                            node.serve(listener, s, None, ready_tx.clone(), stop_rx)
+                                .await
                         }
                     };
                     if let Err(msg) = served {
@@ -365,6 +369,7 @@ impl Node {
         &self,
         listener: TcpListener,
         storage: S,
+        arrivals: Option<std::sync::Arc<router::Arrivals>>,
         ready: std::sync::mpsc::Sender<Result<(), String>>,
         mut stop: oneshot::Receiver<()>,
     ) -> Result<(), String> {
@@ -397,11 +402,11 @@ impl Node {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let service = tansu_broker::service::services(
+                    let service = router::router(
                         &self.cluster_id,
                         groups.clone(),
                         storage.clone(),
-                        None,
+                        arrivals.clone(),
                     )
                     .map_err(|e| format!("request router: {e:?}"))?;
                     tokio::spawn(async move {

@@ -24,6 +24,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
+use crate::router::Arrivals;
 use async_trait::async_trait;
 use tansu_sans_io::{
     ConfigResource, ErrorCode, IsolationLevel, ListOffset, ScramMechanism,
@@ -137,6 +138,8 @@ struct Disk {
 struct Inner {
     partitions: RwLock<HashMap<Topition, Arc<Partition>>>,
     disk: Option<Disk>,
+    /// Told of every stored batch: fetches waiting for its topic wake.
+    arrivals: Arc<Arrivals>,
 }
 
 /// See the module documentation.
@@ -188,6 +191,11 @@ fn offset_stage(log_start: i64, high: i64) -> Result<OffsetStage> {
 }
 
 impl LogStorage {
+    /// Told of every batch this log stores.
+    pub(crate) fn arrivals(&self) -> Arc<Arrivals> {
+        self.log.arrivals.clone()
+    }
+
     /// A log in memory, with `meta` (tansu's engine, normally `memory://`)
     /// for everything but the records.
     pub fn memory(meta: StorageContainer) -> Self {
@@ -196,6 +204,7 @@ impl LogStorage {
             log: Arc::new(Inner {
                 partitions: RwLock::new(HashMap::new()),
                 disk: None,
+                arrivals: Arc::default(),
             }),
         }
     }
@@ -278,6 +287,7 @@ impl LogStorage {
                     segment_bytes: durable.segment_bytes,
                     journal: Mutex::new(journal),
                 }),
+                arrivals: Arc::default(),
             }),
         };
         if let Fsync::Interval(every) = durable.fsync {
@@ -507,7 +517,10 @@ impl Storage for LogStorage {
             partition.append(batch, false)
         };
         match appended {
-            Ok(offset) => Ok(offset),
+            Ok(offset) => {
+                self.log.arrivals.arrived(topition.topic());
+                Ok(offset)
+            }
             Err(AppendError::Refused(code)) => Err(Error::Api(code)),
             Err(AppendError::Io(e)) => {
                 tracing::error!(error = %e, topic = topition.topic(), partition = topition.partition(), "appending to the log failed");
