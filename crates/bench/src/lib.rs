@@ -58,7 +58,8 @@ pub struct Options {
     pub max_batch: u32,
     /// The orchestrator's `pipeline-depth`.
     pub pipeline_depth: u32,
-    /// Consumers' `fetch.wait.max.ms` (tansu waits this long on every fetch).
+    /// Consumers' `fetch.wait.max.ms`: how long a fetch on an empty
+    /// partition is held.
     pub fetch_wait_ms: u32,
     /// Repository root: topology/ and schemas/ are read from it.
     pub root: PathBuf,
@@ -86,7 +87,7 @@ impl Default for Options {
             partitions: 6,
             max_batch: 256,
             pipeline_depth: 8,
-            fetch_wait_ms: 5,
+            fetch_wait_ms: 500,
             root: PathBuf::from("."),
             binary: None,
             bootstrap_servers: None,

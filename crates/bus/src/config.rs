@@ -57,9 +57,10 @@ impl ClientRole {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "earliest"),
-                // Brokers such as tansu hold a fetch for the whole wait even
-                // when data arrives; a short wait keeps round trips short.
-                ("fetch.wait.max.ms", "5"),
+                // fetch.wait.max.ms stays librdkafka's (500 ms): a broker
+                // answers a fetch as soon as records are there (the
+                // embedded one too, docs/broker.md), so the wait only
+                // bounds how long an idle consumer's fetch is held.
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),
                 ("partition.assignment.strategy", "range,roundrobin"),

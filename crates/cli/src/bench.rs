@@ -32,8 +32,9 @@ pub(crate) struct BenchArgs {
     /// their acks while the next are processed (1: none).
     #[arg(long, default_value_t = 8)]
     pipeline_depth: u32,
-    /// Consumers' fetch.wait.max.ms (tansu waits this long on every fetch).
-    #[arg(long, default_value_t = 5)]
+    /// Consumers' fetch.wait.max.ms: how long a fetch on an empty partition
+    /// is held (librdkafka's default, 500).
+    #[arg(long, default_value_t = 500)]
     fetch_wait_ms: u32,
     /// The repository root (topology/ and schemas/ are read from it).
     #[arg(long, default_value = ".")]

@@ -317,10 +317,7 @@ struct Stack<'a> {
 
 impl Stack<'_> {
     fn kafka_yaml(&self) -> String {
-        format!(
-            "kafka:\n  bootstrap-servers: {}\n  properties:\n    fetch.wait.max.ms: \"5\"\n",
-            self.bootstrap
-        )
+        format!("kafka:\n  bootstrap-servers: {}\n", self.bootstrap)
     }
 
     fn codec_yaml(&self) -> String {
@@ -507,7 +504,7 @@ async fn run_demo(
     } else {
         println!("  no sample events (--rate 0); Ctrl-C stops everything");
     }
-    let kafka = KafkaConfig::new(stack.bootstrap).with("fetch.wait.max.ms", "5");
+    let kafka = KafkaConfig::new(stack.bootstrap);
     let samples = if rate > 0 {
         let publisher = Publisher::new(&kafka, stack.registry_url, &root.join("schemas"))?;
         Some((Samples::new(publisher, args.verify_after), rate))
@@ -572,7 +569,7 @@ async fn run_own(
         "  no sample events: publish your own (e.g. `sagaflow publish --topic T events.jsonl` after `. {}`); Ctrl-C stops everything",
         env_file.display()
     );
-    let kafka = KafkaConfig::new(stack.bootstrap).with("fetch.wait.max.ms", "5");
+    let kafka = KafkaConfig::new(stack.bootstrap);
     let result = watch_progress(&kafka, stack.registry_url, None, &[], args.sagas).await;
     stop_all(stop_tx, adapters, orchestrator).await;
     result
