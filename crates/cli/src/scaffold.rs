@@ -559,12 +559,27 @@ pub(crate) fn openapi(
             if let Some(schema) = ok_schema
                 && schema.get("properties").is_some()
             {
-                let (required, _) = required_props(schema);
+                let (required, optional) = required_props(schema);
+                let pointer = |p: &str| format!("/{}", p.replace('~', "~0").replace('/', "~1"));
                 if !required.is_empty() {
                     writeln!(o, "      response:").ok();
                     for r in &required {
-                        let pointer = format!("/{}", r.replace('~', "~0").replace('/', "~1"));
-                        writeln!(o, "        {}: {}", yaml_str(r), yaml_str(&pointer)).ok();
+                        writeln!(o, "        {}: {}", yaml_str(r), yaml_str(&pointer(r))).ok();
+                    }
+                    // A mapped field the body lacks is `invalid_response`,
+                    // so optional ones are only offered, ready to
+                    // uncomment when a saga reads them (an id, a status).
+                    // Without a mapping the whole body is the reply.
+                    if !optional.is_empty() {
+                        writeln!(
+                            o,
+                            "        # optional, not mapped (uncomment those a saga reads):"
+                        )
+                        .ok();
+                        for p in &optional {
+                            writeln!(o, "        # {}: {}", yaml_str(p), yaml_str(&pointer(p)))
+                                .ok();
+                        }
                     }
                 }
             }
@@ -849,6 +864,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("--base-url"), "{e}");
+    }
+
+    #[test]
+    fn optional_response_fields_are_offered_commented_out() {
+        let doc = r#"openapi: 3.0.3
+info: {title: t, version: "1"}
+servers: [{url: "http://127.0.0.1:9"}]
+paths:
+  /things:
+    post:
+      operationId: addThing
+      responses:
+        "201":
+          content:
+            application/json:
+              schema:
+                required: [name]
+                properties: {name: {type: string}, id: {type: integer}, "a/b": {type: string}}
+  /all:
+    get:
+      operationId: listAll
+      responses:
+        "200":
+          content:
+            application/json:
+              schema:
+                properties: {id: {type: integer}}
+"#;
+        let s = openapi(doc, "t.yaml", "things", None).unwrap();
+        let want = "      response:\n        \"name\": \"/name\"\n        # optional, not mapped (uncomment those a saga reads):\n        # \"a/b\": \"/a~1b\"\n        # \"id\": \"/id\"\n";
+        assert!(s.yaml.contains(want), "{}", s.yaml);
+        // Nothing required: no mapping, the whole body is the reply.
+        let list =
+            &s.yaml[s.yaml.find("  list-all:").unwrap()..s.yaml.find("  add-thing:").unwrap()];
+        assert!(!list.contains("response:"), "{}", s.yaml);
+        // Uncommented, the mapping still loads.
+        let edited = s
+            .yaml
+            .replace("        # \"id\": \"/id\"\n", "        \"id\": \"/id\"\n");
+        let raw = sagaflow_adapter::config::parse_str(&edited, "things.service.yaml").unwrap();
+        raw.validate("things.service.yaml").unwrap();
     }
 
     #[test]

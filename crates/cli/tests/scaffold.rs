@@ -1,20 +1,16 @@
 //! `sagaflow adapter scaffold` on real contracts, and a saga step's command
 //! run through each generated adapter against a real backend:
 //!
-//! * the Swagger Petstore OpenAPI 3.0 document (tests/data), against a small
-//!   petstore server started here;
+//! * the Swagger Petstore OpenAPI 3.0 document (tests/data), against the
+//!   small petstore server of `sagaflow_test_support::petstore`;
 //! * the demo billing service's WSDL, fetched from the running demo
 //!   services (`GET /billing/soap?wsdl`), against those services.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use axum::Json;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use sagaflow_adapter::{AdapterCommand, AdapterMetrics, Executor, OutcomeKind};
 use sagaflow_test_support::cli::{all_output as text, run as sagaflow};
+use sagaflow_test_support::petstore::Petstore;
 use serde_json::{Value, json};
 
 fn petstore_doc() -> PathBuf {
@@ -43,78 +39,10 @@ fn executor(path: &Path) -> Executor {
     Executor::from_config(&cfg, metrics).unwrap()
 }
 
-#[derive(Default)]
-struct Pets {
-    pets: Vec<Value>,
-    seen: Vec<(String, Option<String>, Option<String>)>,
-}
-
-type Shared = Arc<Mutex<Pets>>;
-
-/// A petstore backend: `POST /api/v3/pet`, `GET /api/v3/pet/{id}`, with
-/// the `api_key` header the document declares.
-async fn petstore() -> (String, Shared, tokio::task::JoinHandle<()>) {
-    async fn add(State(s): State<Shared>, headers: HeaderMap, Json(pet): Json<Value>) -> Response {
-        let mut s = s.lock().unwrap();
-        s.seen.push((
-            "addPet".into(),
-            headers
-                .get("api_key")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            headers
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        ));
-        if pet.get("name").and_then(Value::as_str).is_none() || !pet["photoUrls"].is_array() {
-            return (StatusCode::UNPROCESSABLE_ENTITY, "validation exception").into_response();
-        }
-        let mut pet = pet;
-        pet["id"] = json!(s.pets.len() + 1);
-        pet["status"] = json!("available");
-        s.pets.push(pet.clone());
-        Json(pet).into_response()
-    }
-    async fn get(
-        State(s): State<Shared>,
-        headers: HeaderMap,
-        UrlPath(id): UrlPath<String>,
-    ) -> Response {
-        let mut s = s.lock().unwrap();
-        let key = headers
-            .get("api_key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        s.seen.push(("getPetById".into(), key.clone(), None));
-        if key.as_deref() != Some("special-key") {
-            return (StatusCode::UNAUTHORIZED, "api_key required").into_response();
-        }
-        match id
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| s.pets.get(i.wrapping_sub(1)))
-        {
-            Some(p) => Json(p.clone()).into_response(),
-            None => (StatusCode::NOT_FOUND, "Pet not found").into_response(),
-        }
-    }
-    let shared = Shared::default();
-    let app = axum::Router::new()
-        .route("/api/v3/pet", axum::routing::post(add))
-        .route("/api/v3/pet/{id}", axum::routing::get(get))
-        .with_state(Arc::clone(&shared));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (url, shared, task)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_petstore_document_scaffolds_an_adapter_that_runs() {
-    let (url, pets, task) = petstore().await;
+    let pets = Petstore::start().await;
+    let url = pets.url();
     let tmp = tempfile::tempdir().unwrap();
     let services = tmp.path().join("services.yaml");
     std::fs::write(
@@ -223,18 +151,22 @@ async fn the_petstore_document_scaffolds_an_adapter_that_runs() {
         .await;
     assert_eq!(missing.kind, OutcomeKind::BusinessFailure, "{missing:?}");
     assert_eq!(missing.error_code(), Some("http_404"));
-    let seen = pets.lock().unwrap().seen.clone();
-    assert_eq!(seen[0].1.as_deref(), Some("special-key"), "{seen:?}");
+    let seen = pets.seen();
     assert_eq!(
-        seen[0].2.as_deref(),
+        seen[0].header("api_key").as_deref(),
+        Some("special-key"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen[0].header("idempotency-key").as_deref(),
         Some("scaffold:p-1/add-pet"),
         "{seen:?}"
     );
     assert!(
-        seen.iter().all(|s| s.1.as_deref() == Some("special-key")),
+        seen.iter()
+            .all(|s| s.header("api_key").as_deref() == Some("special-key")),
         "{seen:?}"
     );
-    task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]

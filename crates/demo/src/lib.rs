@@ -75,6 +75,7 @@ struct Inner {
     effects: HashMap<(String, String, String), u32>,
     requests: Vec<Request>,
     soap_attempts: HashMap<String, u32>,
+    soap_actions: Vec<(String, Option<String>)>,
 }
 
 /// The shared state of all demo services: idempotency store and ledgers.
@@ -100,6 +101,12 @@ impl Ledger {
     /// Every request received, in order.
     pub fn requests(&self) -> Vec<Request> {
         self.with(|i| i.requests.clone())
+    }
+
+    /// The operation (the body's first element) and the `SOAPAction`
+    /// header of every SOAP request that named one, in order.
+    pub fn soap_actions(&self) -> Vec<(String, Option<String>)> {
+        self.with(|i| i.soap_actions.clone())
     }
 }
 
@@ -380,6 +387,10 @@ async fn soap(State(ledger): State<Ledger>, headers: HeaderMap, body: Bytes) -> 
             XML.into(),
         ));
     };
+    let action = headers
+        .get("soapaction")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    ledger.with(|i| i.soap_actions.push((op.clone(), action)));
     let s = subject.clone();
     let o = op.clone();
     respond(handle(
@@ -585,5 +596,10 @@ mod tests {
         let (s, body) = post(&url, Some("k3"), "<nope".into(), xml).await;
         assert_eq!(s, 500);
         assert!(body.contains("soap:Client"), "{body}");
+        // Requests naming an operation, with their SOAPAction (none here).
+        assert_eq!(
+            d.ledger().soap_actions(),
+            vec![("OpenAccount".to_owned(), None); 4]
+        );
     }
 }

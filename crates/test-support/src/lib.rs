@@ -14,6 +14,8 @@
 //!   every request kept for the test to count.
 //! * [`metrics`] reads `/metrics`: sums a series by name and labels, and
 //!   waits (bounded) until one reaches a value.
+//! * [`petstore`] is a small Swagger Petstore on that fake backend, for
+//!   the scaffolding tests (`sagaflow adapter scaffold --openapi`).
 //!
 //! This crate links the embedded broker: it is for tests only, never a
 //! production crate's `[dependencies]`. The virtual clock that drives a
@@ -23,6 +25,7 @@
 pub mod backend;
 pub mod cli;
 pub mod metrics;
+pub mod petstore;
 pub mod process;
 
 use std::sync::OnceLock;
