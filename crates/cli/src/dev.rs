@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rdkafka::Message;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sagaflow_broker::{BrokerConfig, EmbeddedBroker};
 use sagaflow_bus::KafkaConfig;
 use sagaflow_codec::messages::{LifecycleKind, SagaStatus};
@@ -762,9 +762,21 @@ async fn watch_progress(
     let events = kafka
         .consumer(&format!("sagaflow-dev-{}", std::process::id()))
         .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    // Every partition from its start, by assignment: no group to join
+    // before the first event is read, and the view counts both runs of a
+    // restarted stack.
+    let partitions = saga_event_partitions(&events)?;
+    let mut from_start = TopicPartitionList::new();
+    for &p in &partitions {
+        from_start
+            .add_partition_offset(SAGA_EVENTS, p, Offset::Beginning)
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    }
     events
-        .subscribe(&["sagaflow.saga-events"])
+        .assign(&from_start)
         .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    // Where each partition has been read to.
+    let mut read_to: HashMap<i32, i64> = HashMap::new();
 
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / f64::from(samples.as_ref().map_or(1, |s| s.1)));
@@ -774,6 +786,7 @@ async fn watch_progress(
     let stop = crate::signals::terminated();
     tokio::pin!(stop);
     let published = |samples: &Option<(Samples, u32)>| samples.as_ref().map(|s| s.0.published);
+    let mut stopped = false;
     loop {
         if sagas > 0 && progress.ended() >= sagas {
             break;
@@ -790,7 +803,10 @@ async fn watch_progress(
             .is_some_and(|s| sagas == 0 || s.0.published < sagas);
         let verify_due = samples.as_ref().and_then(|s| s.0.next_verification());
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                stopped = true;
+                break;
+            }
             _ = tokio::time::sleep_until(verify_due.unwrap_or(next_publish)), if verify_due.is_some() => {
                 if let Some((s, _)) = &mut samples {
                     s.publish_verification().await?;
@@ -804,12 +820,36 @@ async fn watch_progress(
             }
             _ = tokio::time::sleep_until(next_print.into()) => {}
             m = events.recv() => {
-                let Ok(m) = m else { continue };
-                if let Some(bytes) = m.payload()
-                    && let Ok(event) = codec.decode_saga_event("sagaflow.saga-events", bytes).await
-                {
-                    progress.apply(event);
+                if let Ok(m) = m {
+                    count(&m, &codec, &mut progress, &mut read_to).await;
                 }
+            }
+        }
+    }
+    if stopped {
+        // Stopped: the summary counts every saga that ended before the
+        // stop, so read each partition to the end it had then (a bounded
+        // wait: a broker gone quiet does not hold the stop up).
+        let ends: Vec<(i32, i64)> = partitions
+            .iter()
+            .filter_map(|&p| {
+                events
+                    .fetch_watermarks(SAGA_EVENTS, p, Duration::from_secs(2))
+                    .ok()
+                    .map(|(_, high)| (p, high))
+            })
+            .collect();
+        let behind = |read_to: &HashMap<i32, i64>| {
+            ends.iter()
+                .any(|(p, high)| read_to.get(p).copied().unwrap_or(0) < *high)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while behind(&read_to) {
+            let Ok(m) = tokio::time::timeout_at(deadline, events.recv()).await else {
+                break;
+            };
+            if let Ok(m) = m {
+                count(&m, &codec, &mut progress, &mut read_to).await;
             }
         }
     }
@@ -841,6 +881,44 @@ async fn watch_progress(
         }
     }
     Ok(())
+}
+
+/// The topic whose lifecycle events and results `dev` counts.
+const SAGA_EVENTS: &str = "sagaflow.saga-events";
+
+/// Counts one record of [`SAGA_EVENTS`] and notes how far its partition
+/// has been read.
+async fn count(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    codec: &Codec,
+    progress: &mut Progress,
+    read_to: &mut HashMap<i32, i64>,
+) {
+    read_to.insert(m.partition(), m.offset() + 1);
+    if let Some(bytes) = m.payload()
+        && let Ok(event) = codec.decode_saga_event(SAGA_EVENTS, bytes).await
+    {
+        progress.apply(event);
+    }
+}
+
+/// The partitions of [`SAGA_EVENTS`] (the orchestrator, ready, created it).
+fn saga_event_partitions(events: &StreamConsumer) -> CliResult<Vec<i32>> {
+    let metadata = events
+        .fetch_metadata(Some(SAGA_EVENTS), Duration::from_secs(10))
+        .map_err(|e| Failure::Unreachable(format!("{SAGA_EVENTS}: {e}")))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == SAGA_EVENTS)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Failure::Unreachable(format!(
+            "{SAGA_EVENTS} has no partitions on the broker"
+        )));
+    }
+    Ok(partitions)
 }
 
 #[cfg(test)]
