@@ -235,6 +235,13 @@ pub struct RawRest {
     /// Empty: the whole body becomes the reply data.
     #[serde(default)]
     pub response: BTreeMap<String, String>,
+    /// A success's body is not read: the status alone decides, and the
+    /// reply carries no data. For endpoints whose contract declares no
+    /// content but which answer a text (`Pet deleted`); without it, a 2xx
+    /// body that is not JSON is an `invalid_response` (a login page served
+    /// with 200 must not pass for success).
+    #[serde(default)]
+    pub discard_body: bool,
 }
 
 /// Overrides of the default status classification.
@@ -442,6 +449,7 @@ pub struct RestOperation {
     pub body: Option<serde_json::Value>,
     pub statuses: StatusRules,
     pub response: BTreeMap<String, String>,
+    pub discard_body: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1019,6 +1027,12 @@ fn validate_rest(ctx: &Ctx<'_>, key: &str, rest: RawRest) -> Result<RestOperatio
     if let Some(body) = &rest.body {
         check_json_templates(ctx, &format!("{key}.rest.body"), body)?;
     }
+    if rest.discard_body && !rest.response.is_empty() {
+        return Err(ctx.err(
+            format!("{key}.rest.discard-body"),
+            "a discarded body maps nothing: remove `response:` or `discard-body`",
+        ));
+    }
     for (field, pointer) in &rest.response {
         if !(pointer.is_empty() || pointer.starts_with('/')) {
             return Err(ctx.err(
@@ -1045,6 +1059,7 @@ fn validate_rest(ctx: &Ctx<'_>, key: &str, rest: RawRest) -> Result<RestOperatio
         body: rest.body,
         statuses,
         response: rest.response,
+        discard_body: rest.discard_body,
     })
 }
 

@@ -491,6 +491,9 @@ fn rest_outcome(
         let data = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
         return Ok(status_failure(op, kind, status).with_data(data));
     }
+    if rest.discard_body {
+        return Ok(AdapterOutcome::success(serde_json::Value::Null).with_status(status));
+    }
     let invalid = |message: String| AdapterError::InvalidResponse {
         operation: op.name.clone(),
         message,
@@ -501,20 +504,12 @@ fn rest_outcome(
         serde_json::from_slice(body)
             .map_err(|e| invalid(format!("HTTP {status} body is not valid JSON ({e})")))?
     };
-    let data = if rest.response.is_empty() {
-        json
-    } else {
-        let mut map = serde_json::Map::new();
-        for (field, pointer) in &rest.response {
-            let v = json.pointer(pointer).ok_or_else(|| {
-                invalid(format!(
-                    "HTTP {status} body has no `{pointer}` (for reply field `{field}`)"
-                ))
-            })?;
-            map.insert(field.clone(), v.clone());
-        }
-        serde_json::Value::Object(map)
-    };
+    let data = map_pointers(
+        json,
+        &rest.response,
+        &format!("HTTP {status} body"),
+        invalid,
+    )?;
     Ok(AdapterOutcome::success(data).with_status(status))
 }
 

@@ -331,6 +331,52 @@ async fn garbage_body_on_2xx_is_invalid_response() {
     );
 }
 
+/// `discard-body: true`: the status alone decides; a text body (the
+/// public petstore's `Pet deleted`) is a success with no data, while the
+/// same body without it stays an `invalid_response`, and the 4xx rules
+/// still apply.
+#[tokio::test]
+async fn a_discarded_body_is_not_read_and_the_status_decides() {
+    let backend = Backend::start(|_, seen| {
+        if seen.path.ends_with("/gone") {
+            Reply::status(409).body("already gone")
+        } else {
+            Reply::status(200).body("Pet deleted")
+        }
+    })
+    .await;
+    let yaml = config(&backend.url(), "").replace(
+        "  encoded:\n",
+        "  forget:\n    rest:\n      method: DELETE\n      path: /pets/{{ input.id }}\n      discard-body: true\n  keep:\n    rest:\n      method: DELETE\n      path: /pets/{{ input.id }}\n  encoded:\n",
+    );
+    let (exec, _) = executor(&yaml);
+    let out = exec
+        .execute(&cmd("forget", "f-1", json!({"id": "7"})))
+        .await;
+    assert_eq!(out.kind, OutcomeKind::Success, "{out:?}");
+    assert_eq!(out.data, serde_json::Value::Null);
+    assert_eq!(out.http_status, Some(200));
+    let out = exec.execute(&cmd("keep", "k-1", json!({"id": "7"}))).await;
+    assert_eq!(out.error_code(), Some("invalid_response"), "{out:?}");
+    let out = exec
+        .execute(&cmd("forget", "f-2", json!({"id": "gone"})))
+        .await;
+    assert_eq!(out.kind, OutcomeKind::BusinessFailure, "{out:?}");
+    assert_eq!(out.http_status, Some(409));
+}
+
+#[test]
+fn a_discarded_body_cannot_be_mapped() {
+    let yaml = config("http://127.0.0.1:9", "").replace(
+        "  encoded:\n",
+        "  forget:\n    rest:\n      method: DELETE\n      path: /pets/1\n      discard-body: true\n      response: { id: /id }\n  encoded:\n",
+    );
+    let raw = sagaflow_adapter::config::parse_str(&yaml, "payments.yaml").unwrap();
+    let err = raw.validate("payments.yaml").unwrap_err().to_string();
+    assert!(err.contains("operations.forget.rest.discard-body"), "{err}");
+    assert!(err.contains("remove `response:`"), "{err}");
+}
+
 #[tokio::test]
 async fn missing_mapped_field_is_invalid_response() {
     let backend = Backend::start(|_, _| Reply::json(200, json!({"id": "p"}))).await;

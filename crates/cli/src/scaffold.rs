@@ -522,18 +522,24 @@ pub(crate) fn openapi(
             let mut business = Vec::new();
             let mut transient = Vec::new();
             let mut ok_schema = None;
+            // Whether some success may carry a body: declared content, or
+            // a `$ref` whose content is not looked at here.
+            let mut ok_content = false;
             if let Some(responses) = op["responses"].as_object() {
                 for (code, resp) in responses {
                     let Ok(status) = code.parse::<u16>() else {
                         let class = code.to_ascii_lowercase();
                         if class.len() == 3 && class.ends_with("xx") && class.starts_with('2') {
                             success.push(yaml_str(&class));
+                            ok_content = true; // not looked at: keep the body
                         }
                         continue;
                     };
                     match status {
                         200..=299 => {
                             success.push(status.to_string());
+                            ok_content |= resp.get("$ref").is_some()
+                                || resp["content"].as_object().is_some_and(|c| !c.is_empty());
                             if ok_schema.is_none() {
                                 ok_schema = json_content(&doc, resp);
                             }
@@ -555,6 +561,15 @@ pub(crate) fn openapi(
                         writeln!(o, "        {key}: [{}]", list.join(", ")).ok();
                     }
                 }
+            }
+            if !success.is_empty() && !ok_content {
+                // Servers often answer such a success with a text anyway
+                // (the public petstore: `Pet deleted`), which is not JSON.
+                writeln!(
+                    o,
+                    "      discard-body: true             # the contract declares no content: the status decides"
+                )
+                .ok();
             }
             if let Some(schema) = ok_schema
                 && schema.get("properties").is_some()
@@ -864,6 +879,59 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("--base-url"), "{e}");
+    }
+
+    #[test]
+    fn a_success_without_declared_content_discards_the_body() {
+        let doc = r##"openapi: 3.0.3
+info: {title: t, version: "1"}
+servers: [{url: "http://127.0.0.1:9"}]
+paths:
+  /things/{id}:
+    delete:
+      operationId: deleteThing
+      parameters: [{name: id, in: path, required: true, schema: {type: string}}]
+      responses:
+        "200": {description: deleted}
+        "404": {description: not found}
+    get:
+      operationId: getThing
+      parameters: [{name: id, in: path, required: true, schema: {type: string}}]
+      responses:
+        "200":
+          content:
+            application/json:
+              schema: {properties: {id: {type: string}}}
+    put:
+      operationId: putThing
+      parameters: [{name: id, in: path, required: true, schema: {type: string}}]
+      responses:
+        "204": {$ref: "#/components/responses/Done"}
+components:
+  responses:
+    Done: {description: done}
+"##;
+        let s = openapi(doc, "t.yaml", "things", None).unwrap();
+        // An operation's lines: from its key to the next operation's.
+        let section = |name: &str| -> String {
+            let mut lines = s.yaml.lines().skip_while(|l| *l != format!("  {name}:"));
+            let head = lines.next().unwrap_or_default();
+            let body = lines.take_while(|l| !l.starts_with("  ") || l.starts_with("   "));
+            std::iter::once(head)
+                .chain(body)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            section("delete-thing").contains("discard-body: true"),
+            "{}",
+            s.yaml
+        );
+        assert!(!section("get-thing").contains("discard-body"), "{}", s.yaml);
+        // A referenced response is not looked into: its body is kept.
+        assert!(!section("put-thing").contains("discard-body"), "{}", s.yaml);
+        let raw = sagaflow_adapter::config::parse_str(&s.yaml, "things.service.yaml").unwrap();
+        raw.validate("things.service.yaml").unwrap();
     }
 
     #[test]
