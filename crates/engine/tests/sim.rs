@@ -149,8 +149,19 @@ fn generate(seed: u64) -> (String, usize) {
         flags: 0,
     };
     let mut out = String::from(
-        "type: sim\nversion: 1\ntrigger:\n  topic: sim.events\n  event-type: Start\n  key: event.id\nsteps:\n",
+        "type: sim\nversion: 1\ntrigger:\n  topic: sim.events\n  event-type: Start\n  key: event.id\n",
     );
+    // A saga deadline in a third of the definitions: short enough to pass
+    // while steps run, retry or await (1 s timeouts, replies up to 1.5 s
+    // late, awaits of an hour), long enough that some sagas end first.
+    if g.rng.chance(33) {
+        let on_deadline = if g.rng.chance(50) { "compensate" } else { "fail" };
+        let secs = 1 + g.rng.below(8);
+        out.push_str(&format!(
+            "deadline: {secs}s\non-deadline: {on_deadline}\n"
+        ));
+    }
+    out.push_str("steps:\n");
     g.list(0, 2, &mut out, 1);
     out.push_str("result:\n  id: \"{{ event.id }}\"\n");
     (out, g.flags)
