@@ -91,7 +91,10 @@ fn report(what: &str, cost: Cost) {
             cost.process * 100.0,
             threads * 100.0
         ),
-        None => println!("{what:<24} process {:>6.2} % of a core", cost.process * 100.0),
+        None => println!(
+            "{what:<24} process {:>6.2} % of a core",
+            cost.process * 100.0
+        ),
     }
 }
 
@@ -103,9 +106,9 @@ fn measure(window: Duration, thread: Option<&str>, ticks: f64) -> Cost {
     std::thread::sleep(window);
     let secs = started.elapsed().as_secs_f64();
     let process = (process_ticks() - process_before) as f64 / ticks / secs;
-    let poll_threads = thread.zip(threads_before).map(|(name, before)| {
-        (threads_ticks(name).saturating_sub(before)) as f64 / ticks / secs
-    });
+    let poll_threads = thread
+        .zip(threads_before)
+        .map(|(name, before)| (threads_ticks(name).saturating_sub(before)) as f64 / ticks / secs);
     Cost {
         process,
         poll_threads,
