@@ -83,8 +83,8 @@ impl ProducerContext for DeliveryContext {
 }
 
 /// A future completed by the delivery report of one record: its partition
-/// and offset, or the error and the message.
-#[must_use = "a delivery future does nothing unless awaited"]
+/// and offset, or the error and the message. Dropping it is fine (the record
+/// is still sent), as with rdkafka's `DeliveryFuture`.
 #[derive(Debug)]
 pub struct DeliveryFuture {
     rx: oneshot::Receiver<OwnedDeliveryResult>,
