@@ -10,9 +10,9 @@ use std::time::Duration;
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sagaflow_bus::{SagaHeaders, TopicSpec};
+use sagaflow_bus::{Producer, SagaHeaders, TopicSpec};
 use sagaflow_test_support::{self as support, BrokerConfig, EmbeddedBroker, Storage};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -29,7 +29,7 @@ fn contract_ok<T, E: std::fmt::Display>(behaviour: &str, r: Result<T, E>) -> T {
 }
 
 async fn send(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     partition: Option<i32>,
     key: &str,
@@ -611,7 +611,7 @@ async fn no_acknowledged_record_is_skipped(name: &str) {
         seen
     });
 
-    let producers: Vec<FutureProducer> = (0..PRODUCERS)
+    let producers: Vec<Producer> = (0..PRODUCERS)
         .map(|_| contract_ok("producer", kafka.clone().with("linger.ms", "0").producer()))
         .collect();
     let mut acked: BTreeMap<i64, String> = BTreeMap::new();

@@ -17,7 +17,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+use sagaflow_bus::Producer;
 use sagaflow_codec::messages::{LifecycleKind, SagaResult};
 use sagaflow_codec::{Codec, CodecConfig, SagaEvent};
 use sagaflow_test_support::process::ChildGuard;
@@ -175,7 +176,7 @@ pub struct Stack {
     pub registry_url: String,
     pub ledger: Shared,
     pub codec: Arc<Codec>,
-    pub producer: FutureProducer,
+    pub producer: Producer,
     pub orchestrators: Vec<ChildGuard>,
     pub adapters: Vec<ChildGuard>,
     /// Environment given to every process the stack starts from now on.

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use sagaflow_bus::Producer;
 use sagaflow_bus::{KafkaConfig, TopicNames};
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +67,7 @@ pub(crate) const MARKER_KEY: &str = "__sagaflow.restore-marker";
 /// restore started lies before the marker.
 pub(crate) async fn restore(
     kafka: &KafkaConfig,
-    producer: &FutureProducer,
+    producer: &Producer,
     group_id: &str,
     topic: &str,
     partitions: &[i32],

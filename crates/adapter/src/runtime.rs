@@ -31,10 +31,11 @@ use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
+use sagaflow_bus::Producer;
 use sagaflow_bus::rebalance::{Ownership, RebalanceEvents, RebalancePolicy};
 use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
@@ -334,7 +335,7 @@ pub async fn run_until(
 
 /// Partitions of `topic` (retried briefly: a topic just created may not be
 /// in the metadata yet).
-async fn partition_count(producer: &FutureProducer, topic: &str) -> Result<usize, RuntimeError> {
+async fn partition_count(producer: &Producer, topic: &str) -> Result<usize, RuntimeError> {
     let mut last = String::new();
     for _ in 0..50 {
         let producer = producer.clone();
@@ -370,7 +371,7 @@ async fn partition_count(producer: &FutureProducer, topic: &str) -> Result<usize
 
 struct Shared {
     codec: Codec,
-    producer: FutureProducer,
+    producer: Producer,
     executor: Arc<Executor>,
     metrics: RuntimeMetrics,
     names: TopicNames,

@@ -12,11 +12,12 @@ use common::{Backend, Reply as BackendReply};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use sagaflow_adapter::{
     AdapterCommand, AdapterMetrics, AdapterOutcome, AdapterRuntime, CallContext, CommandHandler,
     Executor, ExecutorSettings, ProcessConfig, RunningAdapter,
 };
+use sagaflow_bus::Producer;
 use sagaflow_bus::{SagaHeaders, TopicNames, TopicSpec, header_names};
 use sagaflow_codec::messages::{Command, CommandKind, Reply, ReplyOutcome};
 use sagaflow_codec::{Codec, CodecConfig};
@@ -96,7 +97,7 @@ struct Env {
     group: String,
     dir: tempfile::TempDir,
     codec: Codec,
-    producer: FutureProducer,
+    producer: Producer,
 }
 
 impl Env {

@@ -33,8 +33,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sagaflow_bus::Producer;
 use sagaflow_bus::baseline::{Baseline, BaselineOptions};
 use sagaflow_bus::{KafkaConfig, TopicNames, TopicSpec, ensure_topics};
 use sagaflow_codec::messages::SagaStatus;
@@ -395,7 +396,7 @@ fn orchestrator_yaml(
 
 /// Publishes OrderPlaced events and reads results back.
 struct Load {
-    producer: FutureProducer,
+    producer: Producer,
     reader: StreamConsumer,
     topic: String,
     events_topic: String,

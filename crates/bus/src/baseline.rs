@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer as _};
 
-use crate::{Error, KafkaConfig, TopicSpec, ensure_topics};
+use crate::{Error, KafkaConfig, Producer, TopicSpec, ensure_topics};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -164,7 +164,7 @@ pub async fn measure(
 
 async fn round_trips(
     kafka: &KafkaConfig,
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     payload: &[u8],
     opts: &BaselineOptions,

@@ -4,7 +4,6 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 
 use crate::Error;
@@ -163,9 +162,10 @@ impl KafkaConfig {
         cfg
     }
 
-    pub fn producer(&self) -> Result<FutureProducer, Error> {
-        self.client_config(ClientRole::Producer)
-            .create()
+    /// Sagaflow's [`Producer`](crate::Producer): one polling thread that
+    /// does not spin while idle (see `crate::producer`).
+    pub fn producer(&self) -> Result<crate::Producer, Error> {
+        crate::Producer::from_config(&self.client_config(ClientRole::Producer))
             .map_err(|e| self.client_error(ClientRole::Producer, &e))
     }
 
@@ -285,7 +285,7 @@ mod tests {
         let cfg = KafkaConfig::new("127.0.0.1:1")
             .with("sasl.password", "hunter2-secret")
             .with("no.such.property", "hunter2-secret");
-        let err = cfg.producer().err().expect("unknown property rejected");
+        let err = cfg.producer().expect_err("unknown property rejected");
         let text = err.to_string();
         assert!(text.contains("SF-BUS-001"), "{text}");
         assert!(!text.contains("hunter2-secret"), "secret leaked: {text}");
@@ -300,7 +300,7 @@ mod tests {
         let cfg = KafkaConfig::new("127.0.0.1:1")
             .with("sasl.password", "p4ss")
             .with("acks", "p4ss");
-        let err = cfg.producer().err().expect("acks=p4ss is invalid");
+        let err = cfg.producer().expect_err("acks=p4ss is invalid");
         let text = err.to_string();
         assert!(!text.contains("p4ss"), "secret leaked: {text}");
         assert!(text.contains("acks"), "names the property: {text}");

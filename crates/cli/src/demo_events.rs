@@ -52,7 +52,7 @@ const EMAIL_VERIFIED: EventType = EventType {
 /// system publishing Avro would.
 pub(crate) struct Publisher {
     pub(crate) codec: Codec,
-    producer: rdkafka::producer::FutureProducer,
+    producer: sagaflow_bus::Producer,
     schemas: HashMap<&'static str, (String, sagaflow_codec::apache_avro::Schema)>,
 }
 

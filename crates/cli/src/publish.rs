@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaRespErr;
 use sagaflow_bus::KafkaConfig;
+use sagaflow_bus::{DeliveryFuture, Producer};
 use sagaflow_codec::{Codec, CodecConfig, SubjectStrategy, TopicFormat};
 use sagaflow_orchestrator::events::EventSchemas;
 use sagaflow_orchestrator::ingest::{self, IngestError};
@@ -231,7 +232,7 @@ fn codec(args: &PublishArgs) -> CliResult<Codec> {
     .map_err(|e| Failure::Usage(e.to_string()))
 }
 
-fn producer(args: &PublishArgs) -> CliResult<FutureProducer> {
+fn producer(args: &PublishArgs) -> CliResult<Producer> {
     let mut kafka = KafkaConfig::new(args.bootstrap_servers.clone())
         .with("message.timeout.ms", args.timeout.as_millis().to_string());
     for (k, v) in &args.property {
@@ -241,7 +242,7 @@ fn producer(args: &PublishArgs) -> CliResult<FutureProducer> {
 }
 
 /// Checks, within the timeout, that the broker answers and has the topic.
-async fn check_topic(args: &PublishArgs, producer: &FutureProducer) -> CliResult {
+async fn check_topic(args: &PublishArgs, producer: &Producer) -> CliResult {
     let producer = producer.clone();
     let topic = args.topic.clone();
     let timeout = args.timeout;

@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+use sagaflow_bus::Producer;
 use sagaflow_codec::Codec;
 use sagaflow_http::{BearerToken, Refusal};
 use serde::Deserialize;
@@ -52,7 +53,7 @@ pub struct Orchestrator {
 pub struct ApiState {
     pub store: Arc<Store>,
     pub codec: Arc<Codec>,
-    pub producer: FutureProducer,
+    pub producer: Producer,
     pub read_token: Option<BearerToken>,
     pub operator_token: Option<BearerToken>,
     pub orchestrator: Option<Orchestrator>,

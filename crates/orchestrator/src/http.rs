@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+use sagaflow_bus::Producer;
 use sagaflow_bus::{TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
 use sagaflow_engine::{Engine, TriggerEvent};
@@ -40,7 +41,7 @@ pub struct ApiState {
     pub engine: Arc<Engine>,
     pub view: SagaView,
     pub metrics: Metrics,
-    pub producer: FutureProducer,
+    pub producer: Producer,
     pub names: TopicNames,
     pub ready: Arc<AtomicBool>,
     /// Bearer token required on `/v1/*`; `None` leaves the API open (only

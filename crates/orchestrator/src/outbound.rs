@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+use sagaflow_bus::Producer;
 use sagaflow_bus::{SagaHeaders, TopicNames, TraceContext, TraceHeaders};
 use sagaflow_engine::{Effect, SagaState};
 
@@ -146,7 +147,7 @@ pub(crate) fn envelope_record(names: &TopicNames, env: &Envelope, trace: TraceHe
 
 /// Sends an envelope to the inputs topic (used by the HTTP API).
 pub async fn send_envelope(
-    producer: &FutureProducer,
+    producer: &Producer,
     names: &TopicNames,
     env: &Envelope,
     trace: TraceHeaders,
@@ -156,10 +157,7 @@ pub async fn send_envelope(
 }
 
 /// Produces one record; returns its partition and offset.
-pub(crate) async fn produce(
-    producer: &FutureProducer,
-    out: Outgoing,
-) -> Result<(i32, i64), String> {
+pub(crate) async fn produce(producer: &Producer, out: Outgoing) -> Result<(i32, i64), String> {
     enqueue(producer, out).await.await
 }
 
@@ -167,7 +165,7 @@ pub(crate) async fn produce(
 /// and offset of each. A record over `limit` bytes is not sent (a broker
 /// would refuse it for ever): it is logged and counted as SF-ORCH-022.
 pub(crate) async fn produce_all(
-    producer: &FutureProducer,
+    producer: &Producer,
     records: Vec<Outgoing>,
     limit: usize,
 ) -> Result<Vec<(i32, i64)>, String> {
@@ -184,11 +182,7 @@ pub(crate) type Acks = futures::future::BoxFuture<'static, Result<Vec<(i32, i64)
 /// every partition, whenever the acknowledgements are awaited; it waits
 /// only while the producer's queue is full. A record over `limit` bytes
 /// is not sent (SF-ORCH-022, as [`produce_all`]).
-pub(crate) async fn enqueue_all(
-    producer: &FutureProducer,
-    records: Vec<Outgoing>,
-    limit: usize,
-) -> Acks {
+pub(crate) async fn enqueue_all(producer: &Producer, records: Vec<Outgoing>, limit: usize) -> Acks {
     let mut acks = Vec::with_capacity(records.len());
     for r in records {
         let size = r.size();
@@ -217,7 +211,7 @@ pub(crate) async fn enqueue_all(
 /// Hands one record to the producer, waiting while its queue is full;
 /// returns what resolves to the record's partition and offset.
 async fn enqueue(
-    producer: &FutureProducer,
+    producer: &Producer,
     out: Outgoing,
 ) -> futures::future::BoxFuture<'static, Result<(i32, i64), String>> {
     let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&out.topic).headers(out.headers);
@@ -257,7 +251,7 @@ async fn enqueue(
 }
 
 /// How long a record waits for room in a full producer queue (as
-/// `FutureProducer::send` would be told).
+/// `Producer::send` would be told).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Exports the span of one record the saga sends (and, with its result,

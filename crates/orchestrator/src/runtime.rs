@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use sagaflow_bus::Producer;
 use sagaflow_bus::{KafkaConfig, TopicNames, TraceContext};
 use sagaflow_codec::Codec;
 use sagaflow_engine::Engine;
@@ -385,7 +385,7 @@ impl Driver {
     async fn on_batch(
         &self,
         store: &impl SagaStore,
-        producer: &FutureProducer,
+        producer: &Producer,
         owned: &mut Owned,
         batch: &[BorrowedMessage<'_>],
     ) -> Result<ControlFlow<(), TopicPartitionList>, RunError> {
@@ -545,7 +545,7 @@ impl Driver {
     async fn rebalanced(
         &self,
         store: &impl SagaStore,
-        producer: &FutureProducer,
+        producer: &Producer,
         owned: &mut Owned,
         ev: Ownership,
     ) -> Result<(), RunError> {
@@ -593,7 +593,7 @@ impl Driver {
     async fn restore(
         &self,
         store: &impl SagaStore,
-        producer: &FutureProducer,
+        producer: &Producer,
         p: i32,
     ) -> Result<Partition, RunError> {
         let started = Instant::now();
@@ -676,7 +676,7 @@ impl Driver {
     async fn flush(
         &self,
         store: &impl SagaStore,
-        producer: &FutureProducer,
+        producer: &Producer,
         owned: &mut Owned,
         work: Batch,
     ) -> Result<Vec<i32>, RunError> {

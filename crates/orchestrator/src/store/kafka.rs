@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sagaflow_bus::KafkaConfig;
+use sagaflow_bus::Producer;
 
 use super::{Change, Lease, Restored, SagaStore, StoreError, Written, advance, skip_gap};
 use crate::changelog::{self, EpochMarker, GapScan, Record, Replay};
@@ -24,7 +24,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct KafkaStore {
     kafka: KafkaConfig,
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     /// The instance's consumer group: names its markers and readers.
     group_id: String,
@@ -36,7 +36,7 @@ pub struct KafkaStore {
 impl KafkaStore {
     pub fn new(
         kafka: KafkaConfig,
-        producer: FutureProducer,
+        producer: Producer,
         topic: String,
         group_id: String,
         record_limit: usize,
