@@ -155,11 +155,13 @@ fn generate(seed: u64) -> (String, usize) {
     // while steps run, retry or await (1 s timeouts, replies up to 1.5 s
     // late, awaits of an hour), long enough that some sagas end first.
     if g.rng.chance(33) {
-        let on_deadline = if g.rng.chance(50) { "compensate" } else { "fail" };
+        let on_deadline = if g.rng.chance(50) {
+            "compensate"
+        } else {
+            "fail"
+        };
         let secs = 1 + g.rng.below(8);
-        out.push_str(&format!(
-            "deadline: {secs}s\non-deadline: {on_deadline}\n"
-        ));
+        out.push_str(&format!("deadline: {secs}s\non-deadline: {on_deadline}\n"));
     }
     out.push_str("steps:\n");
     g.list(0, 2, &mut out, 1);
@@ -671,6 +673,14 @@ fn random_runs_reach_every_ending() {
                     Some(d) if d.starts_with("event ") => {
                         *ends.entry("await-event".into()).or_default() += 1
                     }
+                    Some(d) if d.contains("saga deadline passed") => {
+                        let how = if state.status == SagaStatus::Failed {
+                            "deadline-failed"
+                        } else {
+                            "deadline-compensated"
+                        };
+                        *ends.entry(how.into()).or_default() += 1
+                    }
                     _ => {}
                 }
             }
@@ -683,6 +693,8 @@ fn random_runs_reach_every_ending() {
         "with-retries",
         "await-event",
         "await-early",
+        "deadline-failed",
+        "deadline-compensated",
     ] {
         assert!(
             ends.get(key).copied().unwrap_or(0) > 0,
