@@ -38,6 +38,16 @@ fn dev(data: &std::path::Path, rate: &str, log: &std::path::Path) -> Child {
         .unwrap()
 }
 
+/// A run's log file beside its data dir, removed when the test is done
+/// with it (a failure has printed its tail by then).
+struct Log(std::path::PathBuf);
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -66,8 +76,8 @@ fn run_and_kill(data: &std::path::Path) -> Option<(u64, u64)> {
     // Run 1: killed with SIGKILL at its first progress line that shows all
     // triggers published (and, 100 ms later, the e-mail verifications) and
     // not every saga ended.
-    let log = data.with_extension("run1.log");
-    let mut first = dev(data, "400", &log);
+    let log = Log(data.with_extension("run1.log"));
+    let mut first = dev(data, "400", &log.0);
     let (tx, rx) = mpsc::channel();
     let stdout = first.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -130,8 +140,8 @@ fn a_killed_dev_stack_restarted_on_its_data_dir_ends_every_saga_once() {
     // and counts every saga result in the topic from the start, both runs
     // included. The sagas of run 1 must end from what the broker kept, long
     // before run 2 could have published them all again.
-    let log = data.path().with_extension("run2.log");
-    let mut second = dev(data.path(), "1", &log);
+    let log = Log(data.path().with_extension("run2.log"));
+    let mut second = dev(data.path(), "1", &log.0);
     let stdout = second.stdout.take().unwrap();
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -147,7 +157,7 @@ fn a_killed_dev_stack_restarted_on_its_data_dir_ends_every_saga_once() {
                 "the restarted stack did not end {SAGAS} sagas within 240 s\n\
                  --- its output, last lines:\n{}\n--- its log, last lines:\n{}",
                 tail(&out, 15),
-                tail(&std::fs::read_to_string(&log).unwrap_or_default(), 60)
+                tail(&std::fs::read_to_string(&log.0).unwrap_or_default(), 60)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
