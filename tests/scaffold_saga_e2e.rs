@@ -130,12 +130,14 @@ async fn publish(stack: &Stack, topic: &str, schema: &str, key: &str, event: Val
     stack.send_raw(&topic, key, &bytes).await;
 }
 
-/// Waits for the result of `saga_id`.
-async fn result_of(
+/// Waits for the result of `saga_id` and checks it ended `status` (the
+/// stack's logs on a mismatch).
+async fn ended(
     stack: &Stack,
     reader: &rdkafka::consumer::StreamConsumer,
     results: &mut BTreeMap<String, SagaResult>,
     saga_id: &str,
+    status: SagaStatus,
 ) -> SagaResult {
     let mut copies = 0;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -145,10 +147,12 @@ async fn result_of(
             .collect_results(reader, results, &mut copies, n, Duration::from_secs(1))
             .await;
     }
-    results
+    let result = results
         .get(saga_id)
         .cloned()
-        .unwrap_or_else(|| panic!("{saga_id} has no result\n{}", stack.logs()))
+        .unwrap_or_else(|| panic!("{saga_id} has no result\n{}", stack.logs()));
+    assert_eq!(result.status, status, "{result:?}\n{}", stack.logs());
+    result
 }
 
 const PET_ARRIVED: &str = r#"{
@@ -309,13 +313,14 @@ async fn a_saga_runs_through_the_adapter_scaffolded_from_the_petstore_openapi_do
         json!({"ref": "p-1", "name": "Rex", "photo_url": "https://img.example/rex.png", "companion_id": 1}),
     )
     .await;
-    let done = result_of(&stack, &reader, &mut results, "pet-intake:p-1").await;
-    assert_eq!(
-        done.status,
+    let done = ended(
+        &stack,
+        &reader,
+        &mut results,
+        "pet-intake:p-1",
         SagaStatus::Completed,
-        "{done:?}\n{}",
-        stack.logs()
-    );
+    )
+    .await;
     assert_eq!(
         done.output,
         json!({"id": 2, "name": "Rex", "companion": "Bella"})
@@ -329,13 +334,14 @@ async fn a_saga_runs_through_the_adapter_scaffolded_from_the_petstore_openapi_do
         json!({"ref": "p-2", "name": "Max", "photo_url": "https://img.example/max.png", "companion_id": 99}),
     )
     .await;
-    let undone = result_of(&stack, &reader, &mut results, "pet-intake:p-2").await;
-    assert_eq!(
-        undone.status,
+    let undone = ended(
+        &stack,
+        &reader,
+        &mut results,
+        "pet-intake:p-2",
         SagaStatus::Compensated,
-        "{undone:?}\n{}",
-        stack.logs()
-    );
+    )
+    .await;
     assert!(
         undone
             .error
@@ -482,13 +488,14 @@ async fn a_saga_runs_through_the_adapter_scaffolded_from_the_demo_billing_wsdl()
         json!({"customer_id": "sw-3", "crm_account": "crm-sw-3", "plan": "PRO", "old_account": "b-old-3"}),
     )
     .await;
-    let done = result_of(&stack, &reader, &mut results, "billing-switch:sw-3").await;
-    assert_eq!(
-        done.status,
+    let done = ended(
+        &stack,
+        &reader,
+        &mut results,
+        "billing-switch:sw-3",
         SagaStatus::Completed,
-        "{done:?}\n{}",
-        stack.logs()
-    );
+    )
+    .await;
     assert_eq!(
         done.output,
         json!({"account": "b-sw-3", "old_closed": "true"})
@@ -504,13 +511,14 @@ async fn a_saga_runs_through_the_adapter_scaffolded_from_the_demo_billing_wsdl()
         json!({"customer_id": "sw-4", "crm_account": "crm-sw-4", "plan": "BASIC", "old_account": ""}),
     )
     .await;
-    let undone = result_of(&stack, &reader, &mut results, "billing-switch:sw-4").await;
-    assert_eq!(
-        undone.status,
+    let undone = ended(
+        &stack,
+        &reader,
+        &mut results,
+        "billing-switch:sw-4",
         SagaStatus::Compensated,
-        "{undone:?}\n{}",
-        stack.logs()
-    );
+    )
+    .await;
     assert!(
         undone
             .error
