@@ -338,27 +338,11 @@ pub async fn run_until(
 async fn partition_count(producer: &Producer, topic: &str) -> Result<usize, RuntimeError> {
     let mut last = String::new();
     for _ in 0..50 {
-        let producer = producer.clone();
-        let t = topic.to_owned();
-        let got = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&t), Duration::from_secs(10))
-                .map(|md| {
-                    md.topics()
-                        .iter()
-                        .find(|mt| mt.name() == t && mt.error().is_none())
-                        .map_or(0, |mt| mt.partitions().len())
-                })
-        })
-        .await
-        .map_err(|e| RuntimeError::Kafka {
-            message: e.to_string(),
-        })?;
+        let got = sagaflow_bus::partitions_of(producer, topic, Duration::from_secs(10)).await;
         match got {
             Ok(n) if n > 0 => return Ok(n),
             Ok(_) => last = "no partitions in the metadata yet".into(),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

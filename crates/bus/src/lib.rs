@@ -16,7 +16,7 @@ mod topics;
 pub use clock::now_ms;
 pub use config::{ClientRole, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
-pub use partition::{murmur2, partition_for};
+pub use partition::{murmur2, partition_for, partitions_of};
 pub use producer::{DeliveryFuture, Producer};
 /// W3C trace context lives in `sagaflow-trace` (no Kafka client needed);
 /// re-exported so `sagaflow_bus::TraceContext` and `sagaflow_bus::trace`

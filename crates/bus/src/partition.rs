@@ -43,6 +43,33 @@ pub fn partition_for(key: &[u8], partitions: i32) -> Option<i32> {
     Some(((murmur2(key) & 0x7fff_ffff) % n) as i32)
 }
 
+/// How many partitions `topic` has, from one metadata request of
+/// `producer`'s client (made on a blocking thread); `Ok(0)` while the topic
+/// is not in the metadata yet.
+pub async fn partitions_of(
+    producer: &crate::Producer,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<usize, String> {
+    let producer = producer.clone();
+    let t = topic.to_owned();
+    use rdkafka::producer::Producer as _;
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&t), timeout)
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .find(|mt| mt.name() == t && mt.error().is_none())
+                    .map_or(0, |mt| mt.partitions().len())
+            })
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

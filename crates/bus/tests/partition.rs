@@ -38,5 +38,9 @@ async fn computed_partitions_are_where_the_producer_puts_keyed_records() {
         );
         seen.insert(delivery.partition);
     }
-    assert_eq!(seen.len(), partitions as usize, "the keys reach every partition");
+    assert_eq!(
+        seen.len(),
+        partitions as usize,
+        "the keys reach every partition"
+    );
 }
