@@ -447,6 +447,121 @@ async fn a_third_instance_takes_partitions_over_mid_run() {
     );
 }
 
+/// The facade answered `order` with the ending its saga should have.
+fn ended(stack: &Stack, order: &str, body: &serde_json::Value) {
+    let want = format!("{:?}", expected(order).0).to_lowercase();
+    assert_eq!(
+        body["status"],
+        want.as_str(),
+        "order {order}: {body}\n{}",
+        stack.logs()
+    );
+}
+
+/// Saga starts through the HTTP facade of one of two instances: a start
+/// whose partition the instance owns is applied by its own driver
+/// (`direct`), the others go through `sagaflow.inputs` to the other
+/// instance. Then the instance is killed with SIGKILL while starts are in
+/// flight; callers retry what got no answer, with the same
+/// `Idempotency-Key`, at the other instance. Every saga ends once and every
+/// backend effect happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn facade_starts_reach_their_owner_directly_or_through_the_inputs_and_survive_kill_9() {
+    let _alone = GROUP_CHAOS.lock().await;
+    let mut stack = Stack::start("facade", 6).await;
+    stack.start_adapters();
+    let first = stack.start_orchestrator_in(0);
+    let second = stack.start_orchestrator_in(1);
+    let reader = stack.results_reader();
+    let bases: Vec<String> = [first, second]
+        .iter()
+        .map(|&i| format!("http://{}", stack.orchestrators[i].http_addr(WAIT)))
+        .collect();
+    for base in &bases {
+        metrics::wait_for_sum(
+            &format!("{base}/metrics"),
+            "sagaflow_owned_partitions",
+            &[],
+            1.0,
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("an instance never owned partitions\n{e}\n{}", stack.logs()));
+    }
+    let client = reqwest::Client::new();
+    let start = |base: &str, order: &str| {
+        let request = client
+            .post(format!("{base}/v1/sagas/order-checkout?wait=120s"))
+            .header("idempotency-key", format!("facade-{order}"))
+            .json(&common::order_json(order, customer(order), total(order)));
+        let order = order.to_owned();
+        async move {
+            let answer = request.send().await.map_err(|e| e.to_string())?;
+            let body: serde_json::Value = answer.json().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((order, body))
+        }
+    };
+
+    // Both paths, from one facade.
+    let calm: Vec<String> = orders(24).iter().map(|o| format!("{o}-calm")).collect();
+    let answers = futures::future::join_all(calm.iter().map(|o| start(&bases[0], o))).await;
+    for answer in answers {
+        let (order, body) = answer.expect("the facade answers");
+        ended(&stack, &order, &body);
+    }
+    let text = metrics::scrape(&format!("{}/metrics", bases[0]))
+        .await
+        .unwrap();
+    let path = |p: &str| metrics::sum(&text, "sagaflow_facade_starts_total", &[("path", p)]);
+    assert!(
+        path("direct") >= 1.0 && path("inputs") >= 1.0 && path("direct") + path("inputs") == 24.0,
+        "24 starts, some applied by the owner and some through the inputs: direct {}, inputs {}",
+        path("direct"),
+        path("inputs")
+    );
+
+    // SIGKILL with starts in flight; the unanswered are retried elsewhere.
+    let stormy: Vec<String> = orders(40).iter().map(|o| format!("{o}-storm")).collect();
+    let in_flight = futures::future::join_all(stormy.iter().map(|o| start(&bases[0], o)));
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stack.orchestrators[first].kill9();
+    };
+    let (answers, ()) = tokio::join!(in_flight, kill);
+    let mut retried = Vec::new();
+    for (order, answer) in stormy.iter().zip(answers) {
+        match answer {
+            Ok((order, body)) if body["status"] != "running" => ended(&stack, &order, &body),
+            _ => retried.push(order.clone()),
+        }
+    }
+    // The killed member comes back under its id (tansu never expires a
+    // dead static member, docs/broker.md); the retries go to the survivor.
+    stack.start_orchestrator_in(0);
+    let answers = futures::future::join_all(retried.iter().map(|o| start(&bases[1], o))).await;
+    for answer in answers {
+        let (order, body) = answer.expect("the surviving facade answers");
+        ended(&stack, &order, &body);
+    }
+    eprintln!(
+        "facade: {} of {} starts answered before the kill, {} retried",
+        stormy.len() - retried.len(),
+        stormy.len(),
+        retried.len()
+    );
+
+    let all: Vec<String> = calm.iter().chain(&stormy).cloned().collect();
+    let mut results = BTreeMap::new();
+    let mut copies = 0;
+    stack
+        .collect_results(&reader, &mut results, &mut copies, all.len(), WAIT)
+        .await;
+    stack
+        .drain_saga_events(&reader, &mut results, &mut copies, Duration::from_secs(1))
+        .await;
+    check_exactly_once(&stack, &all, &results);
+}
+
 /// A paused orchestrator is replaced while it lives (SIGSTOP, as a long GC
 /// pause or a network partition would), then resumes (SIGCONT) with its
 /// stale state and whatever batch it was in. The replacement's ownership

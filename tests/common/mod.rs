@@ -413,22 +413,15 @@ impl Stack {
             .await;
     }
 
-    /// An OrderPlaced event's bytes as a publisher would send them.
+    /// An OrderPlaced event's bytes as a publisher would send them
+    /// ([`order_json`], Avro-encoded).
     pub async fn order_placed(&self, order_id: &str, customer: &str, total_cents: i64) -> Vec<u8> {
         let schema = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/orders/OrderPlaced.avsc"),
         )
         .unwrap();
         let parsed = sagaflow_codec::apache_avro::Schema::parse_str(&schema).unwrap();
-        let event = json!({
-            "order_id": order_id,
-            "customer_id": customer,
-            "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": total_cents}],
-            "total_cents": total_cents,
-            "currency": "EUR",
-            "shipping_address": {"line1": "1 Main St", "line2": null, "postal_code": "12345", "city": "Springfield", "country": "DE"},
-            "placed_at": 1_700_000_000_000i64,
-        });
+        let event = order_json(order_id, customer, total_cents);
         let value = sagaflow_codec::json::json_to_avro(&event, &parsed)
             .unwrap_or_else(|e| panic!("OrderPlaced does not match its schema: {e}"));
         self.codec
@@ -634,4 +627,17 @@ impl Stack {
     pub fn effects(&self) -> BTreeMap<(String, String), u32> {
         self.ledger.lock().unwrap().effects.clone()
     }
+}
+
+/// An OrderPlaced event as JSON: the body of `POST /v1/sagas/order-checkout`.
+pub fn order_json(order_id: &str, customer: &str, total_cents: i64) -> serde_json::Value {
+    json!({
+        "order_id": order_id,
+        "customer_id": customer,
+        "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": total_cents}],
+        "total_cents": total_cents,
+        "currency": "EUR",
+        "shipping_address": {"line1": "1 Main St", "line2": null, "postal_code": "12345", "city": "Springfield", "country": "DE"},
+        "placed_at": 1_700_000_000_000i64,
+    })
 }

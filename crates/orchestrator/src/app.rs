@@ -133,7 +133,9 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         shutdown.clone(),
     ));
     let producer = cfg.kafka.producer().map_err(AppError::Producer)?;
+    let (starts, handed) = crate::handoff::channel(metrics.clone());
     let api = router(ApiState {
+        starts,
         ingest: Arc::new(crate::ingest::known_events(engine.registry())),
         codec: codec.clone(),
         schemas: Arc::new(schemas.clone()),
@@ -198,6 +200,7 @@ pub async fn run(cfg: OrchestratorConfig, shutdown: watch::Receiver<bool>) -> Re
         health: health.clone(),
         view: Some(view),
         stop: shutdown.clone(),
+        starts: Some(handed),
     };
     // The driver and its watchdog are tasks of their own: a driver that
     // blocks its thread cannot keep the watchdog from seeing it.

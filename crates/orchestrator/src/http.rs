@@ -21,6 +21,7 @@ use sagaflow_http::{BearerToken, Refusal};
 use serde_json::{Value, json};
 
 use crate::events::EventSchemas;
+use crate::handoff::Starts;
 use crate::ingest::{self, IngestError, IngestEvent};
 use crate::metrics::Metrics;
 use crate::runtime::send_envelope;
@@ -42,6 +43,9 @@ pub struct ApiState {
     pub view: SagaView,
     pub metrics: Metrics,
     pub producer: Producer,
+    /// Where saga starts go: this instance's driver when it owns the
+    /// saga's partition, else `sagaflow.inputs`.
+    pub starts: Starts,
     pub names: TopicNames,
     pub ready: Arc<AtomicBool>,
     /// Bearer token required on `/v1/*`; `None` leaves the API open (only
@@ -339,7 +343,11 @@ async fn start(
     };
     // A caller's trace context continues into the saga; an invalid one is
     // replaced by a fresh trace.
-    if let Err(e) = send_envelope(&s.producer, &s.names, &env, caller_trace(&headers)).await {
+    let started = s
+        .starts
+        .start(&s.producer, &s.names, env, caller_trace(&headers))
+        .await;
+    if let Err(e) = started {
         tracing::warn!(error = %e, "a saga start was not acknowledged by the broker");
         return ApiError::Unavailable(format!(
             "could not start the saga: {}",

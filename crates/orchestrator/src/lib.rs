@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 mod effects;
 pub mod events;
+pub mod handoff;
 pub mod health;
 pub mod http;
 pub mod ingest;

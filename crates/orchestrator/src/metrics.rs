@@ -60,6 +60,10 @@ pub struct Metrics {
     /// Ended saga ids remembered to refuse replayed triggers, on this
     /// instance.
     pub ended_markers: IntGauge,
+    /// Saga starts of `POST /v1/sagas/{type}`, by path: `direct` (applied
+    /// by this instance, which owns the saga's partition) or `inputs`
+    /// (through `sagaflow.inputs`).
+    pub facade_starts: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -208,6 +212,20 @@ impl Metrics {
                 "Events posted to the HTTP ingest, by topic and outcome",
                 &["topic", "outcome"],
             ),
+            facade_starts: {
+                let c = counter(
+                    r,
+                    "sagaflow_facade_starts_total",
+                    "Saga starts of the HTTP facade, by path (direct to this instance's driver, or through the inputs topic)",
+                    &["path"],
+                );
+                // Both series exist from the start, so a dashboard's ratio
+                // of the two has data before the first start.
+                for path in ["direct", "inputs"] {
+                    c.with_label_values(&[path]);
+                }
+                c
+            },
             fencing: counter(
                 r,
                 "sagaflow_fencing_total",

@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 pub use crate::core::StoredSaga;
 use crate::core::{Limits, PartitionCore};
 use crate::events::EventSchemas;
+use crate::handoff::{Start, Taken};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbound::{Acks, Outgoing, effect_kind, enqueue_all, now_ms, produce_all};
@@ -86,6 +87,8 @@ pub struct Driver {
     /// Turns true when the instance is asked to stop: ends waits for a
     /// dependency's outage.
     pub stop: watch::Receiver<bool>,
+    /// Saga starts the HTTP facade hands over ([`crate::handoff`]).
+    pub starts: Option<mpsc::Receiver<Start>>,
 }
 
 #[derive(Debug, thiserror::Error, sagaflow_codes::Coded)]
@@ -106,15 +109,15 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 pub(crate) struct Stopping;
 
 /// One owned partition: its core and this owner's lease in the store.
-struct Partition {
-    core: PartitionCore,
+pub(crate) struct Partition {
+    pub(crate) core: PartitionCore,
     lease: Lease,
 }
 
 /// The partitions this instance holds, and those it must leave alone.
 #[derive(Default)]
-struct Owned {
-    parts: HashMap<i32, Partition>,
+pub(crate) struct Owned {
+    pub(crate) parts: HashMap<i32, Partition>,
     /// Revoked by the group: their inputs belong to the next owner.
     revoked: BTreeSet<i32>,
     /// Taken over by another owner (a newer epoch marker in the store)
@@ -165,7 +168,7 @@ impl Owned {
 
     /// Whether an input of this co-partitioned partition is someone
     /// else's to apply.
-    fn foreign(&self, p: i32) -> bool {
+    pub(crate) fn foreign(&self, p: i32) -> bool {
         self.revoked.contains(&p) || self.lost.contains(&p)
     }
 }
@@ -184,9 +187,11 @@ type Subscribed = (
 
 impl Driver {
     /// Runs until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
         let (consumer, mut rx) = self.subscribe()?;
         let producer = self.kafka.producer()?;
+        let mut starts = self.starts.take();
+        let mut inputs_partitions = self.inputs_partitions(&producer).await;
         let store = KafkaStore::new(
             self.kafka.clone(),
             producer.clone(),
@@ -208,7 +213,9 @@ impl Driver {
             }
             while let Ok(ev) = rx.try_recv() {
                 self.settle_all(&consumer, &mut owned).await?;
-                self.rebalanced(&store, &producer, &mut owned, ev).await?;
+                inputs_partitions = self
+                    .on_rebalance(&store, &producer, &mut owned, ev, inputs_partitions)
+                    .await?;
             }
             while owned.sending.len() >= self.pipeline_depth.max(1) {
                 self.settle_oldest(&consumer, &mut owned).await?;
@@ -222,7 +229,7 @@ impl Driver {
                 // restored (and its timers armed) even if no input arrives.
                 Some(ev) = rx.recv() => {
                     self.settle_all(&consumer, &mut owned).await?;
-                    self.rebalanced(&store, &producer, &mut owned, ev).await?
+                    inputs_partitions = self.on_rebalance(&store, &producer, &mut owned, ev, inputs_partitions).await?;
                 }
                 // The oldest batch's effects are acknowledged.
                 acked = async {
@@ -247,22 +254,33 @@ impl Driver {
                 }
                 m = consumer.recv() => {
                     let Some(batch) = self.collect(&consumer, m).await else { continue };
+                    let handed = self.more_starts(&mut starts, Vec::new());
                     // Partitions revoked while the batch was collected are no
                     // longer ours: their inputs are left to the next owner.
                     while let Ok(ev) = rx.try_recv() {
                         self.settle_all(&consumer, &mut owned).await?;
-                        self.rebalanced(&store, &producer, &mut owned, ev).await?;
+                        inputs_partitions = self.on_rebalance(&store, &producer, &mut owned, ev, inputs_partitions).await?;
                     }
-                    let turn = self.on_batch(&store, &producer, &mut owned, &batch).await?;
-                    if let ControlFlow::Continue(done) = turn {
-                        // Committed once this batch's effects settle.
-                        match owned.sending.back_mut() {
-                            Some(last) => merge_offsets(&mut last.commit, done),
-                            None => self.commit(&consumer, done)?,
-                        }
-                    } else {
-                        // Stopping while a dependency is down: nothing of
-                        // this batch is committed; the next owner reads it.
+                    let turn = self
+                        .on_batch(&store, &producer, &mut owned, &batch, handed, inputs_partitions)
+                        .await?;
+                    if !self.turned(&consumer, &mut owned, turn)? {
+                        break;
+                    }
+                }
+                // Saga starts from this instance's facade, when no record
+                // is waiting (records take them along otherwise).
+                Some(start) = async {
+                    match &mut starts {
+                        Some(starts) => starts.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let handed = self.more_starts(&mut starts, vec![start]);
+                    let turn = self
+                        .on_batch(&store, &producer, &mut owned, &[], handed, inputs_partitions)
+                        .await?;
+                    if !self.turned(&consumer, &mut owned, turn)? {
                         break;
                     }
                 }
@@ -296,6 +314,76 @@ impl Driver {
             self.settle_oldest(consumer, owned).await?;
         }
         Ok(())
+    }
+
+    /// A batch was applied: its input offsets are committed once its
+    /// effects settle. False when the instance is stopping while a
+    /// dependency is down: nothing of the batch is committed; the next
+    /// owner reads it.
+    fn turned(
+        &self,
+        consumer: &StreamConsumer<RebalanceEvents>,
+        owned: &mut Owned,
+        turn: ControlFlow<(), TopicPartitionList>,
+    ) -> Result<bool, RunError> {
+        let ControlFlow::Continue(done) = turn else {
+            return Ok(false);
+        };
+        match owned.sending.back_mut() {
+            Some(last) => merge_offsets(&mut last.commit, done),
+            None => self.commit(consumer, done)?,
+        }
+        Ok(true)
+    }
+
+    /// `first` and the saga starts already waiting, up to `max-batch`.
+    fn more_starts(
+        &self,
+        starts: &mut Option<mpsc::Receiver<Start>>,
+        mut first: Vec<Start>,
+    ) -> Vec<Start> {
+        if let Some(starts) = starts {
+            while first.len() < self.max_batch {
+                match starts.try_recv() {
+                    Ok(start) => first.push(start),
+                    Err(_) => break,
+                }
+            }
+        }
+        first
+    }
+
+    /// The inputs topic's partition count, which places a saga start; `None`
+    /// (every start then goes through the topic) when the metadata cannot
+    /// be read.
+    async fn inputs_partitions(&self, producer: &Producer) -> Option<i32> {
+        let inputs = self.names.inputs();
+        match sagaflow_bus::partitions_of(producer, &inputs, Duration::from_secs(5)).await {
+            Ok(n) if n > 0 => i32::try_from(n).ok(),
+            Ok(_) => None,
+            Err(e) => {
+                warn!(error = %e, topic = %inputs, "cannot read the inputs' partition count; the facade's starts go through the topic");
+                None
+            }
+        }
+    }
+
+    /// A rebalance; an assignment reads the inputs' partition count again.
+    async fn on_rebalance(
+        &self,
+        store: &impl SagaStore,
+        producer: &Producer,
+        owned: &mut Owned,
+        ev: Ownership,
+        partitions: Option<i32>,
+    ) -> Result<Option<i32>, RunError> {
+        let assigned = matches!(ev, Ownership::Assigned(_));
+        self.rebalanced(store, producer, owned, ev).await?;
+        Ok(if assigned {
+            self.inputs_partitions(producer).await
+        } else {
+            partitions
+        })
     }
 
     /// A batch's effects are acknowledged: the leases it wrote under note
@@ -388,6 +476,8 @@ impl Driver {
         producer: &Producer,
         owned: &mut Owned,
         batch: &[BorrowedMessage<'_>],
+        handed: Vec<Start>,
+        inputs_partitions: Option<i32>,
     ) -> Result<ControlFlow<(), TopicPartitionList>, RunError> {
         let (inputs, replies) = (self.names.inputs(), self.names.replies());
         let sources = self.source_topics();
@@ -418,11 +508,28 @@ impl Driver {
                 return Ok(ControlFlow::Break(()));
             }
         }
+        let mut applied = Vec::new();
+        for start in handed {
+            match self.on_start(owned, &start, inputs_partitions) {
+                Some(p) => applied.push((p, start)),
+                None => start.answer(Taken::Elsewhere),
+            }
+        }
         self.metrics
             .batch_size
             .with_label_values(&["orchestrator"])
-            .observe(batch.len() as f64);
+            .observe((batch.len() + applied.len()) as f64);
         skipped.extend(self.flush(store, producer, owned, work).await?);
+        // The starts' state is written: durable unless their partition was
+        // found taken over, whose new owner gets them through the inputs.
+        for (p, start) in applied {
+            let taken = if skipped.contains(&p) {
+                Taken::Elsewhere
+            } else {
+                Taken::Applied
+            };
+            start.answer(taken);
+        }
         let mut done = TopicPartitionList::new();
         for m in batch {
             let (topic, p) = (m.topic(), m.partition());
