@@ -52,6 +52,7 @@ pub struct Breakdown {
 
 /// The hops of a saga, in the order they happen.
 const FACADE_IN: &str = "facade: request → trigger produced";
+const FACADE_DIRECT: &str = "facade: request → first state write (start handed to the owner)";
 const TO_ORCHESTRATOR: &str = "trigger/reply produced → orchestrator batch writes state";
 const STATE_ACK: &str = "state write → effects produced (changelog ack)";
 const TO_ADAPTER: &str = "command produced → reply produced (adapter fetch, HTTP, reply)";
@@ -298,15 +299,21 @@ async fn breakdown(
         evs.sort();
         evs.dedup();
         let s = wanted[id];
-        let (Some(first), Some(result)) = (
-            evs.iter().find(|e| e.1 == Kind::Trigger),
-            evs.iter().find(|e| e.1 == Kind::Result),
-        ) else {
+        let Some(result) = evs.iter().find(|e| e.1 == Kind::Result) else {
             continue;
+        };
+        // A start the facade handed to the partition's owner has no
+        // trigger record: its first record is the saga's state.
+        let (hop, first) = match evs.iter().find(|e| e.1 == Kind::Trigger) {
+            Some(trigger) => (FACADE_IN, trigger),
+            None => match evs.iter().find(|e| e.1 == Kind::State) {
+                Some(state) => (FACADE_DIRECT, state),
+                None => continue,
+            },
         };
         sagas += 1;
         total += (s.answered - s.sent) as f64;
-        add(FACADE_IN, first.0 - s.sent);
+        add(hop, first.0 - s.sent);
         add(FACADE_OUT, s.answered - result.0);
         for w in evs.windows(2) {
             let (a, b) = (w[0], w[1]);
@@ -321,6 +328,7 @@ async fn breakdown(
     }
     let order = [
         FACADE_IN,
+        FACADE_DIRECT,
         TO_ORCHESTRATOR,
         STATE_ACK,
         TO_ADAPTER,
