@@ -2,7 +2,8 @@
 //!
 //! Consume `sagaflow.commands.<service>` → decode → execute (at most
 //! `max-in-flight` at once) → produce the reply to `sagaflow.replies`, keyed
-//! by saga id → once the broker acknowledged the reply, the record is done.
+//! by saga id → once the broker acknowledged the reply (and a final
+//! outcome's record in the idempotency log), the record is done.
 //! Offsets are stored per partition only up to the first record not yet
 //! done, and committed periodically and at shutdown: delivery is
 //! at-least-once, and a redelivered command is answered from the executor's
@@ -14,7 +15,7 @@
 //! `sagaflow-dlq-*` headers.
 //!
 //! Final outcomes are also written to the durable idempotency log
-//! ([`crate::durable`]) before the reply; a partition's part of that log is
+//! ([`crate::durable`]), alongside the reply; a partition's part of that log is
 //! read back into the idempotency store when the partition is assigned,
 //! before any of its commands is handled.
 
@@ -851,10 +852,21 @@ async fn process(shared: &Shared, m: &OwnedMessage) {
         tracestate: parent.and(headers.tracestate),
     };
     let outcome = execute_contained(shared, m, &cmd, &trace).await;
-    if outcome.is_final() {
-        remember(shared, m, &cmd, &outcome).await;
-    }
-    let Some(replied) = send_reply(shared, m, &cmd, &outcome, trace, &mut backoff).await else {
+    // The final outcome's log record and the reply are produced together:
+    // the record is done (its offset may be committed) once both are
+    // acknowledged. Waiting for the log before producing the reply would
+    // add a round trip to every step and protect nothing: a crash after
+    // the call and before the log's acknowledgement redelivers the command
+    // to the backend (same Idempotency-Key) in either order, and the
+    // orchestrator ignores a second reply.
+    let remembered = async {
+        if outcome.is_final() {
+            remember(shared, m, &cmd, &outcome).await;
+        }
+    };
+    let replying = send_reply(shared, m, &cmd, &outcome, trace, &mut backoff);
+    let ((), replied) = tokio::join!(remembered, replying);
+    let Some(replied) = replied else {
         return;
     };
     shared
@@ -932,7 +944,8 @@ pub(crate) fn wire_reply(cmd: &Command, outcome: &AdapterOutcome, completed_at: 
 }
 
 /// Writes a final outcome to the durable idempotency log, to the partition
-/// of its command, and waits for the acknowledgement.
+/// of its command, and waits for the acknowledgement (the reply is
+/// produced meanwhile).
 async fn remember(shared: &Shared, m: &OwnedMessage, cmd: &Command, outcome: &AdapterOutcome) {
     let value = durable::Completed::encode(outcome, now_ms() as i64);
     let written = produce(

@@ -218,7 +218,8 @@ fn reply_ids(records: &[rdkafka::message::OwnedMessage]) -> Vec<String> {
 }
 
 /// The real `sagaflow adapter` binary is kill -9'd after it completed 20
-/// commands whose offsets could not be committed yet (a slow command at the
+/// commands (replied, and their outcomes logged) whose offsets could not be
+/// committed yet (a slow command at the
 /// head of the partition holds the commit), then restarted under the same
 /// `group.instance.id`. All 21 commands are delivered again; the 20
 /// completed ones are answered from the durable idempotency log, so the
@@ -285,6 +286,24 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
         first.output()
     );
     assert!(first.running(), "{}", first.output());
+    // Their outcomes are logged too (each written alongside its reply, so
+    // a reply can be read just before its log record is acknowledged).
+    let addr = ts::process::wait_until("the adapter's HTTP address", WAIT_LONG, || {
+        first.output().lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["fields"]["http"].as_str().map(str::to_owned)
+        })
+    });
+    let base = format!("http://{addr}");
+    ts::metrics::wait_for_sum(
+        &format!("{base}/metrics"),
+        "sagaflow_adapter_idempotency_writes_total",
+        &[],
+        N as f64,
+        WAIT_LONG,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the outcomes were never logged: {e}\n{}", first.output()));
     // Completed and replied, offsets held back by `slow-0`: kill -9 now.
     first.kill9();
     {
