@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_test_support as support;
@@ -140,15 +140,7 @@ async fn order_checkout_sagas_complete_and_compensate_end_to_end() {
         .send_raw(&stack.topic("orders.events"), "junk2", b"{not even json")
         .await;
 
-    let mut results = BTreeMap::new();
-    let mut copies = 0;
-    stack
-        .collect_results(&reader, &mut results, &mut copies, orders.len(), WAIT)
-        .await;
-    stack
-        .drain_saga_events(&reader, &mut results, &mut copies, Duration::from_secs(1))
-        .await;
-    check_exactly_once(&stack, &orders, &results);
+    let (results, _) = ended_exactly_once(&stack, &reader, &orders).await;
     assert_eq!(results.len(), orders.len(), "one saga per distinct order");
 
     // The dead letters carry the original bytes, the source and the reason.
@@ -254,6 +246,47 @@ async fn order_checkout_sagas_complete_and_compensate_end_to_end() {
 /// and waits until the replacement holds its partitions: a member killed
 /// while still joining stalls its group on tansu (docs/broker.md), the
 /// broker's gap rather than ours to test. Returns the slot.
+/// Reads every saga's result (and, for a second more, any copies), then
+/// checks them as [`check_exactly_once`] does; returns the results and how
+/// many result records were read.
+async fn ended_exactly_once(
+    stack: &Stack,
+    reader: &StreamConsumer,
+    orders: &[String],
+) -> (
+    BTreeMap<String, sagaflow_codec::messages::SagaResult>,
+    usize,
+) {
+    let mut results = BTreeMap::new();
+    let mut copies = 0;
+    stack
+        .collect_results(reader, &mut results, &mut copies, orders.len(), WAIT)
+        .await;
+    stack
+        .drain_saga_events(reader, &mut results, &mut copies, Duration::from_secs(1))
+        .await;
+    check_exactly_once(stack, orders, &results);
+    (results, copies)
+}
+
+/// Waits until the instance serving `base` owns a partition.
+async fn owns_partitions(stack: &Stack, base: &str) {
+    metrics::wait_for_sum(
+        &format!("{base}/metrics"),
+        "sagaflow_owned_partitions",
+        &[],
+        1.0,
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{base} was never assigned partitions\n{e}\n{}",
+            stack.logs()
+        )
+    });
+}
+
 async fn replace_orchestrator(stack: &mut Stack, live: &mut [usize; 2], rng: &mut Rng) -> usize {
     let slot = rng.below(2) as usize;
     stack.orchestrators[live[slot]].kill9();
@@ -397,20 +430,7 @@ async fn a_third_instance_takes_partitions_over_mid_run() {
     let third = stack.start_orchestrator_in(2);
     let base = format!("http://{}", stack.orchestrators[third].http_addr(WAIT));
     // ...until it owns partitions (however long tansu's rebalance takes)...
-    metrics::wait_for_sum(
-        &format!("{base}/metrics"),
-        "sagaflow_owned_partitions",
-        &[],
-        1.0,
-        WAIT,
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "the third instance was never assigned partitions\n{e}\n{}",
-            stack.logs()
-        )
-    });
+    owns_partitions(&stack, &base).await;
     publishing.await.unwrap();
     // ...and go on after it: the newcomer ends some of them.
     stack
@@ -478,15 +498,7 @@ async fn facade_starts_reach_their_owner_directly_or_through_the_inputs_and_surv
         .map(|&i| format!("http://{}", stack.orchestrators[i].http_addr(WAIT)))
         .collect();
     for base in &bases {
-        metrics::wait_for_sum(
-            &format!("{base}/metrics"),
-            "sagaflow_owned_partitions",
-            &[],
-            1.0,
-            WAIT,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("an instance never owned partitions\n{e}\n{}", stack.logs()));
+        owns_partitions(&stack, base).await;
     }
     let client = reqwest::Client::new();
     let start = |base: &str, order: &str| {
@@ -551,15 +563,7 @@ async fn facade_starts_reach_their_owner_directly_or_through_the_inputs_and_surv
     );
 
     let all: Vec<String> = calm.iter().chain(&stormy).cloned().collect();
-    let mut results = BTreeMap::new();
-    let mut copies = 0;
-    stack
-        .collect_results(&reader, &mut results, &mut copies, all.len(), WAIT)
-        .await;
-    stack
-        .drain_saga_events(&reader, &mut results, &mut copies, Duration::from_secs(1))
-        .await;
-    check_exactly_once(&stack, &all, &results);
+    ended_exactly_once(&stack, &reader, &all).await;
 }
 
 /// A paused orchestrator is replaced while it lives (SIGSTOP, as a long GC
