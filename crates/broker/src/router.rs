@@ -120,9 +120,19 @@ pub(crate) fn router<S: Storage, C: Coordinator>(
 #[derive(Debug, Default)]
 pub(crate) struct Arrivals {
     /// Topic name → the waiting fetches' notifications. Fetches that name
-    /// their topics by id (Fetch v13+) wait under [`ANY_TOPIC`].
+    /// their topics by an id the metadata does not know wait under
+    /// [`ANY_TOPIC`].
     waiting: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
+    /// Topic id → name, as the metadata said: librdkafka names fetched
+    /// topics by id (Fetch v13+), and a metadata lookup for each topic of
+    /// every fetch cost the broker more than the fetch itself. An id is
+    /// never reused for another topic (a recreated topic gets a new one).
+    names: Mutex<HashMap<[u8; 16], String>>,
 }
+
+/// Ids remembered at most: past this (topics created and deleted by the
+/// thousand) the memory starts over.
+const MAX_NAMES: usize = 10_000;
 
 /// Where a fetch that names no topic waits: woken by every batch.
 const ANY_TOPIC: &str = "";
@@ -203,7 +213,7 @@ impl<S: Storage> Service<S, FetchRequest> for PromptFetch {
         let deadline = Instant::now() + wait;
         let mut topics = Vec::new();
         for topic in req.topics.iter().flatten() {
-            topics.push(topic_name(&ctx, topic).await);
+            topics.push(self.arrivals.topic_name(&ctx, topic).await);
         }
         let once = req.max_wait_ms(0);
         // Registered before the first pass: a batch stored during a pass
@@ -221,18 +231,40 @@ impl<S: Storage> Service<S, FetchRequest> for PromptFetch {
     }
 }
 
-/// The name of a fetched topic: librdkafka names them by id (Fetch v13+).
-/// An id the metadata does not know waits under [`ANY_TOPIC`].
-async fn topic_name<S: Storage>(ctx: &Context<S>, topic: &FetchTopic) -> String {
-    if let Some(name) = &topic.topic {
-        return name.clone();
+impl Arrivals {
+    /// The name of a fetched topic: librdkafka names them by id (Fetch
+    /// v13+). An id the metadata does not know (or a topic named neither
+    /// way) waits under [`ANY_TOPIC`], and is looked up again next time.
+    async fn topic_name<S: Storage>(&self, ctx: &Context<S>, topic: &FetchTopic) -> String {
+        if let Some(name) = &topic.topic {
+            return name.clone();
+        }
+        let Some(id) = topic.topic_id else {
+            return ANY_TOPIC.to_owned();
+        };
+        if let Some(name) = self.lock_names().get(&id) {
+            return name.clone();
+        }
+        let found = ctx
+            .state()
+            .metadata(Some(&[TopicId::Id(uuid::Uuid::from_bytes(id))]))
+            .await
+            .ok()
+            .and_then(|m| m.topics().first().and_then(|t| t.name.clone()));
+        let Some(name) = found else {
+            return ANY_TOPIC.to_owned();
+        };
+        let mut names = self.lock_names();
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        names.insert(id, name.clone());
+        name
     }
-    ctx.state()
-        .metadata(Some(&[TopicId::from(topic)]))
-        .await
-        .ok()
-        .and_then(|m| m.topics().first().and_then(|t| t.name.clone()))
-        .unwrap_or_else(|| ANY_TOPIC.to_owned())
+
+    fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], String>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Whether a fetch response should go back now: it carries records, or a
