@@ -178,6 +178,11 @@ impl Samples {
         self.verifications.front().map(|(due, _)| *due)
     }
 
+    /// How many `EmailVerified` events are still to publish.
+    pub(crate) fn verifications_due(&self) -> usize {
+        self.verifications.len()
+    }
+
     /// Publishes the oldest pending `EmailVerified`.
     pub(crate) async fn publish_verification(&mut self) -> CliResult {
         if let Some((_, customer)) = self.verifications.pop_front() {

@@ -678,15 +678,22 @@ impl Progress {
 
     /// The live view. `published` is the number of sample triggers sent,
     /// when `dev` publishes them.
-    fn render(&self, elapsed: Duration, published: Option<u64>, order: &[&str]) -> String {
+    /// `published`: the demo's triggers published, and its e-mail
+    /// verifications still due (shown while any are).
+    fn render(&self, elapsed: Duration, published: Option<(u64, usize)>, order: &[&str]) -> String {
         let secs = elapsed.as_secs_f64().max(0.001);
         let ended = self.ended();
         let started: u64 = self.types.values().map(|t| t.started).sum();
         let mut out = match published {
-            Some(published) => format!(
-                "[{secs:>7.1}s] published {published}  ended {ended} ({:.1} sagas/s)  in flight {}\n",
+            Some((published, due)) => format!(
+                "[{secs:>7.1}s] published {published}  ended {ended} ({:.1} sagas/s)  in flight {}{}\n",
                 ended as f64 / secs,
-                published.saturating_sub(ended)
+                published.saturating_sub(ended),
+                if due > 0 {
+                    format!("  verifications due {due}")
+                } else {
+                    String::new()
+                }
             ),
             None => format!(
                 "[{secs:>7.1}s] started {started}  ended {ended} ({:.1} sagas/s)  in flight {}\n",
@@ -785,7 +792,11 @@ async fn watch_progress(
     let mut progress = Progress::default();
     let stop = crate::signals::terminated();
     tokio::pin!(stop);
-    let published = |samples: &Option<(Samples, u32)>| samples.as_ref().map(|s| s.0.published);
+    let published = |samples: &Option<(Samples, u32)>| {
+        samples
+            .as_ref()
+            .map(|s| (s.0.published, s.0.verifications_due()))
+    };
     let mut stopped = false;
     loop {
         if sagas > 0 && progress.ended() >= sagas {
@@ -965,9 +976,12 @@ mod tests {
         let t = &p.types["order-checkout"];
         assert_eq!((t.started, t.compensated, t.ended()), (1, 1, 1));
         assert_eq!(t.steps["reserve"], VecDeque::from([25]));
-        let shown = p.render(Duration::from_secs(2), Some(1), &SAGA_TYPES);
+        let shown = p.render(Duration::from_secs(2), Some((1, 0)), &SAGA_TYPES);
         assert!(shown.contains("reserve 25/25"), "{shown}");
         assert!(shown.contains("in flight 0"), "{shown}");
+        assert!(!shown.contains("verifications due"), "{shown}");
+        let due = p.render(Duration::from_secs(2), Some((1, 2)), &SAGA_TYPES);
+        assert!(due.contains("in flight 0  verifications due 2\n"), "{due}");
     }
 
     #[test]

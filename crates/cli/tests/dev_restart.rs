@@ -74,8 +74,8 @@ fn progress(line: &str) -> Option<(u64, u64)> {
 /// every saga ended before such a line (a fast machine): nothing to test.
 fn run_and_kill(data: &std::path::Path) -> Option<(u64, u64)> {
     // Run 1: killed with SIGKILL at its first progress line that shows all
-    // triggers published (and, 100 ms later, the e-mail verifications) and
-    // not every saga ended.
+    // triggers and e-mail verifications published and not every saga
+    // ended.
     let log = Log(data.with_extension("run1.log"));
     let mut first = dev(data, "400", &log.0);
     let (tx, rx) = mpsc::channel();
@@ -103,8 +103,13 @@ fn run_and_kill(data: &std::path::Path) -> Option<(u64, u64)> {
             continue;
         };
         seen.push(line.clone());
+        // Every trigger published, and every e-mail verification too: a
+        // verification still due when the publisher dies is never sent
+        // (run 2 publishes the triggers again one a second, too slowly to
+        // reach the last sign-ups), and its saga waits for it for ever.
         if let Some((published, ended)) = progress(&line)
             && published == SAGAS
+            && !line.contains("verifications due")
         {
             first.kill().unwrap(); // SIGKILL
             if ended >= SAGAS {
