@@ -60,7 +60,7 @@ impl Start {
 /// The facade's side: where it hands saga starts.
 #[derive(Clone)]
 pub struct Starts {
-    to_driver: Option<mpsc::Sender<Start>>,
+    to_driver: mpsc::Sender<Start>,
     metrics: Metrics,
 }
 
@@ -68,21 +68,13 @@ pub struct Starts {
 pub fn channel(metrics: Metrics) -> (Starts, mpsc::Receiver<Start>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let starts = Starts {
-        to_driver: Some(tx),
+        to_driver: tx,
         metrics,
     };
     (starts, rx)
 }
 
 impl Starts {
-    /// Starts that always go through `sagaflow.inputs`.
-    pub fn through_inputs(metrics: Metrics) -> Self {
-        Self {
-            to_driver: None,
-            metrics,
-        }
-    }
-
     /// Starts the saga of `env`: applied by this instance's driver when it
     /// owns the saga's partition, otherwise produced to `sagaflow.inputs`.
     /// `Ok` once the start is durable either way.
@@ -102,16 +94,13 @@ impl Starts {
     }
 
     async fn hand_over(&self, env: &Envelope, trace: &TraceHeaders) -> Taken {
-        let Some(to_driver) = &self.to_driver else {
-            return Taken::Elsewhere;
-        };
         let (taken, answer) = oneshot::channel();
         let start = Start {
             env: env.clone(),
             trace: trace.clone(),
             taken,
         };
-        if to_driver.try_send(start).is_err() {
+        if self.to_driver.try_send(start).is_err() {
             return Taken::Elsewhere;
         }
         match tokio::time::timeout(TAKE_WITHIN, answer).await {
