@@ -683,6 +683,16 @@ async fn no_acknowledged_record_is_skipped(name: &str) {
         acked == read,
         || format!("{name}: values differ from the acknowledged ones"),
     );
+    // The broker counted the traffic it served: every round's records
+    // came in produce requests (at least one per producer and round) and
+    // went out in fetches.
+    let served = broker.requests();
+    let produced = served.0.get("ProduceRequest").copied().unwrap_or(0);
+    contract(
+        "the broker counts the requests it serves, by API",
+        produced >= (PRODUCERS * ROUNDS) as u64 && served.0.get("FetchRequest") > Some(&0),
+        || format!("{name}: counted {served:?}"),
+    );
     drop(broker);
 }
 

@@ -31,6 +31,9 @@ pub struct ClosedLoop {
     /// adapters, backend and clients all run in it) over the run.
     pub cpu_seconds: f64,
     pub breakdown: Breakdown,
+    /// The requests the embedded broker served during the run, per API
+    /// (`None` against an external broker).
+    pub requests: Option<sagaflow_broker::RequestCounts>,
 }
 
 impl ClosedLoop {
@@ -58,7 +61,7 @@ const STATE_ACK: &str = "state write → effects produced (changelog ack)";
 const TO_ADAPTER: &str = "command produced → reply produced (adapter fetch, HTTP, reply)";
 const FACADE_OUT: &str = "result produced → answer received (view, HTTP)";
 
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks
     // (100 per second on Linux).
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -144,17 +147,31 @@ struct Seen {
     answered: i64,
 }
 
+/// The stack a closed loop runs against: where its records are read back
+/// from, and the embedded broker whose requests are counted (if any).
+pub struct Stack<'a> {
+    pub kafka: &'a KafkaConfig,
+    pub names: &'a TopicNames,
+    pub services: &'a [&'a str],
+    pub broker: Option<&'a sagaflow_broker::EmbeddedBroker>,
+}
+
 /// Runs `in_flight` clients against the facade at `api` for `seconds`.
 pub async fn run(
     api: std::net::SocketAddr,
     in_flight: usize,
     seconds: u32,
     tag: &str,
-    kafka: &KafkaConfig,
-    names: &TopicNames,
-    services: &[&str],
+    stack: &Stack<'_>,
 ) -> Result<ClosedLoop> {
+    let Stack {
+        kafka,
+        names,
+        services,
+        broker,
+    } = *stack;
     let addr = api.to_string();
+    let served_before = broker.map(|b| b.requests());
     let until = Instant::now() + Duration::from_secs(u64::from(seconds));
     let cpu = cpu_seconds();
     let started = Instant::now();
@@ -205,6 +222,10 @@ pub async fn run(
     }
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    // Counted before the breakdown reads the topics back.
+    let requests = broker
+        .zip(served_before)
+        .map(|(b, before)| b.requests().since(&before));
     let breakdown = breakdown(kafka, names, services, &seen).await?;
     Ok(ClosedLoop {
         in_flight,
@@ -215,6 +236,7 @@ pub async fn run(
         p99: pct(0.99),
         cpu_seconds,
         breakdown,
+        requests,
     })
 }
 

@@ -76,6 +76,8 @@ pub struct Options {
     /// one phase per entry (empty skips them), each `closed_seconds` long.
     pub closed_loop: Vec<usize>,
     pub closed_seconds: u32,
+    /// How long the idle phase watches the stack do nothing (0 skips it).
+    pub idle_seconds: u32,
 }
 
 impl Default for Options {
@@ -95,6 +97,7 @@ impl Default for Options {
             metrics_rounds: 2,
             closed_loop: vec![10, 100],
             closed_seconds: 10,
+            idle_seconds: 10,
         }
     }
 }
@@ -147,7 +150,45 @@ pub struct Report {
     pub offered: Phase,
     pub metrics: Option<MetricsOverhead>,
     pub closed: Vec<closed::ClosedLoop>,
+    pub idle: Option<Idle>,
     pub restore: Option<Restore>,
+}
+
+/// What the stack costs doing nothing: no saga in flight, every consumer
+/// waiting, heartbeats and metadata refreshes going on.
+#[derive(Clone, Debug)]
+pub struct Idle {
+    pub seconds: f64,
+    /// CPU seconds of the bench process (broker, registry, orchestrator,
+    /// adapters and the bench's own reader) over the phase.
+    pub cpu_seconds: f64,
+    /// Requests the embedded broker served meanwhile (`None` against an
+    /// external broker).
+    pub requests: Option<sagaflow_broker::RequestCounts>,
+}
+
+impl Idle {
+    /// Cores used on average.
+    pub fn cores(&self) -> f64 {
+        self.cpu_seconds / self.seconds
+    }
+}
+
+/// `counts` per unit (sagas, seconds), busiest first, as
+/// `Produce 17.1, Fetch 8.0, …` (the `Request` suffix left off).
+fn per(counts: &sagaflow_broker::RequestCounts, unit: f64) -> String {
+    counts
+        .busiest()
+        .iter()
+        .map(|(api, n)| {
+            format!(
+                "{} {:.1}",
+                api.strip_suffix("Request").unwrap_or(api),
+                *n as f64 / unit
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Throughput with and without Prometheus-style scraping, interleaved.
@@ -261,6 +302,14 @@ impl fmt::Display for Report {
                 ms(c.p50) / rtt,
                 c.cpu_seconds * 1000.0 / c.sagas as f64,
             )?;
+            if let Some(r) = &c.requests {
+                writeln!(
+                    f,
+                    "           broker requests per saga: {:.1} ({})",
+                    r.total() as f64 / c.sagas as f64,
+                    per(r, c.sagas as f64)
+                )?;
+            }
             let b = &c.breakdown;
             writeln!(
                 f,
@@ -275,6 +324,22 @@ impl fmt::Display for Report {
                     per_saga,
                     mean_ms * per_saga,
                     mean_ms * per_saga / rtt
+                )?;
+            }
+        }
+        if let Some(i) = &self.idle {
+            writeln!(
+                f,
+                "idle       {:.0}s with no saga in flight: {:.3} of a core (the whole stack, one process)",
+                i.seconds,
+                i.cores()
+            )?;
+            if let Some(r) = &i.requests {
+                writeln!(
+                    f,
+                    "           broker requests/s: {:.1} ({})",
+                    r.total() as f64 / i.seconds,
+                    per(r, i.seconds)
                 )?;
             }
         }
@@ -615,17 +680,18 @@ pub async fn run(options: Options) -> Result<Report> {
         );
     }
     let options = Options { root, ..options };
-    let _broker;
-    let bootstrap = match &options.bootstrap_servers {
-        Some(b) => b.clone(),
-        None => {
-            let b =
-                sagaflow_broker::EmbeddedBroker::start(sagaflow_broker::BrokerConfig::default())?;
-            let s = b.bootstrap_servers();
-            _broker = b;
-            s
-        }
+    let broker = match &options.bootstrap_servers {
+        Some(_) => None,
+        None => Some(sagaflow_broker::EmbeddedBroker::start(
+            sagaflow_broker::BrokerConfig::default(),
+        )?),
     };
+    let bootstrap = match (&options.bootstrap_servers, &broker) {
+        (Some(b), _) => b.clone(),
+        (None, Some(b)) => b.bootstrap_servers(),
+        (None, None) => unreachable!("an embedded broker is started without --bootstrap-servers"),
+    };
+    let served = || broker.as_ref().map(|b| b.requests());
     let files = Files {
         dir: tempfile::tempdir()?,
     };
@@ -741,13 +807,33 @@ pub async fn run(options: Options) -> Result<Report> {
                 n,
                 options.closed_seconds,
                 &format!("closed{i}"),
-                &kafka,
-                &names,
-                &services,
+                &closed::Stack {
+                    kafka: &kafka,
+                    names: &names,
+                    services: &services,
+                    broker: broker.as_ref(),
+                },
             )
             .await?,
         );
     }
+    let idle = if options.idle_seconds > 0 {
+        eprintln!("idle: {}s with nothing to do…", options.idle_seconds);
+        // The last phase's stragglers (a breakdown reader leaving its
+        // group, delivery marks) settle first.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (before, cpu, started) = (served(), closed::cpu_seconds(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(u64::from(options.idle_seconds))).await;
+        Some(Idle {
+            seconds: started.elapsed().as_secs_f64(),
+            cpu_seconds: closed::cpu_seconds() - cpu,
+            requests: served()
+                .zip(before)
+                .map(|(after, before)| after.since(&before)),
+        })
+    } else {
+        None
+    };
     let metrics = if options.metrics_rounds > 0 {
         let mut endpoints = vec![format!("http://{api}/metrics")];
         endpoints.extend(
@@ -792,6 +878,7 @@ pub async fn run(options: Options) -> Result<Report> {
         offered,
         metrics,
         closed,
+        idle,
         restore,
     })
 }

@@ -9,6 +9,7 @@
 //! by `tests/broker_contract.rs`.
 
 mod log;
+mod requests;
 mod router;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 use url::Url;
 
 pub use log::{Durable, Fsync, LogStorage};
+pub use requests::{RequestCounts, Requests};
 
 /// Where the broker keeps its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +178,7 @@ pub struct EmbeddedBroker {
     storage: Storage,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    requests: std::sync::Arc<Requests>,
 }
 
 fn install_crypto_provider() {
@@ -216,6 +219,8 @@ impl EmbeddedBroker {
         let cluster_id = config.cluster_id.clone();
         let node_id = config.node_id;
         let storage = config.storage.clone();
+        let requests = std::sync::Arc::new(Requests::default());
+        let counted = requests.clone();
         let thread = std::thread::Builder::new()
             .name(format!("tansu-{}", addr.port()))
             .spawn(move || {
@@ -236,6 +241,7 @@ impl EmbeddedBroker {
                         cluster_id,
                         node_id,
                         advertised,
+                        requests: counted,
                     };
                     let served = match open(&storage, storage_url, &node).await {
                         Err(e) => Err(e),
@@ -264,6 +270,7 @@ impl EmbeddedBroker {
             storage: config.storage.clone(),
             stop: Some(stop_tx),
             thread: Some(thread),
+            requests,
         };
         match ready_rx.recv_timeout(config.ready_timeout) {
             Ok(Ok(())) => {}
@@ -300,6 +307,11 @@ impl EmbeddedBroker {
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// The requests served so far, per Kafka API.
+    pub fn requests(&self) -> RequestCounts {
+        self.requests.snapshot()
     }
 
     /// Stops the broker and waits for its thread to end.
@@ -358,6 +370,7 @@ struct Node {
     cluster_id: String,
     node_id: i32,
     advertised: Url,
+    requests: std::sync::Arc<Requests>,
 }
 
 impl Node {
@@ -407,6 +420,7 @@ impl Node {
                         groups.clone(),
                         storage.clone(),
                         arrivals.clone(),
+                        self.requests.clone(),
                     )
                     .map_err(|e| format!("request router: {e:?}"))?;
                     tokio::spawn(async move {

@@ -29,9 +29,12 @@ use tansu_storage::{FetchService, Storage, TopicId};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::requests::{Counted, Requests};
+
 /// A connection's service: Kafka frames in, routed, frames out.
-pub(crate) type Router =
-    TcpContextService<TcpBytesService<BytesFrameService<FrameRouteService<(), Error>>, ()>>;
+pub(crate) type Router = TcpContextService<
+    TcpBytesService<BytesFrameService<Counted<FrameRouteService<(), Error>>>, ()>,
+>;
 
 type Routes = FrameRouteBuilder<(), Error>;
 /// One of tansu's route functions: adds its request's route over `S`.
@@ -71,12 +74,13 @@ fn storage_routes<S: Storage>() -> [AddRoute<S>; 25] {
 
 /// The router over `storage`. With `arrivals` (which every batch stored
 /// in `storage` fires), fetches answer promptly ([`PromptFetch`]); without,
-/// they are tansu's own.
+/// they are tansu's own. Every request is counted in `requests`.
 pub(crate) fn router<S: Storage, C: Coordinator>(
     cluster_id: &str,
     groups: C,
     storage: S,
     arrivals: Option<Arc<Arrivals>>,
+    requests: Arc<Requests>,
 ) -> Result<Router, Error> {
     let builder = storage_routes::<S>()
         .iter()
@@ -112,7 +116,10 @@ pub(crate) fn router<S: Storage, C: Coordinator>(
         TcpBytesLayer::default(),
         BytesFrameLayer::default().with_sasl_config(None),
     )
-        .into_layer(route))
+        .into_layer(Counted {
+            inner: route,
+            requests,
+        }))
 }
 
 /// Who waits for records of which topic: fetches register here while they

@@ -54,6 +54,10 @@ pub(crate) struct BenchArgs {
     /// How long each closed-loop phase runs, in seconds.
     #[arg(long, default_value_t = 10)]
     closed_seconds: u32,
+    /// How long the idle phase watches the stack with nothing to do, in
+    /// seconds (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u32,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> CliResult {
@@ -83,6 +87,7 @@ pub(crate) async fn run(args: BenchArgs) -> CliResult {
         metrics_rounds: args.metrics_rounds,
         closed_loop: args.closed_loop.into_iter().filter(|n| *n > 0).collect(),
         closed_seconds: args.closed_seconds,
+        idle_seconds: args.idle_seconds,
     };
     let report = sagaflow_bench::run(options)
         .await
