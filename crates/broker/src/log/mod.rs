@@ -133,6 +133,61 @@ struct Disk {
     fsync: Fsync,
     segment_bytes: u64,
     journal: Mutex<Journal>,
+    /// Tells the background fsync of every write left unsynced.
+    writes: Arc<Writes>,
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.writes.close();
+    }
+}
+
+/// Writes waiting for the background fsync ([`Fsync::Interval`]): the
+/// syncer sleeps until there is one, so an idle log costs nothing.
+#[derive(Debug, Default)]
+struct Writes {
+    state: Mutex<WritesState>,
+    noted: std::sync::Condvar,
+    /// Sync passes made (tests read it).
+    passes: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct WritesState {
+    pending: bool,
+    closed: bool,
+}
+
+impl Writes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WritesState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Something was written and not synced.
+    fn note(&self) {
+        let mut s = self.lock();
+        if !s.pending {
+            s.pending = true;
+            self.noted.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.noted.notify_one();
+    }
+
+    /// Waits until a write is noted (and takes it: writes noted from here
+    /// on wait for the next pass), or the log is closed (false).
+    fn wait(&self) -> bool {
+        let mut s = self.lock();
+        while !s.pending && !s.closed {
+            s = self.noted.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.pending = false;
+        !s.closed
+    }
 }
 
 struct Inner {
@@ -286,12 +341,13 @@ impl LogStorage {
                     fsync: durable.fsync,
                     segment_bytes: durable.segment_bytes,
                     journal: Mutex::new(journal),
+                    writes: Arc::default(),
                 }),
                 arrivals: Arc::default(),
             }),
         };
-        if let Fsync::Interval(every) = durable.fsync {
-            spawn_syncer(Arc::downgrade(&storage.log), every);
+        if let (Fsync::Interval(every), Some(disk)) = (durable.fsync, &storage.log.disk) {
+            spawn_syncer(Arc::downgrade(&storage.log), disk.writes.clone(), every);
         }
         Ok((storage, repairs))
     }
@@ -330,7 +386,9 @@ impl LogStorage {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .append(&entry, sync)
-            .map_err(io)
+            .map_err(io)?;
+        disk.writes.note();
+        Ok(())
     }
 
     fn sync_always(&self) -> bool {
@@ -352,16 +410,20 @@ impl LogStorage {
     }
 }
 
-/// Fsyncs dirty segments and the journal every `every`, until the log is
-/// dropped.
-fn spawn_syncer(log: Weak<Inner>, every: Duration) {
+/// Fsyncs dirty segments and the journal `every` after a write is noted
+/// (so no later than that after any write), until the log is dropped. With
+/// nothing written it sleeps: an idle log does not wake it.
+fn spawn_syncer(log: Weak<Inner>, writes: Arc<Writes>, every: Duration) {
     let spawned = std::thread::Builder::new()
         .name("sagaflow-log-fsync".into())
         .spawn(move || {
-            loop {
+            while writes.wait() {
                 std::thread::sleep(every);
                 let Some(log) = log.upgrade() else { return };
                 sync_dirty(&log);
+                writes
+                    .passes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
     if let Err(e) = spawned {
@@ -518,6 +580,9 @@ impl Storage for LogStorage {
         };
         match appended {
             Ok(offset) => {
+                if let Some(disk) = &self.log.disk {
+                    disk.writes.note();
+                }
                 self.log.arrivals.arrived(topition.topic());
                 Ok(offset)
             }
@@ -792,6 +857,50 @@ mod tests {
         for bad in ["", "sometimes", "interval", "interval 0s", "interval soon"] {
             assert!(bad.parse::<Fsync>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_background_fsync_sleeps_until_a_write_and_stops_with_the_log() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let log = Arc::new(Inner {
+            partitions: RwLock::default(),
+            disk: None,
+            arrivals: Arc::default(),
+        });
+        let writes = Arc::new(Writes::default());
+        spawn_syncer(
+            Arc::downgrade(&log),
+            writes.clone(),
+            Duration::from_millis(5),
+        );
+        let passes = || writes.passes.load(Relaxed);
+        let settled = || {
+            // Until the count holds still for 100 ms (at most 5 s).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut last = passes();
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                let now = passes();
+                if now == last || std::time::Instant::now() > deadline {
+                    return now;
+                }
+                last = now;
+            }
+        };
+        assert_eq!(settled(), 0, "nothing written: no pass");
+        writes.note();
+        writes.note();
+        let after_writes = settled();
+        assert!(
+            (1..=2).contains(&after_writes),
+            "two writes, one or two passes: {after_writes}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(passes(), after_writes, "idle again: no more passes");
+        writes.close();
+        writes.note();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(passes(), after_writes, "closed: the syncer has stopped");
     }
 
     #[test]
