@@ -14,16 +14,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rama::layer::{MapErrLayer, MapStateLayer};
 use rama::{Context, Layer as _, Service};
 use tansu_broker::Error;
 use tansu_broker::coordinator::group::Coordinator;
 use tansu_broker::service::{auth, coordinator, storage as routes};
 use tansu_sans_io::fetch_request::FetchTopic;
-use tansu_sans_io::{ApiKey as _, FetchRequest, FetchResponse};
+use tansu_sans_io::{ApiKey as _, FetchRequest, FetchResponse, Frame, Header};
 use tansu_service::{
-    BytesFrameLayer, BytesFrameService, FrameRequestLayer, FrameRouteBuilder, FrameRouteService,
-    TcpBytesLayer, TcpBytesService, TcpContext, TcpContextLayer, TcpContextService,
+    FrameRequestLayer, FrameRouteBuilder, FrameRouteService, TcpBytesLayer, TcpBytesService,
+    TcpContext, TcpContextLayer, TcpContextService,
 };
 use tansu_storage::{FetchService, Storage, TopicId};
 use tokio::sync::Notify;
@@ -32,9 +33,8 @@ use tokio::time::Instant;
 use crate::requests::{Counted, Requests};
 
 /// A connection's service: Kafka frames in, routed, frames out.
-pub(crate) type Router = TcpContextService<
-    TcpBytesService<BytesFrameService<Counted<FrameRouteService<(), Error>>>, ()>,
->;
+pub(crate) type Router =
+    TcpContextService<TcpBytesService<Frames<Counted<FrameRouteService<(), Error>>>, ()>>;
 
 type Routes = FrameRouteBuilder<(), Error>;
 /// One of tansu's route functions: adds its request's route over `S`.
@@ -114,12 +114,58 @@ pub(crate) fn router<S: Storage, C: Coordinator>(
     Ok((
         TcpContextLayer::new(TcpContext::default().cluster_id(Some(cluster_id.into()))),
         TcpBytesLayer::default(),
-        BytesFrameLayer::default().with_sasl_config(None),
     )
-        .into_layer(Counted {
-            inner: route,
-            requests,
+        .into_layer(Frames {
+            inner: Counted {
+                inner: route,
+                requests,
+            },
+            inline_bytes: DECODE_INLINE_BYTES,
         }))
+}
+
+/// Request frames larger than this are decoded on tokio's blocking pool,
+/// so that a large produce does not hold an async worker; smaller ones
+/// (nearly all: fetches, heartbeats, a saga's records) where they arrive.
+pub(crate) const DECODE_INLINE_BYTES: usize = 256 * 1024;
+
+/// Kafka frames in, routed, frames out: what tansu's `BytesFrameService`
+/// does without SASL (this broker listens on loopback only), except that
+/// it decodes and encodes on the connection's own task. tansu's hands both
+/// to tokio's blocking pool: two thread hand-offs per request, which were
+/// most of an idle broker's context switches.
+#[derive(Debug)]
+pub(crate) struct Frames<S> {
+    inner: S,
+    /// Larger request frames are decoded on the blocking pool.
+    inline_bytes: usize,
+}
+
+impl<S, State> Service<State, Bytes> for Frames<S>
+where
+    S: Service<State, Frame, Response = Frame>,
+    S::Error: From<tansu_sans_io::Error> + From<tokio::task::JoinError>,
+    State: Clone + Send + Sync + 'static,
+{
+    type Response = Bytes;
+    type Error = S::Error;
+
+    async fn serve(&self, ctx: Context<State>, req: Bytes) -> Result<Bytes, S::Error> {
+        let req = if req.len() <= self.inline_bytes {
+            Frame::request_from_bytes(req)?
+        } else {
+            tokio::task::spawn_blocking(move || Frame::request_from_bytes(req)).await??
+        };
+        let (api_key, api_version) = (req.api_key()?, req.api_version()?);
+        let correlation_id = req.correlation_id()?;
+        let Frame { body, .. } = self.inner.serve(ctx, req).await?;
+        Ok(Frame::response(
+            Header::Response { correlation_id },
+            body,
+            api_key,
+            api_version,
+        )?)
+    }
 }
 
 /// Who waits for records of which topic: fetches register here while they
@@ -299,6 +345,66 @@ mod tests {
             .values()
             .map(Vec::len)
             .sum()
+    }
+
+    /// Answers every request with an empty ApiVersions response.
+    struct Versions;
+
+    impl Service<(), Frame> for Versions {
+        type Response = Frame;
+        type Error = Error;
+
+        async fn serve(&self, _: Context<()>, req: Frame) -> Result<Frame, Error> {
+            Ok(Frame {
+                size: 0,
+                header: Header::Response {
+                    correlation_id: req.correlation_id()?,
+                },
+                body: tansu_sans_io::ApiVersionsResponse::default()
+                    .error_code(0)
+                    .api_keys(Some(vec![]))
+                    .into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_decode_and_encode_inline_and_large_ones_on_the_pool() {
+        let request = Frame::request(
+            Header::Request {
+                api_key: tansu_sans_io::ApiVersionsRequest::KEY,
+                api_version: 0,
+                correlation_id: 7,
+                client_id: Some("test".into()),
+            },
+            tansu_sans_io::ApiVersionsRequest::default().into(),
+        )
+        .expect("encodes");
+        // Past the threshold (0 bytes) the decode takes the blocking pool.
+        for inline_bytes in [DECODE_INLINE_BYTES, 0] {
+            let frames = Frames {
+                inner: Versions,
+                inline_bytes,
+            };
+            let answer = frames
+                .serve(Context::default(), request.clone())
+                .await
+                .expect("served");
+            let response =
+                Frame::response_from_bytes(answer, tansu_sans_io::ApiVersionsRequest::KEY, 0)
+                    .expect("a response frame");
+            assert_eq!(response.correlation_id().ok(), Some(7), "{inline_bytes}");
+        }
+        let garbage = Frames {
+            inner: Versions,
+            inline_bytes: DECODE_INLINE_BYTES,
+        }
+        .serve(Context::default(), Bytes::from_static(b"\0\0\0\x02\xff"))
+        .await;
+        assert!(
+            garbage.is_err(),
+            "a malformed frame is an error, not a panic"
+        );
     }
 
     #[tokio::test]
