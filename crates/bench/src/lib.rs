@@ -680,16 +680,14 @@ pub async fn run(options: Options) -> Result<Report> {
         );
     }
     let options = Options { root, ..options };
-    let broker = match &options.bootstrap_servers {
-        Some(_) => None,
-        None => Some(sagaflow_broker::EmbeddedBroker::start(
-            sagaflow_broker::BrokerConfig::default(),
-        )?),
-    };
-    let bootstrap = match (&options.bootstrap_servers, &broker) {
-        (Some(b), _) => b.clone(),
-        (None, Some(b)) => b.bootstrap_servers(),
-        (None, None) => unreachable!("an embedded broker is started without --bootstrap-servers"),
+    let (broker, bootstrap) = match &options.bootstrap_servers {
+        Some(b) => (None, b.clone()),
+        None => {
+            let b =
+                sagaflow_broker::EmbeddedBroker::start(sagaflow_broker::BrokerConfig::default())?;
+            let s = b.bootstrap_servers();
+            (Some(b), s)
+        }
     };
     let served = || broker.as_ref().map(|b| b.requests());
     let files = Files {
