@@ -51,6 +51,60 @@ pub struct Breakdown {
     pub hops: Vec<(&'static str, f64, f64)>,
     /// Mean end-to-end latency of those sagas (request to answer), ms.
     pub total_ms: f64,
+    /// Per source the orchestrator reads (`inputs`, `replies`): the mean
+    /// ms from a record's timestamp to the driver reading it, over the
+    /// loop (its `sagaflow_input_delay_seconds`).
+    pub reads: Vec<(String, f64)>,
+}
+
+/// `sagaflow_input_delay_seconds`' sum and count per source, from a
+/// `/metrics` page.
+fn input_delays(page: &str) -> HashMap<String, (f64, f64)> {
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+    for line in page.lines() {
+        let (is_sum, rest) = if let Some(r) = line.strip_prefix("sagaflow_input_delay_seconds_sum{")
+        {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix("sagaflow_input_delay_seconds_count{") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(source) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("source=\"")?.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let e = out.entry(source.to_owned()).or_default();
+        if is_sum {
+            e.0 = v;
+        } else {
+            e.1 = v;
+        }
+    }
+    out
+}
+
+/// The mean read delay per source between two `/metrics` pages, in ms.
+fn reads_between(before: &str, after: &str) -> Vec<(String, f64)> {
+    let before = input_delays(before);
+    let mut reads: Vec<(String, f64)> = input_delays(after)
+        .into_iter()
+        .filter_map(|(source, (sum, count))| {
+            let (s0, c0) = before.get(&source).copied().unwrap_or_default();
+            let n = count - c0;
+            (n > 0.0).then(|| (source, (sum - s0) / n * 1000.0))
+        })
+        .collect();
+    reads.sort_by(|a, b| a.0.cmp(&b.0));
+    reads
 }
 
 /// The hops of a saga, in the order they happen.
@@ -172,6 +226,8 @@ pub async fn run(
     } = *stack;
     let addr = api.to_string();
     let served_before = broker.map(|b| b.requests());
+    let metrics_url = format!("http://{addr}/metrics");
+    let page_before = crate::reqwest_get(&metrics_url).await.unwrap_or_default();
     let until = Instant::now() + Duration::from_secs(u64::from(seconds));
     let cpu = cpu_seconds();
     let started = Instant::now();
@@ -226,7 +282,9 @@ pub async fn run(
     let requests = broker
         .zip(served_before)
         .map(|(b, before)| b.requests().since(&before));
-    let breakdown = breakdown(kafka, names, services, &seen).await?;
+    let page_after = crate::reqwest_get(&metrics_url).await.unwrap_or_default();
+    let mut breakdown = breakdown(kafka, names, services, &seen).await?;
+    breakdown.reads = reads_between(&page_before, &page_after);
     Ok(ClosedLoop {
         in_flight,
         sagas: latencies.len(),
@@ -367,5 +425,36 @@ async fn breakdown(
         sagas,
         hops,
         total_ms: total / sagas.max(1) as f64,
+        reads: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_delays_are_the_mean_of_what_the_loop_added_per_source() {
+        let before = "# HELP sagaflow_input_delay_seconds x\n\
+            sagaflow_input_delay_seconds_bucket{source=\"replies\",le=\"0.001\"} 1\n\
+            sagaflow_input_delay_seconds_sum{source=\"replies\"} 0.5\n\
+            sagaflow_input_delay_seconds_count{source=\"replies\"} 100\n";
+        let after = "sagaflow_input_delay_seconds_sum{source=\"replies\"} 0.8\n\
+            sagaflow_input_delay_seconds_count{source=\"replies\"} 200\n\
+            sagaflow_input_delay_seconds_sum{source=\"inputs\"} 0.02\n\
+            sagaflow_input_delay_seconds_count{source=\"inputs\"} 4\n\
+            sagaflow_input_delay_seconds_sum{source=\"events\"} 1\n\
+            sagaflow_input_delay_seconds_count{source=\"events\"} 0\n";
+        let reads = reads_between(before, after);
+        assert_eq!(
+            reads.len(),
+            2,
+            "a source that read nothing is left out: {reads:?}"
+        );
+        assert_eq!(reads[0].0, "inputs");
+        assert!((reads[0].1 - 5.0).abs() < 1e-9, "{reads:?}");
+        assert_eq!(reads[1].0, "replies");
+        assert!((reads[1].1 - 3.0).abs() < 1e-9, "{reads:?}");
+        assert!(reads_between("", "garbage{ 1\n").is_empty());
+    }
 }

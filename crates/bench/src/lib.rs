@@ -326,6 +326,20 @@ impl fmt::Display for Report {
                     mean_ms * per_saga / rtt
                 )?;
             }
+            if !b.reads.is_empty() {
+                let reads: Vec<String> = b
+                    .reads
+                    .iter()
+                    .map(|(source, ms)| {
+                        format!("{source} {ms:.1} ms ({:.1} round trips)", ms / rtt)
+                    })
+                    .collect();
+                writeln!(
+                    f,
+                    "           of which a record's timestamp → the orchestrator reads it: {}",
+                    reads.join(", ")
+                )?;
+            }
         }
         if let Some(i) = &self.idle {
             writeln!(
@@ -1023,7 +1037,7 @@ impl Child {
 }
 
 /// A plain HTTP GET over a TCP stream (loopback only; no client dependency).
-async fn reqwest_get(url: &str) -> Result<String> {
+pub(crate) async fn reqwest_get(url: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url
         .strip_prefix("http://")

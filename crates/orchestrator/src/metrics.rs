@@ -42,6 +42,10 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Input batches persisted, and their size.
     pub batch_size: HistogramVec,
+    /// How long a record waited between its producer's timestamp and the
+    /// driver reading it, by source (`inputs`, `replies`, `events`): the
+    /// broker hop and the consumer, before any work of the orchestrator.
+    pub input_delay: HistogramVec,
     /// Events posted to `POST /v1/events/{topic}`, by topic (only topics of
     /// the loaded sagas; `other` for the rest) and outcome (accepted,
     /// invalid, unknown_type, unknown_topic, unavailable).
@@ -205,6 +209,16 @@ impl Metrics {
                 "Inputs persisted per batch",
                 &["consumer"],
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            input_delay: histogram(
+                r,
+                "sagaflow_input_delay_seconds",
+                "Time from a record's producer timestamp to the orchestrator reading it, by source",
+                &["source"],
+                vec![
+                    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                    30.0,
+                ],
             ),
             ingest_events: counter(
                 r,

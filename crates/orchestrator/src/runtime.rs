@@ -483,8 +483,20 @@ impl Driver {
         let sources = self.source_topics();
         let mut work = Batch::default();
         let mut skipped = BTreeSet::new();
+        let read_at = now_ms() as i64;
         for m in batch {
             let (topic, p) = (m.topic(), m.partition());
+            let source = match topic {
+                t if t == inputs => "inputs",
+                t if t == replies => "replies",
+                _ => "events",
+            };
+            if let Some(ts) = m.timestamp().to_millis() {
+                self.metrics
+                    .input_delay
+                    .with_label_values(&[source])
+                    .observe((read_at - ts).max(0) as f64 / 1000.0);
+            }
             let co_partitioned = topic == inputs || topic == replies;
             if co_partitioned && owned.foreign(p) {
                 skipped.insert(p);
