@@ -4,7 +4,7 @@
 //! whichever instance owns the saga. Eventually consistent by a few ms.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use sagaflow_bus::lag::{LagContext, LagGauge};
 use sagaflow_codec::messages::{LifecycleKind, SagaLifecycleEvent, SagaResult};
 use sagaflow_codec::{Codec, SagaEvent};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, warn};
 
 /// Lifecycle events kept per saga.
@@ -108,6 +108,12 @@ struct Inner {
     /// Sagas not ended, by type then start time: the oldest is the first
     /// (a type stays as a key once seen, so its gauge can go back to 0).
     open: BTreeMap<String, BTreeSet<(i64, String)>>,
+    /// Requests waiting for a saga's result, by saga id: each is woken by
+    /// its own saga's result only (waking every waiter on every saga's end
+    /// cost 100 in-flight facade requests a lookup and a copy of the saga
+    /// each, per ended saga).
+    waiters: HashMap<String, Vec<(u64, oneshot::Sender<SagaSummary>)>>,
+    next_waiter: u64,
 }
 
 /// `(saga type, (started at, saga id))` of a saga that has not ended.
@@ -182,11 +188,30 @@ impl Inner {
     }
 }
 
+/// A registered waiter: unregisters itself when the wait ends, however it
+/// ends.
+struct Waiter<'a> {
+    view: &'a SagaView,
+    saga_id: &'a str,
+    token: u64,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.view.lock();
+        if let Some(waiting) = inner.waiters.get_mut(self.saga_id) {
+            waiting.retain(|(t, _)| *t != self.token);
+            if waiting.is_empty() {
+                inner.waiters.remove(self.saga_id);
+            }
+        }
+    }
+}
+
 /// Shared, cheap to clone.
 #[derive(Clone)]
 pub struct SagaView {
     inner: Arc<Mutex<Inner>>,
-    ended: broadcast::Sender<String>,
     cap: usize,
     metrics: ViewMetrics,
 }
@@ -214,7 +239,6 @@ impl SagaView {
     pub fn new(cap: usize, metrics: ViewMetrics) -> Self {
         Self {
             inner: Arc::default(),
-            ended: broadcast::channel(1024).0,
             cap: cap.max(1),
             metrics,
         }
@@ -311,11 +335,16 @@ impl SagaView {
                         },
                     );
                 }
-                inner.finished.push_back(id.clone());
+                if let Some(waiting) = inner.waiters.remove(&id)
+                    && let Some(s) = inner.sagas.get(&id)
+                {
+                    for (_, tx) in waiting {
+                        let _ = tx.send(s.clone());
+                    }
+                }
+                inner.finished.push_back(id);
                 inner.evict(self.cap, &self.metrics);
                 self.metrics.sagas.set(inner.sagas.len() as i64);
-                drop(inner);
-                let _ = self.ended.send(id);
             }
         }
     }
@@ -388,22 +417,36 @@ impl SagaView {
             .collect()
     }
 
-    /// Waits until the saga has a result, or `timeout` passes.
+    /// Waits until the saga has a result, or `timeout` passes. Only the
+    /// saga's own result wakes the waiter; a waiter that times out or is
+    /// dropped (its caller gone) leaves nothing behind.
     pub async fn wait_for_result(&self, saga_id: &str, timeout: Duration) -> Option<SagaSummary> {
-        let mut rx = self.ended.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.get(saga_id)
-                && s.result.is_some()
-            {
-                return Some(s);
+        let (rx, token) = {
+            let mut inner = self.lock();
+            if let Some(s) = inner.sagas.get(saga_id).filter(|s| s.result.is_some()) {
+                return Some(s.clone());
             }
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_) => return None,
-                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
-            }
-        }
+            let (tx, rx) = oneshot::channel();
+            inner.next_waiter += 1;
+            let token = inner.next_waiter;
+            inner
+                .waiters
+                .entry(saga_id.to_owned())
+                .or_default()
+                .push((token, tx));
+            (rx, token)
+        };
+        let _registered = Waiter {
+            view: self,
+            saga_id,
+            token,
+        };
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+
+    /// Requests waiting for a result now, over all sagas.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiters.values().map(Vec::len).sum()
     }
 
     /// Follows the saga events topic from the beginning until shutdown.
@@ -655,5 +698,46 @@ mod tests {
                 .await
                 .is_none()
         );
+        assert_eq!(view.waiting(), 0, "a timed-out waiter leaves nothing");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_for_its_own_saga_only_and_leaves_nothing_behind() {
+        let view = SagaView::default();
+        let waiter = {
+            let view = view.clone();
+            tokio::spawn(async move { view.wait_for_result("mine", Duration::from_secs(5)).await })
+        };
+        while view.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for i in 0..50 {
+            view.apply(result(&format!("other-{i}"), 2));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "other sagas' results do not end the wait"
+        );
+        assert_eq!(view.waiting(), 1);
+        view.apply(result("mine", 7));
+        let got = waiter.await.unwrap().expect("its result");
+        assert_eq!(got.saga_id, "mine");
+        assert_eq!(got.result.expect("a result").ended_at, 7);
+        assert_eq!(view.waiting(), 0);
+
+        // A caller that goes away (its request dropped) unregisters.
+        let gone = {
+            let view = view.clone();
+            tokio::spawn(
+                async move { view.wait_for_result("never", Duration::from_secs(60)).await },
+            )
+        };
+        while view.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(view.waiting(), 0, "an aborted wait leaves nothing");
     }
 }
