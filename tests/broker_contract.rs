@@ -809,26 +809,17 @@ async fn tansu_sqlite_high_watermark_is_exact() {
     high_watermark_is_exact_after_acks("tansu-sqlite").await;
 }
 
-/// A member resuming at a committed offset that lies inside a batch reads
-/// the rest of that batch (Sagaflow commits after each record it processes,
-/// so after a restart or rebalance this is the common case).
-async fn resuming_inside_a_batch_reads_the_rest_of_it(name: &str) {
-    let (broker, _dir) = engine(name);
-    let kafka = engine_kafka(&broker);
-    let topic = support::unique("contract-mid-batch");
-    contract_ok(
-        "create a one-partition topic",
-        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
-    );
-    // Ten records sent at once with a long linger go out as one batch.
-    let producer = contract_ok(
-        "producer",
-        kafka.clone().with("linger.ms", "100").producer(),
-    );
-    let sends = (0..10).map(|i| {
-        let value = i.to_string();
-        let producer = &producer;
-        let topic = &topic;
+/// Sends the records `offsets` to partition 0 at once, each value its
+/// offset padded with zeros to `width`; with the producer's long linger they
+/// go out as one batch.
+async fn send_one_batch(
+    producer: &Producer,
+    topic: &str,
+    offsets: std::ops::Range<i64>,
+    width: usize,
+) {
+    let sends = offsets.map(|i| {
+        let value = format!("{i:0>width$}");
         async move {
             producer
                 .send(
@@ -845,6 +836,24 @@ async fn resuming_inside_a_batch_reads_the_rest_of_it(name: &str) {
     for r in futures::future::join_all(sends).await {
         contract_ok("produce is acknowledged", r);
     }
+}
+
+/// A member resuming at a committed offset that lies inside a batch reads
+/// the rest of that batch (Sagaflow commits after each record it processes,
+/// so after a restart or rebalance this is the common case).
+async fn resuming_inside_a_batch_reads_the_rest_of_it(name: &str) {
+    let (broker, _dir) = engine(name);
+    let kafka = engine_kafka(&broker);
+    let topic = support::unique("contract-mid-batch");
+    contract_ok(
+        "create a one-partition topic",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+    );
+    let producer = contract_ok(
+        "producer",
+        kafka.clone().with("linger.ms", "100").producer(),
+    );
+    send_one_batch(&producer, &topic, 0..10, 1).await;
     let group = support::unique("contract-mid-batch");
     {
         let c = contract_ok("consumer", kafka.consumer(&group));
@@ -888,6 +897,158 @@ async fn tansu_memory_resumes_inside_a_batch() {
 #[ignore = "tansu 0.6.0 sqlite storage: passes, slowly (docs/broker.md)"]
 async fn tansu_sqlite_resumes_inside_a_batch() {
     resuming_inside_a_batch_reads_the_rest_of_it("tansu-sqlite").await;
+}
+
+/// A fetch that starts inside a batch is answered with the whole batch,
+/// and tansu's fetch loop then asks at `offset + record count`, an offset
+/// past the batch's end. Whatever the log does about that must stay inside
+/// that one request: a consumer that later reaches that offset as the
+/// high watermark (caught up) must get nothing and wait, not be served
+/// the batch before it again. Served again, librdkafka drops every record
+/// (all before its position), doubles its fetch size, asks again at once,
+/// and after ten rounds reports `MSG_SIZE_TOO_LARGE` at that offset,
+/// stuck until another record arrives: a chaos run's adapter sat on its
+/// last command this way and the saga's step timed out.
+async fn a_caught_up_consumer_is_not_served_old_batches(name: &str) {
+    let (broker, _dir) = engine(name);
+    let kafka = engine_kafka(&broker);
+    let topic = support::unique("contract-caught-up");
+    contract_ok(
+        "create a one-partition topic",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+    );
+    let producer = contract_ok(
+        "producer",
+        kafka.clone().with("linger.ms", "100").producer(),
+    );
+    let reader = |from: i64| {
+        let c = contract_ok("reader", kafka.consumer(&support::unique("caught-up")));
+        let mut tpl = TopicPartitionList::new();
+        contract_ok(
+            "offset list",
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(from)),
+        );
+        contract_ok("assign", c.assign(&tpl));
+        c
+    };
+    send_one_batch(&producer, &topic, 0..10, 1).await;
+    // Reading from 4 fetches the batch 0..10; tansu's loop asks at 14 next.
+    let first = reader(4);
+    let got = support::consume(&first, 6, WAIT).await;
+    contract(
+        "a reader inside a batch reads the rest of it",
+        got.iter().map(|m| m.offset()).eq(4..10),
+        || {
+            format!(
+                "{name}: read {:?}",
+                got.iter().map(|m| m.offset()).collect::<Vec<_>>()
+            )
+        },
+    );
+    drop(first);
+    // Now 14 is the high watermark: the next fetch there is a real one.
+    send_one_batch(&producer, &topic, 10..14, 1).await;
+    let second = reader(10);
+    let got = support::consume(&second, 4, WAIT).await;
+    contract(
+        "a reader reads a later batch",
+        got.iter().map(|m| m.offset()).eq(10..14),
+        || {
+            format!(
+                "{name}: read {:?}",
+                got.iter().map(|m| m.offset()).collect::<Vec<_>>()
+            )
+        },
+    );
+    // Caught up at 14: polls bring nothing, and no error.
+    let idle = tokio::time::timeout(Duration::from_millis(1_500), second.recv()).await;
+    contract(
+        "a consumer caught up at the high watermark waits quietly",
+        idle.is_err(),
+        || match idle {
+            Ok(Ok(m)) => format!("{name}: read offset {} again", m.offset()),
+            Ok(Err(e)) => format!("{name}: consumer error at the high watermark: {e}"),
+            Err(_) => unreachable!(),
+        },
+    );
+    send_one_batch(&producer, &topic, 14..15, 1).await;
+    let got = support::consume(&second, 1, WAIT).await;
+    contract(
+        "a caught-up consumer reads the next record",
+        got.iter().map(|m| m.offset()).eq(14..15),
+        || {
+            format!(
+                "{name}: read {:?}",
+                got.iter().map(|m| m.offset()).collect::<Vec<_>>()
+            )
+        },
+    );
+    drop(broker);
+}
+
+/// A fetch that starts inside a batch and whose byte budget ends before the
+/// next batch skips nothing: tansu's loop then asks at `offset + record
+/// count`, inside a later batch, and must get nothing there.
+async fn a_fetch_cut_short_inside_a_batch_skips_nothing(name: &str) {
+    let (broker, _dir) = engine(name);
+    let kafka = engine_kafka(&broker);
+    let topic = support::unique("contract-cut-short");
+    contract_ok(
+        "create a one-partition topic",
+        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+    );
+    let producer = contract_ok(
+        "producer",
+        kafka.clone().with("linger.ms", "100").producer(),
+    );
+    // About 600, 700 and 500 bytes: with a 1,000-byte budget a fetch at 4
+    // gets the first batch only, and its loop then asks at 14, inside the
+    // third batch, past the second.
+    send_one_batch(&producer, &topic, 0..10, 40).await;
+    send_one_batch(&producer, &topic, 10..12, 300).await;
+    send_one_batch(&producer, &topic, 12..20, 40).await;
+    let reader = contract_ok(
+        "reader with a 1,000-byte fetch budget",
+        kafka
+            .clone()
+            .with("fetch.max.bytes", "1000")
+            .with("message.max.bytes", "1000")
+            .consumer(&support::unique("cut-short")),
+    );
+    let mut tpl = TopicPartitionList::new();
+    contract_ok(
+        "offset list",
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(4)),
+    );
+    contract_ok("assign", reader.assign(&tpl));
+    let got = support::consume(&reader, 16, WAIT).await;
+    let offsets: Vec<i64> = got.iter().map(|m| m.offset()).collect();
+    contract(
+        "a fetch cut short by its budget inside a batch skips nothing",
+        offsets == (4..20).collect::<Vec<_>>(),
+        || format!("{name}: read offsets {offsets:?}, expected 4..20"),
+    );
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_log_skips_nothing_when_a_fetch_is_cut_short_inside_a_batch() {
+    a_fetch_cut_short_inside_a_batch_skips_nothing("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_log_skips_nothing_when_a_fetch_is_cut_short_inside_a_batch() {
+    a_fetch_cut_short_inside_a_batch_skips_nothing("durable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_log_does_not_serve_a_caught_up_consumer_old_batches() {
+    a_caught_up_consumer_is_not_served_old_batches("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_log_does_not_serve_a_caught_up_consumer_old_batches() {
+    a_caught_up_consumer_is_not_served_old_batches("durable").await;
 }
 
 /// The durable log keeps topics, records, watermarks and committed offsets

@@ -276,7 +276,8 @@ impl<S: Storage> Service<S, FetchRequest> for PromptFetch {
         // leaves a permit, and the next wait returns at once.
         let watch = self.arrivals.watch(topics);
         loop {
-            let response = FetchService.serve(ctx.clone(), once.clone()).await?;
+            let response =
+                crate::log::fetch_pass(FetchService.serve(ctx.clone(), once.clone())).await?;
             if answers(&response) || Instant::now() >= deadline {
                 return Ok(response);
             }

@@ -110,10 +110,6 @@ struct State {
     next: i64,
     batches: VecDeque<Stored>,
     producers: HashMap<i64, Producer>,
-    /// tansu's fetch loop asks again at `offset + record_count`, which
-    /// overshoots when the first batch began before `offset`; each entry
-    /// maps such an overshoot to the end of what was actually returned.
-    overshoots: VecDeque<(i64, i64)>,
     files: Option<Files>,
 }
 
@@ -240,12 +236,7 @@ impl Partition {
     /// Batches from the one holding `offset` on, up to `max_bytes` (at least
     /// one batch when there is one), never past the high watermark.
     pub(crate) fn fetch(&self, offset: i64, max_bytes: u64) -> Vec<deflated::Batch> {
-        let mut st = self.lock();
-        let offset = st
-            .overshoots
-            .iter()
-            .find(|(over, _)| *over == offset)
-            .map_or(offset, |(_, real)| *real);
+        let st = self.lock();
         let from = offset.max(st.log_start);
         if from >= st.next {
             return Vec::new();
@@ -253,24 +244,12 @@ impl Partition {
         let first = st.batches.partition_point(|s| s.end <= from);
         let mut out = Vec::new();
         let mut bytes = 0u64;
-        let mut counted = 0i64;
-        let mut end = from;
         for s in st.batches.range(first..) {
             if !out.is_empty() && bytes + s.size > max_bytes {
                 break;
             }
             bytes += s.size;
-            counted += i64::from(s.batch.record_count);
-            end = s.end;
             out.push(s.batch.clone());
-        }
-        let asked_next = offset + counted;
-        if asked_next != end {
-            st.overshoots.retain(|(over, _)| *over != asked_next);
-            st.overshoots.push_back((asked_next, end));
-            if st.overshoots.len() > 64 {
-                st.overshoots.pop_front();
-            }
         }
         out
     }
@@ -359,25 +338,21 @@ mod tests {
     }
 
     #[test]
-    fn a_fetch_inside_a_batch_returns_that_batch_and_the_follow_up_skips_nothing() {
+    fn a_fetch_inside_a_batch_returns_that_whole_batch_and_what_fits_after_it() {
         let p = Partition::default();
         p.append(plain(5), false).unwrap(); // 0..5
         p.append(plain(1), false).unwrap(); // 5
         p.append(plain(4), false).unwrap(); // 6..10
-        let got = p.fetch(3, 150);
-        assert_eq!(
-            got.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
-            [0],
-            "max_bytes allows one batch"
-        );
-        // tansu's loop asks next at 3 + 5 = 8, which would skip batch 5 and
-        // part of 6..10; it gets what follows the returned batch instead.
-        let next = p.fetch(8, 1 << 20);
-        assert_eq!(
-            next.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
-            [5, 6]
-        );
+        let bases = |b: Vec<deflated::Batch>| b.iter().map(|b| b.base_offset).collect::<Vec<_>>();
+        assert_eq!(bases(p.fetch(3, 150)), [0], "max_bytes allows one batch");
+        assert_eq!(bases(p.fetch(3, 1 << 20)), [0, 5, 6]);
+        // The same offset is always answered the same way, whoever asked
+        // before: a fetch leaves nothing behind.
+        assert_eq!(bases(p.fetch(8, 1 << 20)), [6]);
         assert!(p.fetch(10, 1 << 20).is_empty());
+        p.append(plain(2), false).unwrap(); // 10..12
+        assert_eq!(bases(p.fetch(10, 1 << 20)), [10]);
+        assert!(p.fetch(12, 1 << 20).is_empty());
     }
 
     #[test]
