@@ -48,6 +48,11 @@ async fn demo_services_serve_rest_and_stop_on_sigterm() {
     assert_eq!(no_key.status().as_u16(), 400);
 
     let pid = child.id().unwrap();
+    // Every sagaflow process runs without transparent huge pages (main.rs).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    if let Some(thp) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
+    }
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
