@@ -809,6 +809,54 @@ async fn tansu_sqlite_high_watermark_is_exact() {
     high_watermark_is_exact_after_acks("tansu-sqlite").await;
 }
 
+/// The contract `behaviour`: `got` holds exactly the records at `offsets`,
+/// in order.
+#[track_caller]
+fn read_exactly(
+    behaviour: &str,
+    name: &str,
+    got: &[rdkafka::message::OwnedMessage],
+    offsets: std::ops::Range<i64>,
+) {
+    let read: Vec<i64> = got.iter().map(|m| m.offset()).collect();
+    contract(behaviour, read.iter().copied().eq(offsets.clone()), || {
+        format!("{name}: read offsets {read:?}, expected {offsets:?}")
+    });
+}
+
+/// A broker of engine `name` with a new one-partition topic, and a producer
+/// whose long linger sends records given at once as one batch.
+struct OnePartition {
+    broker: EmbeddedBroker,
+    _dir: Option<tempfile::TempDir>,
+    kafka: sagaflow_bus::KafkaConfig,
+    topic: String,
+    producer: Producer,
+}
+
+impl OnePartition {
+    async fn new(name: &str, prefix: &str) -> Self {
+        let (broker, _dir) = engine(name);
+        let kafka = engine_kafka(&broker);
+        let topic = support::unique(prefix);
+        contract_ok(
+            "create a one-partition topic",
+            sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
+        );
+        let producer = contract_ok(
+            "producer",
+            kafka.clone().with("linger.ms", "100").producer(),
+        );
+        Self {
+            broker,
+            _dir,
+            kafka,
+            topic,
+            producer,
+        }
+    }
+}
+
 /// Sends the records `offsets` to partition 0 at once, each value its
 /// offset padded with zeros to `width`; with the producer's long linger they
 /// go out as one batch.
@@ -842,17 +890,13 @@ async fn send_one_batch(
 /// the rest of that batch (Sagaflow commits after each record it processes,
 /// so after a restart or rebalance this is the common case).
 async fn resuming_inside_a_batch_reads_the_rest_of_it(name: &str) {
-    let (broker, _dir) = engine(name);
-    let kafka = engine_kafka(&broker);
-    let topic = support::unique("contract-mid-batch");
-    contract_ok(
-        "create a one-partition topic",
-        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
-    );
-    let producer = contract_ok(
-        "producer",
-        kafka.clone().with("linger.ms", "100").producer(),
-    );
+    let OnePartition {
+        broker,
+        _dir,
+        kafka,
+        topic,
+        producer,
+    } = OnePartition::new(name, "contract-mid-batch").await;
     send_one_batch(&producer, &topic, 0..10, 1).await;
     let group = support::unique("contract-mid-batch");
     {
@@ -868,11 +912,11 @@ async fn resuming_inside_a_batch_reads_the_rest_of_it(name: &str) {
     let c = contract_ok("consumer", kafka.consumer(&group));
     contract_ok("subscribe", c.subscribe(&[&topic]));
     let got = support::consume(&c, 6, WAIT).await;
-    let offsets: Vec<i64> = got.iter().map(|m| m.offset()).collect();
-    contract(
+    read_exactly(
         "a member resuming inside a batch reads the rest of it",
-        offsets == (4..10).collect::<Vec<_>>(),
-        || format!("{name}: read offsets {offsets:?}, expected 4..10"),
+        name,
+        &got,
+        4..10,
     );
     drop(broker);
 }
@@ -910,17 +954,13 @@ async fn tansu_sqlite_resumes_inside_a_batch() {
 /// stuck until another record arrives: a chaos run's adapter sat on its
 /// last command this way and the saga's step timed out.
 async fn a_caught_up_consumer_is_not_served_old_batches(name: &str) {
-    let (broker, _dir) = engine(name);
-    let kafka = engine_kafka(&broker);
-    let topic = support::unique("contract-caught-up");
-    contract_ok(
-        "create a one-partition topic",
-        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
-    );
-    let producer = contract_ok(
-        "producer",
-        kafka.clone().with("linger.ms", "100").producer(),
-    );
+    let OnePartition {
+        broker,
+        _dir,
+        kafka,
+        topic,
+        producer,
+    } = OnePartition::new(name, "contract-caught-up").await;
     let reader = |from: i64| {
         let c = contract_ok("reader", kafka.consumer(&support::unique("caught-up")));
         let mut tpl = TopicPartitionList::new();
@@ -935,31 +975,18 @@ async fn a_caught_up_consumer_is_not_served_old_batches(name: &str) {
     // Reading from 4 fetches the batch 0..10; tansu's loop asks at 14 next.
     let first = reader(4);
     let got = support::consume(&first, 6, WAIT).await;
-    contract(
+    read_exactly(
         "a reader inside a batch reads the rest of it",
-        got.iter().map(|m| m.offset()).eq(4..10),
-        || {
-            format!(
-                "{name}: read {:?}",
-                got.iter().map(|m| m.offset()).collect::<Vec<_>>()
-            )
-        },
+        name,
+        &got,
+        4..10,
     );
     drop(first);
     // Now 14 is the high watermark: the next fetch there is a real one.
     send_one_batch(&producer, &topic, 10..14, 1).await;
     let second = reader(10);
     let got = support::consume(&second, 4, WAIT).await;
-    contract(
-        "a reader reads a later batch",
-        got.iter().map(|m| m.offset()).eq(10..14),
-        || {
-            format!(
-                "{name}: read {:?}",
-                got.iter().map(|m| m.offset()).collect::<Vec<_>>()
-            )
-        },
-    );
+    read_exactly("a reader reads a later batch", name, &got, 10..14);
     // Caught up at 14: polls bring nothing, and no error.
     let idle = tokio::time::timeout(Duration::from_millis(1_500), second.recv()).await;
     contract(
@@ -973,15 +1000,11 @@ async fn a_caught_up_consumer_is_not_served_old_batches(name: &str) {
     );
     send_one_batch(&producer, &topic, 14..15, 1).await;
     let got = support::consume(&second, 1, WAIT).await;
-    contract(
+    read_exactly(
         "a caught-up consumer reads the next record",
-        got.iter().map(|m| m.offset()).eq(14..15),
-        || {
-            format!(
-                "{name}: read {:?}",
-                got.iter().map(|m| m.offset()).collect::<Vec<_>>()
-            )
-        },
+        name,
+        &got,
+        14..15,
     );
     drop(broker);
 }
@@ -990,17 +1013,13 @@ async fn a_caught_up_consumer_is_not_served_old_batches(name: &str) {
 /// next batch skips nothing: tansu's loop then asks at `offset + record
 /// count`, inside a later batch, and must get nothing there.
 async fn a_fetch_cut_short_inside_a_batch_skips_nothing(name: &str) {
-    let (broker, _dir) = engine(name);
-    let kafka = engine_kafka(&broker);
-    let topic = support::unique("contract-cut-short");
-    contract_ok(
-        "create a one-partition topic",
-        sagaflow_bus::ensure_topics(&kafka, &[TopicSpec::new(&topic, 1)]).await,
-    );
-    let producer = contract_ok(
-        "producer",
-        kafka.clone().with("linger.ms", "100").producer(),
-    );
+    let OnePartition {
+        broker,
+        _dir,
+        kafka,
+        topic,
+        producer,
+    } = OnePartition::new(name, "contract-cut-short").await;
     // About 600, 700 and 500 bytes: with a 1,000-byte budget a fetch at 4
     // gets the first batch only, and its loop then asks at 14, inside the
     // third batch, past the second.
@@ -1022,11 +1041,11 @@ async fn a_fetch_cut_short_inside_a_batch_skips_nothing(name: &str) {
     );
     contract_ok("assign", reader.assign(&tpl));
     let got = support::consume(&reader, 16, WAIT).await;
-    let offsets: Vec<i64> = got.iter().map(|m| m.offset()).collect();
-    contract(
+    read_exactly(
         "a fetch cut short by its budget inside a batch skips nothing",
-        offsets == (4..20).collect::<Vec<_>>(),
-        || format!("{name}: read offsets {offsets:?}, expected 4..20"),
+        name,
+        &got,
+        4..20,
     );
     drop(broker);
 }
