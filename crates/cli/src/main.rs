@@ -19,10 +19,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// it, compacting memory first if it must, inside the allocating call:
 /// `perf` of `sagaflow bench`'s closed loop at 100 in flight put 12 % of
 /// the stack's CPU in those faults (`do_huge_pmd_anonymous_page`,
-/// `clear_page_erms`), most of it in the orchestrator's batch flush. The
-/// same binary with them off, alternated: 803–812 and 684 sagas/s against
-/// 633–660, and 2.5 s less system CPU in a 28 s run (docs/orchestrator.md).
-/// Best effort: a kernel without the flag keeps its default.
+/// `clear_page_erms`), most of it in the orchestrator's batch flush. With
+/// them off, system CPU fell in every run and the closed loop at 100 in
+/// flight run alone was faster in all six (684–812 against 600–660
+/// sagas/s); inside the whole bench it did not separate
+/// (docs/orchestrator.md). Best effort: a kernel without the flag keeps its
+/// default.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
