@@ -33,7 +33,7 @@ pub use definition::{
 pub use engine::{
     Applied, AwaitedEvent, Command, CommandKind, Correlation, DomainEvent, Effect, Engine, Input,
     LifecycleEvent, LifecycleKind, Outcome, Reply, ReplyOutcome, SagaResult, TriggerEvent,
-    command_id,
+    command_id, timer_awaits_input,
 };
 pub use error::{DefCode, DefinitionError, DefinitionErrors, EngineError};
 pub use lint::DefinitionWarning;

@@ -133,6 +133,23 @@ pub enum TimerPurpose {
     SagaDeadline,
 }
 
+impl TimerPurpose {
+    /// Whether firing the timer decides against an input that may already
+    /// be on its way: a reply (step and compensation timeouts), an awaited
+    /// event, or any input at all (the saga's deadline). A runtime fires
+    /// these only once it has read what arrived before they were due.
+    /// Backoffs decide nothing against an input: they only wait.
+    pub fn awaits_input(self) -> bool {
+        matches!(
+            self,
+            Self::StepTimeout
+                | Self::CompensationTimeout
+                | Self::AwaitDeadline
+                | Self::SagaDeadline
+        )
+    }
+}
+
 /// A durable timer held in the state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timer {

@@ -56,6 +56,25 @@ pub(super) fn timer_id(
     }
 }
 
+/// Whether the timer of this id (one [`timer_id`] made) awaits an input:
+/// [`TimerPurpose::awaits_input`], read back from the id alone, so a
+/// runtime can hold such timers without thawing their sagas. Ids the
+/// engine did not make (a runtime's own housekeeping timers) await
+/// nothing.
+pub fn timer_awaits_input(timer_id: &str) -> bool {
+    if timer_id.ends_with("/saga-deadline") {
+        return true;
+    }
+    // `…/<purpose>/<attempt>`; a compensation's is `…/compensate/<purpose>/<attempt>`.
+    let Some((head, attempt)) = timer_id.rsplit_once('/') else {
+        return false;
+    };
+    if attempt.parse::<u32>().is_err() {
+        return false;
+    }
+    matches!(head.rsplit_once('/'), Some((_, "timeout" | "deadline")))
+}
+
 /// The id of the saga's own deadline timer. Step names cannot contain
 /// `-`, so it cannot be mistaken for a step's timer.
 pub(super) fn saga_deadline_id(saga_id: &str) -> String {
@@ -72,5 +91,57 @@ pub(super) fn parse_command_id<'a>(
     match head.strip_suffix("/compensate") {
         Some(path) => Some((path, CommandKind::Compensation, attempt)),
         None => Some((head, CommandKind::Action, attempt)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PURPOSES: [TimerPurpose; 6] = [
+        TimerPurpose::StepTimeout,
+        TimerPurpose::RetryBackoff,
+        TimerPurpose::AwaitDeadline,
+        TimerPurpose::CompensationTimeout,
+        TimerPurpose::CompensationBackoff,
+        TimerPurpose::SagaDeadline,
+    ];
+
+    #[test]
+    fn a_timer_id_tells_whether_it_awaits_an_input() {
+        // Step names that spell a purpose, nested paths and a saga id with
+        // escaped slashes must not confuse the reading.
+        let paths = [
+            "charge",
+            "a/b",
+            "timeout",
+            "deadline",
+            "backoff",
+            "compensate",
+            "x/compensate",
+        ];
+        for saga in ["order-checkout:o-1", "t:a%2Fb%2Ftimeout%2F1"] {
+            for path in paths {
+                for purpose in PURPOSES {
+                    for attempt in [1, 12] {
+                        let id = timer_id(saga, path, purpose, attempt);
+                        assert_eq!(
+                            timer_awaits_input(&id),
+                            purpose.awaits_input(),
+                            "{id} ({purpose:?})"
+                        );
+                    }
+                }
+            }
+        }
+        for other in [
+            "",
+            "@expire",
+            "@early-expire",
+            "s/x/timeout/",
+            "s/x/timeout/one",
+        ] {
+            assert!(!timer_awaits_input(other), "{other}");
+        }
     }
 }

@@ -24,7 +24,7 @@ mod operator;
 mod run;
 mod types;
 
-pub use ids::command_id;
+pub use ids::{command_id, timer_awaits_input};
 pub use types::{
     Applied, AwaitedEvent, Command, CommandKind, Correlation, DomainEvent, Effect, Input,
     LifecycleEvent, LifecycleKind, Outcome, Reply, ReplyOutcome, SagaResult, TriggerEvent,
