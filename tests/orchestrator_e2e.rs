@@ -621,6 +621,176 @@ async fn a_paused_owner_resuming_after_its_replacement_changes_nothing() {
     check_exactly_once(&stack, &orders, &results);
 }
 
+/// The order-checkout saga with a 3 s timeout on `charge_payment` (30 s
+/// in `topology/sagas`) and one attempt only (a timed-out charge is not
+/// tried again: the saga compensates), in a directory of its own.
+fn quick_charge_sagas() -> tempfile::TempDir {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("topology/sagas/order-checkout.yaml")).unwrap();
+    let quick = text.replacen(
+        "    timeout: 30s\n    bind: payment",
+        "    timeout: 3s\n    retry:\n      max-attempts: 1\n    bind: payment",
+        1,
+    );
+    assert_ne!(
+        quick, text,
+        "order-checkout.yaml's charge_payment has a 30 s timeout"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("order-checkout.yaml"), quick).unwrap();
+    dir
+}
+
+/// Waits for the charge command of `order` in the payment adapter's topic
+/// and returns its timestamp (ms since the epoch).
+async fn charge_sent(commands: &StreamConsumer, order: &str) -> i64 {
+    let saga = format!("order-checkout:{order}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = tokio::time::timeout_at(deadline, commands.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no charge command for {order}"));
+        let Ok(m) = m else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let m = m.detach();
+        if support::header(&m, "sagaflow-saga-id").as_deref() == Some(&saga) {
+            return m.timestamp().to_millis().unwrap();
+        }
+    }
+}
+
+/// Sleeps until `ms` after the epoch time `from`.
+async fn sleep_past(from: i64, ms: i64) {
+    let left = from + ms - sagaflow_bus::now_ms() as i64;
+    tokio::time::sleep(Duration::from_millis(left.max(0) as u64)).await;
+}
+
+/// Checks how the saga of `order` ended and how often the backends did
+/// each of `ops`.
+fn check_order(
+    stack: &Stack,
+    results: &BTreeMap<String, sagaflow_codec::messages::SagaResult>,
+    order: &str,
+    status: SagaStatus,
+    ops: &[(&str, u32)],
+    why: &str,
+) {
+    let id = format!("order-checkout:{order}");
+    let r = results
+        .get(&id)
+        .unwrap_or_else(|| panic!("saga {id} has no result\n{}", stack.logs()));
+    let effects = stack.effects();
+    assert_eq!(
+        r.status,
+        status,
+        "{order}: {why}\n{effects:?}\n{}",
+        stack.logs()
+    );
+    for (op, n) in ops {
+        let got = effects
+            .get(&((*op).to_owned(), order.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(got, *n, "{order}: `{op}` happened {got} times\n{effects:?}");
+    }
+}
+
+/// A reply produced in time wins over the step's timeout even when the
+/// orchestrator reads it only after the deadline: the owner is stopped
+/// (SIGSTOP) while the charge is answered and resumes past the deadline,
+/// its clock past the timer and the reply unread. A reply that never
+/// comes still times the step out. The charge step has a 3 s timeout and
+/// a single attempt, so a timeout compensates the saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_in_time_beats_a_timeout_the_orchestrator_was_away_for() {
+    let sagas = quick_charge_sagas();
+    let mut stack = Stack::start_with_sagas("intime", 1, sagas.path()).await;
+    stack.start_adapters();
+    let owner = stack.start_orchestrator_in(0);
+    let reader = stack.results_reader();
+    let commands = support::kafka()
+        .consumer(&support::unique("charges"))
+        .unwrap();
+    commands
+        .subscribe(&[&stack.topic("sagaflow.commands.payment")])
+        .unwrap();
+    let payment = stack
+        .adapters
+        .iter()
+        .position(|a| a.name == "payment")
+        .unwrap();
+    let mut results = BTreeMap::new();
+    let mut copies = 0;
+    let replied = |stack: &Stack, order: &str| {
+        let saga = format!("saga.id=\"order-checkout:{order}\"");
+        support::process::wait_until("the payment adapter's reply", WAIT, || {
+            stack.adapters[payment]
+                .output()
+                .lines()
+                .any(|l| l.contains(&saga) && l.contains("replied"))
+                .then_some(())
+        });
+    };
+    let in_time = [
+        ("charge", 1),
+        ("refund", 0),
+        ("schedule", 1),
+        ("release", 0),
+    ];
+
+    // 1. The owner is stopped while the charge is answered, and resumes
+    // after the deadline with the reply unread.
+    stack.adapters[payment].signal("STOP");
+    stack.place_order("ok-1", "c-1", 4_200).await;
+    let sent = charge_sent(&commands, "ok-1").await;
+    stack.orchestrators[owner].signal("STOP");
+    stack.adapters[payment].signal("CONT");
+    replied(&stack, "ok-1");
+    sleep_past(sent, 4_000).await;
+    stack.orchestrators[owner].signal("CONT");
+    stack
+        .collect_results(&reader, &mut results, &mut copies, 1, WAIT)
+        .await;
+    check_order(
+        &stack,
+        &results,
+        "ok-1",
+        SagaStatus::Completed,
+        &in_time,
+        "the reply came in time",
+    );
+
+    // 2. No reply at all: the step still times out, and the saga is
+    // compensated.
+    stack.adapters[payment].signal("STOP");
+    stack.place_order("ok-2", "c-1", 4_200).await;
+    stack
+        .collect_results(&reader, &mut results, &mut copies, 2, WAIT)
+        .await;
+    stack.adapters[payment].kill9();
+    check_order(
+        &stack,
+        &results,
+        "ok-2",
+        SagaStatus::Compensated,
+        &[("reserve", 1), ("release", 1), ("charge", 0)],
+        "no reply, so the charge timed out",
+    );
+    // Both held timeouts learnt how far the partition was read from ticks.
+    let url = format!(
+        "http://{}/metrics",
+        stack.orchestrators[owner].http_addr(WAIT)
+    );
+    let text = metrics::scrape(&url).await.unwrap();
+    let ticks = metrics::sum(&text, "sagaflow_timer_ticks_total", &[]);
+    assert!(
+        ticks >= 4.0,
+        "two ticks of two records each, at least: {ticks}"
+    );
+}
+
 /// The chaos run: sagas flow while adapters and orchestrators are killed
 /// with SIGKILL (three times each) and the schema registry is down for
 /// 10 s. Every saga ends once with the expected outcome, every backend

@@ -193,6 +193,13 @@ fn codec_yaml(registry: &str) -> String {
 
 impl Stack {
     pub async fn start(name: &str, partitions: u32) -> Self {
+        let sagas = Path::new(env!("CARGO_MANIFEST_DIR")).join("topology/sagas");
+        Self::start_with_sagas(name, partitions, &sagas).await
+    }
+
+    /// A stack whose orchestrators load the saga definitions of `sagas`
+    /// (a directory) instead of `topology/sagas`.
+    pub async fn start_with_sagas(name: &str, partitions: u32, sagas: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("{}.", support::unique(name));
         let registry = sagaflow_registry::Registry::open_dir(&dir.path().join("registry"))
@@ -212,7 +219,7 @@ impl Stack {
             format!(
                 "{kafka}topics:\n  prefix: {prefix}\ncodec:\n{}sagas:\n  dir: {}\n  services: {}\nschemas: {}\npartitions: {partitions}\ngroup-id: {prefix}orchestrator\nhttp:\n  listen: 127.0.0.1:0\ncompleted-retention: 10m\n",
                 codec_yaml(&registry_url),
-                root.join("topology/sagas").display(),
+                sagas.display(),
                 root.join("topology/services.yaml").display(),
                 root.join("schemas").display(),
             ),

@@ -11,10 +11,13 @@
 //! the ids of ended sagas (for `dedup-window`).
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sagaflow_engine::{AwaitedEvent, Effect, Engine, Input, Outcome, Reply, SagaState, Timestamp};
+use sagaflow_engine::{
+    AwaitedEvent, Effect, Engine, Input, Outcome, Reply, SagaState, Timestamp, timer_awaits_input,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
@@ -403,6 +406,26 @@ impl PartitionCore {
         self.timers.first().map(|t| t.0)
     }
 
+    /// What the timers want at `now`, when the partition's inputs have
+    /// been read up to `read` (see [`Self::handle_timeout_read`]): when the
+    /// next one may fire, and whether one is due but held until the
+    /// partition is read further.
+    pub fn due(&self, now: u64, read: u64) -> Due {
+        let mut due = Due::default();
+        for (at, _, id) in &self.timers {
+            if *at > now {
+                due.next = due.next.or(Some(*at));
+                break;
+            }
+            if held(*at, id, read) {
+                due.held = true;
+            } else {
+                due.next = due.next.or(Some(*at));
+            }
+        }
+        due
+    }
+
     /// Lets go of the partition: its sagas are no longer counted here.
     pub fn release(&self) {
         let resting = self.sagas.values().map(|r| (r.terminal, &*r.saga_type));
@@ -636,8 +659,20 @@ impl PartitionCore {
 
     /// Fires every timer due at `now`: step timeouts and backoffs (the
     /// engine decides), finished sagas' expiry, parked events' expiry, and
-    /// the sweep of ended ids past `dedup-window`.
+    /// the sweep of ended ids past `dedup-window`. For a caller that has
+    /// read every input that arrived before `now`.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.handle_timeout_read(now, now);
+    }
+
+    /// [`Self::handle_timeout`] when the partition's inputs are known to
+    /// be read only up to `read` (ms since the epoch): everything appended
+    /// to them before that moment has been applied. A timer that awaits
+    /// an input (a reply's timeout, an await's or the saga's deadline) and
+    /// is due after `read` is held: a reply that arrived in time may still
+    /// be unread behind a takeover, a stopped process or a registry
+    /// outage, and must win over the timeout.
+    pub fn handle_timeout_read(&mut self, now: u64, read: u64) {
         if now.saturating_sub(self.swept_at) > SWEEP_EVERY_MS {
             self.swept_at = now;
             let tombstones = &mut self.tombstones;
@@ -649,9 +684,22 @@ impl PartitionCore {
                 keep
             });
         }
-        while let Some(first) = self.timers.first().cloned() {
+        // Held timers stay in the set; the scan goes on past them.
+        let mut after: Option<(u64, String, String)> = None;
+        loop {
+            let next = match &after {
+                None => self.timers.first(),
+                Some(a) => self.timers.range((Excluded(a), Unbounded)).next(),
+            };
+            let Some(first) = next.cloned() else {
+                break;
+            };
             if first.0 > now {
                 break;
+            }
+            if held(first.0, &first.2, read) {
+                after = Some(first);
+                continue;
             }
             self.timers.remove(&first);
             let (_, saga_id, timer_id) = first;
@@ -895,6 +943,22 @@ fn note_issued(entry: &mut Entry, effects: &[Effect], now: u64) {
     }
 }
 
+/// What a partition's timers want of its driver ([`PartitionCore::due`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Due {
+    /// When the next timer may fire (ms since the epoch; in the past when
+    /// one is due now).
+    pub next: Option<u64>,
+    /// A timer that awaits an input is due, but held until the partition's
+    /// inputs are read further.
+    pub held: bool,
+}
+
+/// Whether a timer due `at` is held while the inputs are read up to `read`.
+fn held(at: u64, id: &str, read: u64) -> bool {
+    at > read && timer_awaits_input(id)
+}
+
 /// Makes the timer set hold exactly this saga's armed timers, plus its
 /// expiry once it has ended. The saga's state is the source of truth; the
 /// engine's `ArmTimer`/`CancelTimer` effects describe the same changes.
@@ -1012,6 +1076,62 @@ mod tests {
         assert_eq!(commands, 1);
         assert!(c.poll_timeout().is_some(), "the step's timeout is armed");
         assert!(c.drain().is_empty(), "drained once");
+    }
+
+    /// The commands a drain owes, by id.
+    fn owed_commands(c: &mut PartitionCore) -> Vec<String> {
+        c.drain()
+            .sagas
+            .iter()
+            .flat_map(|(_, s)| &s.outbox)
+            .filter_map(|e| match e {
+                Effect::Command(cmd) => Some(cmd.command_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_timeout_waits_until_the_inputs_are_read_past_it_and_a_backoff_does_not() {
+        let mut c = core();
+        c.handle_input(trigger("o-1", "c"), None, 100, T0, trace)
+            .unwrap();
+        c.drain();
+        // reserve_inventory: 10 s timeout, then a 200 ms backoff.
+        let due = T0 + 10_000;
+        let late = T0 + 20_000;
+        assert_eq!(
+            c.due(late, T0),
+            Due {
+                next: None,
+                held: true
+            }
+        );
+        c.handle_timeout_read(late, due - 1);
+        assert!(
+            c.drain().is_empty(),
+            "read up to just before the deadline: held"
+        );
+        assert_eq!(
+            c.due(late, due),
+            Due {
+                next: Some(due),
+                held: false
+            }
+        );
+        c.handle_timeout_read(late, due);
+        assert!(
+            owed_commands(&mut c).is_empty(),
+            "timed out: a backoff first"
+        );
+        // The backoff fires on the clock, however far the inputs are read.
+        let backoff = c.due(late + 1_000, due).next.expect("the backoff is armed");
+        assert!(backoff > due && backoff <= late + 1_000, "{backoff}");
+        c.handle_timeout_read(late + 1_000, due);
+        assert_eq!(
+            owed_commands(&mut c),
+            ["order-checkout:o-1/reserve_inventory/2"]
+        );
     }
 
     #[test]

@@ -20,5 +20,6 @@ pub mod refusal;
 mod routing;
 pub mod runtime;
 pub mod store;
+pub mod tick;
 pub mod view;
 pub mod wire;

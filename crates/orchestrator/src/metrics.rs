@@ -2,7 +2,7 @@
 //! saga type, step, service, outcome, reason — never a saga id.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -27,6 +27,9 @@ pub struct Metrics {
     pub step_latency: HistogramVec,
     /// Timers fired, by purpose.
     pub timers_fired: IntCounterVec,
+    /// Tick records sent to learn how far a partition's inputs and replies
+    /// are read before a timer awaiting them fires (`tick`).
+    pub timer_ticks: IntCounter,
     /// Records sent to the dead-letter topic, by reason code.
     pub dead_letters: IntCounterVec,
     /// Outbox effects re-sent after a restore.
@@ -176,6 +179,16 @@ impl Metrics {
                 "Durable timers fired",
                 &["purpose"],
             ),
+            timer_ticks: {
+                let c = IntCounter::new(
+                    "sagaflow_timer_ticks_total",
+                    "Tick records sent so that timers awaiting a reply or event fire only after what arrived before them is read",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
             dead_letters: counter(
                 r,
                 "sagaflow_dead_letters_total",

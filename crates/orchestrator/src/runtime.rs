@@ -54,6 +54,7 @@ use crate::metrics::Metrics;
 use crate::outbound::{Acks, Outgoing, effect_kind, enqueue_all, now_ms, produce_all};
 pub use crate::outbound::{PAYLOAD_OMITTED, send_envelope};
 use crate::store::{KafkaStore, Lease, Restored, SagaStore, StoreError};
+use crate::tick::{Ticks, tick_of};
 use crate::view::SagaView;
 use sagaflow_bus::rebalance::{Ownership, RebalanceEvents, RebalancePolicy};
 
@@ -112,6 +113,9 @@ pub(crate) struct Stopping;
 pub(crate) struct Partition {
     pub(crate) core: PartitionCore,
     lease: Lease,
+    /// How far its inputs and replies are read, for the timers that
+    /// await them (`tick`).
+    pub(crate) ticks: Ticks,
 }
 
 /// The partitions this instance holds, and those it must leave alone.
@@ -147,18 +151,34 @@ struct Sending {
 }
 
 impl Owned {
-    /// How long the loop may sleep: until the next timer, a heartbeat at
-    /// most (a loop that stops turning is a stuck driver).
+    /// How long the loop may sleep: until the next timer that may fire,
+    /// or a tick to send again, a heartbeat at most (a loop that stops
+    /// turning is a stuck driver). A held timer wakes nothing: its tick
+    /// read back does.
     fn sleep(&self) -> Duration {
-        let due = self
-            .parts
-            .values()
-            .filter_map(|p| p.core.poll_timeout())
-            .min();
-        due.map_or(HEARTBEAT, |due| {
-            Duration::from_millis(due.saturating_sub(now_ms()))
-        })
-        .min(HEARTBEAT)
+        let (now, at) = (now_ms(), Instant::now());
+        let mut sleep = HEARTBEAT;
+        for p in self.parts.values() {
+            if let Some(next) = p.core.due(now, p.ticks.read()).next {
+                sleep = sleep.min(Duration::from_millis(next.saturating_sub(now)));
+            }
+            if let Some(again) = p.ticks.resend_at() {
+                sleep = sleep.min(again.saturating_duration_since(at));
+            }
+        }
+        sleep
+    }
+
+    /// Sends a tick for every partition with a timer held until its inputs
+    /// are read further, unless one is already on its way.
+    fn ask_ticks(&mut self, producer: &Producer, names: &TopicNames, metrics: &Metrics) {
+        let (now, at) = (now_ms(), Instant::now());
+        for (&p, part) in &mut self.parts {
+            if part.ticks.due(at) && part.core.due(now, part.ticks.read()).held {
+                let sent = part.ticks.send(producer, names, p, now, at);
+                metrics.timer_ticks.inc_by(sent as u64);
+            }
+        }
     }
 
     /// Whether a batch still sending wrote one of these records.
@@ -221,6 +241,7 @@ impl Driver {
                 self.settle_oldest(&consumer, &mut owned).await?;
             }
             self.gauges(&owned);
+            owned.ask_ticks(&producer, &self.names, &self.metrics);
             let sleep = owned.sleep();
             tokio::select! {
                 biased;
@@ -248,7 +269,7 @@ impl Driver {
                 _ = tokio::time::sleep(sleep) => {
                     let now = now_ms();
                     for part in owned.parts.values_mut() {
-                        part.core.handle_timeout(now);
+                        part.core.handle_timeout_read(now, part.ticks.read());
                     }
                     self.flush(&store, &producer, &mut owned, Batch::default()).await?;
                 }
@@ -507,6 +528,14 @@ impl Driver {
                 owned.parts.insert(p, part);
             }
             let part = owned.parts.get_mut(&p);
+            // A tick read back: everything before it in this partition
+            // has been read (`tick`).
+            if co_partitioned && let Some(at) = tick_of(m) {
+                if let Some(part) = part {
+                    part.ticks.seen(topic == replies, at);
+                }
+                continue;
+            }
             let handled = match part {
                 Some(part) if topic == inputs => {
                     self.on_input(&mut part.core, m, &mut work);
@@ -778,7 +807,11 @@ impl Driver {
             elapsed_ms = elapsed.as_millis() as u64,
             "partition restored"
         );
-        Ok(Partition { core, lease })
+        Ok(Partition {
+            core,
+            lease,
+            ticks: Ticks::default(),
+        })
     }
 
     /// Persists what the cores changed (each touched saga with its
