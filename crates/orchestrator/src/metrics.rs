@@ -80,11 +80,14 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     c
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone()))
+fn registered<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone()))
         .expect("metric registered once");
-    g
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(r, IntGauge::new(name, help).expect("valid metric"))
 }
 
 fn histogram(
@@ -117,13 +120,11 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(in_flight.clone()))
             .expect("metric registered once");
-        let owned = IntGauge::new(
+        let owned = gauge(
+            r,
             "sagaflow_owned_partitions",
             "Partitions of the inputs topic this instance owns",
-        )
-        .expect("valid metric");
-        r.register(Box::new(owned.clone()))
-            .expect("metric registered once");
+        );
         let lag = sagaflow_bus::lag::consumer_lag_gauge();
         r.register(Box::new(lag.clone()))
             .expect("metric registered once");
@@ -179,16 +180,14 @@ impl Metrics {
                 "Durable timers fired",
                 &["purpose"],
             ),
-            timer_ticks: {
-                let c = IntCounter::new(
+            timer_ticks: registered(
+                r,
+                IntCounter::new(
                     "sagaflow_timer_ticks_total",
                     "Tick records sent so that timers awaiting a reply or event fire only after what arrived before them is read",
                 )
-                .expect("valid metric");
-                r.register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+                .expect("valid metric"),
+            ),
             dead_letters: counter(
                 r,
                 "sagaflow_dead_letters_total",
