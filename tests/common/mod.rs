@@ -211,9 +211,10 @@ impl Stack {
         let (backend, ledger) = backends().await;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let bootstrap = support::bootstrap_servers();
-        let kafka = format!(
-            "kafka:\n  bootstrap-servers: {bootstrap}\n  properties:\n    fetch.wait.max.ms: \"2\"\n"
-        );
+        // librdkafka's defaults, as a deployment has them (a 500 ms fetch
+        // wait among them: the embedded broker answers a waiting fetch as
+        // soon as a record arrives).
+        let kafka = format!("kafka:\n  bootstrap-servers: {bootstrap}\n");
         std::fs::write(
             dir.path().join("orchestrator.yaml"),
             format!(
