@@ -131,6 +131,9 @@ pub enum TimerPurpose {
     CompensationBackoff,
     /// The saga's own deadline (`deadline:` of the definition).
     SagaDeadline,
+    /// How long a call whose last attempt timed out may still answer: a
+    /// success within it is compensated with the rest of the saga.
+    LateReply,
 }
 
 impl TimerPurpose {
@@ -146,6 +149,7 @@ impl TimerPurpose {
                 | Self::CompensationTimeout
                 | Self::AwaitDeadline
                 | Self::SagaDeadline
+                | Self::LateReply
         )
     }
 }

@@ -153,7 +153,28 @@ impl Run<'_> {
         } else {
             reason
         };
+        if kind == CommandKind::Action && why == RetryOn::Timeout {
+            return self.give_up_timed_out(id, attempt, reason);
+        }
         self.give_up(id, kind, attempt, reason, body);
+    }
+
+    /// A call's last attempt timed out: the step fails and the saga
+    /// compensates, but the command may still have been carried out (a
+    /// slow backend, not a lost one). The step waits as a command in
+    /// flight at the start of a compensation does, abandoned, for one
+    /// more timeout: a success within it is compensated with the rest,
+    /// and the saga ends only once it is over.
+    fn give_up_timed_out(&mut self, id: NodeId, attempt: u32, reason: String) {
+        let StepKind::Call(call) = &self.def.step(id).kind else {
+            return self.give_up(id, CommandKind::Action, attempt, reason, None);
+        };
+        let timeout = call.timeout_ms;
+        let t = table(CommandKind::Action);
+        self.set_phase(id, Phase::Abandoned);
+        self.life(t.failed, Some(id), Some(attempt), Some(reason.clone()));
+        self.arm(id, TimerPurpose::LateReply, attempt, timeout);
+        (t.give_up)(self, id, reason);
     }
 
     /// The step's command of `kind` failed for good.

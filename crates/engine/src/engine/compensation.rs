@@ -33,6 +33,17 @@ impl Run<'_> {
         if busy {
             return;
         }
+        // A call whose last attempt timed out was the latest step: if it
+        // happened after all, it is undone first, so the rest waits for
+        // its window to close.
+        if self
+            .st
+            .timers
+            .values()
+            .any(|t| t.purpose == TimerPurpose::LateReply)
+        {
+            return;
+        }
         if let Some(id) = self.st.completed.pop() {
             let attempt = self.st.steps[&id].comp_attempt + 1;
             self.life(

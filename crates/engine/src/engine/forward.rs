@@ -169,6 +169,7 @@ impl Run<'_> {
             return self.on_attempt_reply(id, CommandKind::Action, r);
         }
         self.disarm(id, TimerPurpose::StepTimeout, run.attempt);
+        self.disarm(id, TimerPurpose::LateReply, run.attempt);
         if r.outcome == ReplyOutcome::Success {
             self.succeed_call(id, r.data, true);
         } else {
@@ -231,17 +232,7 @@ impl Run<'_> {
                     _ => 0,
                 };
                 if phase == Some(Phase::Abandoned) {
-                    self.set_phase(id, Phase::Failed);
-                    self.life(
-                        LifecycleKind::StepTimedOut,
-                        Some(id),
-                        Some(t.attempt),
-                        Some("abandoned command timed out".into()),
-                    );
-                    if self.st.status == SagaStatus::Compensating {
-                        self.comp_next();
-                    }
-                    return;
+                    return self.abandoned_timed_out(id, t.attempt, "abandoned command timed out");
                 }
                 self.life(LifecycleKind::StepTimedOut, Some(id), Some(t.attempt), None);
                 self.retry_or_fail(
@@ -265,6 +256,27 @@ impl Run<'_> {
             TimerPurpose::CompensationBackoff => self.comp_attempt(id, t.attempt + 1),
             TimerPurpose::SagaDeadline => self.on_saga_deadline(),
             TimerPurpose::AwaitDeadline => self.on_await_deadline(id),
+            TimerPurpose::LateReply if phase == Some(Phase::Abandoned) => self.abandoned_timed_out(
+                id,
+                t.attempt,
+                "no late reply after the last attempt timed out",
+            ),
+            TimerPurpose::LateReply => {}
+        }
+    }
+
+    /// An abandoned command's wait is over: the step failed, and the
+    /// compensation goes on without it.
+    fn abandoned_timed_out(&mut self, id: NodeId, attempt: u32, why: &str) {
+        self.set_phase(id, Phase::Failed);
+        self.life(
+            LifecycleKind::StepTimedOut,
+            Some(id),
+            Some(attempt),
+            Some(why.into()),
+        );
+        if self.st.status == SagaStatus::Compensating {
+            self.comp_next();
         }
     }
 

@@ -53,6 +53,7 @@ pub(super) fn timer_id(
             format!("{saga_id}/{step_path}/compensate/backoff/{attempt}")
         }
         TimerPurpose::SagaDeadline => saga_deadline_id(saga_id),
+        TimerPurpose::LateReply => format!("{saga_id}/{step_path}/late/{attempt}"),
     }
 }
 
@@ -72,7 +73,10 @@ pub fn timer_awaits_input(timer_id: &str) -> bool {
     if attempt.parse::<u32>().is_err() {
         return false;
     }
-    matches!(head.rsplit_once('/'), Some((_, "timeout" | "deadline")))
+    matches!(
+        head.rsplit_once('/'),
+        Some((_, "timeout" | "deadline" | "late"))
+    )
 }
 
 /// The id of the saga's own deadline timer. Step names cannot contain
@@ -98,13 +102,14 @@ pub(super) fn parse_command_id<'a>(
 mod tests {
     use super::*;
 
-    const PURPOSES: [TimerPurpose; 6] = [
+    const PURPOSES: [TimerPurpose; 7] = [
         TimerPurpose::StepTimeout,
         TimerPurpose::RetryBackoff,
         TimerPurpose::AwaitDeadline,
         TimerPurpose::CompensationTimeout,
         TimerPurpose::CompensationBackoff,
         TimerPurpose::SagaDeadline,
+        TimerPurpose::LateReply,
     ];
 
     #[test]
@@ -112,6 +117,7 @@ mod tests {
         // Step names that spell a purpose, nested paths and a saga id with
         // escaped slashes must not confuse the reading.
         let paths = [
+            "late",
             "charge",
             "a/b",
             "timeout",

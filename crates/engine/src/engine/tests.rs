@@ -1459,3 +1459,76 @@ fn saga_deadline_must_be_a_duration_and_on_deadline_needs_it() {
         .to_string();
     assert!(err.contains("without a saga `deadline`"), "{err}");
 }
+
+/// Two charges; the second has a 1 s timeout and a single attempt.
+const LATE: &str = "type: late\nversion: 1\ntrigger:\n  topic: t\n  event-type: Go\n  key: event.id\nsteps:\n  - call: a\n    service: payment\n    operation: charge\n    compensate:\n      operation: refund\n  - call: b\n    service: payment\n    operation: charge\n    timeout: 1s\n    retry:\n      max-attempts: 1\n    compensate:\n      operation: refund\n";
+
+/// Starts a `LATE` saga, answers `a`, and times out `b`'s only attempt.
+/// Returns the state and `b`'s command.
+fn late_saga_timed_out(e: &Engine) -> (SagaState, Command) {
+    let (mut st, fx) = e
+        .start("late", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
+    let b = one_command(applied(&a));
+    let a = fire(e, &mut st, "late:k/b/timeout/1");
+    let fx = applied(&a);
+    assert_eq!(st.status, SagaStatus::Compensating);
+    // `b` may still have happened: it is undone first if it did, so `a`
+    // waits for `b`'s window.
+    assert!(
+        fx.iter().all(|f| !matches!(f, Effect::Command(_))),
+        "{fx:#?}"
+    );
+    let def = e.registry().latest("late").unwrap();
+    assert_eq!(
+        st.steps[&def.step_by_path("b").unwrap()].phase,
+        Phase::Abandoned
+    );
+    assert_eq!(
+        st.timers["late:k/b/late/1"].fire_at,
+        Timestamp(T0.0 + 2_000),
+        "one more step timeout"
+    );
+    (st, b)
+}
+
+/// Answers the compensations `fx` owes, one at a time, and returns the
+/// steps compensated in order and the saga's result.
+fn compensate_all(e: &Engine, st: &mut SagaState, fx: &[Effect]) -> Vec<String> {
+    let mut done = Vec::new();
+    let mut fx = fx.to_vec();
+    while let Some(refund) = fx.iter().find_map(|f| match f {
+        Effect::Command(c) => Some(c.clone()),
+        _ => None,
+    }) {
+        assert_eq!(refund.kind, CommandKind::Compensation, "{refund:?}");
+        done.push(refund.step.clone());
+        fx = applied(&e.apply(st, ok(&refund, json!({})), T0)).to_vec();
+    }
+    assert_eq!(st.status, SagaStatus::Compensated);
+    assert_eq!(result(&fx).unwrap().status, SagaStatus::Compensated);
+    done
+}
+
+#[test]
+fn a_success_after_the_last_timeout_is_compensated_first() {
+    let e = engine(&[LATE]);
+    let (mut st, b) = late_saga_timed_out(&e);
+    let a = e.apply(&mut st, ok(&b, json!({})), T0);
+    assert!(!st.timers.contains_key("late:k/b/late/1"));
+    let fx = applied(&a).to_vec();
+    assert_eq!(compensate_all(&e, &mut st, &fx), ["b", "a"]);
+}
+
+#[test]
+fn without_a_late_reply_the_rest_is_compensated_once_the_window_is_over() {
+    let e = engine(&[LATE]);
+    let (mut st, b) = late_saga_timed_out(&e);
+    let a = fire(&e, &mut st, "late:k/b/late/1");
+    let fx = applied(&a).to_vec();
+    assert_eq!(compensate_all(&e, &mut st, &fx), ["a"]);
+    // A success after the window changes nothing.
+    let after = e.apply(&mut st, ok(&b, json!({})), T0);
+    assert!(matches!(after.outcome, Outcome::Stale(_)), "{after:?}");
+}
