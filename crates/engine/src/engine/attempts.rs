@@ -161,14 +161,18 @@ impl Run<'_> {
 
     /// A call's last attempt timed out: the step fails and the saga
     /// compensates, but the command may still have been carried out (a
-    /// slow backend, not a lost one). The step waits as a command in
-    /// flight at the start of a compensation does, abandoned, for one
-    /// more timeout: a success within it is compensated with the rest,
-    /// and the saga ends only once it is over.
+    /// slow backend, not a lost one). A step with a compensation waits as
+    /// a command in flight at the start of a compensation does, abandoned,
+    /// for one more timeout: a success within it is compensated first, and
+    /// the saga ends only once it is over. A step without one has nothing
+    /// to undo and fails at once.
     fn give_up_timed_out(&mut self, id: NodeId, attempt: u32, reason: String) {
         let StepKind::Call(call) = &self.def.step(id).kind else {
             return self.give_up(id, CommandKind::Action, attempt, reason, None);
         };
+        if call.compensate.is_none() {
+            return self.give_up(id, CommandKind::Action, attempt, reason, None);
+        }
         let timeout = call.timeout_ms;
         let t = table(CommandKind::Action);
         self.set_phase(id, Phase::Abandoned);

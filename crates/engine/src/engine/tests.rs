@@ -1522,6 +1522,26 @@ fn a_success_after_the_last_timeout_is_compensated_first() {
 }
 
 #[test]
+fn a_timed_out_step_with_nothing_to_undo_does_not_hold_the_rest_up() {
+    let src = LATE.replace("    compensate:\n      operation: refund\n", "");
+    let src = src.replacen(
+        "operation: charge\n",
+        "operation: charge\n    compensate:\n      operation: refund\n",
+        1,
+    );
+    let e = engine(&[&src]);
+    let (mut st, fx) = e
+        .start("late", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
+    one_command(applied(&a));
+    let a = fire(&e, &mut st, "late:k/b/timeout/1");
+    assert!(!st.timers.contains_key("late:k/b/late/1"));
+    let fx = applied(&a).to_vec();
+    assert_eq!(compensate_all(&e, &mut st, &fx), ["a"]);
+}
+
+#[test]
 fn without_a_late_reply_the_rest_is_compensated_once_the_window_is_over() {
     let e = engine(&[LATE]);
     let (mut st, b) = late_saga_timed_out(&e);
