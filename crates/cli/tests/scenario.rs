@@ -230,6 +230,7 @@ fn a_reply_after_the_timeout_is_shown_as_ignored_and_json_reports_mismatches() {
     let (_tmp, file) = script(&format!(
         "{SMALL_ORDER}replies:
   inventory.reserve: {{ ok: {{ reservation_id: r-1 }}, after: 12s }}
+  inventory.release: {{ ok: {{}} }}
 expect: {{ status: completed }}
 "
     ));
