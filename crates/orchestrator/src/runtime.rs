@@ -34,11 +34,14 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sagaflow_bus::Producer;
+use sagaflow_bus::producer::Canceled;
+use sagaflow_bus::{DeliveryFuture, Producer};
 use sagaflow_bus::{KafkaConfig, TopicNames, TraceContext};
 use sagaflow_codec::Codec;
 use sagaflow_engine::Engine;
@@ -132,6 +135,8 @@ pub(crate) struct Owned {
     /// Batches whose effects are handed to the producer and not all
     /// acknowledged yet, oldest first.
     sending: VecDeque<Sending>,
+    /// Tick records on their way (`tick`).
+    ticks_sent: FuturesUnordered<DeliveryFuture>,
 }
 
 /// One batch's effects on their way: what to do once the broker has
@@ -176,7 +181,8 @@ impl Owned {
         for (&p, part) in &mut self.parts {
             if part.ticks.due(at) && part.core.due(now, part.ticks.read()).held {
                 let sent = part.ticks.send(producer, names, p, now, at);
-                metrics.timer_ticks.inc_by(sent as u64);
+                metrics.timer_ticks.inc_by(sent.len() as u64);
+                self.ticks_sent.extend(sent);
             }
         }
     }
@@ -262,6 +268,18 @@ impl Driver {
                     let sent = owned.sending.pop_front().expect("the batch just acknowledged");
                     if let Some(done) = Self::settled(&mut owned, sent, acked)? {
                         self.commit(&consumer, done)?;
+                    }
+                }
+                // A tick the broker did not take is a failed produce.
+                Some(delivered) = owned.ticks_sent.next(), if !owned.ticks_sent.is_empty() => {
+                    match delivered {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => {
+                            return Err(RunError::Kafka(format!("a timer tick was not delivered: {e}")));
+                        }
+                        Err(Canceled) => {
+                            return Err(RunError::Kafka("a timer tick was not delivered: the producer stopped".into()));
+                        }
                     }
                 }
                 // Due timers go first: a flood of inputs, or of consumer

@@ -23,8 +23,10 @@
 //! A tick costs two small records and one broker round trip, only when
 //! such a timer is due: in a healthy run none is. Ticks of an earlier
 //! owner read after a takeover say the same thing (everything before them
-//! was read) and count as well. A tick that never comes back (the send
-//! failed, the broker lost it) is sent again after [`RESEND`].
+//! was read) and count as well. A tick that never comes back is sent again
+//! after [`RESEND`]; one the broker does not acknowledge stops the driver,
+//! as any failed produce does (a driver without a broker must not sit
+//! holding its timeouts and call itself healthy).
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use sagaflow_bus::header_names::MESSAGE_TYPE;
-use sagaflow_bus::{Producer, TopicNames};
+use sagaflow_bus::{DeliveryFuture, Producer, TopicNames};
 use tracing::warn;
 
 /// The `sagaflow-type` of a tick record. A tick has no key and no value
@@ -95,9 +97,10 @@ impl Ticks {
     }
 
     /// Sends a tick of time `at` (ms since the epoch) to partition `p` of
-    /// both topics. The sends are not awaited: the tick is known to have
-    /// arrived when it is read back. A send librdkafka refuses at once is
-    /// logged and tried again after [`RESEND`].
+    /// both topics, and returns their deliveries: the tick is known to
+    /// have arrived when it is read back, but one the broker does not
+    /// acknowledge is a failed produce. A send librdkafka refuses at once
+    /// is logged and tried again after [`RESEND`].
     pub(crate) fn send(
         &mut self,
         producer: &Producer,
@@ -105,10 +108,10 @@ impl Ticks {
         p: i32,
         at: u64,
         sent: Instant,
-    ) -> usize {
+    ) -> Vec<DeliveryFuture> {
         self.asked = Some((at, sent));
         let time = at.to_string();
-        let mut sent = 0;
+        let mut sent = Vec::new();
         for (topic, on_replies) in [(names.inputs(), false), (names.replies(), true)] {
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -122,7 +125,7 @@ impl Ticks {
             let record: FutureRecord<'_, (), ()> =
                 FutureRecord::to(&topic).partition(p).headers(headers);
             match producer.send_result(record) {
-                Ok(_delivery) => sent += 1,
+                Ok(delivery) => sent.push(delivery),
                 // A full queue passes: the tick goes again after `RESEND`.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     warn!(topic = %topic, messaging.kafka.partition = p, "a timer tick found the producer's queue full; trying again");
