@@ -156,35 +156,35 @@ struct Sending {
 }
 
 impl Owned {
-    /// How long the loop may sleep: until the next timer that may fire,
-    /// or a tick to send again, a heartbeat at most (a loop that stops
-    /// turning is a stuck driver). A held timer wakes nothing: its tick
-    /// read back does.
-    fn sleep(&self) -> Duration {
+    /// Sends a tick for every partition with a timer held until its inputs
+    /// are read further, unless one is already on its way, and returns how
+    /// long the loop may sleep: until the next timer that may fire, or a
+    /// tick to send again, a heartbeat at most (a loop that stops turning
+    /// is a stuck driver). A held timer wakes nothing: its tick read back
+    /// does.
+    fn tick_and_sleep(
+        &mut self,
+        producer: &Producer,
+        names: &TopicNames,
+        metrics: &Metrics,
+    ) -> Duration {
         let (now, at) = (now_ms(), Instant::now());
         let mut sleep = HEARTBEAT;
-        for p in self.parts.values() {
-            if let Some(next) = p.core.due(now, p.ticks.read()).next {
-                sleep = sleep.min(Duration::from_millis(next.saturating_sub(now)));
-            }
-            if let Some(again) = p.ticks.resend_at() {
-                sleep = sleep.min(again.saturating_duration_since(at));
-            }
-        }
-        sleep
-    }
-
-    /// Sends a tick for every partition with a timer held until its inputs
-    /// are read further, unless one is already on its way.
-    fn ask_ticks(&mut self, producer: &Producer, names: &TopicNames, metrics: &Metrics) {
-        let (now, at) = (now_ms(), Instant::now());
         for (&p, part) in &mut self.parts {
-            if part.ticks.due(at) && part.core.due(now, part.ticks.read()).held {
+            let due = part.core.due(now, part.ticks.read());
+            if due.held && part.ticks.due(at) {
                 let sent = part.ticks.send(producer, names, p, now, at);
                 metrics.timer_ticks.inc_by(sent.len() as u64);
                 self.ticks_sent.extend(sent);
             }
+            if let Some(next) = due.next {
+                sleep = sleep.min(Duration::from_millis(next.saturating_sub(now)));
+            }
+            if let Some(again) = part.ticks.resend_at() {
+                sleep = sleep.min(again.saturating_duration_since(at));
+            }
         }
+        sleep
     }
 
     /// Whether a batch still sending wrote one of these records.
@@ -247,8 +247,7 @@ impl Driver {
                 self.settle_oldest(&consumer, &mut owned).await?;
             }
             self.gauges(&owned);
-            owned.ask_ticks(&producer, &self.names, &self.metrics);
-            let sleep = owned.sleep();
+            let sleep = owned.tick_and_sleep(&producer, &self.names, &self.metrics);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
