@@ -162,12 +162,7 @@ async fn hostile_callers_get_coded_refusals_and_nothing_forged_reaches_kafka() {
         "{trace}"
     );
     // The refused facade requests started nothing.
-    let inputs = support::kafka()
-        .consumer(&support::unique("edges-inputs"))
-        .unwrap();
-    inputs
-        .subscribe(&[&stack.topic("sagaflow.inputs")])
-        .unwrap();
+    let inputs = stack.reader("sagaflow.inputs");
     // (The accepted `edge-1` event is repartitioned there by the
     // orchestrator; nothing of the refused requests may be.)
     let started = support::consume(&inputs, 10, Duration::from_secs(5)).await;

@@ -363,12 +363,7 @@ async fn a_restore_finds_every_saga_in_flight() {
     }
     // Started is not yet persisted: wait until every saga's first
     // lifecycle event is out, which is sent after its state is written.
-    let events = support::kafka()
-        .consumer(&support::unique("events"))
-        .unwrap();
-    events
-        .subscribe(&[&stack.topic("sagaflow.saga-events")])
-        .unwrap();
+    let events = stack.reader("sagaflow.saga-events");
     let mut seen = std::collections::BTreeSet::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while seen.len() < n {

@@ -710,12 +710,7 @@ async fn a_reply_in_time_beats_a_timeout_the_orchestrator_was_away_for() {
     stack.start_adapters();
     let owner = stack.start_orchestrator_in(0);
     let reader = stack.results_reader();
-    let commands = support::kafka()
-        .consumer(&support::unique("charges"))
-        .unwrap();
-    commands
-        .subscribe(&[&stack.topic("sagaflow.commands.payment")])
-        .unwrap();
+    let commands = stack.reader("sagaflow.commands.payment");
     let payment = stack
         .adapters
         .iter()

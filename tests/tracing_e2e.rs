@@ -95,12 +95,7 @@ async fn a_sagas_trace_runs_from_its_trigger_to_the_backends_and_its_completion(
     let mut http_done = false;
 
     // The completion, and the trace context on every event of the saga.
-    let reader = support::kafka()
-        .consumer(&support::unique("trace"))
-        .unwrap();
-    reader
-        .subscribe(&[&stack.topic("sagaflow.saga-events")])
-        .unwrap();
+    let reader = stack.reader("sagaflow.saga-events");
     let topic = stack.topic("sagaflow.saga-events");
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut completed_with = None;

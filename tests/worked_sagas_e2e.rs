@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_demo::{DemoServices, samples};
@@ -275,12 +274,7 @@ async fn travel_and_onboarding_sagas_complete_and_compensate_end_to_end() {
     );
 
     // Each onboarded customer is announced on customers.events.
-    let announced = support::kafka()
-        .consumer(&support::unique("onboarded"))
-        .unwrap();
-    announced
-        .subscribe(&[&stack.topic("customers.events")])
-        .unwrap();
+    let announced = stack.reader("customers.events");
     // Sign-ups (q-6's too) and announcements share the topic.
     let records = support::consume(&announced, customers.len() * 2 + 1, WAIT).await;
     let schema = sagaflow_codec::apache_avro::Schema::parse_str(

@@ -508,10 +508,16 @@ impl Stack {
 
     /// A reader of the saga events topic from the beginning.
     pub fn results_reader(&self) -> StreamConsumer {
+        self.reader("sagaflow.saga-events")
+    }
+
+    /// A reader of the stack's topic `t` (unprefixed) from the beginning,
+    /// in a group of its own.
+    pub fn reader(&self, t: &str) -> StreamConsumer {
         let c = support::kafka()
-            .consumer(&support::unique("results"))
+            .consumer(&support::unique("reader"))
             .unwrap();
-        c.subscribe(&[&self.topic("sagaflow.saga-events")]).unwrap();
+        c.subscribe(&[&self.topic(t)]).unwrap();
         c
     }
 
