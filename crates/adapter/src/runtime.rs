@@ -261,7 +261,7 @@ impl AdapterRuntime {
             events: events_rx,
             max_in_flight: config.max_in_flight.get(),
             shutdown_timeout: config.shutdown_timeout,
-            stored: false,
+            commit_at: None,
             ready,
         };
         let task = tokio::spawn(async move {
@@ -401,20 +401,22 @@ struct Driver {
     events: mpsc::UnboundedReceiver<Ownership>,
     max_in_flight: usize,
     shutdown_timeout: Duration,
-    /// Offsets were stored since the last commit.
-    stored: bool,
+    /// Offsets were stored since the last commit: when to commit them.
+    /// Unset, nothing wakes the driver for commits, so an idle adapter
+    /// costs no wake-ups.
+    commit_at: Option<tokio::time::Instant>,
     ready: Arc<AtomicBool>,
 }
 
+/// Stored offsets are committed this long after the first of them.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Driver {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RuntimeError> {
-        let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = Arc::clone(&self.consumer);
         loop {
             let room = self.tasks.len() + self.held.len() < self.max_in_flight;
+            let commit_at = self.commit_at;
             tokio::select! {
                 biased;
                 () = stop_requested(&mut shutdown) => break,
@@ -425,7 +427,12 @@ impl Driver {
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.finished(joined);
                 }
-                _ = commit_tick.tick() => self.commit(CommitMode::Async),
+                () = async {
+                    match commit_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.commit(CommitMode::Async),
                 received = consumer.recv(), if room => match received.map(|m| m.detach()) {
                     Ok(m) => {
                         // The rebalance callback that assigned this record's
@@ -626,7 +633,10 @@ impl Driver {
                 return;
             }
             match self.consumer.store_offsets(&tpl) {
-                Ok(()) => self.stored = true,
+                Ok(()) => {
+                    self.commit_at
+                        .get_or_insert_with(|| tokio::time::Instant::now() + COMMIT_INTERVAL);
+                }
                 // The partition was revoked meanwhile: its new owner resumes
                 // from the last commit, and replays get idempotent replies.
                 Err(e) => debug!(partition = done.partition, error = %e, "offset not stored"),
@@ -635,10 +645,9 @@ impl Driver {
     }
 
     fn commit(&mut self, mode: CommitMode) {
-        if !self.stored {
+        if self.commit_at.take().is_none() {
             return;
         }
-        self.stored = false;
         if let Err(e) = self.consumer.commit_consumer_state(mode) {
             debug!(error = %e, "offset commit");
         }
@@ -678,7 +687,7 @@ impl Driver {
         }
         let consumer = Arc::clone(&self.consumer);
         let producer = self.shared.producer.clone();
-        let stored = self.stored;
+        let stored = self.commit_at.is_some();
         let _ = tokio::task::spawn_blocking(move || {
             if stored && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 warn!(error = %e, "final offset commit failed");
