@@ -70,8 +70,13 @@ impl ClientRole {
                 // longer: a broker serves one request of a connection at a
                 // time, and the consumer's other requests (ListOffsets,
                 // Metadata) wait behind a held fetch.
+                // A member gone silent for 10 s loses its partitions. A
+                // heartbeat every third of that (Kafka's advice, and
+                // librdkafka's ratio) is also how soon a member learns of
+                // a rebalance; at 1 s, heartbeats were a third of an idle
+                // stack's broker requests.
                 ("session.timeout.ms", "10000"),
-                ("heartbeat.interval.ms", "1000"),
+                ("heartbeat.interval.ms", "3000"),
                 ("partition.assignment.strategy", "range,roundrobin"),
                 // Notice subscribed topics created after start within seconds
                 // (librdkafka's default is 5 minutes).
