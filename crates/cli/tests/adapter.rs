@@ -363,3 +363,80 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
     let status = second.terminate(WAIT_LONG).expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", second.output());
 }
+
+/// An adapter whose stderr nobody reads (a stopped log shipper, a full
+/// pipe) keeps answering commands and stops on SIGTERM: its log lines go
+/// out on a thread of their own, through a bounded buffer, and are never
+/// waited for. 300 commands log about 200 KB of JSON lines (one line per
+/// command at `info`), three times what a pipe holds; when stderr was
+/// written from the runtime's workers, the adapter stopped replying once
+/// the pipe was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_whose_stderr_nobody_reads_keeps_replying() {
+    const N: usize = 300;
+    let backend = backend().await;
+    let names = TopicNames::with_prefix(format!("{}.", ts::unique("mute")));
+    ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
+    ts::create(TopicSpec::new(names.replies(), 1)).await;
+    ts::create(TopicSpec::new(names.dead_letter(), 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_configs(dir.path(), &backend.url(), &names);
+    let port = ts::free_port();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&config, text).unwrap();
+
+    // Its stderr is a pipe this test holds and never reads.
+    let mut child = sagaflow_test_support::cli::tokio_command(&[])
+        .args(["adapter", "--config", config.to_str().unwrap()])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let producer = ts::kafka().producer().unwrap();
+    let topic = names.commands("payments");
+    for i in 0..N {
+        let (saga, payload) = charge(i, &format!("mute-{i}"));
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&saga).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let reader = ts::kafka().consumer(&ts::unique("mute-reader")).unwrap();
+    reader.subscribe(&[names.replies().as_str()]).unwrap();
+    let replies = ts::consume(&reader, N, Duration::from_secs(120)).await;
+    let mut ids = reply_ids(&replies);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "every command answered with stderr unread");
+
+    // Still serving its metrics, which count what the logs dropped.
+    let metrics = ts::metrics::scrape(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        ts::metrics::value(&metrics, "sagaflow_log_lines_dropped_total", &[]).is_some(),
+        "{metrics}"
+    );
+
+    let pid = child.id().expect("still running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits after SIGTERM with its stderr unread")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

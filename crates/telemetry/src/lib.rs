@@ -1,7 +1,11 @@
 //! Sagaflow's logs and traces.
 //!
 //! * Logs: [`init`] installs the `tracing` subscriber every process uses —
-//!   pretty or JSON lines on stderr, level from `RUST_LOG` (default `info`).
+//!   pretty or JSON lines on stderr, level from `RUST_LOG` (default `info`),
+//!   written by a thread of their own: a process never waits for a stderr
+//!   that is not taking lines (a stopped log shipper, a full pipe); lines
+//!   that do not fit its buffer are dropped and counted
+//!   (`sagaflow_log_lines_dropped_total`).
 //! * Traces: each hop of a saga (the saga itself, every command, lifecycle
 //!   event and result the orchestrator sends, an adapter's handling of a
 //!   command, each HTTP call to a backend) is a span in the W3C trace
@@ -42,10 +46,30 @@ pub enum LogFormat {
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// Flushes exported spans when dropped (keep it alive in `main`).
+/// Log lines held for a stderr that is not taking them before new ones
+/// are dropped: a few MiB of lines. Writing to a pipe nobody reads would
+/// otherwise block the thread that logs — a runtime worker, and with it
+/// every saga that worker drives.
+const LOG_LINES_BUFFERED: usize = 8_192;
+
+/// Counts the log lines [`init`]'s writer dropped.
+static DROPPED_LOG_LINES: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far because stderr was not taking them.
+pub fn dropped_log_lines() -> u64 {
+    DROPPED_LOG_LINES
+        .get()
+        .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
+}
+
+/// Flushes exported spans and buffered log lines when dropped (keep it
+/// alive in `main`).
 #[must_use = "dropping the guard flushes and stops span export"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Writes what is still buffered when dropped (waiting at most a
+    /// second for a stderr that does not take it).
+    _logs: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Drop for Telemetry {
@@ -93,9 +117,10 @@ const QUIET: &str = "tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn,tan
 /// Registers, in a process's metrics `registry`, the metrics every
 /// Sagaflow process serves: `sagaflow_build_info{version, git_sha}` (always
 /// 1; `git_sha` is `SAGAFLOW_GIT_SHA` at build time, `unknown` without it)
-/// and, on Linux, the standard `process_*` metrics (CPU seconds, resident
-/// and virtual memory, open and max file descriptors, start time, threads).
-/// Registering twice in one registry is harmless.
+/// `sagaflow_log_lines_dropped_total` and, on Linux, the standard
+/// `process_*` metrics (CPU seconds, resident and virtual memory, open and
+/// max file descriptors, start time, threads). Registering twice in one
+/// registry is harmless.
 pub fn register_process_metrics(registry: &prometheus::Registry) {
     let build = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
@@ -113,12 +138,67 @@ pub fn register_process_metrics(registry: &prometheus::Registry) {
         .set(1);
     // AlreadyReg: a second runtime sharing the registry registered them.
     let _ = registry.register(Box::new(build));
+    let _ = registry.register(Box::new(DroppedLogLines::new(dropped_log_lines)));
     #[cfg(target_os = "linux")]
     {
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
     }
+}
+
+/// `sagaflow_log_lines_dropped_total`, brought up to `read()` at each
+/// scrape.
+struct DroppedLogLines {
+    counter: prometheus::IntCounter,
+    read: fn() -> u64,
+    /// One scrape at a time catches the counter up.
+    catching_up: std::sync::Mutex<()>,
+}
+
+impl DroppedLogLines {
+    fn new(read: fn() -> u64) -> Self {
+        Self {
+            counter: prometheus::IntCounter::new(
+                "sagaflow_log_lines_dropped_total",
+                "Log lines dropped because stderr was not taking them (the process never waits for its logs)",
+            )
+            .expect("valid metric"),
+            read,
+            catching_up: std::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl prometheus::core::Collector for DroppedLogLines {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _one = self.catching_up.lock().unwrap_or_else(|e| e.into_inner());
+        let (now, had) = ((self.read)(), self.counter.get());
+        if now > had {
+            self.counter.inc_by(now - had);
+        }
+        self.counter.collect()
+    }
+}
+
+/// Writes lines to `out` on a thread of its own; a line that finds
+/// `buffered` lines waiting is dropped (and counted), never waited for.
+fn log_writer<W: std::io::Write + Send + 'static>(
+    out: W,
+    buffered: usize,
+) -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(buffered)
+        .thread_name("sf-log")
+        .finish(out)
 }
 
 /// Colour in logs only on a terminal, and never when `NO_COLOR` is set to
@@ -133,9 +213,11 @@ fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},{QUIET}")));
+    let (writer, guard) = log_writer(std::io::stderr(), LOG_LINES_BUFFERED);
+    let _ = DROPPED_LOG_LINES.set(writer.error_counter());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(use_colour(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR"),
@@ -145,7 +227,10 @@ pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
         LogFormat::Json => logs.json().init(),
     }
     if !export_requested() {
-        return Telemetry { provider: None };
+        return Telemetry {
+            provider: None,
+            _logs: guard,
+        };
     }
     let (protocol, warning) = protocol();
     if let Some(w) = warning {
@@ -159,7 +244,10 @@ pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "OTLP span export is configured but cannot start; traces stay in Kafka headers only");
-            return Telemetry { provider: None };
+            return Telemetry {
+                provider: None,
+                _logs: guard,
+            };
         }
     };
     let service = var("OTEL_SERVICE_NAME").unwrap_or_else(|| format!("sagaflow-{role}"));
@@ -175,6 +263,7 @@ pub fn init(role: &str, format: LogFormat, default_level: &str) -> Telemetry {
     tracing::info!(service = %service, ?protocol, "exporting saga spans over OTLP");
     Telemetry {
         provider: Some(provider),
+        _logs: guard,
     }
 }
 
@@ -253,10 +342,9 @@ mod tests {
             .iter()
             .map(|f| f.name().to_owned())
             .collect();
-        assert!(
-            names.contains(&"sagaflow_build_info".to_owned()),
-            "{names:?}"
-        );
+        for name in ["sagaflow_build_info", "sagaflow_log_lines_dropped_total"] {
+            assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
+        }
         #[cfg(target_os = "linux")]
         for name in [
             "process_cpu_seconds_total",
@@ -273,6 +361,75 @@ mod tests {
             .unwrap();
         assert_eq!(build.get_metric().len(), 1);
         assert_eq!(build.get_metric()[0].get_gauge().get_value(), 1.0);
+    }
+
+    /// A stderr that takes nothing (a pipe nobody reads) costs the logging
+    /// thread nothing: lines beyond the buffer are dropped and counted.
+    #[test]
+    fn logging_to_a_stuck_stderr_never_blocks_and_counts_what_it_drops() {
+        use std::io::Write as _;
+        use tracing_subscriber::fmt::MakeWriter as _;
+
+        /// Blocks every write until the test ends.
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl std::io::Write for Stuck {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (release, stuck) = std::sync::mpsc::channel();
+        let (writer, guard) = log_writer(Stuck(stuck), 16);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let logging = std::thread::spawn(move || {
+            for i in 0..1_000 {
+                writeln!(writer.make_writer(), "line {i}").unwrap();
+            }
+            done_tx
+                .send(writer.error_counter().dropped_lines())
+                .unwrap();
+        });
+        let dropped = done
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("1,000 lines logged without waiting for the writer");
+        // One line is in the stuck write, at most 16 wait behind it.
+        assert!(dropped >= 1_000 - 17, "{dropped} dropped");
+        logging.join().unwrap();
+        drop(release);
+        drop(guard);
+    }
+
+    #[test]
+    fn dropped_log_lines_are_a_counter_caught_up_at_each_scrape() {
+        static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        fn read() -> u64 {
+            DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(DroppedLogLines::new(read)))
+            .unwrap();
+        let value = || {
+            let families = registry.gather();
+            let family = families
+                .iter()
+                .find(|f| f.name() == "sagaflow_log_lines_dropped_total")
+                .unwrap();
+            assert_eq!(
+                family.get_field_type(),
+                prometheus::proto::MetricType::COUNTER
+            );
+            family.get_metric()[0].get_counter().get_value()
+        };
+        assert_eq!(value(), 0.0);
+        DROPPED.store(5, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(value(), 5.0);
+        assert_eq!(value(), 5.0, "a second scrape adds nothing");
+        DROPPED.store(7, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(value(), 7.0);
     }
 
     #[test]
