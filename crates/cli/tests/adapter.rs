@@ -47,14 +47,35 @@ fn write_configs(dir: &std::path::Path, backend: &str, names: &TopicNames) -> st
     path
 }
 
+/// Topic names under a fresh prefix, with the payments commands, replies
+/// and dead-letter topics created (one partition each).
+async fn topics(prefix: &str) -> TopicNames {
+    let names = TopicNames::with_prefix(format!("{}.", ts::unique(prefix)));
+    ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
+    ts::create(TopicSpec::new(names.replies(), 1)).await;
+    ts::create(TopicSpec::new(names.dead_letter(), 1)).await;
+    names
+}
+
+/// Sends SIGTERM to `child` and waits, at most `WAIT`, for it to exit.
+async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("still running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_runs_replies_and_exits_zero_on_sigterm() {
     let backend = backend().await;
     let url = backend.url();
-    let names = TopicNames::with_prefix(format!("{}.", ts::unique("cli")));
-    ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
-    ts::create(TopicSpec::new(names.replies(), 1)).await;
-    ts::create(TopicSpec::new(names.dead_letter(), 1)).await;
+    let names = topics("cli").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_configs(dir.path(), &url, &names);
 
@@ -111,16 +132,7 @@ async fn adapter_runs_replies_and_exits_zero_on_sigterm() {
     assert_eq!(reply["data"]["payment_id"], "p-o-1", "{reply}");
     assert_eq!(backend.total(), 1);
 
-    let pid = child.id().expect("still running").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let status = terminate(&mut child).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
@@ -232,10 +244,7 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
     const N: usize = 20;
     let backend = counting_backend().await;
     let url = backend.url();
-    let names = TopicNames::with_prefix(format!("{}.", ts::unique("kill9")));
-    ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
-    ts::create(TopicSpec::new(names.replies(), 1)).await;
-    ts::create(TopicSpec::new(names.dead_letter(), 1)).await;
+    let names = topics("kill9").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_configs(dir.path(), &url, &names);
     let text = std::fs::read_to_string(&config).unwrap().replace(
@@ -375,10 +384,7 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
 async fn an_adapter_whose_stderr_nobody_reads_keeps_replying() {
     const N: usize = 300;
     let backend = backend().await;
-    let names = TopicNames::with_prefix(format!("{}.", ts::unique("mute")));
-    ts::create(TopicSpec::new(names.commands("payments"), 1)).await;
-    ts::create(TopicSpec::new(names.replies(), 1)).await;
-    ts::create(TopicSpec::new(names.dead_letter(), 1)).await;
+    let names = topics("mute").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_configs(dir.path(), &backend.url(), &names);
     let port = ts::free_port();
@@ -428,15 +434,7 @@ async fn an_adapter_whose_stderr_nobody_reads_keeps_replying() {
         "{metrics}"
     );
 
-    let pid = child.id().expect("still running").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exits after SIGTERM with its stderr unread")
-        .unwrap();
+    // It exits on SIGTERM with its stderr still unread.
+    let status = terminate(&mut child).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
