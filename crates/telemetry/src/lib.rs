@@ -116,7 +116,7 @@ const QUIET: &str = "tansu_storage=warn,tansu_broker=warn,tansu_sans_io=warn,tan
 
 /// Registers, in a process's metrics `registry`, the metrics every
 /// Sagaflow process serves: `sagaflow_build_info{version, git_sha}` (always
-/// 1; `git_sha` is `SAGAFLOW_GIT_SHA` at build time, `unknown` without it)
+/// 1; `git_sha` is `SAGAFLOW_GIT_SHA` at build time, `unknown` without it),
 /// `sagaflow_log_lines_dropped_total` and, on Linux, the standard
 /// `process_*` metrics (CPU seconds, resident and virtual memory, open and
 /// max file descriptors, start time, threads). Registering twice in one
