@@ -390,8 +390,10 @@ async fn parked_events_are_bounded_per_saga() {
             &[("reason", "SF-ORCH-023")],
         )
     };
+    // The dead-letter counter moves while the batch is handled, the parked
+    // gauge once the batch is written: a scrape can fall between the two.
     let text = metrics::wait_until(&format!("http://{api}/metrics"), WAIT, |t| {
-        refused(t) >= 4.0
+        refused(t) >= 4.0 && metrics::sum(t, "sagaflow_parked_events", &[]) >= 3.0
     })
     .await
     .unwrap_or_else(|e| {
