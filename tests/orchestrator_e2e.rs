@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
+use rdkafka::message::{Headers, OwnedMessage};
 use sagaflow_codec::messages::SagaStatus;
 use sagaflow_test_support as support;
 use sagaflow_test_support::metrics;
@@ -645,18 +645,42 @@ fn quick_charge_sagas() -> tempfile::TempDir {
 /// and returns its timestamp (ms since the epoch).
 async fn charge_sent(commands: &StreamConsumer, order: &str) -> i64 {
     let saga = format!("order-checkout:{order}");
+    let m = first(commands, &format!("no charge command for {order}"), |m| {
+        support::header(m, "sagaflow-saga-id").as_deref() == Some(&saga)
+    })
+    .await;
+    m.timestamp().to_millis().unwrap()
+}
+
+/// Waits for the payment adapter's reply to the charge of `order`.
+async fn charge_replied(replies: &StreamConsumer, order: &str) {
+    let charge = format!("order-checkout:{order}/charge_payment/");
+    first(
+        replies,
+        &format!("no reply to the charge of {order}"),
+        |m| support::header(m, "sagaflow-message-id").is_some_and(|id| id.starts_with(&charge)),
+    )
+    .await;
+}
+
+/// The next record of `consumer` that `wanted` accepts, within `WAIT`.
+async fn first(
+    consumer: &StreamConsumer,
+    missing: &str,
+    wanted: impl Fn(&OwnedMessage) -> bool,
+) -> OwnedMessage {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let m = tokio::time::timeout_at(deadline, commands.recv())
+        let m = tokio::time::timeout_at(deadline, consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("no charge command for {order}"));
+            .unwrap_or_else(|_| panic!("{missing}"));
         let Ok(m) = m else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let m = m.detach();
-        if support::header(&m, "sagaflow-saga-id").as_deref() == Some(&saga) {
-            return m.timestamp().to_millis().unwrap();
+        if wanted(&m) {
+            return m;
         }
     }
 }
@@ -711,6 +735,7 @@ async fn a_reply_in_time_beats_a_timeout_the_orchestrator_was_away_for() {
     let owner = stack.start_orchestrator_in(0);
     let reader = stack.results_reader();
     let commands = stack.reader("sagaflow.commands.payment");
+    let replies = stack.reader("sagaflow.replies");
     let payment = stack
         .adapters
         .iter()
@@ -718,16 +743,6 @@ async fn a_reply_in_time_beats_a_timeout_the_orchestrator_was_away_for() {
         .unwrap();
     let mut results = BTreeMap::new();
     let mut copies = 0;
-    let replied = |stack: &Stack, order: &str| {
-        let saga = format!("saga.id=\"order-checkout:{order}\"");
-        support::process::wait_until("the payment adapter's reply", WAIT, || {
-            stack.adapters[payment]
-                .output()
-                .lines()
-                .any(|l| l.contains(&saga) && l.contains("replied"))
-                .then_some(())
-        });
-    };
     let in_time = [
         ("charge", 1),
         ("refund", 0),
@@ -742,7 +757,7 @@ async fn a_reply_in_time_beats_a_timeout_the_orchestrator_was_away_for() {
     let sent = charge_sent(&commands, "ok-1").await;
     stack.orchestrators[owner].signal("STOP");
     stack.adapters[payment].signal("CONT");
-    replied(&stack, "ok-1");
+    charge_replied(&replies, "ok-1").await;
     sleep_past(sent, 4_000).await;
     stack.orchestrators[owner].signal("CONT");
     stack

@@ -376,8 +376,9 @@ async fn kill_9_after_completing_commands_never_calls_the_backend_twice() {
 /// An adapter whose stderr nobody reads (a stopped log shipper, a full
 /// pipe) keeps answering commands and stops on SIGTERM: its log lines go
 /// out on a thread of their own, through a bounded buffer, and are never
-/// waited for. 300 commands log about 200 KB of JSON lines (one line per
-/// command at `info`), three times what a pipe holds; when stderr was
+/// waited for. 300 commands log about 200 KB of JSON lines (one `replied`
+/// line per command at `debug`, which this test turns on for the adapter),
+/// three times what a pipe holds; when stderr was
 /// written from the runtime's workers, the adapter stopped replying once
 /// the pipe was full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +398,7 @@ async fn an_adapter_whose_stderr_nobody_reads_keeps_replying() {
     let mut child = sagaflow_test_support::cli::tokio_command(&[])
         .args(["adapter", "--config", config.to_str().unwrap()])
         .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,sagaflow_adapter=debug")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
