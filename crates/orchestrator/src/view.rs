@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sagaflow_bus::KafkaConfig;
 use sagaflow_bus::lag::{LagContext, LagGauge};
+use sagaflow_bus::{KafkaConfig, header_names};
 use sagaflow_codec::messages::{LifecycleKind, SagaLifecycleEvent, SagaResult};
 use sagaflow_codec::{Codec, SagaEvent};
 use serde::Serialize;
@@ -349,6 +350,23 @@ impl SagaView {
         }
     }
 
+    /// Whether the saga event a record carries is applied already, judged by
+    /// its headers alone: the owner in this process applies its own events
+    /// as it sends them, and the topic brings each back to the follower,
+    /// which then need not decode it (Avro decoding was 2.2 % of the stack's
+    /// CPU at 100 sagas in flight). A lifecycle id `apply` has seen, or the
+    /// result of a saga that has one (a saga ends once), changes nothing.
+    fn has_applied(&self, message_id: &str, message_type: Option<&str>) -> bool {
+        let inner = self.lock();
+        if message_type == Some("SagaResult") {
+            return message_id
+                .strip_suffix("/result")
+                .and_then(|saga| inner.sagas.get(saga))
+                .is_some_and(|s| s.result.is_some());
+        }
+        inner.seen.contains(message_id)
+    }
+
     /// Sets `sagaflow_saga_oldest_running_age_seconds` for `now_ms`
     /// (milliseconds since the Unix epoch): one look at the first entry of
     /// each type's index, not a pass over the view.
@@ -482,6 +500,11 @@ impl SagaView {
                 m = consumer.recv() => match m {
                     Ok(m) => {
                         let Some(bytes) = m.payload() else { continue };
+                        if let Some(id) = header(&m, header_names::MESSAGE_ID)
+                            && self.has_applied(id, header(&m, header_names::MESSAGE_TYPE))
+                        {
+                            continue;
+                        }
                         match codec.decode_saga_event(&topic, bytes).await {
                             Ok(e) => self.apply(e),
                             Err(e) => warn!(offset = m.offset(), error = %e, "unreadable saga event; skipped by the view"),
@@ -495,6 +518,14 @@ impl SagaView {
             }
         }
     }
+}
+
+/// A header of `m` as text, without copying it.
+fn header<'m>(m: &'m impl Message, name: &str) -> Option<&'m str> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
 #[cfg(test)]
@@ -655,6 +686,31 @@ mod tests {
         assert!(view.list(Some("other"), None, 10).is_empty());
         assert!(view.list(None, None, 0).is_empty());
         assert!(view.list(None, None, 1)[0].history.is_empty());
+    }
+
+    #[test]
+    fn events_applied_already_are_known_by_their_headers() {
+        let view = SagaView::default();
+        view.apply(ev("s1", 1, LifecycleKind::Started, None));
+        assert!(view.has_applied("s1/1", Some("SagaLifecycleEvent")));
+        assert!(view.has_applied("s1/1", None));
+        assert!(!view.has_applied("s1/2", Some("SagaLifecycleEvent")));
+        assert!(!view.has_applied("s1/result", Some("SagaResult")));
+        view.apply(SagaEvent::Result(SagaResult {
+            saga_id: "s1".into(),
+            saga_type: "order-checkout".into(),
+            saga_version: 1,
+            status: SagaStatus::Completed,
+            output: serde_json::json!({}),
+            error: None,
+            started_at: 1,
+            ended_at: 2,
+        }));
+        assert!(view.has_applied("s1/result", Some("SagaResult")));
+        assert!(!view.has_applied("s2/result", Some("SagaResult")));
+        // A lifecycle id is never taken for a result, nor the other way.
+        assert!(!view.has_applied("s1/result", Some("SagaLifecycleEvent")));
+        assert!(!view.has_applied("s1/1", Some("SagaResult")));
     }
 
     #[tokio::test]
