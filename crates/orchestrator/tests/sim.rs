@@ -7,8 +7,9 @@
 //! write too), let a replaced owner (a zombie) write after a takeover,
 //! deliver replies late and twice — and the driver's pipelining: a
 //! batch's effects are handed to the producer and acknowledged later,
-//! batches settle in order (delivery marks, then the commit), a crash
-//! loses any unacknowledged effect or not, and a batch that changes a
+//! batches settle in order (delivery marks, then the offsets stored and
+//! committed later on a timer, so a crash re-reads what is not committed),
+//! a crash loses any unacknowledged effect or not, and a batch that changes a
 //! saga whose effects are unacknowledged waits for them first.
 //!
 //! Each schedule is a seed. Invariants, checked after every schedule:
@@ -73,6 +74,9 @@ struct Owner {
     /// Batches whose effects are handed to the producer, not acknowledged
     /// yet, oldest first (the driver's `Sending`).
     sending: VecDeque<Sending>,
+    /// Input positions stored by settled batches and not committed yet
+    /// (the driver commits them on a timer): lost if the owner dies.
+    stored: Option<(usize, usize)>,
 }
 
 /// One batch's effects on their way.
@@ -216,6 +220,7 @@ impl World {
             inputs_at: self.committed.0,
             replies_at: self.committed.1,
             sending: VecDeque::new(),
+            stored: None,
         });
     }
 
@@ -261,7 +266,17 @@ impl World {
             o.lease.sent_through(through);
         }
         if !zombie {
-            self.committed = s.upto;
+            o.stored = Some(s.upto);
+            if self.rng.chance(50) {
+                Self::commit(&mut self.committed, o);
+            }
+        }
+    }
+
+    /// The owner's commit timer: what it stored is committed.
+    fn commit(committed: &mut (usize, usize), o: &mut Owner) {
+        if let Some(upto) = o.stored.take() {
+            *committed = upto;
         }
     }
 
@@ -430,7 +445,12 @@ impl World {
         match self.rng.below(100) {
             0..=44 => self.batch(false),
             45..=74 => self.adapters(),
-            75..=84 => self.now += self.rng.below(40_000),
+            75..=84 => {
+                self.now += self.rng.below(40_000);
+                if let Some(o) = self.owner.as_mut() {
+                    Self::commit(&mut self.committed, o);
+                }
+            }
             85..=87 => {
                 // A crash: the owner is gone; a new one takes over.
                 if let Some(o) = self.owner.take() {
