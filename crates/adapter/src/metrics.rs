@@ -25,6 +25,7 @@ pub const PRODUCE_FAILURES_TOTAL: &str = "sagaflow_adapter_produce_failures_tota
 pub const HANDLER_PANICS_TOTAL: &str = "sagaflow_adapter_handler_panics_total";
 pub const IDEMPOTENCY_RESTORED_TOTAL: &str = "sagaflow_adapter_idempotency_restored_total";
 pub const IDEMPOTENCY_WRITES_TOTAL: &str = "sagaflow_adapter_idempotency_writes_total";
+pub const SERVED_PARTITIONS: &str = "sagaflow_adapter_served_partitions";
 
 /// Metric handles; cheap to clone, register once per registry.
 #[derive(Clone, Debug)]
@@ -174,6 +175,8 @@ pub struct RuntimeMetrics {
     pub(crate) handler_panics_total: IntCounterVec,
     pub(crate) idempotency_restored_total: IntCounterVec,
     pub(crate) idempotency_writes_total: IntCounterVec,
+    /// Partitions of the commands topic held and restored: served.
+    pub(crate) served_partitions: IntGaugeVec,
     /// `sagaflow_consumer_lag_messages` of the commands consumer.
     pub(crate) consumer_lag: prometheus::IntGaugeVec,
 }
@@ -250,6 +253,14 @@ impl RuntimeMetrics {
             &["service"],
         )
         .map_err(reg_err)?;
+        let served_partitions = IntGaugeVec::new(
+            Opts::new(
+                SERVED_PARTITIONS,
+                "Partitions of the commands topic this adapter holds and has restored the idempotency log of",
+            ),
+            &["service"],
+        )
+        .map_err(reg_err)?;
         let consumer_lag = sagaflow_bus::lag::consumer_lag_gauge();
         for c in [
             Box::new(commands_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -261,6 +272,7 @@ impl RuntimeMetrics {
             Box::new(handler_panics_total.clone()),
             Box::new(idempotency_restored_total.clone()),
             Box::new(idempotency_writes_total.clone()),
+            Box::new(served_partitions.clone()),
             Box::new(consumer_lag.clone()),
         ] {
             registry.register(c).map_err(reg_err)?;
@@ -275,6 +287,7 @@ impl RuntimeMetrics {
             handler_panics_total,
             idempotency_restored_total,
             idempotency_writes_total,
+            served_partitions,
             consumer_lag,
         })
     }

@@ -486,6 +486,7 @@ impl Driver {
     fn ownership(&mut self, event: Ownership) {
         match event {
             Ownership::Assigned(partitions) => {
+                info!(?partitions, "partitions assigned");
                 let new: Vec<i32> = partitions
                     .into_iter()
                     .filter(|p| !self.restored.contains(p) && !self.restoring.contains_key(p))
@@ -495,6 +496,7 @@ impl Driver {
                 }
             }
             Ownership::Revoked(partitions) => {
+                info!(?partitions, "partitions revoked");
                 for p in partitions {
                     self.tracker.forget(p);
                     self.restored.remove(&p);
@@ -505,8 +507,18 @@ impl Driver {
                     self.in_flight()
                         .sub(i64::try_from(dropped).unwrap_or(i64::MAX));
                 }
+                self.count_served();
             }
         }
+    }
+
+    /// `sagaflow_adapter_served_partitions`: what this adapter answers for.
+    fn count_served(&self) {
+        self.shared
+            .metrics
+            .served_partitions
+            .with_label_values(&[&self.shared.service])
+            .set(i64::try_from(self.restored.len()).unwrap_or(i64::MAX));
     }
 
     /// Reads the idempotency log of `partitions` into the store (after
@@ -570,6 +582,7 @@ impl Driver {
                     self.restoring.remove(p);
                     self.restored.insert(*p);
                 }
+                self.count_served();
                 let held = std::mem::take(&mut self.held);
                 for m in held {
                     if self.restored.contains(&m.partition()) {

@@ -824,6 +824,12 @@ async fn completed_commands_are_restored_from_the_idempotency_log() {
         Some(6.0),
         "{text}"
     );
+    // Both partitions of the commands topic are held and restored.
+    assert_eq!(
+        sample(&text, "sagaflow_adapter_served_partitions", &[]),
+        Some(2.0),
+        "{text}"
+    );
     assert_eq!(
         sample(
             &text,
