@@ -188,7 +188,9 @@ async fn a_failed_driver_stops_the_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_input_is_refused_and_the_partition_goes_on() {
     let mut stack = Stack::start("oversize", 1).await;
-    stack.env = vec![("SAGAFLOW_MAX_RECORD_BYTES".into(), "60000".into())];
+    stack
+        .env
+        .push(("SAGAFLOW_MAX_RECORD_BYTES".into(), "60000".into()));
     stack.start_orchestrator();
     stack.start_adapters();
     let api = stack.orchestrators[0].http_addr(WAIT);
@@ -227,7 +229,9 @@ async fn an_oversized_input_is_refused_and_the_partition_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replayed_trigger_after_retention_starts_nothing() {
     let mut stack = Stack::start("replay", 1).await;
-    stack.env = vec![("SAGAFLOW_COMPLETED_RETENTION".into(), "1s".into())];
+    stack
+        .env
+        .push(("SAGAFLOW_COMPLETED_RETENTION".into(), "1s".into()));
     stack.start_orchestrator_in(0);
     stack.start_adapters();
     let api = stack.orchestrators[0].http_addr(WAIT);

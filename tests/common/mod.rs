@@ -285,7 +285,14 @@ impl Stack {
             producer,
             orchestrators: Vec::new(),
             adapters: Vec::new(),
-            env: Vec::new(),
+            // Adapters log each reply at debug: a post-mortem needs them.
+            env: match std::env::var("RUST_LOG") {
+                Ok(v) if !v.is_empty() => Vec::new(),
+                _ => vec![(
+                    "RUST_LOG".to_owned(),
+                    "info,sagaflow_adapter::runtime=debug".to_owned(),
+                )],
+            },
             terminal: Mutex::default(),
             registry: Some(handle),
         }
@@ -409,6 +416,30 @@ impl Stack {
             &self.env_refs(),
         ));
         self.adapters.len() - 1
+    }
+
+    /// Waits until adapter `i` serves `partitions` partitions (held, and
+    /// its idempotency log restored). A member killed before its group has
+    /// settled can leave partitions to nobody on tansu (docs/broker.md), so
+    /// tests that kill adapters again wait for this first.
+    pub async fn adapter_serves(&self, i: usize, partitions: usize) {
+        let adapter = &self.adapters[i];
+        let addr = adapter.http_addr(Duration::from_secs(60));
+        sagaflow_test_support::metrics::wait_for_sum(
+            &format!("http://{addr}/metrics"),
+            "sagaflow_adapter_served_partitions",
+            &[],
+            partitions as f64,
+            Duration::from_secs(180),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} never served its partitions: {e}\n{}",
+                adapter.name,
+                self.logs()
+            )
+        });
     }
 
     pub fn topic(&self, t: &str) -> String {
@@ -624,18 +655,49 @@ impl Stack {
             .join(self.prefix.trim_end_matches('.'));
         let mut out = format!("(full logs: {})\n", keep.display());
         let _ = std::fs::create_dir_all(&keep);
-        for c in self.orchestrators.iter().chain(&self.adapters) {
+        let groups = self.groups();
+        let _ = std::fs::write(keep.join("groups.txt"), &groups);
+        out.push_str(&groups);
+        // Adapters restart under their service's name: the index keeps
+        // each process's log apart.
+        let adapters = self.adapters.iter().enumerate();
+        let named = self.orchestrators.iter().map(|c| (c.name.clone(), c));
+        for (file, c) in named.chain(adapters.map(|(i, c)| (format!("{}-{i}", c.name), c))) {
             let text = c.output();
-            let _ = std::fs::write(
-                keep.join(format!("{}.log", c.name.replace(' ', "_"))),
-                &text,
-            );
+            let _ = std::fs::write(keep.join(format!("{}.log", file.replace(' ', "_"))), &text);
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             out.push_str(&format!("--- {} ---\n", c.name));
             for l in tail.into_iter().rev() {
                 out.push_str(l);
                 out.push('\n');
             }
+        }
+        out
+    }
+
+    /// The stack's consumer groups as the broker describes them: who is a
+    /// member (a post-mortem of a stalled partition starts here).
+    fn groups(&self) -> String {
+        let consumer: StreamConsumer =
+            match support::kafka().consumer(&support::unique("describer")) {
+                Ok(c) => c,
+                Err(e) => return format!("(groups: {e})\n"),
+            };
+        let list = match consumer.fetch_group_list(None, Duration::from_secs(5)) {
+            Ok(l) => l,
+            Err(e) => return format!("(groups: {e})\n"),
+        };
+        let mut out = String::new();
+        for g in list
+            .groups()
+            .iter()
+            .filter(|g| g.name().starts_with(&self.prefix))
+        {
+            out.push_str(&format!("group {} ({}):", g.name(), g.state()));
+            for m in g.members() {
+                out.push_str(&format!(" {}", m.id()));
+            }
+            out.push('\n');
         }
         out
     }
