@@ -549,11 +549,16 @@ mod tests {
     }
 
     fn result(id: &str, at: i64) -> SagaEvent {
+        ended_as(id, SagaStatus::Completed, at)
+    }
+
+    /// The result of saga `id`, started at 1, ended `status` at `at`.
+    fn ended_as(id: &str, status: SagaStatus, at: i64) -> SagaEvent {
         SagaEvent::Result(SagaResult {
             saga_id: id.into(),
             saga_type: "order-checkout".into(),
             saga_version: 1,
-            status: SagaStatus::Completed,
+            status,
             output: serde_json::json!({}),
             error: None,
             started_at: 1,
@@ -696,16 +701,7 @@ mod tests {
         assert!(view.has_applied("s1/1", None));
         assert!(!view.has_applied("s1/2", Some("SagaLifecycleEvent")));
         assert!(!view.has_applied("s1/result", Some("SagaResult")));
-        view.apply(SagaEvent::Result(SagaResult {
-            saga_id: "s1".into(),
-            saga_type: "order-checkout".into(),
-            saga_version: 1,
-            status: SagaStatus::Completed,
-            output: serde_json::json!({}),
-            error: None,
-            started_at: 1,
-            ended_at: 2,
-        }));
+        view.apply(result("s1", 2));
         assert!(view.has_applied("s1/result", Some("SagaResult")));
         assert!(!view.has_applied("s2/result", Some("SagaResult")));
         // A lifecycle id is never taken for a result, nor the other way.
@@ -731,16 +727,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         view.apply(ev("s1", 3, LifecycleKind::Compensating, None));
         view.apply(ev("s1", 4, LifecycleKind::Compensated, None));
-        view.apply(SagaEvent::Result(SagaResult {
-            saga_id: "s1".into(),
-            saga_type: "order-checkout".into(),
-            saga_version: 1,
-            status: SagaStatus::Compensated,
-            output: serde_json::json!({}),
-            error: None,
-            started_at: 1,
-            ended_at: 4,
-        }));
+        view.apply(ended_as("s1", SagaStatus::Compensated, 4));
         let done = waiter.await.unwrap().expect("result arrives");
         assert_eq!(done.status, "compensated");
         assert_eq!(
