@@ -832,7 +832,9 @@ async fn chaos_kills_and_a_registry_outage_lose_nothing() {
     let mut rng = Rng::from_env();
     let mut results = BTreeMap::new();
     let mut copies = 0;
-    let publishing = stack.publish_paced(&stack.topic("orders.events"), records, 250);
+    // Paced so that triggers keep arriving through every kill (about a
+    // minute for 5,000): each restart is waited for before the next kill.
+    let publishing = stack.publish_paced(&stack.topic("orders.events"), records, 90);
     let started = std::time::Instant::now();
     stack
         .collect_results(&reader, &mut results, &mut copies, 20, WAIT)
