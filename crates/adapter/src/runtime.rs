@@ -37,6 +37,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use sagaflow_bus::Producer;
+use sagaflow_bus::commit::CommitTimer;
 use sagaflow_bus::rebalance::{Ownership, RebalanceEvents, RebalancePolicy};
 use sagaflow_bus::{KafkaConfig, SagaHeaders, TopicNames, TraceHeaders};
 use sagaflow_codec::Codec;
@@ -261,7 +262,7 @@ impl AdapterRuntime {
             events: events_rx,
             max_in_flight: config.max_in_flight.get(),
             shutdown_timeout: config.shutdown_timeout,
-            commit_at: None,
+            commits: CommitTimer::new(COMMIT_INTERVAL),
             ready,
         };
         let task = tokio::spawn(async move {
@@ -401,10 +402,10 @@ struct Driver {
     events: mpsc::UnboundedReceiver<Ownership>,
     max_in_flight: usize,
     shutdown_timeout: Duration,
-    /// Offsets were stored since the last commit: when to commit them.
-    /// Unset, nothing wakes the driver for commits, so an idle adapter
-    /// costs no wake-ups.
-    commit_at: Option<tokio::time::Instant>,
+    /// Offsets stored since the last commit, committed
+    /// [`COMMIT_INTERVAL`] after the first of them. An idle adapter stores
+    /// none, and is not woken for commits.
+    commits: CommitTimer,
     ready: Arc<AtomicBool>,
 }
 
@@ -416,7 +417,7 @@ impl Driver {
         let consumer = Arc::clone(&self.consumer);
         loop {
             let room = self.tasks.len() + self.held.len() < self.max_in_flight;
-            let commit_at = self.commit_at;
+            let commit_due = self.commits.due();
             tokio::select! {
                 biased;
                 () = stop_requested(&mut shutdown) => break,
@@ -427,12 +428,7 @@ impl Driver {
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.finished(joined);
                 }
-                () = async {
-                    match commit_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => self.commit(CommitMode::Async),
+                () = commit_due => self.commit(CommitMode::Async),
                 received = consumer.recv(), if room => match received.map(|m| m.detach()) {
                     Ok(m) => {
                         // The rebalance callback that assigned this record's
@@ -646,10 +642,7 @@ impl Driver {
                 return;
             }
             match self.consumer.store_offsets(&tpl) {
-                Ok(()) => {
-                    self.commit_at
-                        .get_or_insert_with(|| tokio::time::Instant::now() + COMMIT_INTERVAL);
-                }
+                Ok(()) => self.commits.stored(),
                 // The partition was revoked meanwhile: its new owner resumes
                 // from the last commit, and replays get idempotent replies.
                 Err(e) => debug!(partition = done.partition, error = %e, "offset not stored"),
@@ -658,7 +651,7 @@ impl Driver {
     }
 
     fn commit(&mut self, mode: CommitMode) {
-        if self.commit_at.take().is_none() {
+        if !self.commits.take() {
             return;
         }
         if let Err(e) = self.consumer.commit_consumer_state(mode) {
@@ -700,7 +693,7 @@ impl Driver {
         }
         let consumer = Arc::clone(&self.consumer);
         let producer = self.shared.producer.clone();
-        let stored = self.commit_at.is_some();
+        let stored = self.commits.pending();
         let _ = tokio::task::spawn_blocking(move || {
             if stored && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 warn!(error = %e, "final offset commit failed");

@@ -4,6 +4,7 @@
 
 pub mod baseline;
 mod clock;
+pub mod commit;
 mod config;
 pub mod dead_letter;
 mod headers;

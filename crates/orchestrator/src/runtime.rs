@@ -60,6 +60,7 @@ pub use crate::outbound::{PAYLOAD_OMITTED, send_envelope};
 use crate::store::{KafkaStore, Lease, Restored, SagaStore, StoreError};
 use crate::tick::{Ticks, tick_of};
 use crate::view::SagaView;
+use sagaflow_bus::commit::CommitTimer;
 use sagaflow_bus::rebalance::{Ownership, RebalanceEvents, RebalancePolicy};
 
 /// Everything the driver needs, fixed at start.
@@ -123,7 +124,6 @@ pub(crate) struct Partition {
 }
 
 /// The partitions this instance holds, and those it must leave alone.
-#[derive(Default)]
 pub(crate) struct Owned {
     pub(crate) parts: HashMap<i32, Partition>,
     /// Revoked by the group: their inputs belong to the next owner.
@@ -138,9 +138,9 @@ pub(crate) struct Owned {
     sending: VecDeque<Sending>,
     /// Tick records on their way (`tick`).
     ticks_sent: FuturesUnordered<DeliveryFuture>,
-    /// Offsets were stored since the last commit: when to commit them.
-    /// Unset, nothing wakes the driver for commits.
-    commit_at: Option<tokio::time::Instant>,
+    /// Offsets stored since the last commit, committed
+    /// [`COMMIT_INTERVAL`] after the first of them.
+    commits: CommitTimer,
 }
 
 /// Stored offsets are committed this long after the first of them, not
@@ -237,7 +237,14 @@ impl Driver {
             self.record_limit,
             self.health.clone(),
         );
-        let mut owned = Owned::default();
+        let mut owned = Owned {
+            parts: HashMap::new(),
+            revoked: BTreeSet::new(),
+            lost: BTreeSet::new(),
+            sending: VecDeque::new(),
+            ticks_sent: FuturesUnordered::new(),
+            commits: CommitTimer::new(COMMIT_INTERVAL),
+        };
         loop {
             // Effects the broker has not acknowledged for a while are a
             // driver that is not progressing, as a blocked send was.
@@ -301,13 +308,8 @@ impl Driver {
                     }
                     self.flush(&store, &producer, &mut owned, Batch::default()).await?;
                 }
-                () = async {
-                    match owned.commit_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    owned.commit_at = None;
+                () = owned.commits.due() => {
+                    owned.commits.take();
                     if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
                         debug!(error = %e, "async commit");
                     }
@@ -652,9 +654,7 @@ impl Driver {
         consumer
             .store_offsets(&held)
             .map_err(|e| RunError::Kafka(e.to_string()))?;
-        owned
-            .commit_at
-            .get_or_insert_with(|| tokio::time::Instant::now() + COMMIT_INTERVAL);
+        owned.commits.stored();
         Ok(())
     }
 
