@@ -97,7 +97,7 @@ async fn ready_means_partitions_held_and_restored() {
                 "ready without holding a partition\n{before}\n{after}"
             );
             assert!(
-                stack.logs().contains("partition restored"),
+                stack.output().contains("partition restored"),
                 "ready before any restore\n{}",
                 stack.logs()
             );
@@ -175,7 +175,7 @@ async fn a_failed_driver_stops_the_process() {
     assert!(!status.success(), "exit status {status}\n{}", stack.logs());
     assert_ne!(ready(&api).await, Some(200), "{}", stack.logs());
     assert!(
-        stack.logs().contains("SF-ORCH-02"),
+        stack.output().contains("SF-ORCH-02"),
         "the failure is named\n{}",
         stack.logs()
     );

@@ -647,6 +647,16 @@ impl Stack {
         }
     }
 
+    /// Every process's output so far, for a check on what was logged
+    /// (`logs` is for a failure's message: it also asks the broker).
+    pub fn output(&self) -> String {
+        self.orchestrators
+            .iter()
+            .chain(&self.adapters)
+            .map(|c| c.output())
+            .collect()
+    }
+
     /// The last lines of every process's log; the full logs are kept under
     /// the system temp dir (the path is printed) for a failure's post-mortem.
     pub fn logs(&self) -> String {
