@@ -7,8 +7,9 @@
 //! milliseconds, returns up to 1 ms early: the thread then spins with 0 ms
 //! polls for the rest of every 100 ms, ~0.5-1 % of a core per idle producer
 //! (librdkafka fixed the same rounding in C, #4671). This producer polls
-//! with a 5 s timeout instead: the same spin is then at most 1 ms every 5 s,
-//! and delivery reports are not delayed by it, since `BaseProducer::poll`
+//! with a timeout of 5 s and a fraction of a millisecond instead, which an
+//! idle producer waits out without spinning (see [`POLL_TIMEOUT`]), and
+//! delivery reports are not delayed by it, since `BaseProducer::poll`
 //! serves each event the moment it arrives and only returns at the deadline.
 //!
 //! Dropping the last handle does not wait for the polling thread: it sets
@@ -41,11 +42,25 @@ use rdkafka::{ClientConfig, TopicPartitionList};
 use tokio::sync::oneshot;
 
 /// How long the polling thread waits in one `poll`. Delivery reports are
-/// served as they arrive; this only bounds the end-of-poll spin (≤1 ms per
-/// poll) and how long the thread outlives the last handle. At 1 s the spin
-/// of an idle `sagaflow dev` stack's 14 producers was 5-11 ms of CPU a
+/// served as they arrive; this bounds how long the thread outlives the last
+/// handle, and how often an idle producer wakes. At 1 s the end-of-poll
+/// spin of an idle `sagaflow dev` stack's 14 producers was 5-11 ms of CPU a
 /// second.
-pub const POLL_TIMEOUT: Duration = Duration::from_secs(5);
+///
+/// The 50 µs past the whole second keep an idle poll from spinning.
+/// `BaseProducer::poll` hands librdkafka the time left truncated to whole
+/// milliseconds; the time left is a little under the timeout by the time it
+/// is first read, so a whole-second timeout waited 4,999 ms and then spun
+/// with 0 ms polls for the last millisecond of every poll (4.3-4.7 ms of
+/// CPU a second over the 14 producers of an idle `dev` stack). With a
+/// fraction above the whole milliseconds, librdkafka waits 5,000 ms (it
+/// rounds its own remainders up) and wakes at most that fraction before the
+/// deadline, usually after it (a sleeping thread's timer slack is 50 µs).
+pub const POLL_TIMEOUT: Duration = Duration::from_micros(5_000_050);
+const _: () = assert!(
+    !POLL_TIMEOUT.as_micros().is_multiple_of(1_000),
+    "a whole-millisecond poll timeout spins for the last millisecond of every poll"
+);
 
 /// How long [`Producer::send`] waits between tries while librdkafka's queue
 /// is full, as `FutureProducer::send` does.
