@@ -90,7 +90,7 @@ impl Default for Options {
             partitions: 6,
             max_batch: 256,
             pipeline_depth: 8,
-            fetch_wait_ms: 500,
+            fetch_wait_ms: 1000,
             root: PathBuf::from("."),
             binary: None,
             bootstrap_servers: None,

@@ -33,8 +33,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pipeline_depth: u32,
     /// Consumers' fetch.wait.max.ms: how long a fetch on an empty partition
-    /// is held (librdkafka's default, 500).
-    #[arg(long, default_value_t = 500)]
+    /// is held (the consumers' default, 1000).
+    #[arg(long, default_value_t = 1000)]
     fetch_wait_ms: u32,
     /// The repository root (topology/ and schemas/ are read from it).
     #[arg(long, default_value = ".")]
