@@ -66,10 +66,10 @@ impl ClientRole {
                 // A broker answers a fetch as soon as records are there
                 // (the embedded one too, docs/broker.md), so the wait only
                 // bounds how long an idle consumer's fetch is held: each
-                // idle consumer fetches once a wait. At librdkafka's 500 ms
-                // those fetches were about 40 % of an idle `sagaflow dev`
-                // stack's CPU (0.028 against 0.020 of a core at 1 s,
-                // docs/orchestrator.md). Not much longer: a broker serves
+                // idle consumer fetches once a wait. 1 s instead of
+                // librdkafka's 500 ms took an idle `sagaflow dev` stack from
+                // 0.022-0.029 to 0.019-0.020 of a core
+                // (docs/orchestrator.md). Not much longer: a broker serves
                 // one request of a connection at a time, so the consumer's
                 // other requests there (ListOffsets, Metadata), and the
                 // first fetch of a newly assigned partition, wait behind a

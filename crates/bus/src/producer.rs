@@ -51,8 +51,9 @@ use tokio::sync::oneshot;
 /// `BaseProducer::poll` hands librdkafka the time left truncated to whole
 /// milliseconds; the time left is a little under the timeout by the time it
 /// is first read, so a whole-second timeout waited 4,999 ms and then spun
-/// with 0 ms polls for the last millisecond of every poll (4.3-4.7 ms of
-/// CPU a second over the 14 producers of an idle `dev` stack). With a
+/// with 0 ms polls for the last millisecond of every poll (the 14 polling
+/// threads of an idle `dev` stack were charged 4-4.7 ms of CPU a second;
+/// the whole stack used about 1 ms a second less without it). With a
 /// fraction above the whole milliseconds, librdkafka waits 5,000 ms (it
 /// rounds its own remainders up) and wakes at most that fraction before the
 /// deadline, usually after it (a sleeping thread's timer slack is 50 µs).
