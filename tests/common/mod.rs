@@ -211,11 +211,16 @@ impl Stack {
         let (backend, ledger) = backends().await;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let bootstrap = support::bootstrap_servers();
-        // A 2 ms fetch wait, not librdkafka's 500 ms: with the default,
-        // the paused-owner test's stopped owner outlived its 10 s session
-        // (docs/orchestrator.md, "Not yet").
+        // A 2 ms fetch wait, not the consumers' default (1 s): with
+        // librdkafka's 500 ms the paused-owner test's stopped owner once
+        // outlived its 10 s session (docs/orchestrator.md, "Not yet").
+        // `SAGAFLOW_TEST_FETCH_WAIT_MS` runs the stacks with another wait.
+        let fetch_wait: u32 = std::env::var("SAGAFLOW_TEST_FETCH_WAIT_MS").map_or(2, |ms| {
+            ms.parse()
+                .unwrap_or_else(|_| panic!("SAGAFLOW_TEST_FETCH_WAIT_MS={ms:?}: not milliseconds"))
+        });
         let kafka = format!(
-            "kafka:\n  bootstrap-servers: {bootstrap}\n  properties:\n    fetch.wait.max.ms: \"2\"\n"
+            "kafka:\n  bootstrap-servers: {bootstrap}\n  properties:\n    fetch.wait.max.ms: \"{fetch_wait}\"\n"
         );
         std::fs::write(
             dir.path().join("orchestrator.yaml"),
