@@ -90,7 +90,9 @@ impl Default for Options {
             partitions: 6,
             max_batch: 256,
             pipeline_depth: 8,
-            fetch_wait_ms: 1000,
+            fetch_wait_ms: sagaflow_bus::DEFAULT_FETCH_WAIT_MS
+                .parse()
+                .expect("the consumers' default fetch wait is milliseconds"),
             root: PathBuf::from("."),
             binary: None,
             bootstrap_servers: None,
@@ -1224,5 +1226,15 @@ async fn wait_metric(child: &Child, name: &str, at_least: f64) -> Result<()> {
             bail!("{name} did not reach {at_least} within 300 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_waits_as_long_as_the_consumers_default() {
+        assert_eq!(Options::default().fetch_wait_ms, 1000);
     }
 }

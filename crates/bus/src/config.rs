@@ -74,7 +74,7 @@ impl ClientRole {
                 // other requests there (ListOffsets, Metadata), and the
                 // first fetch of a newly assigned partition, wait behind a
                 // held fetch.
-                ("fetch.wait.max.ms", "1000"),
+                ("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MS),
                 // A member gone silent for 10 s loses its partitions. A
                 // heartbeat every third of that (Kafka's advice, and
                 // librdkafka's ratio) is also how soon a member learns of
@@ -91,6 +91,10 @@ impl ClientRole {
         }
     }
 }
+
+/// Consumers' `fetch.wait.max.ms` unless `kafka.properties` sets it (see
+/// the consumer defaults for why 1 s); `sagaflow bench` starts from it too.
+pub const DEFAULT_FETCH_WAIT_MS: &str = "1000";
 
 /// Defaults of every client, whatever its role.
 const EVERY_CLIENT: &[(&str, &str)] = &[

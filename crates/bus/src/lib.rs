@@ -15,7 +15,7 @@ pub mod rebalance;
 mod topics;
 
 pub use clock::now_ms;
-pub use config::{ClientRole, KafkaConfig};
+pub use config::{ClientRole, DEFAULT_FETCH_WAIT_MS, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
 pub use partition::{murmur2, partition_for, partitions_of};
 pub use producer::{DeliveryFuture, Producer};

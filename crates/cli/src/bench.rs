@@ -34,7 +34,7 @@ pub(crate) struct BenchArgs {
     pipeline_depth: u32,
     /// Consumers' fetch.wait.max.ms: how long a fetch on an empty partition
     /// is held (the consumers' default, 1000).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value = sagaflow_bus::DEFAULT_FETCH_WAIT_MS)]
     fetch_wait_ms: u32,
     /// The repository root (topology/ and schemas/ are read from it).
     #[arg(long, default_value = ".")]
