@@ -229,7 +229,7 @@ fn a_scenario_for_another_saga_exits_2() {
 fn a_reply_after_the_timeout_is_shown_as_ignored_and_json_reports_mismatches() {
     let (_tmp, file) = script(&format!(
         "{SMALL_ORDER}replies:
-  inventory.reserve: {{ ok: {{ reservation_id: r-1 }}, after: 12s }}
+  inventory.reserve: {{ transient: busy, after: 12s }}
   inventory.release: {{ ok: {{}} }}
 expect: {{ status: completed }}
 "
@@ -251,8 +251,42 @@ expect: {{ status: completed }}
         .unwrap_or_else(|| panic!("no line at +12s: {doc}"));
     assert_eq!(
         late["line"],
-        "reply inventory.reserve ok (ignored: reply for attempt 1 of `reserve_inventory`, current attempt is 2)"
+        "reply inventory.reserve transient: busy (ignored: reply for attempt 1 of `reserve_inventory`, current attempt is 2)"
     );
+}
+
+/// An earlier attempt's success is the step's (every attempt carries one
+/// idempotency key): a reservation that answers after its first attempt
+/// timed out, while the second is on its way, completes the saga.
+#[test]
+fn a_success_after_the_timeout_of_an_earlier_attempt_counts() {
+    let (_tmp, file) = script(&format!(
+        "{SMALL_ORDER}replies:
+  inventory.reserve: {{ ok: {{ reservation_id: r-1 }}, after: 12s }}
+  payment.charge: {{ ok: {{ payment_id: p-1 }} }}
+  shipping.schedule: {{ ok: {{ tracking_number: t-1 }} }}
+expect: {{ status: completed }}
+"
+    ));
+    let out = test("order-checkout", &file, &["--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "completed", "{doc}");
+    let lines: Vec<&str> = doc["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["line"].as_str())
+        .collect();
+    let first = lines
+        .iter()
+        .position(|l| *l == "reply inventory.reserve ok")
+        .unwrap_or_else(|| panic!("no accepted reply: {lines:#?}"));
+    assert!(
+        lines[..first].contains(&"command inventory.reserve (attempt 2)"),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains("compensat")), "{lines:#?}");
 }
 
 #[test]

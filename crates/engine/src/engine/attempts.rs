@@ -93,6 +93,10 @@ impl Run<'_> {
         let t = table(kind);
         let attempt = (t.attempt)(&self.st.steps[&id]);
         self.disarm(id, t.timeout, attempt);
+        if kind == CommandKind::Action {
+            // An earlier attempt's success, while the step backs off.
+            self.disarm(id, TimerPurpose::RetryBackoff, attempt);
+        }
         let reason = r
             .error
             .clone()

@@ -8,7 +8,7 @@ use crate::error::EngineError;
 use crate::state::{FailurePhase, Phase, SagaState, SagaStatus, Timer, Timestamp};
 
 use super::ids::parse_command_id;
-use super::{AwaitedEvent, CommandKind, Input, Outcome, Reply};
+use super::{AwaitedEvent, CommandKind, Input, Outcome, Reply, ReplyOutcome};
 
 /// What a relevant input will do (decided without mutating).
 pub(super) enum Action {
@@ -96,6 +96,18 @@ fn classify_reply(def: &SagaDefinition, st: &SagaState, r: &Reply) -> Result<Act
     };
     match kind {
         CommandKind::Action => {
+            // Every attempt of a step carries one idempotency key: an
+            // earlier attempt's success is the step's, whichever attempt
+            // the step waits for now (or backs off before, the attempt
+            // that timed out included). Left stale, it
+            // would be lost whenever the current attempt's own reply came
+            // too late, and the step's work never undone.
+            let earlier_success = attempt <= run.attempt
+                && r.outcome == ReplyOutcome::Success
+                && matches!(run.phase, Phase::Active | Phase::Backoff | Phase::Abandoned);
+            if earlier_success {
+                return Ok(Action::Reply { step, kind });
+            }
             if attempt != run.attempt {
                 return stale(format!(
                     "reply for attempt {attempt} of `{path}`, current attempt is {}",

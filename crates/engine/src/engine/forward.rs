@@ -232,7 +232,7 @@ impl Run<'_> {
                     _ => 0,
                 };
                 if phase == Some(Phase::Abandoned) {
-                    return self.abandoned_timed_out(id, t.attempt, "abandoned command timed out");
+                    return self.abandoned_command_timed_out(id, t.attempt, timeout);
                 }
                 self.life(LifecycleKind::StepTimedOut, Some(id), Some(t.attempt), None);
                 self.retry_or_fail(
@@ -263,6 +263,21 @@ impl Run<'_> {
             ),
             TimerPurpose::LateReply => {}
         }
+    }
+
+    /// A command abandoned when the saga stopped going forward timed out.
+    /// As after a last attempt's timeout (`give_up_timed_out`), a slow
+    /// backend may still have carried it out: a step with a compensation
+    /// waits one more timeout, under a `LateReply` timer, so that a success
+    /// within it is undone too (the step's `StepTimedOut` comes when that
+    /// window closes); a step without one has nothing to undo.
+    fn abandoned_command_timed_out(&mut self, id: NodeId, attempt: u32, timeout: u64) {
+        let undoable =
+            matches!(&self.def.step(id).kind, StepKind::Call(c) if c.compensate.is_some());
+        if !undoable {
+            return self.abandoned_timed_out(id, attempt, "abandoned command timed out");
+        }
+        self.arm(id, TimerPurpose::LateReply, attempt, timeout);
     }
 
     /// An abandoned command's wait is over: the step failed, and the

@@ -306,9 +306,14 @@ fn transient_failures_retry_with_backoff_then_give_up() {
     let second = one_command(applied(&a));
     assert_eq!(second.command_id, "order-checkout:o1/reserve_inventory/2");
     assert_eq!(second.attempt, 2);
-    // A late reply to attempt 1 is stale.
+    // A late failure of attempt 1 is stale (its success would be the
+    // step's: an_earlier_attempts_success_is_the_steps_success).
     let before = st.clone();
-    let late = e.apply(&mut st, ok(&first, json!({})), T0);
+    let late = e.apply(
+        &mut st,
+        reply(&first, ReplyOutcome::TransientFailure, Value::Null),
+        T0,
+    );
     assert!(
         matches!(late.outcome, Outcome::Stale(ref s) if s.contains("attempt 1")),
         "{late:?}"
@@ -545,29 +550,54 @@ fn travel_branch_failure_cancels_in_flight_and_compensates_late_success() {
     assert!(st.timers.is_empty(), "{:?}", st.timers);
 }
 
+/// A command abandoned in flight whose timeout passes may still have been
+/// carried out by a slow backend: as after a last attempt's timeout, a
+/// success within one more timeout is undone, and the saga ends only once
+/// that window is over. (Before 2026-12-04 the saga ended at the timeout,
+/// and a success a moment later was left in place: the simulation's
+/// "nothing that succeeded is left behind" found it.)
 #[test]
-fn abandoned_command_that_times_out_is_not_compensated() {
+fn an_abandoned_command_that_times_out_waits_one_more_timeout_for_a_late_success() {
     let e = engine(&[TRAVEL]);
     let (mut st, fx) = e.start("travel-booking", &travel(), T0).unwrap();
     let cmds = commands(&fx);
+    // The hotel is full: the flight and the car are abandoned in flight.
     let a = e.apply(
         &mut st,
         reply(&cmds[1], ReplyOutcome::BusinessFailure, Value::Null),
         T0,
     );
     assert!(commands(applied(&a)).is_empty());
+    for step in ["reserve_flight", "reserve_car"] {
+        let timer = format!("travel-booking:b1/reserve_trip/{step}/timeout/1");
+        let a = fire(&e, &mut st, &timer);
+        assert!(result(applied(&a)).is_none(), "{step}: {a:?}");
+        let late = format!("travel-booking:b1/reserve_trip/{step}/late/1");
+        assert_eq!(
+            st.timers[&late].fire_at,
+            Timestamp(T0.0 + 2 * 15_000),
+            "one more step timeout"
+        );
+    }
+    // The car was reserved after all, within its window: it is cancelled,
+    // once the flight's window is over too (a late success is undone
+    // before the rest, so the rest waits for every open window).
+    let a = e.apply(&mut st, ok(&cmds[2], json!({"reservation_id": "car1"})), T0);
+    assert!(commands(applied(&a)).is_empty(), "{a:?}");
     let a = fire(
         &e,
         &mut st,
-        "travel-booking:b1/reserve_trip/reserve_flight/timeout/1",
+        "travel-booking:b1/reserve_trip/reserve_flight/late/1",
     );
-    assert!(result(applied(&a)).is_none());
-    let a = fire(
-        &e,
-        &mut st,
-        "travel-booking:b1/reserve_trip/reserve_car/timeout/1",
-    );
+    let cancel_car = one_command(applied(&a));
+    assert_eq!(cancel_car.kind, CommandKind::Compensation);
+    assert_eq!(cancel_car.input, json!({"reservation_id": "car1"}));
+    let a = e.apply(&mut st, ok(&cancel_car, json!({})), T0);
     assert_eq!(result(applied(&a)).unwrap().status, SagaStatus::Compensated);
+    assert!(st.timers.is_empty(), "{:?}", st.timers);
+    // A success after the window changes nothing.
+    let after = e.apply(&mut st, ok(&cmds[0], json!({"reservation_id": "fl1"})), T0);
+    assert!(matches!(after.outcome, Outcome::Stale(_)), "{after:?}");
 }
 
 fn signup() -> TriggerEvent {
@@ -1551,4 +1581,78 @@ fn without_a_late_reply_the_rest_is_compensated_once_the_window_is_over() {
     // A success after the window changes nothing.
     let after = e.apply(&mut st, ok(&b, json!({})), T0);
     assert!(matches!(after.outcome, Outcome::Stale(_)), "{after:?}");
+}
+
+/// Every attempt of a step carries one idempotency key, so an earlier
+/// attempt's success is the step's: the backend did the work once.
+/// Before 2026-12-04 it was stale unless it answered the attempt the step
+/// waited for; when the current attempt's own reply then came too late,
+/// the saga compensated without undoing the step (the simulation's
+/// "nothing that succeeded is left behind" found it).
+#[test]
+fn an_earlier_attempts_success_is_the_steps_success() {
+    let e = engine(&[ORDER]);
+    let timeout = "order-checkout:o1/reserve_inventory/timeout/1";
+    // While the next attempt is in flight.
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let first = one_command(&fx);
+    fire(&e, &mut st, timeout);
+    let a = fire(&e, &mut st, "order-checkout:o1/reserve_inventory/backoff/1");
+    let second = one_command(applied(&a));
+    assert_eq!(second.attempt, 2);
+    let a = e.apply(&mut st, ok(&first, json!({"reservation_id": "r1"})), T0);
+    assert_eq!(one_command(applied(&a)).operation, "charge");
+    assert!(
+        !st.timers
+            .contains_key("order-checkout:o1/reserve_inventory/timeout/2"),
+        "{:?}",
+        st.timers
+    );
+    let again = e.apply(&mut st, ok(&second, json!({"reservation_id": "r1"})), T0);
+    assert!(matches!(again.outcome, Outcome::Stale(_)), "{again:?}");
+
+    // While the step backs off before its next attempt.
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let first = one_command(&fx);
+    fire(&e, &mut st, timeout);
+    let a = e.apply(&mut st, ok(&first, json!({"reservation_id": "r1"})), T0);
+    assert_eq!(one_command(applied(&a)).operation, "charge");
+    assert!(
+        st.timers.keys().all(|t| !t.contains("reserve_inventory")),
+        "the backoff is disarmed: {:?}",
+        st.timers
+    );
+
+    // An earlier attempt's failure stays stale: a later one may succeed.
+    let (mut st, fx) = e.start("order-checkout", &order(5000.0), T0).unwrap();
+    let first = one_command(&fx);
+    fire(&e, &mut st, timeout);
+    let failed = reply(&first, ReplyOutcome::BusinessFailure, Value::Null);
+    let a = e.apply(&mut st, failed, T0);
+    assert!(matches!(a.outcome, Outcome::Stale(_)), "{a:?}");
+}
+
+/// An earlier attempt's success within the last attempt's late window is
+/// compensated like the last attempt's own.
+#[test]
+fn an_earlier_attempts_success_in_the_late_window_is_compensated_first() {
+    let src = LATE.replace(
+        "max-attempts: 1",
+        "max-attempts: 2\n      on: [timeout]\n      initial: 100ms",
+    );
+    let e = engine(&[&src]);
+    let (mut st, fx) = e
+        .start("late", &trigger("t", "Go", json!({"id": "k"})), T0)
+        .unwrap();
+    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
+    let b1 = one_command(applied(&a));
+    fire(&e, &mut st, "late:k/b/timeout/1");
+    let a = fire(&e, &mut st, "late:k/b/backoff/1");
+    assert_eq!(one_command(applied(&a)).attempt, 2);
+    fire(&e, &mut st, "late:k/b/timeout/2");
+    assert!(st.timers.contains_key("late:k/b/late/2"), "{:?}", st.timers);
+    let a = e.apply(&mut st, ok(&b1, json!({})), T0);
+    assert!(!st.timers.contains_key("late:k/b/late/2"));
+    let fx = applied(&a).to_vec();
+    assert_eq!(compensate_all(&e, &mut st, &fx), ["b", "a"]);
 }
