@@ -871,16 +871,16 @@ fn the_protocol_holds_over_seeded_schedules() {
 
 /// Sending a batch's effects before its state write is acknowledged would
 /// save a changelog round trip per step (#16), and it breaks the protocol.
-/// After a crash the inputs are read again; the inputs and the replies
-/// topics interleave differently, and the restored saga can take another
-/// path than the one whose effects already went out. On 2026-12-04 about
-/// one schedule in 80 broke this way, always as a saga ending twice: one
-/// path had its step time out and retry before the reply was applied, the
-/// replay applied the reply first, and the two sent different lifecycle
-/// events under the same ids (`<saga>/9` a `StepTimedOut` in one and a
-/// `StepSucceeded` in the other) and two `Completed`. Kept as a test that
-/// the simulation sees it; the rule it breaks is the driver's
-/// (`runtime.rs`, `flush`: write, then send).
+/// After a crash the inputs are read again, the inputs, the replies and
+/// the ticks in other batches, and the restored saga can take another path
+/// than the one whose effects already went out. On 2026-12-04 about one
+/// schedule in 95 broke this way (42 of 4,000), always as a saga ending
+/// twice: one path applied a step's reply before its timeout, the replay
+/// the timeout first, and the two sent different lifecycle events under
+/// the same ids (`<saga>/3` a `StepFailed` on one and a `StepTimedOut` on
+/// the other) and two terminal events. Kept as a test that the simulation
+/// sees it; the rule it breaks is the driver's (`runtime.rs`, `flush`:
+/// write, then send).
 #[test]
 fn effects_sent_before_their_state_write_break_the_protocol() {
     let n: u64 = std::env::var("SAGAFLOW_SIM_SCHEDULES")
