@@ -99,9 +99,9 @@ fn classify_reply(def: &SagaDefinition, st: &SagaState, r: &Reply) -> Result<Act
             // Every attempt of a step carries one idempotency key: an
             // earlier attempt's success is the step's, whichever attempt
             // the step waits for now (or backs off before, the attempt
-            // that timed out included). Left stale, it
-            // would be lost whenever the current attempt's own reply came
-            // too late, and the step's work never undone.
+            // that timed out included). Left stale, it would be lost
+            // whenever the current attempt's own reply came too late, and
+            // the step's work never undone.
             let earlier_success = attempt <= run.attempt
                 && r.outcome == ReplyOutcome::Success
                 && matches!(run.phase, Phase::Active | Phase::Backoff | Phase::Abandoned);
