@@ -270,8 +270,9 @@ impl World {
     }
 
     /// The oldest batch's effects are acknowledged: the lease notes them
-    /// delivered and (for the owner) its inputs are committed.
-    fn settle_oldest(&mut self, o: &mut Owner, zombie: bool) {
+    /// delivered and its input positions are stored, maybe committed (a
+    /// zombie's too).
+    fn settle_oldest(&mut self, o: &mut Owner) {
         let Some(s) = o.sending.pop_front() else {
             return;
         };
@@ -291,7 +292,6 @@ impl World {
         if self.rng.chance(50) {
             Self::commit(&mut self.committed, o);
         }
-        let _ = zombie;
     }
 
     /// The owner's commit timer: what it stored is committed.
@@ -384,7 +384,7 @@ impl World {
         // it settles (the driver's rule).
         if o.sending.iter().any(|s| !s.keys.is_disjoint(&keys)) {
             while !o.sending.is_empty() {
-                self.settle_oldest(&mut o, zombie);
+                self.settle_oldest(&mut o);
             }
         }
         // The rule broken on purpose (`effects_before_their_state_write_...`):
@@ -453,7 +453,7 @@ impl World {
         }
         // Some acks arrive (oldest first).
         for _ in 0..self.rng.below(3) {
-            self.settle_oldest(&mut o, zombie);
+            self.settle_oldest(&mut o);
         }
         if !zombie {
             self.owner = Some(o);
@@ -598,7 +598,7 @@ impl World {
             o.inputs_at = end_in;
             o.replies_at = end_re;
             while !o.sending.is_empty() {
-                self.settle_oldest(&mut o, false);
+                self.settle_oldest(&mut o);
             }
             let mut drained = o.core.drain();
             drained.sagas.sort_by(|a, b| a.0.cmp(&b.0));
