@@ -10,7 +10,10 @@
 //! batches settle in order (delivery marks, then the offsets stored and
 //! committed later on a timer, so a crash re-reads what is not committed),
 //! a crash loses any unacknowledged effect or not, and a batch that changes a
-//! saga whose effects are unacknowledged waits for them first.
+//! saga whose effects are unacknowledged waits for them first. Timers that
+//! await an input fire only once the owner has read everything appended
+//! before them (the driver's ticks), and a replaced owner that resumes
+//! commits what it stored, as the embedded broker lets it.
 //!
 //! Each schedule is a seed. Invariants, checked after every schedule:
 //! every saga ends, once (one distinct terminal event); no effect is lost
@@ -18,7 +21,10 @@
 //! every command and lifecycle event a write that stood put in the store
 //! is sent at least once);
 //! each effect is applied once per idempotency key; compensations run only
-//! for steps that succeeded, in reverse order.
+//! for steps that succeeded, in reverse order; nothing that succeeded is
+//! left behind (a saga that ended compensated undid every step that
+//! succeeded and has a compensation, unless the success came past its late
+//! window: [`late_success`]).
 //!
 //! `cargo test` runs a few hundred schedules; `SAGAFLOW_SIM_SCHEDULES=N`
 //! runs N; `SAGAFLOW_SIM_SEED=S` replays one. A failing schedule prints
@@ -387,7 +393,8 @@ impl World {
                 self.settle_oldest(&mut o);
             }
         }
-        // The rule broken on purpose (`effects_before_their_state_write_...`):
+        // The rule broken on purpose, for
+        // `effects_sent_before_their_state_write_break_the_protocol`:
         // effects handed to the producer before the state write that owes
         // them is acknowledged.
         if self.early_effects {
