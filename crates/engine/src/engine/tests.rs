@@ -1493,14 +1493,21 @@ fn saga_deadline_must_be_a_duration_and_on_deadline_needs_it() {
 /// Two charges; the second has a 1 s timeout and a single attempt.
 const LATE: &str = "type: late\nversion: 1\ntrigger:\n  topic: t\n  event-type: Go\n  key: event.id\nsteps:\n  - call: a\n    service: payment\n    operation: charge\n    compensate:\n      operation: refund\n  - call: b\n    service: payment\n    operation: charge\n    timeout: 1s\n    retry:\n      max-attempts: 1\n    compensate:\n      operation: refund\n";
 
-/// Starts a `LATE` saga, answers `a`, and times out `b`'s only attempt.
-/// Returns the state and `b`'s command.
-fn late_saga_timed_out(e: &Engine) -> (SagaState, Command) {
+/// Starts a `LATE` saga (of `e`'s version of it) and answers `a`: returns
+/// the state and `b`'s first command.
+fn late_saga_at_b(e: &Engine) -> (SagaState, Command) {
     let (mut st, fx) = e
         .start("late", &trigger("t", "Go", json!({"id": "k"})), T0)
         .unwrap();
     let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
     let b = one_command(applied(&a));
+    (st, b)
+}
+
+/// Starts a `LATE` saga, answers `a`, and times out `b`'s only attempt.
+/// Returns the state and `b`'s command.
+fn late_saga_timed_out(e: &Engine) -> (SagaState, Command) {
+    let (mut st, b) = late_saga_at_b(e);
     let a = fire(e, &mut st, "late:k/b/timeout/1");
     let fx = applied(&a);
     assert_eq!(st.status, SagaStatus::Compensating);
@@ -1560,11 +1567,7 @@ fn a_timed_out_step_with_nothing_to_undo_does_not_hold_the_rest_up() {
         1,
     );
     let e = engine(&[&src]);
-    let (mut st, fx) = e
-        .start("late", &trigger("t", "Go", json!({"id": "k"})), T0)
-        .unwrap();
-    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
-    one_command(applied(&a));
+    let (mut st, _) = late_saga_at_b(&e);
     let a = fire(&e, &mut st, "late:k/b/timeout/1");
     assert!(!st.timers.contains_key("late:k/b/late/1"));
     let fx = applied(&a).to_vec();
@@ -1641,11 +1644,7 @@ fn an_earlier_attempts_success_in_the_late_window_is_compensated_first() {
         "max-attempts: 2\n      on: [timeout]\n      initial: 100ms",
     );
     let e = engine(&[&src]);
-    let (mut st, fx) = e
-        .start("late", &trigger("t", "Go", json!({"id": "k"})), T0)
-        .unwrap();
-    let a = e.apply(&mut st, ok(&one_command(&fx), json!({})), T0);
-    let b1 = one_command(applied(&a));
+    let (mut st, b1) = late_saga_at_b(&e);
     fire(&e, &mut st, "late:k/b/timeout/1");
     let a = fire(&e, &mut st, "late:k/b/backoff/1");
     assert_eq!(one_command(applied(&a)).attempt, 2);
