@@ -39,12 +39,17 @@ fn dev(data: &std::path::Path, rate: &str, log: &std::path::Path) -> Child {
 }
 
 /// A run's log file beside its data dir, removed when the test is done
-/// with it (a failure has printed its tail by then).
+/// with it, and kept when the test fails (an assertion shows only its
+/// warnings and errors; the cause may be in what was logged at `info`).
 struct Log(std::path::PathBuf);
 
 impl Drop for Log {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if std::thread::panicking() {
+            eprintln!("the run's whole log is kept at {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
