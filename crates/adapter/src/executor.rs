@@ -172,6 +172,7 @@ impl Executor {
             .rate_limit
             .map(|r| RateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst)));
         let breaker = CircuitBreaker::new(
+            settings.service.as_str(),
             settings.circuit_breaker.failure_threshold.get(),
             settings.circuit_breaker.cool_down,
         );
@@ -467,7 +468,10 @@ impl Executor {
             .with_label_values(&[service, op_label])
             .observe(started.elapsed().as_secs_f64());
         count(&outcome);
-        permit.record(outcome.kind == OutcomeKind::TransientFailure);
+        permit.record(
+            (outcome.kind == OutcomeKind::TransientFailure)
+                .then(|| outcome.error_code().unwrap_or("transient")),
+        );
         self.set_circuit_gauge();
         outcome
     }

@@ -35,11 +35,17 @@ enum Inner {
 /// Opens after `threshold` consecutive transient failures; after `cool_down`
 /// lets exactly one probe through (half-open); the probe's result closes or
 /// re-opens it.
+///
+/// Every change of state is logged with the service's name: opening and
+/// re-opening at `warn` (commands fail fast with `circuit_open` from then
+/// on, and the orchestrator's attempts for them are spent), closing at
+/// `info`. The gauge alone says that it is open, not since when or why.
 #[derive(Debug)]
 pub struct CircuitBreaker {
     inner: Arc<Mutex<Inner>>,
     threshold: u32,
     cool_down: Duration,
+    service: Arc<str>,
 }
 
 /// Permission for one call; report its result with [`BreakerPermit::record`].
@@ -49,16 +55,29 @@ pub struct BreakerPermit {
     inner: Arc<Mutex<Inner>>,
     threshold: u32,
     cool_down: Duration,
+    service: Arc<str>,
     probe: bool,
     recorded: bool,
 }
 
+/// A change of the breaker's state that a call's result caused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Closed → open: `threshold` consecutive transient failures.
+    Opened,
+    /// Half-open → open: the probe failed.
+    Reopened,
+    /// Half-open → closed: a call succeeded.
+    Closed,
+}
+
 impl CircuitBreaker {
-    pub fn new(threshold: u32, cool_down: Duration) -> Self {
+    pub fn new(service: &str, threshold: u32, cool_down: Duration) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner::Closed { failures: 0 })),
             threshold: threshold.max(1),
             cool_down,
+            service: Arc::from(service),
         }
     }
 
@@ -93,6 +112,7 @@ impl CircuitBreaker {
             inner: Arc::clone(&self.inner),
             threshold: self.threshold,
             cool_down: self.cool_down,
+            service: Arc::clone(&self.service),
             probe,
             recorded: false,
         })
@@ -100,29 +120,57 @@ impl CircuitBreaker {
 }
 
 impl BreakerPermit {
-    /// Records the call's result: `failed` for a transient failure.
-    pub fn record(mut self, failed: bool) {
+    /// Records the call's result: `failure` is the error code of a
+    /// transient failure, `None` for any other outcome. Returns the change
+    /// of state it caused, which is also logged.
+    pub fn record(mut self, failure: Option<&str>) -> Option<Transition> {
         self.recorded = true;
         let mut inner = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let next = match (&*inner, failed) {
-            (Inner::Closed { failures }, true) if failures + 1 >= self.threshold => Inner::Open {
-                until: Instant::now() + self.cool_down,
-            },
-            (Inner::Closed { failures }, true) => Inner::Closed {
-                failures: failures + 1,
-            },
-            (Inner::Closed { .. }, false) => Inner::Closed { failures: 0 },
-            (Inner::HalfOpen, true) => Inner::Open {
-                until: Instant::now() + self.cool_down,
-            },
-            (Inner::HalfOpen, false) => Inner::Closed { failures: 0 },
+        let open = || Inner::Open {
+            until: Instant::now() + self.cool_down,
+        };
+        let (next, transition) = match (&*inner, failure) {
+            (Inner::Closed { failures }, Some(_)) if failures + 1 >= self.threshold => {
+                (open(), Some(Transition::Opened))
+            }
+            (Inner::Closed { failures }, Some(_)) => (
+                Inner::Closed {
+                    failures: failures + 1,
+                },
+                None,
+            ),
+            (Inner::Closed { .. }, None) => (Inner::Closed { failures: 0 }, None),
+            (Inner::HalfOpen, Some(_)) => (open(), Some(Transition::Reopened)),
+            (Inner::HalfOpen, None) => (Inner::Closed { failures: 0 }, Some(Transition::Closed)),
             // A call that started before the breaker opened: ignore it.
-            (Inner::Open { until }, _) => Inner::Open { until: *until },
+            (Inner::Open { until }, _) => (Inner::Open { until: *until }, None),
         };
         *inner = next;
+        drop(inner);
+        let service = &*self.service;
+        let cool_down_ms = u64::try_from(self.cool_down.as_millis()).unwrap_or(u64::MAX);
+        let last_error = failure.unwrap_or("");
+        match transition {
+            Some(Transition::Opened) => tracing::warn!(
+                service,
+                consecutive_failures = self.threshold,
+                last_error,
+                cool_down_ms,
+                "circuit breaker opened: commands fail fast with circuit_open until a probe succeeds"
+            ),
+            Some(Transition::Reopened) => tracing::warn!(
+                service,
+                last_error,
+                cool_down_ms,
+                "circuit breaker probe failed; open again"
+            ),
+            Some(Transition::Closed) => tracing::info!(service, "circuit breaker closed"),
+            None => {}
+        }
+        transition
     }
 }
 
@@ -148,32 +196,40 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn opens_half_opens_and_closes() {
-        let b = CircuitBreaker::new(3, Duration::from_secs(10));
+        const FAIL: Option<&str> = Some("http_503");
+        let b = CircuitBreaker::new("inventory", 3, Duration::from_secs(10));
         for _ in 0..2 {
-            b.try_acquire().unwrap().record(true);
+            assert_eq!(b.try_acquire().unwrap().record(FAIL), None);
         }
         assert_eq!(b.state(), CircuitState::Closed);
-        b.try_acquire().unwrap().record(false);
-        for _ in 0..3 {
-            b.try_acquire().unwrap().record(true);
+        assert_eq!(b.try_acquire().unwrap().record(None), None);
+        for _ in 0..2 {
+            assert_eq!(b.try_acquire().unwrap().record(FAIL), None);
         }
+        assert_eq!(
+            b.try_acquire().unwrap().record(FAIL),
+            Some(Transition::Opened)
+        );
         assert_eq!(b.state(), CircuitState::Open);
         assert!(b.try_acquire().is_none());
         tokio::time::advance(Duration::from_secs(11)).await;
         let probe = b.try_acquire().unwrap();
         assert_eq!(b.state(), CircuitState::HalfOpen);
         assert!(b.try_acquire().is_none(), "only one probe");
-        probe.record(true);
+        assert_eq!(probe.record(FAIL), Some(Transition::Reopened));
         assert_eq!(b.state(), CircuitState::Open);
         tokio::time::advance(Duration::from_secs(11)).await;
-        b.try_acquire().unwrap().record(false);
+        assert_eq!(
+            b.try_acquire().unwrap().record(None),
+            Some(Transition::Closed)
+        );
         assert_eq!(b.state(), CircuitState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
     async fn dropped_probe_allows_another() {
-        let b = CircuitBreaker::new(1, Duration::from_secs(1));
-        b.try_acquire().unwrap().record(true);
+        let b = CircuitBreaker::new("inventory", 1, Duration::from_secs(1));
+        b.try_acquire().unwrap().record(Some("timeout"));
         tokio::time::advance(Duration::from_secs(2)).await;
         drop(b.try_acquire().unwrap());
         assert!(b.try_acquire().is_some());

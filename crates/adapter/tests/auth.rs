@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, Reply, cmd, executor};
@@ -217,29 +216,9 @@ async fn api_key_header_from_env_basic_and_bearer_from_file() {
     std::fs::remove_dir_all(pw.parent().unwrap()).unwrap();
 }
 
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_appear_in_errors_debug_or_logs() {
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::capture_logs();
 
     let key = secret_file("query", SECRET);
     // API key in the query string, backend port closed: the transport error
@@ -283,7 +262,7 @@ async fn secrets_never_appear_in_errors_debug_or_logs() {
     let everything = format!(
         "{out:?}\n{}\n{live:?}\n{cfg:?}\n{handler:?}\n{exec:?}\n{}",
         serde_json::to_string(&out).unwrap(),
-        String::from_utf8_lossy(&logs.0.lock().unwrap()),
+        logs.text(),
     );
     assert!(
         everything.contains("backend call failed"),

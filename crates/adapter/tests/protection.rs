@@ -106,6 +106,7 @@ async fn concurrency_limit_bounds_in_flight_calls() {
 
 #[tokio::test]
 async fn circuit_opens_fails_fast_then_half_opens_and_closes() {
+    let (logs, _guard) = common::capture_logs();
     // Fails for the first 4 requests, healthy afterwards.
     let backend = Backend::start(|n, _| {
         if n < 4 {
@@ -168,6 +169,36 @@ async fn circuit_opens_fails_fast_then_half_opens_and_closes() {
             &[("status_class", "circuit_open")]
         ),
         2.0
+    );
+    // Each change of state is logged, with the service and, when it opens,
+    // the failure that opened it: an operator reading the log sees why
+    // commands failed fast, and since when.
+    let logs = logs.text();
+    let transitions: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("circuit breaker"))
+        .collect();
+    assert_eq!(transitions.len(), 3, "{logs}");
+    for (line, level, what) in [
+        (transitions[0], " WARN ", "circuit breaker opened"),
+        (
+            transitions[1],
+            " WARN ",
+            "circuit breaker probe failed; open again",
+        ),
+        (transitions[2], " INFO ", "circuit breaker closed"),
+    ] {
+        assert!(line.contains(level) && line.contains(what), "{line}");
+        assert!(line.contains("service=\"inventory\""), "{line}");
+    }
+    for line in &transitions[..2] {
+        assert!(line.contains("last_error=\"http_503\""), "{line}");
+        assert!(line.contains("cool_down_ms=400"), "{line}");
+    }
+    assert!(
+        transitions[0].contains("consecutive_failures=3"),
+        "{}",
+        transitions[0]
     );
 }
 

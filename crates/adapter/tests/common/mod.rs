@@ -49,3 +49,35 @@ pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str
 /// A retry section with tiny backoff so tests run fast.
 pub const FAST_RETRY: &str =
     "retry:\n  max-attempts: 3\n  initial-backoff: 10ms\n  max-backoff: 50ms\n";
+
+/// Everything logged on this thread, at every level, while the guard lives
+/// (a `#[tokio::test]` runs on one thread).
+#[derive(Clone, Default)]
+pub struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuf {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn capture_logs() -> (LogBuf, tracing::subscriber::DefaultGuard) {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
