@@ -317,7 +317,7 @@ async fn replace_orchestrator(stack: &mut Stack, live: &mut [usize; 2], rng: &mu
 /// Waits until the live orchestrators own every partition between them,
 /// and have for [`SETTLED`]. tansu may revoke a newcomer's first
 /// assignment at once and assign it again seconds later; an instance killed
-/// in that gap left the group owning nothing for good (CI, 2026-12-04:
+/// in that gap left partitions owned by nobody for good (CI, 2026-12-04:
 /// the replacement's first restore was revoked 20 ms later, the next kill
 /// fell in the gap, and its replacement never restored). On Kafka a dead
 /// member's partitions move after the session timeout (docs/broker.md).

@@ -150,27 +150,34 @@ impl BreakerPermit {
         };
         *inner = next;
         drop(inner);
+        if let Some(t) = transition {
+            self.log(t, failure.unwrap_or(""));
+        }
+        transition
+    }
+
+    /// Logs a change of state; `last_error` is the failure that caused it
+    /// (empty when a success closed the breaker). Only changes are logged,
+    /// so a call that changes nothing pays for no formatting.
+    fn log(&self, transition: Transition, last_error: &str) {
         let service = &*self.service;
         let cool_down_ms = u64::try_from(self.cool_down.as_millis()).unwrap_or(u64::MAX);
-        let last_error = failure.unwrap_or("");
         match transition {
-            Some(Transition::Opened) => tracing::warn!(
+            Transition::Opened => tracing::warn!(
                 service,
                 consecutive_failures = self.threshold,
                 last_error,
                 cool_down_ms,
                 "circuit breaker opened: commands fail fast with circuit_open until a probe succeeds"
             ),
-            Some(Transition::Reopened) => tracing::warn!(
+            Transition::Reopened => tracing::warn!(
                 service,
                 last_error,
                 cool_down_ms,
                 "circuit breaker probe failed; open again"
             ),
-            Some(Transition::Closed) => tracing::info!(service, "circuit breaker closed"),
-            None => {}
+            Transition::Closed => tracing::info!(service, "circuit breaker closed"),
         }
-        transition
     }
 }
 
