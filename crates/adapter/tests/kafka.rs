@@ -681,11 +681,7 @@ async fn a_panicking_handler_gets_a_failure_reply_and_a_dead_letter_and_the_part
         Some(1.0),
         "{text}"
     );
-    assert_eq!(
-        sample(&text, "sagaflow_adapter_commands_in_flight", &[]),
-        Some(0.0),
-        "{text}"
-    );
+    no_command_in_flight(running.http_addr()).await;
     let (status, _) = http_get(running.http_addr(), "/readyz").await;
     assert_eq!(status, 200);
     running.shutdown().await.unwrap();
@@ -763,12 +759,27 @@ async fn a_reply_too_large_to_produce_is_replaced_by_a_failure_reply() {
         Some(1.0),
         "{text}"
     );
-    assert_eq!(
-        sample(&text, "sagaflow_adapter_commands_in_flight", &[]),
-        Some(0.0),
-        "{text}"
-    );
+    no_command_in_flight(running.http_addr()).await;
     running.shutdown().await.unwrap();
+}
+
+/// Waits until the adapter's `sagaflow_adapter_commands_in_flight` is 0. A
+/// command is answered once its idempotency-log record is acknowledged
+/// too, and its reply goes out ahead of that record, so a reply read back
+/// does not mean its command is done yet.
+async fn no_command_in_flight(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http_get(addr, "/metrics").await;
+        if sample(&text, "sagaflow_adapter_commands_in_flight", &[]) == Some(0.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a command still in flight 10 s after its reply: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Completed commands are written to the idempotency log and restored on
