@@ -38,6 +38,11 @@ impl CommitTimer {
         self.due.is_some()
     }
 
+    /// Whether the commit is due now.
+    pub fn is_due(&self) -> bool {
+        self.due.is_some_and(|at| Instant::now() >= at)
+    }
+
     /// Resolves when the commit is due; never while nothing is stored. The
     /// future does not borrow the timer, so a `select!` loop can await it
     /// beside branches that store offsets.
@@ -81,9 +86,12 @@ mod tests {
         assert!(!ready(&mut due));
         tokio::time::advance(Duration::from_millis(39)).await;
         assert!(!ready(&mut due));
+        assert!(!timer.is_due());
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(ready(&mut due));
+        assert!(timer.is_due());
         assert!(timer.take());
+        assert!(!timer.is_due(), "taken, nothing is due");
         assert!(!timer.take(), "a commit takes what was stored once");
         assert!(!timer.pending());
     }
@@ -94,5 +102,6 @@ mod tests {
         let mut due = pin!(timer.due());
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(!ready(&mut due));
+        assert!(!timer.is_due());
     }
 }

@@ -90,6 +90,11 @@ impl Lease {
         self.delivered = Some(self.epoch - 1);
     }
 
+    /// Whether a delivery mark waits to be written.
+    pub fn delivery_pending(&self) -> bool {
+        self.delivered.is_some()
+    }
+
     /// The delivery mark still to write, if any (taken).
     fn take_delivered(&mut self) -> Option<i64> {
         self.delivered.take()
