@@ -185,7 +185,8 @@ impl Owned {
     /// long the loop may sleep: until the next timer that may fire, or a
     /// tick to send again, a heartbeat at most (a loop that stops turning
     /// is a stuck driver). A held timer wakes nothing: its tick read back
-    /// does.
+    /// does. Also arms the delivery marks' timer while a lease has a mark
+    /// pending.
     fn tick_and_sleep(
         &mut self,
         producer: &Producer,
@@ -934,11 +935,8 @@ impl Driver {
         // A partition's pending delivery mark goes with its own changes
         // (one produce request per partition); all of them once they have
         // waited `MARK_INTERVAL`.
-        let all_marks = owned.marks.is_due();
+        let all_marks = owned.marks.is_due() && owned.marks.take();
         if all_marks || drains.iter().any(|(_, changes)| !changes.is_empty()) {
-            if all_marks {
-                owned.marks.take();
-            }
             let mut batch = Vec::new();
             let mut changes_of: HashMap<i32, Vec<_>> = drains.into_iter().collect();
             for (p, part) in owned.parts.iter_mut() {
