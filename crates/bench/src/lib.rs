@@ -656,8 +656,8 @@ async fn relay(
         started.get_or_insert_with(Instant::now);
         let mut batch = vec![first];
         while batch.len() < max_batch {
-            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m),
+            match sagaflow_bus::ready(&consumer) {
+                Some(Ok(m)) => batch.push(m),
                 _ => break,
             }
         }

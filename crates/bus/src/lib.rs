@@ -11,6 +11,7 @@ mod headers;
 pub mod lag;
 mod partition;
 pub mod producer;
+mod ready;
 pub mod rebalance;
 mod topics;
 
@@ -19,6 +20,7 @@ pub use config::{ClientRole, DEFAULT_FETCH_WAIT_MS, KafkaConfig};
 pub use headers::{SagaHeaders, header_names};
 pub use partition::{murmur2, partition_for, partitions_of};
 pub use producer::{DeliveryFuture, Producer};
+pub use ready::ready;
 /// W3C trace context lives in `sagaflow-trace` (no Kafka client needed);
 /// re-exported so `sagaflow_bus::TraceContext` and `sagaflow_bus::trace`
 /// keep working.

@@ -539,13 +539,13 @@ impl Driver {
         };
         let mut batch = vec![first];
         while batch.len() < self.max_batch {
-            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m),
-                Ok(Err(e)) => {
+            match sagaflow_bus::ready(consumer) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => {
                     warn!(error = %e, "consumer error; retrying");
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         Some(batch)
