@@ -21,3 +21,24 @@ pub fn ready<C: ConsumerContext + 'static>(
 ) -> Option<KafkaResult<BorrowedMessage<'_>>> {
     consumer.recv().now_or_never()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Why `ready` exists: on tokio's clock, a zero timeout over a future
+    /// that is not ready, started between two of its timer's ticks (as a
+    /// batch always is), ends only once the clock has reached the next tick.
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_timeout_waits_for_the_timers_next_tick() {
+        tokio::time::advance(Duration::from_micros(300)).await;
+        let before = tokio::time::Instant::now();
+        let waited = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>()).await;
+        assert!(waited.is_err(), "the pending future timed out");
+        assert!(
+            before.elapsed() >= Duration::from_micros(700),
+            "a zero timeout ended after {:?}, before the next millisecond",
+            before.elapsed()
+        );
+    }
+}
