@@ -246,9 +246,14 @@ impl Driver {
         let producer = self.kafka.producer()?;
         let mut starts = self.starts.take();
         let mut inputs_partitions = self.inputs_partitions(&producer).await;
+        // The changelog has a client of its own: a state write, which the
+        // batch waits for, does not queue behind the previous batches'
+        // effects on one connection (the broker serves a connection's
+        // requests in order). docs/orchestrator.md, "A producer for the
+        // changelog".
         let store = KafkaStore::new(
             self.kafka.clone(),
-            producer.clone(),
+            self.kafka.producer()?,
             self.names.saga_state(),
             self.group_id.clone(),
             self.record_limit,
