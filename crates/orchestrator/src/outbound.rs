@@ -173,8 +173,50 @@ pub(crate) async fn produce_all(
 }
 
 /// The broker's acknowledgements of records already handed to the
-/// producer, in the order they were enqueued.
+/// producer: their partitions and offsets.
 pub(crate) type Acks = futures::future::BoxFuture<'static, Result<Vec<(i32, i64)>, String>>;
+
+/// The producers a batch's effects go through. Lifecycle events and
+/// results (the saga-events topic), which no step of a saga waits for,
+/// have a producer of their own, so the commands a saga does wait for are
+/// not queued behind them on one connection (a broker serves a
+/// connection's requests in order). Each topic still has one producer, so
+/// a batch's records stay behind the batch before on every partition.
+pub(crate) struct Outbound {
+    effects: Producer,
+    lifecycle: Producer,
+    lifecycle_topic: String,
+}
+
+impl Outbound {
+    pub(crate) fn new(effects: Producer, lifecycle: Producer, lifecycle_topic: String) -> Self {
+        Self {
+            effects,
+            lifecycle,
+            lifecycle_topic,
+        }
+    }
+
+    /// The producer of everything but the lifecycle events: commands,
+    /// emitted events, re-keyed inputs, dead letters, ticks, re-sends.
+    pub(crate) fn producer(&self) -> &Producer {
+        &self.effects
+    }
+
+    /// [`enqueue_all`] through the producer each record's topic has.
+    pub(crate) async fn enqueue_all(&self, records: Vec<Outgoing>, limit: usize) -> Acks {
+        let (lifecycle, effects): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| r.topic == self.lifecycle_topic);
+        let effects = enqueue_all(&self.effects, effects, limit).await;
+        let lifecycle = enqueue_all(&self.lifecycle, lifecycle, limit).await;
+        Box::pin(async move {
+            let (mut acked, lifecycle) = futures::future::try_join(effects, lifecycle).await?;
+            acked.extend(lifecycle);
+            Ok(acked)
+        })
+    }
+}
 
 /// Hands every record to the producer now, in order, and returns what
 /// resolves once the broker has acknowledged them all. Enqueueing before

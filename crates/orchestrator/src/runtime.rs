@@ -55,7 +55,7 @@ use crate::events::EventSchemas;
 use crate::handoff::{Start, Taken};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::outbound::{Acks, Outgoing, effect_kind, enqueue_all, now_ms, produce_all};
+use crate::outbound::{Acks, Outbound, Outgoing, effect_kind, now_ms, produce_all};
 pub use crate::outbound::{PAYLOAD_OMITTED, send_envelope};
 use crate::store::{KafkaStore, Lease, Restored, SagaStore, StoreError};
 use crate::tick::{Ticks, tick_of};
@@ -244,6 +244,11 @@ impl Driver {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
         let (consumer, mut rx) = self.subscribe()?;
         let producer = self.kafka.producer()?;
+        let outbound = Outbound::new(
+            producer.clone(),
+            self.kafka.producer()?,
+            self.names.saga_events(),
+        );
         let mut starts = self.starts.take();
         let mut inputs_partitions = self.inputs_partitions(&producer).await;
         // The changelog has a client of its own: a state write, which the
@@ -329,12 +334,12 @@ impl Driver {
                     for part in owned.parts.values_mut() {
                         part.core.handle_timeout_read(now, part.ticks.read());
                     }
-                    self.flush(&store, &producer, &mut owned, Batch::default()).await?;
+                    self.flush(&store, &outbound, &mut owned, Batch::default()).await?;
                 }
                 // Delivery marks that waited long enough for their
                 // partitions' changes are written alone.
                 () = owned.marks.due() => {
-                    self.flush(&store, &producer, &mut owned, Batch::default()).await?;
+                    self.flush(&store, &outbound, &mut owned, Batch::default()).await?;
                 }
                 () = owned.commits.due() => {
                     owned.commits.take();
@@ -352,7 +357,7 @@ impl Driver {
                         inputs_partitions = self.on_rebalance(&store, &producer, &mut owned, ev, inputs_partitions).await?;
                     }
                     let turn = self
-                        .on_batch(&store, &producer, &mut owned, &batch, handed, inputs_partitions)
+                        .on_batch(&store, &outbound, &mut owned, &batch, handed, inputs_partitions)
                         .await?;
                     if !self.turned(&consumer, &mut owned, turn)? {
                         break;
@@ -368,7 +373,7 @@ impl Driver {
                 } => {
                     let handed = self.more_starts(&mut starts, vec![start]);
                     let turn = self
-                        .on_batch(&store, &producer, &mut owned, &[], handed, inputs_partitions)
+                        .on_batch(&store, &outbound, &mut owned, &[], handed, inputs_partitions)
                         .await?;
                     if !self.turned(&consumer, &mut owned, turn)? {
                         break;
@@ -563,7 +568,7 @@ impl Driver {
     async fn on_batch(
         &self,
         store: &impl SagaStore,
-        producer: &Producer,
+        outbound: &Outbound,
         owned: &mut Owned,
         batch: &[BorrowedMessage<'_>],
         handed: Vec<Start>,
@@ -593,7 +598,7 @@ impl Driver {
                 continue;
             }
             if co_partitioned && !owned.parts.contains_key(&p) {
-                let part = self.restore(store, producer, p).await?;
+                let part = self.restore(store, outbound.producer(), p).await?;
                 owned.parts.insert(p, part);
             }
             let part = owned.parts.get_mut(&p);
@@ -629,7 +634,7 @@ impl Driver {
             .batch_size
             .with_label_values(&["orchestrator"])
             .observe((batch.len() + applied.len()) as f64);
-        skipped.extend(self.flush(store, producer, owned, work).await?);
+        skipped.extend(self.flush(store, outbound, owned, work).await?);
         // The starts' state is written: durable unless their partition was
         // found taken over, whose new owner gets them through the inputs.
         for (p, start) in applied {
@@ -898,7 +903,7 @@ impl Driver {
     async fn flush(
         &self,
         store: &impl SagaStore,
-        producer: &Producer,
+        outbound: &Outbound,
         owned: &mut Owned,
         work: Batch,
     ) -> Result<Vec<i32>, RunError> {
@@ -981,7 +986,7 @@ impl Driver {
         effects.extend(work.records.into_iter().map(|r| (None, r)));
         let records: Vec<Outgoing> = effects.into_iter().map(|(_, r)| r).collect();
         if !records.is_empty() || commit.is_some() {
-            let acks = enqueue_all(producer, records, self.record_limit).await;
+            let acks = outbound.enqueue_all(records, self.record_limit).await;
             let unsent = owned
                 .parts
                 .iter()
